@@ -1,0 +1,177 @@
+"""One typed settings object: defaults < TOML file < ``JOBSCHED_*`` environment < CLI flags.
+
+The environment names are part of the public interface (deployments and tests set them),
+so every field maps to exactly one ``JOBSCHED_<FIELD>`` variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "JOBSCHED_"
+DEFAULT_CONFIG_PATH = Path("config/jobsched.toml")
+SECRET_FIELDS = frozenset({"database_url", "amqp_url"})
+
+
+class ConfigError(Exception):
+    """Invalid configuration: the message is one line naming the key and the reason."""
+
+
+def _default_instance() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database_url: str = "postgresql://localhost/jobsched"
+    amqp_url: str = "amqp://guest:guest@localhost/"
+    zookeeper_hosts: str = "localhost:2181"
+    zookeeper_session_timeout_s: float = Field(4.0, ge=1.0, le=120.0)
+    cluster: str = "default"
+    instance: str = Field(default_factory=_default_instance, min_length=1, max_length=200)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    # The health and metrics server of the scheduler and worker roles; 0 picks a free port.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9100, ge=0, le=65535)
+
+    log_format: Literal["json", "text"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # scheduler
+    scheduler_poll_s: float = Field(1.0, gt=0, le=60)
+    scheduler_batch_size: int = Field(1000, ge=1, le=100_000)
+    republish_after_s: float = Field(10.0, gt=0)
+
+    # worker
+    worker_prefetch: int = Field(256, ge=1, le=65535)
+    worker_lease_s: float = Field(30.0, ge=1)
+    output_limit_bytes: int = Field(65_536, ge=0)
+    drain_timeout_s: float = Field(30.0, ge=0)
+    imports: tuple[str, ...] = ()
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
+            raise ValueError("must be 1-63 of a-z, 0-9, '_', '-', starting alphanumeric")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("amqp", "amqps"):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    @field_validator("zookeeper_hosts")
+    @classmethod
+    def _zk_hosts(cls, value: str) -> str:
+        for host in value.split(","):
+            if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", host.strip()):
+                raise ValueError(f"{host!r} is not host:port")
+        return value
+
+    @property
+    def queue_name(self) -> str:
+        return f"jobsched.{self.cluster}.executions"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"jobsched.{self.cluster}.dead"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"jobsched.{self.cluster}.dead"
+
+    @property
+    def zookeeper_chroot(self) -> str:
+        return f"/jobsched/{self.cluster}"
+
+    def masked(self) -> dict[str, Any]:
+        """The settings for the start-up log, with passwords in URLs masked."""
+        shown = self.model_dump()
+        for key in SECRET_FIELDS:
+            shown[key] = mask_url(shown[key])
+        return shown
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        values[name] = [m for m in raw.split(",") if m] if name == "imports" else raw
+    return values
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from exc
+    section = data.get("jobsched", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [jobsched] must be a table")
+    return section
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_path: str | Path | None = None,
+) -> Settings:
+    """Merge the four layers and validate once; a bad value raises ConfigError naming it."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None and v != ()}
+    path = config_path or environ.get(ENV_PREFIX + "CONFIG")
+    merged: dict[str, Any] = {}
+    if path:
+        merged.update(_from_file(Path(path)))
+    elif DEFAULT_CONFIG_PATH.is_file():
+        merged.update(_from_file(DEFAULT_CONFIG_PATH))
+    merged.update(_from_env(environ))
+    merged.update(flags)
+    try:
+        return Settings.model_validate(merged, strict=False)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"]) or "settings"
+        env_name = ENV_PREFIX + key.upper()
+        given = error.get("input")
+        shown = "" if key in SECRET_FIELDS else f" (got {given!r})"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        raise ConfigError(f"invalid setting {key} ({env_name}): {message}{shown}") from None
