@@ -1,0 +1,190 @@
+"""The public request and response bodies, declared once: they validate requests, shape
+responses and produce the problem+json errors (and later the OpenAPI document)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from jobsched.domain.schedule import ScheduleError, parse_schedule
+
+MAX_ARGV = 256
+MAX_LABELS = 32
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+ShortText = Annotated[str, StringConstraints(max_length=4096, pattern=r"^[^\x00]*$")]
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.\-/]+$")]
+LabelValue = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f]*$")]
+EnvName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")]
+HeaderValue = Annotated[str, StringConstraints(max_length=8192, pattern=r"^[^\x00\r\n]*$")]
+FUNCTION_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ShellSpec(_Strict):
+    argv: Annotated[list[ShortText], Field(min_length=1, max_length=MAX_ARGV)]
+    env: Annotated[dict[EnvName, ShortText], Field(max_length=256)] = {}
+    cwd: Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")] | None = None
+
+
+class HttpSpec(_Strict):
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    url: Annotated[str, StringConstraints(max_length=8192, pattern=r"^https?://[^\s/$.?#][^\s]*$")]
+    headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=100)] = {}
+    body: Annotated[str, StringConstraints(max_length=262_144)] | None = None
+
+
+class PythonSpec(_Strict):
+    function: Annotated[str, StringConstraints(max_length=500)]
+    args: dict[str, Any] = {}
+
+    @field_validator("function")
+    @classmethod
+    def _function_path(cls, value: str) -> str:
+        if not FUNCTION_RE.match(value):
+            raise ValueError("must be 'module.path:function'")
+        return value
+
+
+class RetrySpec(_Strict):
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 1
+    backoff_s: Annotated[float, Field(ge=0, le=86_400)] = 2.0
+    max_backoff_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+
+
+class JobCreate(_Strict):
+    """A job as submitted. Fields not listed here are rejected until they take effect."""
+
+    name: Name
+    schedule: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
+    kind: Literal["shell", "http", "python"]
+    shell: ShellSpec | None = None
+    http: HttpSpec | None = None
+    python: PythonSpec | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 300.0
+    retry: RetrySpec = RetrySpec()
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] = {}
+
+    @model_validator(mode="after")
+    def _one_payload_matching_kind(self) -> JobCreate:
+        given = [k for k in ("shell", "http", "python") if getattr(self, k) is not None]
+        if given != [self.kind]:
+            raise PayloadMismatch(self.kind, given)
+        return self
+
+    @model_validator(mode="after")
+    def _schedule_parses(self) -> JobCreate:
+        try:
+            parse_schedule(self.schedule, self.timezone)
+        except ScheduleError as exc:
+            raise FieldProblem(getattr(exc, "field", "schedule"), str(exc)) from None
+        return self
+
+    def payload(self) -> dict[str, Any]:
+        spec = getattr(self, self.kind)
+        assert spec is not None
+        return spec.model_dump(mode="json")
+
+
+class FieldProblem(ValueError):
+    """A cross-field validation error that belongs to one named field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+class PayloadMismatch(FieldProblem):
+    def __init__(self, kind: str, given: list[str]) -> None:
+        if not given:
+            reason = f"kind '{kind}' needs a '{kind}' object"
+            field = kind
+        else:
+            extra = [g for g in given if g != kind]
+            field = extra[0] if extra else kind
+            reason = f"only '{kind}' may be given for kind '{kind}'"
+        super().__init__(field, reason)
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    worker: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    exit_code: int | None
+    error: str | None
+    output: str | None
+
+
+class ExecutionOut(BaseModel):
+    id: uuid.UUID
+    job_id: uuid.UUID
+    scheduled_for: datetime
+    state: str
+    reason: str | None = None
+    attempt: int
+    worker: str | None
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    error: str | None
+    output: str | None
+    attempts: list[AttemptOut] | None = None
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the submitted spec is echoed back as given
+
+    id: uuid.UUID
+    namespace: str
+    state: str
+    next_fire_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    last_execution: ExecutionOut | None
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class ExecutionList(BaseModel):
+    items: list[ExecutionOut]
+    next_cursor: str | None
+
+
+class ListJobsQuery(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    state: Literal["active", "paused", "completed", "cancelled"] | None = None
+    name: Name | None = None
+    label: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+=[^\x00-\x1f]*$")]] = []
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class PageQuery(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
