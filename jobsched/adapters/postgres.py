@@ -1,0 +1,338 @@
+"""PostgreSQL adapter (asyncpg): the pool, migrations and every read and write of the roles."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+
+from jobsched.adapters import queries as q
+
+log = logging.getLogger(__name__)
+
+MIGRATION_LOCK_KEY = 0x6A6F6273  # "jobs": one advisory lock for every migrating process
+
+
+class StaleEpochError(Exception):
+    """This leader's epoch is no longer the current one: it must stop writing."""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Binary jsonb codec: orjson both ways, and COPY of jsonb columns works.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: b"\x01" + orjson.dumps(v),
+        decoder=lambda b: orjson.loads(b[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
+        timeout=10,
+    )
+    assert pool is not None
+    return pool
+
+
+def _migration_files() -> list[tuple[int, str, str]]:
+    folder = resources.files("jobsched.adapters") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Apply pending numbered migrations under an advisory lock; returns the applied names."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in _migration_files():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        version,
+                        name,
+                    )
+                applied.append(name)
+                log.info("applied migration %s", name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+    return applied
+
+
+async def create_database(dsn: str) -> bool:
+    """Create the database the URL names if it is missing (via the `postgres` database)."""
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/")
+    if not name:
+        return False
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    conn = await asyncpg.connect(admin, timeout=10)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            return False
+        quoted = '"' + name.replace('"', '""') + '"'
+        try:
+            await conn.execute(f"CREATE DATABASE {quoted}")
+        except asyncpg.DuplicateDatabaseError:
+            return False
+        return True
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class DueJob:
+    id: uuid.UUID
+    schedule: str
+    timezone: str
+    next_fire_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """An execution attempt to put on the queue."""
+
+    execution_id: uuid.UUID
+    job_id: uuid.UUID
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedAttempt:
+    execution_id: uuid.UUID
+    attempt: int
+    state: str  # the execution's next state: succeeded | retrying | dead
+    outcome: str  # the attempt's outcome: succeeded | failed | timed_out
+    exit_code: int | None
+    error: str | None
+    output: str | None
+    retry_in_s: float
+
+
+class JobStore:
+    """The roles' port onto PostgreSQL. Leader writes take the epoch and are fenced by it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def ping(self) -> None:
+        async with self.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1", timeout=2)
+
+    # --- api ---------------------------------------------------------------------------
+
+    async def insert_job(self, values: Sequence[Any]) -> asyncpg.Record:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q.INSERT_JOB, *values)
+            await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")
+        assert row is not None
+        return row
+
+    async def get_job(self, job_id: uuid.UUID, namespace: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(q.GET_JOB, job_id, namespace)
+
+    async def list_jobs(
+        self,
+        namespace: str,
+        *,
+        state: str | None,
+        name: str | None,
+        labels: dict[str, str] | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        created, last_id = after if after else (None, None)
+        return await self.pool.fetch(
+            q.LIST_JOBS, namespace, state, name, labels, created, last_id, limit
+        )
+
+    async def cancel_job(self, job_id: uuid.UUID, namespace: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q.CANCEL_JOB, job_id, namespace)
+            await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")
+        return bool(row and row["jobs"])
+
+    async def job_exists(self, job_id: uuid.UUID, namespace: str) -> bool:
+        return bool(await self.pool.fetchval(q.JOB_EXISTS, job_id, namespace))
+
+    async def list_executions(
+        self, job_id: uuid.UUID, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[asyncpg.Record]:
+        scheduled, last_id = after if after else (None, None)
+        return await self.pool.fetch(q.LIST_EXECUTIONS, job_id, scheduled, last_id, limit)
+
+    async def get_execution(
+        self, execution_id: uuid.UUID, namespace: str
+    ) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(q.GET_EXECUTION, execution_id, namespace)
+            if row is None:
+                return None
+            return row, await conn.fetch(q.LIST_ATTEMPTS, execution_id)
+
+    # --- scheduler leader --------------------------------------------------------------
+
+    async def claim_epoch(self, epoch: int, holder: str) -> bool:
+        return await self.pool.fetchval(q.CLAIM_EPOCH, epoch, holder) is not None
+
+    async def current_leader(self) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(q.CURRENT_LEADER)
+
+    @staticmethod
+    async def _check_epoch(conn: asyncpg.Connection, epoch: int) -> None:
+        current = await conn.fetchval(q.CHECK_EPOCH)
+        if current != epoch:
+            raise StaleEpochError(f"epoch {epoch} superseded by {current}")
+
+    async def fire_due_jobs(
+        self,
+        epoch: int,
+        now: datetime,
+        limit: int,
+        plan: Callable[[list[DueJob]], list[tuple[uuid.UUID, datetime, datetime | None]]],
+    ) -> tuple[list[Dispatch], int]:
+        """Create the executions of due jobs and advance them, in one fenced transaction.
+
+        ``plan`` maps the locked due jobs to ``(job_id, scheduled_for, next_fire_at)``.
+        Returns the executions to publish and how many jobs were due.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._check_epoch(conn, epoch)
+            rows = await conn.fetch(q.SELECT_DUE_JOBS, now, limit)
+            if not rows:
+                return [], 0
+            due = [DueJob(r["id"], r["schedule"], r["timezone"], r["next_fire_at"]) for r in rows]
+            fires = plan(due)
+            job_ids = [f[0] for f in fires]
+            created = await conn.fetch(
+                q.INSERT_EXECUTIONS, job_ids, [f[1] for f in fires], epoch
+            )
+            await conn.execute(q.ADVANCE_JOBS, job_ids, [f[2] for f in fires])
+        return [Dispatch(r["id"], r["job_id"], r["attempt"]) for r in created], len(rows)
+
+    async def requeue_retries(self, epoch: int, now: datetime, limit: int) -> list[Dispatch]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._check_epoch(conn, epoch)
+            rows = await conn.fetch(q.REQUEUE_RETRIES, now, limit, epoch)
+        return [Dispatch(r["id"], r["job_id"], r["attempt"]) for r in rows]
+
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+        if execution_ids:
+            await self.pool.execute(q.MARK_PUBLISHED, list(execution_ids))
+
+    async def unpublished(self, queued_before: datetime, limit: int) -> list[Dispatch]:
+        rows = await self.pool.fetch(q.SELECT_UNPUBLISHED, queued_before, limit)
+        return [Dispatch(r["id"], r["job_id"], r["attempt"]) for r in rows]
+
+    async def next_wake(self) -> datetime | None:
+        return await self.pool.fetchval(q.NEXT_WAKE)
+
+    # --- worker ------------------------------------------------------------------------
+
+    async def claim_executions(
+        self, claims: Sequence[tuple[uuid.UUID, int]], worker: str, lease_s: float
+    ) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            q.CLAIM_EXECUTIONS, [c[0] for c in claims], [c[1] for c in claims], worker, lease_s
+        )
+
+    async def finish_attempts(
+        self, results: Sequence[FinishedAttempt], worker: str
+    ) -> dict[uuid.UUID, str]:
+        """Record a batch of results; returns the executions this worker still held."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                q.FINISH_EXECUTIONS,
+                [r.execution_id for r in results],
+                [r.attempt for r in results],
+                [r.state for r in results],
+                [r.outcome for r in results],
+                [r.exit_code for r in results],
+                [r.error for r in results],
+                [r.output for r in results],
+                [r.retry_in_s for r in results],
+                worker,
+            )
+            if any(r.state == "retrying" for r in results):
+                await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "retry")
+        return {r["id"]: r["state"] for r in rows}
+
+
+class WakeListener:
+    """A dedicated connection LISTENing for wake-ups; reconnects with capped backoff."""
+
+    def __init__(self, dsn: str, on_wake: Callable[[], None]) -> None:
+        self.dsn = dsn
+        self.on_wake = on_wake
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=10)
+                await conn.add_listener(q.NOTIFY_CHANNEL, self._notified)
+                delay = 0.1
+                self.on_wake()  # anything missed while disconnected is picked up now
+                while not stop.is_set() and not conn.is_closed():
+                    await _wait(stop, 5.0)
+                    if not stop.is_set():
+                        await conn.fetchval("SELECT 1", timeout=5)
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("wake listener lost its connection: %s", exc)
+                await _wait(stop, delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if conn is not None:
+                    await _close_quietly(conn.close())
+
+    def _notified(self, *_args: Any) -> None:
+        self.on_wake()
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        pass
+
+
+async def _close_quietly(closing: Awaitable[Any]) -> None:
+    try:
+        await asyncio.wait_for(closing, 2)
+    except Exception:  # noqa: BLE001 - closing a broken connection may fail any way
+        pass

@@ -1,0 +1,190 @@
+"""Every SQL statement of jobsched, named. Set-based where the hot path runs them."""
+
+NOTIFY_CHANNEL = "jobsched_wake"
+
+# --- api ---------------------------------------------------------------------------------
+
+INSERT_JOB = """
+INSERT INTO jobs (namespace, name, kind, payload, schedule, timezone, next_fire_at,
+                  max_attempts, backoff_s, max_backoff_s, timeout_s, labels, spec)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+RETURNING *
+"""
+
+NOTIFY_WAKE = "SELECT pg_notify($1, $2)"
+
+_JOB_WITH_LAST = """
+SELECT j.*, le.last_execution
+FROM jobs j
+LEFT JOIN LATERAL (
+    SELECT to_jsonb(e.*) AS last_execution FROM executions e
+    WHERE e.job_id = j.id ORDER BY e.scheduled_for DESC, e.id DESC LIMIT 1
+) le ON true
+"""
+
+GET_JOB = _JOB_WITH_LAST + " WHERE j.id = $1 AND j.namespace = $2"
+
+# Cursor = (created_at, id) of the last row returned; NULL filters match everything.
+LIST_JOBS = (
+    _JOB_WITH_LAST
+    + """
+WHERE j.namespace = $1
+  AND ($2::text IS NULL OR j.state = $2)
+  AND ($3::text IS NULL OR j.name = $3)
+  AND ($4::jsonb IS NULL OR j.labels @> $4)
+  AND ($5::timestamptz IS NULL OR (j.created_at, j.id) < ($5, $6::uuid))
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT $7
+"""
+)
+
+CANCEL_JOB = """
+WITH job AS (
+    UPDATE jobs SET state = 'cancelled', next_fire_at = NULL, updated_at = now()
+    WHERE id = $1 AND namespace = $2 AND state IN ('active', 'paused')
+    RETURNING id
+), cancelled AS (
+    UPDATE executions e SET state = 'cancelled', finished_at = now(), reason = 'job cancelled'
+    FROM job WHERE e.job_id = job.id AND e.state IN ('queued', 'retrying')
+    RETURNING e.id
+)
+SELECT (SELECT count(*) FROM job) AS jobs, (SELECT count(*) FROM cancelled) AS executions
+"""
+
+JOB_EXISTS = "SELECT 1 FROM jobs WHERE id = $1 AND namespace = $2"
+
+LIST_EXECUTIONS = """
+SELECT e.* FROM executions e
+WHERE e.job_id = $1
+  AND ($2::timestamptz IS NULL OR (e.scheduled_for, e.id) < ($2, $3::uuid))
+ORDER BY e.scheduled_for DESC, e.id DESC
+LIMIT $4
+"""
+
+GET_EXECUTION = """
+SELECT e.* FROM executions e JOIN jobs j ON j.id = e.job_id
+WHERE e.id = $1 AND j.namespace = $2
+"""
+
+LIST_ATTEMPTS = "SELECT * FROM attempts WHERE execution_id = $1 ORDER BY attempt"
+
+# --- scheduler leader ------------------------------------------------------------------
+
+# Leadership is claimed only with an epoch higher than any seen before.
+CLAIM_EPOCH = """
+UPDATE leader SET epoch = $1, holder = $2, acquired_at = now()
+WHERE id = 1 AND epoch < $1
+RETURNING epoch
+"""
+
+# The fence: every leader transaction starts here and aborts unless it still holds the
+# epoch. FOR SHARE makes a concurrent CLAIM_EPOCH wait for this transaction to finish.
+CHECK_EPOCH = "SELECT epoch FROM leader WHERE id = 1 FOR SHARE"
+
+CURRENT_LEADER = "SELECT epoch, holder, acquired_at FROM leader WHERE id = 1"
+
+SELECT_DUE_JOBS = """
+SELECT id, schedule, timezone, next_fire_at
+FROM jobs
+WHERE state = 'active' AND next_fire_at IS NOT NULL AND next_fire_at <= $1
+ORDER BY next_fire_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+# One statement creates every execution of the batch; the unique (job_id, scheduled_for)
+# makes a repeated fire a no-op instead of a duplicate.
+INSERT_EXECUTIONS = """
+INSERT INTO executions (job_id, scheduled_for, epoch)
+SELECT f.job_id, f.scheduled_for, $3
+FROM unnest($1::uuid[], $2::timestamptz[]) AS f(job_id, scheduled_for)
+ON CONFLICT (job_id, scheduled_for) DO NOTHING
+RETURNING id, job_id, attempt
+"""
+
+ADVANCE_JOBS = """
+UPDATE jobs j SET next_fire_at = a.next_fire_at, run_count = j.run_count + 1, updated_at = now()
+FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, next_fire_at)
+WHERE j.id = a.id
+"""
+
+MARK_PUBLISHED = "UPDATE executions SET published_at = now() WHERE id = ANY($1::uuid[])"
+
+REQUEUE_RETRIES = """
+UPDATE executions e
+SET state = 'queued', attempt = e.attempt + 1, run_after = NULL, published_at = NULL,
+    queued_at = now(), worker = NULL, epoch = $3
+WHERE e.id IN (
+    SELECT id FROM executions
+    WHERE state = 'retrying' AND run_after <= $1
+    ORDER BY run_after LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING e.id, e.job_id, e.attempt
+"""
+
+SELECT_UNPUBLISHED = """
+SELECT id, job_id, attempt FROM executions
+WHERE state = 'queued' AND published_at IS NULL AND queued_at <= $1
+ORDER BY queued_at
+LIMIT $2
+"""
+
+NEXT_WAKE = """
+SELECT least(
+    (SELECT min(next_fire_at) FROM jobs WHERE state = 'active' AND next_fire_at IS NOT NULL),
+    (SELECT min(run_after) FROM executions WHERE state = 'retrying')
+) AS wake_at
+"""
+
+# --- worker ----------------------------------------------------------------------------
+
+# Guarantee 2: the claim is the queued -> running transition; a duplicate delivery, a stale
+# attempt or a cancelled execution matches no row and so is never run.
+CLAIM_EXECUTIONS = """
+WITH claimed AS (
+    UPDATE executions e
+    SET state = 'running', worker = $3, started_at = now(),
+        lease_expires_at = now() + make_interval(secs => $4)
+    FROM unnest($1::uuid[], $2::int[]) AS m(id, attempt)
+    WHERE e.id = m.id AND e.attempt = m.attempt AND e.state = 'queued'
+    RETURNING e.id, e.job_id, e.attempt, e.scheduled_for
+), attempt_rows AS (
+    INSERT INTO attempts (execution_id, attempt, worker)
+    SELECT id, attempt, $3 FROM claimed
+)
+SELECT c.id, c.job_id, c.attempt, c.scheduled_for, j.kind, j.payload, j.timeout_s,
+       j.max_attempts, j.backoff_s, j.max_backoff_s, j.retry_jitter
+FROM claimed c JOIN jobs j ON j.id = c.job_id
+"""
+
+# Results of a batch: the execution moves on only if this worker still holds the attempt.
+FINISH_EXECUTIONS = """
+WITH r AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[],
+                         $6::text[], $7::text[], $8::double precision[])
+        AS r(id, attempt, state, outcome, exit_code, error, output, retry_in_s)
+), finished AS (
+    UPDATE executions e
+    SET state = r.state,
+        finished_at = CASE WHEN r.state = 'retrying' THEN NULL ELSE now() END,
+        run_after = CASE WHEN r.state = 'retrying'
+                         THEN now() + make_interval(secs => r.retry_in_s) END,
+        lease_expires_at = NULL, exit_code = r.exit_code, error = r.error, output = r.output
+    FROM r
+    WHERE e.id = r.id AND e.attempt = r.attempt AND e.state = 'running' AND e.worker = $9
+    RETURNING e.id, e.job_id, e.attempt, e.state
+), attempt_rows AS (
+    UPDATE attempts a
+    SET finished_at = now(), outcome = r.outcome, exit_code = r.exit_code, error = r.error,
+        output = r.output
+    FROM r, finished f
+    WHERE a.execution_id = f.id AND a.attempt = f.attempt AND r.id = f.id
+), completed_jobs AS (
+    UPDATE jobs j SET state = 'completed', updated_at = now()
+    FROM finished f
+    WHERE j.id = f.job_id AND f.state <> 'retrying'
+      AND j.state = 'active' AND j.next_fire_at IS NULL
+)
+SELECT id, state FROM finished
+"""

@@ -1,0 +1,159 @@
+"""RabbitMQ adapter (aio-pika): a durable quorum queue of execution attempts, a dead-letter
+exchange and queue, publisher confirms pipelined per batch, and a prefetch-limited consumer.
+
+RabbitMQ carries work only: every message names an execution that PostgreSQL already holds,
+so a lost or repeated message is recovered (re-publish) or harmless (the claim fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import aio_pika
+import orjson
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class MessageError(ValueError):
+    """A queue message that is not a well-formed execution attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptMessage:
+    execution_id: uuid.UUID
+    job_id: uuid.UUID
+    attempt: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"execution_id": str(self.execution_id), "job_id": str(self.job_id),
+             "attempt": self.attempt}
+        )
+
+    @classmethod
+    def decode(cls, body: bytes) -> AttemptMessage:
+        try:
+            data = orjson.loads(body)
+            attempt = data["attempt"]
+            if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+                raise MessageError("attempt must be a positive integer")
+            return cls(uuid.UUID(data["execution_id"]), uuid.UUID(data["job_id"]), attempt)
+        except MessageError:
+            raise
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MessageError(f"malformed execution message: {exc!r}") from None
+
+
+class Broker:
+    """One robust connection; a confirming channel for publishing, one for consuming."""
+
+    def __init__(self, url: str, queue_name: str, dead_exchange: str, dead_queue: str) -> None:
+        self.url = url
+        self.queue_name = queue_name
+        self.dead_exchange = dead_exchange
+        self.dead_queue = dead_queue
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+
+    async def connect(self) -> None:
+        self._connection = await aio_pika.connect_robust(self.url, timeout=10)
+        channel = await self._connection.channel(publisher_confirms=True)
+        await self._declare(channel)
+        self._publish_channel = channel  # type: ignore[assignment]
+
+    async def _declare(self, channel: aio_pika.abc.AbstractChannel) -> AbstractQueue:
+        dead = await channel.declare_exchange(
+            self.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead_queue = await channel.declare_queue(
+            self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead_queue.bind(dead)
+        return await channel.declare_queue(
+            self.queue_name,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": self.dead_exchange},
+        )
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed and bool(
+            getattr(self._connection, "connected", asyncio.Event()).is_set()
+        )
+
+    async def publish_many(self, messages: Sequence[AttemptMessage]) -> list[bool]:
+        """Publish a batch with all confirms in flight at once; True where confirmed."""
+        if not messages:
+            return []
+        assert self._publish_channel is not None, "connect() first"
+        exchange = self._publish_channel.default_exchange
+
+        async def one(message: AttemptMessage) -> bool:
+            try:
+                await exchange.publish(
+                    aio_pika.Message(
+                        message.encode(),
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        content_type="application/json",
+                        message_id=f"{message.execution_id}:{message.attempt}",
+                    ),
+                    routing_key=self.queue_name,
+                    timeout=PUBLISH_TIMEOUT_S,
+                )
+                return True
+            except Exception as exc:  # noqa: BLE001 - the outbox re-publishes any failure
+                log.warning("publish of %s failed: %r", message.execution_id, exc)
+                return False
+
+        return list(await asyncio.gather(*(one(m) for m in messages)))
+
+    async def consume(
+        self,
+        on_message: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        prefetch: int,
+    ) -> Callable[[], Awaitable[None]]:
+        """Start consuming with manual acks; returns a coroutine function that stops it."""
+        assert self._connection is not None, "connect() first"
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await self._declare(channel)
+        tag = await queue.consume(on_message, no_ack=False)
+
+        async def cancel() -> None:
+            try:
+                await queue.cancel(tag, timeout=5)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("cancelling the consumer failed: %r", exc)
+
+        return cancel
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Message counts from a fresh passive declare (a robust channel caches them)."""
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        try:
+            depths = {}
+            for name in (self.queue_name, self.dead_queue):
+                declared = await channel.declare_queue(name, passive=True)
+                depths[name] = declared.declaration_result.message_count or 0
+            return depths
+        finally:
+            await channel.close()
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
