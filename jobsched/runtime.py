@@ -1,0 +1,190 @@
+"""Hosting roles in one event loop: shared adapters, signals, readiness, orderly drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiozk.states import States
+
+from jobsched.adapters import postgres
+from jobsched.adapters.postgres import JobStore, WakeListener
+from jobsched.adapters.rabbitmq import Broker
+from jobsched.adapters.zookeeper import make_client, start_client
+from jobsched.api.app import build_app
+from jobsched.health import Readiness, health_app
+from jobsched.scheduler.leader import Scheduler
+from jobsched.settings import Settings
+from jobsched.worker.worker import Worker, import_task_modules
+
+log = logging.getLogger(__name__)
+
+ROLES = ("api", "scheduler", "worker")
+T = TypeVar("T")
+
+
+async def _retrying(
+    what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event
+) -> T | None:
+    """Call until it succeeds (capped backoff) or stop is set; a role waits, never crashes."""
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            return await attempt()
+        except Exception as exc:  # noqa: BLE001 - e.g. aiormq's own connection errors
+            log.warning("%s failed (%r); retrying in %.1fs", what, exc, delay)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 5.0)
+    return None
+
+
+async def _start_site(app: web.Application, host: str, port: int, label: str) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, shutdown_timeout=5)
+    await site.start()
+    log.info("%s listening on %s", label, ", ".join(str(a) for a in runner.addresses))
+    return runner
+
+
+async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -> int:
+    """Run the given roles until SIGTERM/SIGINT; returns the process exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    import_task_modules(settings.imports)  # fail fast on a bad --import
+
+    readiness = Readiness()
+    state: dict[str, Any] = {}
+    runners: list[web.AppRunner] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def postgres_ready() -> None:
+        store: JobStore | None = state.get("store")
+        if store is None:
+            raise ConnectionError("not connected yet")
+        await store.ping()
+
+    readiness.add_check("postgres", postgres_ready)
+    exit_code = 0
+    try:
+        if "api" not in roles:
+            health = health_app(readiness)
+            runners.append(await _start_site(health, settings.metrics_host, settings.metrics_port,
+                                             "health"))
+        if migrate:
+            done = await _retrying("migration", lambda: postgres.migrate(settings.database_url),
+                                   stop)
+            if done is None:
+                return 0
+        pool = await _retrying("connecting to PostgreSQL",
+                               lambda: postgres.create_pool(settings.database_url, max_size=20),
+                               stop)
+        if pool is None:
+            return 0
+        state["pool"] = pool
+        store = JobStore(pool)
+        state["store"] = store
+
+        if "api" in roles:
+            app = build_app(settings, store, readiness)
+            runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
+
+        broker: Broker | None = None
+        if roles & {"scheduler", "worker"}:
+            broker = Broker(settings.amqp_url, settings.queue_name,
+                            settings.dead_letter_exchange, settings.dead_letter_queue)
+            readiness.add_check("rabbitmq", _broker_check(broker))
+            if await _retrying("connecting to RabbitMQ", broker.connect, stop) is None and \
+                    stop.is_set():
+                return 0
+            state["broker"] = broker
+
+        if "scheduler" in roles:
+            assert broker is not None
+            zk = make_client(settings.zookeeper_hosts, settings.zookeeper_chroot,
+                             settings.zookeeper_session_timeout_s)
+            state["zk"] = zk
+            readiness.add_check("zookeeper", _zk_check(zk))
+            if not await start_client(zk, stop):
+                return 0
+            scheduler = Scheduler(settings, store, broker, zk)
+            readiness.add_info("scheduler", scheduler.describe)
+            listener = WakeListener(settings.database_url, scheduler.wake.set)
+            tasks.append(_task(listener.run(stop), "wake-listener", stop))
+            tasks.append(_task(scheduler.run(stop), "scheduler", stop))
+
+        if "worker" in roles:
+            assert broker is not None
+            worker = Worker(settings, store, broker)
+            readiness.add_info("worker", lambda: {"inflight": worker.inflight, **worker.stats})
+            tasks.append(_task(worker.run(stop), "worker", stop))
+
+        log.info("roles %s running as %s", ",".join(sorted(roles)), settings.instance)
+        await stop.wait()
+        log.info("stopping: draining")
+        # The api stops accepting first; then the worker drains and the leader resigns.
+        for runner in runners:
+            await runner.cleanup()
+        runners.clear()
+        if tasks:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            if any(isinstance(r, BaseException) for r in results):
+                exit_code = 1
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        for task in tasks:
+            task.cancel()
+        if "broker" in state:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(state["broker"].close(), 5)
+        if "zk" in state:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(state["zk"].close(), 5)
+        if "pool" in state:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(state["pool"].close(), 5)
+    log.info("stopped")
+    return exit_code
+
+
+def _task(coro: Coroutine[Any, Any, None], name: str, stop: asyncio.Event) -> asyncio.Task[None]:
+    """A role task; if it dies unexpectedly, the whole process stops (and exits non-zero)."""
+
+    async def guarded() -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s crashed; stopping the process", name)
+            stop.set()
+            raise
+
+    return asyncio.create_task(guarded(), name=name)
+
+
+def _broker_check(broker: Broker) -> Callable[[], Awaitable[None]]:
+    async def check() -> None:
+        if not broker.is_connected:
+            raise ConnectionError("RabbitMQ not connected")
+
+    return check
+
+
+def _zk_check(zk: Any) -> Callable[[], Awaitable[str]]:
+    async def check() -> str:
+        current = zk.session.state.current_state
+        if current not in (States.CONNECTED, States.READ_ONLY):
+            raise ConnectionError(f"ZooKeeper session {current}")
+        return str(current)
+
+    return check
