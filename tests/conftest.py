@@ -1,0 +1,93 @@
+"""Fixtures on real services: each test gets its own database (cloned from a migrated
+template), its own cluster name (so its own RabbitMQ queues and ZooKeeper chroot)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from jobsched.adapters import postgres
+from jobsched.settings import Settings
+from tests.helpers import (
+    AMQP_URL,
+    PG_ADMIN_URL,
+    ROOT,
+    ZK_HOSTS,
+    ZK_PORT,
+    clone_database,
+    db_url,
+    delete_queues,
+    drop_database,
+    zookeeper_answers,
+)
+
+
+@pytest.fixture(scope="session")
+def zookeeper() -> str:
+    if not zookeeper_answers():
+        subprocess.run([str(ROOT / "scripts/zookeeper.sh"), "start", "--port", str(ZK_PORT)],
+                       check=True)
+    return ZK_HOSTS
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    name = f"jobsched_tmpl_{os.getpid()}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        await postgres.migrate(db_url(name))
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(drop_database(name))
+
+
+
+
+
+
+
+
+@pytest.fixture
+async def database_url(template_db: str) -> AsyncIterator[str]:
+    name = await clone_database(template_db)
+    yield db_url(name)
+    await drop_database(name)
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[str]:
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    await delete_queues(name)
+
+
+@pytest.fixture
+def settings(database_url: str, cluster: str, zookeeper: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        amqp_url=AMQP_URL,
+        zookeeper_hosts=zookeeper,
+        cluster=cluster,
+        instance=f"test-{cluster}",
+        worker_lease_s=30,
+    )
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await postgres.create_pool(database_url)
+    yield pool
+    await pool.close()

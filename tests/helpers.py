@@ -1,0 +1,71 @@
+"""Helpers shared by the test tiers: service addresses, databases, queues, ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import asyncpg
+
+from jobsched.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get(
+    "JOBSCHED_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+AMQP_URL = os.environ.get("JOBSCHED_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+ZK_PORT = int(os.environ.get("JOBSCHED_TEST_ZOOKEEPER_PORT", "2181"))
+ZK_HOSTS = f"127.0.0.1:{ZK_PORT}"
+
+
+def db_url(name: str) -> str:
+    return urlunsplit(urlsplit(PG_ADMIN_URL)._replace(path=f"/{name}"))
+
+
+def zookeeper_answers(port: int = ZK_PORT) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"srvr")
+            return b"Mode:" in sock.recv(4096)
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def clone_database(template: str) -> str:
+    name = f"jobsched_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def delete_queues(cluster: str) -> None:
+    settings = Settings(cluster=cluster)
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        for queue in (settings.queue_name, settings.dead_letter_queue):
+            await channel.queue_delete(queue)
+        await channel.exchange_delete(settings.dead_letter_exchange)
+    finally:
+        await connection.close()

@@ -1,0 +1,125 @@
+"""The PostgreSQL adapter against a real server: migrations, fencing, one execution per fire,
+claims that only one worker can win."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from jobsched.adapters import postgres
+from jobsched.adapters.postgres import FinishedAttempt, JobStore, StaleEpochError
+
+
+async def _job(store: JobStore, due: datetime, schedule: str = "* * * * * *") -> uuid.UUID:
+    row = await store.insert_job((
+        "default", "j", "python", {"function": "m:f", "args": {}}, schedule, "UTC", due,
+        1, 2.0, 300.0, 60.0, {}, {"name": "j"},
+    ))
+    return row["id"]
+
+
+def _plan(jobs: list[postgres.DueJob]) -> list[tuple[uuid.UUID, datetime, datetime | None]]:
+    return [(j.id, j.next_fire_at, j.next_fire_at + timedelta(seconds=1)) for j in jobs]
+
+
+async def test_migrate_is_idempotent_and_safe_concurrently(database_url: str) -> None:
+    # The template already applied everything: running again, twice at once, applies nothing.
+    results = await asyncio.gather(postgres.migrate(database_url), postgres.migrate(database_url))
+    assert results == [[], []]
+    conn = await asyncpg.connect(database_url)
+    try:
+        versions = await conn.fetch("SELECT version FROM schema_migrations")
+        assert [r["version"] for r in versions] == [1]
+    finally:
+        await conn.close()
+
+
+async def test_fresh_database_migrates_under_the_lock(template_db: str) -> None:
+    from tests.helpers import PG_ADMIN_URL, db_url, drop_database
+
+    name = f"jobsched_m_{uuid.uuid4().hex[:8]}"
+    url = db_url(name)
+    assert await postgres.create_database(url) is True
+    assert await postgres.create_database(url) is False
+    try:
+        applied = await asyncio.gather(*(postgres.migrate(url) for _ in range(3)))
+        assert sorted(len(a) for a in applied) == [0, 0, 1]
+    finally:
+        assert PG_ADMIN_URL
+        await drop_database(name)
+
+
+async def test_epoch_only_grows(pool: asyncpg.Pool) -> None:
+    store = JobStore(pool)
+    assert await store.claim_epoch(5, "a")
+    assert not await store.claim_epoch(5, "b")
+    assert not await store.claim_epoch(3, "b")
+    assert await store.claim_epoch(6, "b")
+    leader = await store.current_leader()
+    assert leader is not None and leader["epoch"] == 6 and leader["holder"] == "b"
+
+
+async def test_deposed_leader_cannot_fire(pool: asyncpg.Pool) -> None:
+    store = JobStore(pool)
+    now = datetime.now(UTC).replace(microsecond=0)
+    job_id = await _job(store, now)
+    assert await store.claim_epoch(1, "old")
+    assert await store.claim_epoch(2, "new")
+    with pytest.raises(StaleEpochError):
+        await store.fire_due_jobs(1, now, 100, _plan)
+    with pytest.raises(StaleEpochError):
+        await store.requeue_retries(1, now, 100)
+    assert await pool.fetchval("SELECT count(*) FROM executions") == 0
+    dispatches, due = await store.fire_due_jobs(2, now, 100, _plan)
+    assert due == 1 and [d.job_id for d in dispatches] == [job_id]
+    assert await pool.fetchval("SELECT epoch FROM executions") == 2
+
+
+async def test_a_fire_creates_exactly_one_execution(pool: asyncpg.Pool) -> None:
+    store = JobStore(pool)
+    now = datetime.now(UTC).replace(microsecond=0)
+    job_id = await _job(store, now)
+    await store.claim_epoch(1, "leader")
+    first, _ = await store.fire_due_jobs(1, now, 100, _plan)
+    assert len(first) == 1
+    # The same fire again (say a leader re-ran a tick): the unique key absorbs it.
+    await pool.execute("UPDATE jobs SET next_fire_at = $1", now)
+    again, due = await store.fire_due_jobs(1, now, 100, _plan)
+    assert due == 1 and again == []
+    assert await pool.fetchval(
+        "SELECT count(*) FROM executions WHERE job_id = $1 AND scheduled_for = $2", job_id, now
+    ) == 1
+
+
+async def test_concurrent_fire_transactions_do_not_duplicate(pool: asyncpg.Pool) -> None:
+    store = JobStore(pool)
+    now = datetime.now(UTC).replace(microsecond=0)
+    for _ in range(200):
+        await _job(store, now)
+    await store.claim_epoch(1, "leader")
+    results = await asyncio.gather(*(store.fire_due_jobs(1, now, 50, _plan) for _ in range(8)))
+    assert sum(len(d) for d, _ in results) == 200
+    assert await pool.fetchval("SELECT count(*) FROM executions") == 200
+
+
+async def test_only_one_claim_wins_and_results_need_the_claim(pool: asyncpg.Pool) -> None:
+    store = JobStore(pool)
+    now = datetime.now(UTC)
+    await _job(store, now)
+    await store.claim_epoch(1, "leader")
+    (dispatch,), _ = await store.fire_due_jobs(1, now, 100, _plan)
+    claim = [(dispatch.execution_id, dispatch.attempt)]
+    results = await asyncio.gather(*(store.claim_executions(claim, f"w{i}", 30) for i in range(5)))
+    winners = [i for i, rows in enumerate(results) if rows]
+    assert len(winners) == 1
+    winner = f"w{winners[0]}"
+    result = FinishedAttempt(dispatch.execution_id, 1, "succeeded", "succeeded", 0, None, "ok", 0)
+    assert await store.finish_attempts([result], "someone-else") == {}
+    assert await store.finish_attempts([result], winner) == {dispatch.execution_id: "succeeded"}
+    assert await store.claim_executions(claim, "late", 30) == []
+    attempts = await pool.fetch("SELECT worker, outcome FROM attempts")
+    assert [(a["worker"], a["outcome"]) for a in attempts] == [(winner, "succeeded")]

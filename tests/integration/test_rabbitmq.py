@@ -1,0 +1,61 @@
+"""The RabbitMQ adapter against a real broker: quorum queues, confirms, dead-lettering."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from jobsched.adapters.rabbitmq import AttemptMessage, Broker, MessageError
+from jobsched.settings import Settings
+
+
+def _broker(settings: Settings) -> Broker:
+    return Broker(settings.amqp_url, settings.queue_name, settings.dead_letter_exchange,
+                  settings.dead_letter_queue)
+
+
+def test_message_round_trip_and_rejects() -> None:
+    message = AttemptMessage(uuid.uuid4(), uuid.uuid4(), 2)
+    assert AttemptMessage.decode(message.encode()) == message
+    for body in (b"", b"nope", b"[]", b'{"execution_id": "x", "job_id": "y", "attempt": 1}',
+                 b'{"execution_id": "%s", "job_id": "%s", "attempt": 0}'
+                 % (str(uuid.uuid4()).encode(), str(uuid.uuid4()).encode())):
+        with pytest.raises(MessageError):
+            AttemptMessage.decode(body)
+
+
+async def test_publish_confirm_consume_and_dead_letter(settings: Settings) -> None:
+    broker = _broker(settings)
+    await broker.connect()
+    try:
+        messages = [AttemptMessage(uuid.uuid4(), uuid.uuid4(), 1) for _ in range(50)]
+        assert await broker.publish_many(messages) == [True] * 50
+        got: list[AttemptMessage] = []
+        done = asyncio.Event()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            decoded = AttemptMessage.decode(message.body)
+            got.append(decoded)
+            if decoded == messages[0]:
+                await message.reject(requeue=False)
+            else:
+                await message.ack()
+            if len(got) == len(messages):
+                done.set()
+
+        cancel = await broker.consume(on_message, prefetch=10)
+        await asyncio.wait_for(done.wait(), 10)
+        await cancel()
+        assert sorted(str(m.execution_id) for m in got) == sorted(
+            str(m.execution_id) for m in messages)
+        for _ in range(50):
+            depths = await broker.queue_depths()
+            if depths[settings.dead_letter_queue] == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert depths == {settings.queue_name: 0, settings.dead_letter_queue: 1}
+    finally:
+        await broker.close()
