@@ -1,0 +1,19 @@
+.PHONY: run test lint install services
+
+# Everything a fresh machine needs, then all roles with a demo job firing every 5 s.
+run:
+	scripts/run-local.sh
+
+# The whole test suite on real PostgreSQL, RabbitMQ and ZooKeeper (started if missing).
+test: install services
+	python3 -m pytest -q
+
+install:
+	python3 -m pip install -q -e '.[dev]'
+
+services:
+	scripts/services.sh
+
+lint:
+	ruff check jobsched tests
+	mypy jobsched

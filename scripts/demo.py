@@ -1,0 +1,44 @@
+"""Create the demo job (a shell command every 5 seconds) and print each run as it ends."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+
+API = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"
+
+
+def call(method: str, path: str, body: object | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(API + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+for _ in range(300):
+    try:
+        call("GET", "/api/v1/jobs?limit=1")
+        break
+    except OSError:
+        time.sleep(0.2)
+
+job = call("POST", "/api/v1/jobs", {
+    "name": "demo-every-5s",
+    "schedule": "*/5 * * * * *",
+    "kind": "shell",
+    "shell": {"argv": ["/bin/sh", "-c", "echo \"hello from jobsched at $(date -u +%T)\""]},
+})
+print(f"created job {job['id']} ({job['schedule']}); next fire {job['next_fire_at']}", flush=True)
+print("each run below is read back from the API; Ctrl-C stops everything", flush=True)
+seen: set[str] = set()
+while True:
+    for execution in reversed(call("GET", f"/api/v1/jobs/{job['id']}/executions")["items"]):
+        if execution["id"] in seen or execution["state"] in ("queued", "running"):
+            continue
+        seen.add(execution["id"])
+        output = (execution["output"] or "").strip()
+        print(f"{execution['scheduled_for']}  {execution['state']:<9}  {output}", flush=True)
+    time.sleep(0.5)
