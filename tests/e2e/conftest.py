@@ -133,7 +133,7 @@ class LocalCluster:
         port = free_port()
         name = f"{'+'.join(roles)}-{len(self.processes)}"
         overrides = {"JOBSCHED_INSTANCE": name, **env}
-        if "api" in roles:
+        if "api" in roles or "all" in roles:
             self.api_port = port
             overrides["JOBSCHED_API_PORT"] = str(port)
         else:

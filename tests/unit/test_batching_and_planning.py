@@ -1,0 +1,76 @@
+"""Pure logic of the hot path: the micro-batcher and the leader's fire planning."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from jobsched.adapters.postgres import DueJob
+from jobsched.batching import Batcher
+from jobsched.domain.retry import RetryPolicy
+from jobsched.scheduler.leader import plan_fires
+from jobsched.worker.executors import AttemptResult
+from jobsched.worker.worker import next_state
+
+
+async def test_concurrent_submits_share_one_flush() -> None:
+    flushes: list[list[int]] = []
+
+    async def flush(items: list[int]) -> list[int]:
+        flushes.append(items)
+        return [i * 10 for i in items]
+
+    batcher: Batcher[int, int] = Batcher(flush, max_size=100, max_delay=0.01)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(50)))
+    await batcher.close()
+    assert results == [i * 10 for i in range(50)]
+    assert len(flushes) == 1
+
+
+async def test_batches_are_capped_and_failures_reach_every_waiter() -> None:
+    sizes: list[int] = []
+
+    async def flush(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        if 13 in items:
+            raise RuntimeError("database down")
+        return items
+
+    batcher: Batcher[int, int] = Batcher(flush, max_size=10, max_delay=0.001)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(25)),
+                                   return_exceptions=True)
+    await batcher.close()
+    assert max(sizes) == 10 and sum(sizes) == 25
+    failed = [i for i, r in enumerate(results) if isinstance(r, RuntimeError)]
+    assert failed == list(range(10, 20))
+
+
+def test_plan_fires_coalesces_missed_fires() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, 500_000, tzinfo=UTC)
+    job = DueJob(uuid.uuid4(), "* * * * * *", "UTC", now - timedelta(seconds=30))
+    once = DueJob(uuid.uuid4(), "immediate", "UTC", now)
+    (fire, single) = plan_fires([job, once], now)
+    assert fire == (job.id, now - timedelta(seconds=30), datetime(2026, 1, 1, 12, 0, 1, tzinfo=UTC))
+    assert single == (once.id, now, None)
+
+
+def test_plan_fires_stops_a_job_whose_schedule_cannot_be_read() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    broken = DueJob(uuid.uuid4(), "not a schedule", "UTC", now)
+    assert plan_fires([broken], now) == [(broken.id, now, None)]
+
+
+@pytest.mark.parametrize(("outcome", "attempt", "state"), [
+    ("succeeded", 1, "succeeded"),
+    ("failed", 1, "retrying"),
+    ("timed_out", 2, "retrying"),
+    ("failed", 3, "dead"),
+])
+def test_next_state_follows_the_retry_policy(outcome: str, attempt: int, state: str) -> None:
+    policy = RetryPolicy(max_attempts=3, backoff_s=2, max_backoff_s=10)
+    got, delay = next_state(AttemptResult(outcome), attempt, policy)
+    assert got == state
+    assert (delay > 0) == (state == "retrying")
