@@ -103,3 +103,34 @@ def run(ctx: click.Context, roles: tuple[str, ...], run_migrate: bool, imports: 
         click.echo(f"jobsched: cannot import task module: {exc}", err=True)
         sys.exit(2)
     sys.exit(code)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmark scenarios against a running cluster (see docs/benchmarks.md)."""
+
+
+@bench.command("immediate")
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True,
+              help="Base URL of an api process.")
+@click.option("--count", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--kind", type=click.Choice(["python", "shell"]), default="python",
+              show_default=True, help="python needs workers started with "
+              "--import jobsched.bench.tasks.")
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the result here.")
+def bench_immediate(url: str, count: int, kind: str, json_out: str | None) -> None:
+    """Submit -> succeeded latency of `immediate` jobs, one at a time (median of COUNT)."""
+    import orjson
+
+    from jobsched.bench.immediate import run_immediate
+
+    result = asyncio.run(run_immediate(url.rstrip("/"), count, kind))
+    click.echo(f"immediate {kind} jobs, n={count}: submit -> succeeded")
+    click.echo(f"{'clock':<8}{'median':>10}{'p90':>10}{'min':>10}{'max':>10}  (ms)")
+    for clock in ("client", "server"):
+        s = result[clock]
+        click.echo(f"{clock:<8}{s['median_ms']:>10.1f}{s['p90_ms']:>10.1f}"
+                   f"{s['min_ms']:>10.1f}{s['max_ms']:>10.1f}")
+    if json_out:
+        with open(json_out, "wb") as handle:
+            handle.write(orjson.dumps(result, option=orjson.OPT_INDENT_2))

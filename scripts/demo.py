@@ -25,6 +25,10 @@ for _ in range(300):
     except OSError:
         time.sleep(0.2)
 
+# A previous `make run` left its demo job behind: cancel it so only one fires.
+for old in call("GET", "/api/v1/jobs?name=demo-every-5s&state=active")["items"]:
+    call("DELETE", f"/api/v1/jobs/{old['id']}")
+
 job = call("POST", "/api/v1/jobs", {
     "name": "demo-every-5s",
     "schedule": "*/5 * * * * *",
@@ -34,11 +38,14 @@ job = call("POST", "/api/v1/jobs", {
 print(f"created job {job['id']} ({job['schedule']}); next fire {job['next_fire_at']}", flush=True)
 print("each run below is read back from the API; Ctrl-C stops everything", flush=True)
 seen: set[str] = set()
-while True:
-    for execution in reversed(call("GET", f"/api/v1/jobs/{job['id']}/executions")["items"]):
-        if execution["id"] in seen or execution["state"] in ("queued", "running"):
-            continue
-        seen.add(execution["id"])
-        output = (execution["output"] or "").strip()
-        print(f"{execution['scheduled_for']}  {execution['state']:<9}  {output}", flush=True)
-    time.sleep(0.5)
+try:
+    while True:
+        for execution in reversed(call("GET", f"/api/v1/jobs/{job['id']}/executions")["items"]):
+            if execution["id"] in seen or execution["state"] in ("queued", "running"):
+                continue
+            seen.add(execution["id"])
+            output = (execution["output"] or "").strip()
+            print(f"{execution['scheduled_for']}  {execution['state']:<9}  {output}", flush=True)
+        time.sleep(0.5)
+except KeyboardInterrupt:
+    pass
