@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from jobsched.adapters.postgres import JobStore
+from jobsched.api.dashboard import register_dashboard
 from jobsched.api.problems import invalid, problem
 from jobsched.domain.models import (
     AttemptOut,
@@ -271,4 +272,5 @@ def build_app(settings: Settings, store: JobStore, readiness: Readiness) -> web.
     app.router.add_get("/api/v1/executions/{id}", get_execution)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    register_dashboard(app)
     return app
