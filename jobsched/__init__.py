@@ -1,6 +1,15 @@
 """jobsched: a distributed job scheduler on PostgreSQL, RabbitMQ and ZooKeeper."""
 
+from jobsched.client import ApiError, Client, ConnectionFailed, SyncClient
 from jobsched.tasks import TaskContext, task
 
 __version__ = "0.1.0"
-__all__ = ["TaskContext", "__version__", "task"]
+__all__ = [
+    "ApiError",
+    "Client",
+    "ConnectionFailed",
+    "SyncClient",
+    "TaskContext",
+    "__version__",
+    "task",
+]
