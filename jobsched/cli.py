@@ -105,6 +105,12 @@ def run(ctx: click.Context, roles: tuple[str, ...], run_migrate: bool, imports: 
     sys.exit(code)
 
 
+# The API client commands (jobs, executions, cluster) live in their own module.
+from jobsched.cli_client import register as register_client_commands  # noqa: E402
+
+register_client_commands(main)
+
+
 @main.group()
 def bench() -> None:
     """Benchmark scenarios against a running cluster (see docs/benchmarks.md)."""
