@@ -36,7 +36,8 @@ class Settings(BaseModel):
     database_url: str = "postgresql://localhost/jobsched"
     amqp_url: str = "amqp://guest:guest@localhost/"
     zookeeper_hosts: str = "localhost:2181"
-    zookeeper_session_timeout_s: float = Field(4.0, ge=1.0, le=120.0)
+    # With 1 s ZooKeeper ticks a session ends 3-4 s after its holder dies: the take-over time.
+    zookeeper_session_timeout_s: float = Field(3.0, ge=2.0, le=120.0)
     cluster: str = "default"
     instance: str = Field(default_factory=_default_instance, min_length=1, max_length=200)
 

@@ -182,9 +182,11 @@ write_conf() {
     mkdir -p "$nodedir/conf" "$nodedir/data"
     {
         echo "# written by scripts/zookeeper.sh"
-        echo "tickTime=2000"
-        echo "initLimit=10"
-        echo "syncLimit=5"
+        # 1 s ticks: sessions expire within a second of their timeout (2 s ticks add up
+        # to 2 s to every leader take-over) and timeouts down to 2 s are allowed.
+        echo "tickTime=1000"
+        echo "initLimit=20"
+        echo "syncLimit=10"
         echo "dataDir=$nodedir/data"
         echo "clientPort=$cport"
         echo "clientPortAddress=127.0.0.1"
