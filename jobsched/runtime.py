@@ -107,23 +107,26 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
                 return 0
             state["broker"] = broker
 
-        if "scheduler" in roles:
-            assert broker is not None
+        zk = None
+        if roles & {"scheduler", "worker"}:
             zk = make_client(settings.zookeeper_hosts, settings.zookeeper_chroot,
                              settings.zookeeper_session_timeout_s)
             state["zk"] = zk
             readiness.add_check("zookeeper", _zk_check(zk))
             if not await start_client(zk, stop):
                 return 0
+
+        if "scheduler" in roles:
+            assert broker is not None and zk is not None
             scheduler = Scheduler(settings, store, broker, zk)
             readiness.add_info("scheduler", scheduler.describe)
-            listener = WakeListener(settings.database_url, scheduler.wake.set)
+            listener = WakeListener(settings.database_url, lambda _: scheduler.wake.set())
             tasks.append(_task(listener.run(stop), "wake-listener", stop))
             tasks.append(_task(scheduler.run(stop), "scheduler", stop))
 
         if "worker" in roles:
             assert broker is not None
-            worker = Worker(settings, store, broker)
+            worker = Worker(settings, store, broker, zk=zk)
             readiness.add_info("worker", lambda: {"inflight": worker.inflight, **worker.stats})
             tasks.append(_task(worker.run(stop), "worker", stop))
 

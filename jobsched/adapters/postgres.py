@@ -120,6 +120,39 @@ class DueJob:
     schedule: str
     timezone: str
     next_fire_at: datetime
+    misfire: str = "run_once"
+    max_catchup: int = 10
+    starting_deadline_s: float | None = None
+    concurrency: str = "allow"
+    end_at: datetime | None = None
+    max_runs: int | None = None
+    run_count: int = 0
+    jitter_s: float = 0.0
+    busy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FireRecord:
+    """One row the leader writes: an execution to run (queued) or a recorded non-run."""
+
+    job_id: uuid.UUID
+    scheduled_for: datetime
+    state: str = "queued"
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobAdvance:
+    job_id: uuid.UUID
+    next_fire_at: datetime | None
+    runs: int
+
+
+@dataclass
+class TickPlan:
+    fires: list[FireRecord]
+    advances: list[JobAdvance]
+    replace: list[uuid.UUID]  # jobs whose active runs give way (concurrency=replace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +174,7 @@ class FinishedAttempt:
     error: str | None
     output: str | None
     retry_in_s: float
+    reason: str | None = None
 
 
 class JobStore:
@@ -160,6 +194,52 @@ class JobStore:
             row = await conn.fetchrow(q.INSERT_JOB, *values)
             await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")
         assert row is not None
+        return row
+
+    async def update_job(
+        self,
+        job_id: uuid.UUID,
+        namespace: str,
+        change: Callable[[asyncpg.Record], Sequence[Any]],
+    ) -> asyncpg.Record | None:
+        """Read-modify-write one job under its row lock; ``change`` returns the new column
+        values (or raises to abort). None if there is no such job."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q.LOCK_JOB, job_id, namespace)
+            if row is None:
+                return None
+            updated = await conn.fetchrow(q.UPDATE_JOB, job_id, *change(row))
+            await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")
+        return updated
+
+    async def pause_job(self, job_id: uuid.UUID, namespace: str) -> bool:
+        return await self.pool.fetchval(q.PAUSE_JOB, job_id, namespace) is not None
+
+    async def resume_job(
+        self,
+        job_id: uuid.UUID,
+        namespace: str,
+        plan: Callable[[asyncpg.Record], tuple[datetime | None, list[tuple[datetime, str]]]],
+    ) -> str:
+        """Resume a paused job: ``plan`` gives its next fire and the skipped fires to record.
+        Returns 'resumed', 'not_paused' or 'missing'."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q.LOCK_JOB, job_id, namespace)
+            if row is None:
+                return "missing"
+            if row["state"] != "paused":
+                return "not_paused"
+            next_fire_at, skipped = plan(row)
+            for at, reason in skipped:
+                await conn.execute(q.INSERT_RECORD, job_id, at, "skipped", reason)
+            await conn.execute(q.RESUME_JOB, job_id, next_fire_at)
+            await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")
+        return "resumed"
+
+    async def trigger_job(self, job_id: uuid.UUID, now: datetime) -> asyncpg.Record | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q.INSERT_RECORD, job_id, now, "queued", "triggered")
+            await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "trigger")
         return row
 
     async def get_job(self, job_id: uuid.UUID, namespace: str) -> asyncpg.Record | None:
@@ -182,7 +262,7 @@ class JobStore:
 
     async def cancel_job(self, job_id: uuid.UUID, namespace: str) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(q.CANCEL_JOB, job_id, namespace)
+            row = await conn.fetchrow(q.CANCEL_JOB, job_id, namespace, q.CANCEL_CHANNEL)
             await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")
         return bool(row and row["jobs"])
 
@@ -223,26 +303,49 @@ class JobStore:
         epoch: int,
         now: datetime,
         limit: int,
-        plan: Callable[[list[DueJob]], list[tuple[uuid.UUID, datetime, datetime | None]]],
-    ) -> tuple[list[Dispatch], int]:
-        """Create the executions of due jobs and advance them, in one fenced transaction.
+        plan: Callable[[list[DueJob]], TickPlan],
+    ) -> tuple[list[Dispatch], int, list[FireRecord]]:
+        """Record the fires of due jobs and advance them, in one fenced transaction.
 
-        ``plan`` maps the locked due jobs to ``(job_id, scheduled_for, next_fire_at)``.
-        Returns the executions to publish and how many jobs were due.
+        Returns the executions to publish, how many jobs were due, and the fires recorded
+        as not run (missed or skipped), for counting.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             await self._check_epoch(conn, epoch)
             rows = await conn.fetch(q.SELECT_DUE_JOBS, now, limit)
             if not rows:
-                return [], 0
-            due = [DueJob(r["id"], r["schedule"], r["timezone"], r["next_fire_at"]) for r in rows]
-            fires = plan(due)
-            job_ids = [f[0] for f in fires]
+                return [], 0, []
+            tick = plan([DueJob(**dict(r)) for r in rows])
+            if tick.replace:
+                replaced = await conn.fetch(q.REPLACE_ACTIVE, tick.replace, now)
+                await self._notify_cancel(conn, [r["id"] for r in replaced])
             created = await conn.fetch(
-                q.INSERT_EXECUTIONS, job_ids, [f[1] for f in fires], epoch
+                q.INSERT_EXECUTIONS,
+                [f.job_id for f in tick.fires],
+                [f.scheduled_for for f in tick.fires],
+                epoch,
+                [f.state for f in tick.fires],
+                [f.reason for f in tick.fires],
             )
-            await conn.execute(q.ADVANCE_JOBS, job_ids, [f[2] for f in fires])
-        return [Dispatch(r["id"], r["job_id"], r["attempt"]) for r in created], len(rows)
+            await conn.execute(
+                q.ADVANCE_JOBS,
+                [a.job_id for a in tick.advances],
+                [a.next_fire_at for a in tick.advances],
+                [a.runs for a in tick.advances],
+            )
+        dispatches = [Dispatch(r["id"], r["job_id"], r["attempt"])
+                      for r in created if r["state"] == "queued"]
+        not_run = [f for f in tick.fires if f.state != "queued"]
+        return dispatches, len(rows), not_run
+
+    @staticmethod
+    async def _notify_cancel(conn: asyncpg.Connection, execution_ids: list[uuid.UUID]) -> None:
+        if execution_ids:
+            await conn.execute(
+                "SELECT pg_notify($1, id::text) FROM unnest($2::uuid[]) AS id",
+                q.CANCEL_CHANNEL,
+                execution_ids,
+            )
 
     async def requeue_retries(self, epoch: int, now: datetime, limit: int) -> list[Dispatch]:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -258,6 +361,10 @@ class JobStore:
         rows = await self.pool.fetch(q.SELECT_UNPUBLISHED, queued_before, limit)
         return [Dispatch(r["id"], r["job_id"], r["attempt"]) for r in rows]
 
+    async def manual_unpublished(self, limit: int) -> list[Dispatch]:
+        rows = await self.pool.fetch(q.SELECT_MANUAL_UNPUBLISHED, limit)
+        return [Dispatch(r["id"], r["job_id"], r["attempt"]) for r in rows]
+
     async def next_wake(self) -> datetime | None:
         return await self.pool.fetchval(q.NEXT_WAKE)
 
@@ -269,6 +376,11 @@ class JobStore:
         return await self.pool.fetch(
             q.CLAIM_EXECUTIONS, [c[0] for c in claims], [c[1] for c in claims], worker, lease_s
         )
+
+    async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(q.HAND_BACK, execution_id, attempt, worker)
+            await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "retry")
 
     async def finish_attempts(
         self, results: Sequence[FinishedAttempt], worker: str
@@ -286,18 +398,53 @@ class JobStore:
                 [r.output for r in results],
                 [r.retry_in_s for r in results],
                 worker,
+                [r.reason for r in results],
             )
             if any(r.state == "retrying" for r in results):
                 await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "retry")
         return {r["id"]: r["state"] for r in rows}
 
 
-class WakeListener:
-    """A dedicated connection LISTENing for wake-ups; reconnects with capped backoff."""
+class HeldExecutions:
+    """Worker-side statements about the executions it holds."""
 
-    def __init__(self, dsn: str, on_wake: Callable[[], None]) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def heartbeat(
+        self, execution_ids: Sequence[uuid.UUID], worker: str, lease_s: float
+    ) -> set[uuid.UUID]:
+        """Extend the leases in one statement; returns the ids still held."""
+        rows = await self.pool.fetch(q.HEARTBEAT, list(execution_ids), worker, lease_s)
+        return {r["id"] for r in rows}
+
+    async def close_attempt(
+        self, execution_id: uuid.UUID, attempt: int, outcome: str, error: str | None,
+        output: str | None, exit_code: int | None,
+    ) -> None:
+        await self.pool.execute(q.CLOSE_ATTEMPT, execution_id, attempt, outcome, error,
+                                output, exit_code)
+
+
+async def reap_expired(
+    pool: asyncpg.Pool, epoch: int, now: datetime, limit: int
+) -> list[asyncpg.Record]:
+    """Fenced: executions whose worker stopped renewing its lease are retried or dead."""
+    async with pool.acquire() as conn, conn.transaction():
+        await JobStore._check_epoch(conn, epoch)
+        return await conn.fetch(q.REAP_EXPIRED, now, limit)
+
+
+class WakeListener:
+    """A dedicated connection LISTENing on a channel; reconnects with capped backoff.
+    ``on_wake`` gets the payload ("" after a reconnect, when anything may have been missed).
+    """
+
+    def __init__(self, dsn: str, on_wake: Callable[[str], None],
+                 channel: str = q.NOTIFY_CHANNEL) -> None:
         self.dsn = dsn
         self.on_wake = on_wake
+        self.channel = channel
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = 0.1
@@ -305,9 +452,9 @@ class WakeListener:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=10)
-                await conn.add_listener(q.NOTIFY_CHANNEL, self._notified)
+                await conn.add_listener(self.channel, self._notified)
                 delay = 0.1
-                self.on_wake()  # anything missed while disconnected is picked up now
+                self.on_wake("")  # anything missed while disconnected is picked up now
                 while not stop.is_set() and not conn.is_closed():
                     await _wait(stop, 5.0)
                     if not stop.is_set():
@@ -320,8 +467,8 @@ class WakeListener:
                 if conn is not None:
                     await _close_quietly(conn.close())
 
-    def _notified(self, *_args: Any) -> None:
-        self.on_wake()
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.on_wake(payload)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

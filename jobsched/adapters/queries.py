@@ -4,10 +4,46 @@ NOTIFY_CHANNEL = "jobsched_wake"
 
 # --- api ---------------------------------------------------------------------------------
 
-INSERT_JOB = """
-INSERT INTO jobs (namespace, name, kind, payload, schedule, timezone, next_fire_at,
-                  max_attempts, backoff_s, max_backoff_s, timeout_s, labels, spec)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+# The columns a job's spec determines, in the order JOB_VALUES lists them.
+JOB_COLUMNS = (
+    "name", "kind", "payload", "schedule", "timezone", "next_fire_at", "max_attempts",
+    "backoff_s", "max_backoff_s", "timeout_s", "labels", "spec", "misfire", "max_catchup",
+    "starting_deadline_s", "concurrency", "start_at", "end_at", "max_runs", "jitter_s",
+    "keep_succeeded", "keep_failed",
+)
+
+INSERT_JOB = f"""
+INSERT INTO jobs (id, namespace, {", ".join(JOB_COLUMNS)})
+VALUES ($1, $2, {", ".join(f"${i + 3}" for i in range(len(JOB_COLUMNS)))})
+RETURNING *
+"""
+
+# PATCH: the row was locked by LOCK_JOB in the same transaction.
+UPDATE_JOB = f"""
+UPDATE jobs SET {", ".join(f"{c} = ${i + 2}" for i, c in enumerate(JOB_COLUMNS))},
+    updated_at = now()
+WHERE id = $1
+RETURNING *
+"""
+
+LOCK_JOB = "SELECT * FROM jobs WHERE id = $1 AND namespace = $2 FOR UPDATE"
+
+PAUSE_JOB = """
+UPDATE jobs SET state = 'paused', updated_at = now()
+WHERE id = $1 AND namespace = $2 AND state = 'active'
+RETURNING id
+"""
+
+RESUME_JOB = """
+UPDATE jobs SET state = 'active', next_fire_at = $2, updated_at = now()
+WHERE id = $1
+RETURNING id
+"""
+
+INSERT_RECORD = """
+INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at)
+VALUES ($1, $2, -1, $3, $4, CASE WHEN $3 = 'queued' THEN NULL ELSE now() END)
+ON CONFLICT (job_id, scheduled_for) DO NOTHING
 RETURNING *
 """
 
@@ -38,17 +74,22 @@ LIMIT $7
 """
 )
 
+# Queued and retrying runs are cancelled; running ones too, and their workers are told
+# (CANCEL_CHANNEL) to kill them.
 CANCEL_JOB = """
 WITH job AS (
     UPDATE jobs SET state = 'cancelled', next_fire_at = NULL, updated_at = now()
     WHERE id = $1 AND namespace = $2 AND state IN ('active', 'paused')
     RETURNING id
 ), cancelled AS (
-    UPDATE executions e SET state = 'cancelled', finished_at = now(), reason = 'job cancelled'
-    FROM job WHERE e.job_id = job.id AND e.state IN ('queued', 'retrying')
+    UPDATE executions e SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+                            reason = 'job cancelled'
+    FROM job WHERE e.job_id = job.id AND e.state IN ('queued', 'retrying', 'running')
     RETURNING e.id
+), notified AS (
+    SELECT pg_notify($3, id::text) FROM cancelled
 )
-SELECT (SELECT count(*) FROM job) AS jobs, (SELECT count(*) FROM cancelled) AS executions
+SELECT (SELECT count(*) FROM job) AS jobs, (SELECT count(*) FROM notified) AS executions
 """
 
 JOB_EXISTS = "SELECT 1 FROM jobs WHERE id = $1 AND namespace = $2"
@@ -83,8 +124,14 @@ CHECK_EPOCH = "SELECT epoch FROM leader WHERE id = 1 FOR SHARE"
 
 CURRENT_LEADER = "SELECT epoch, holder, acquired_at FROM leader WHERE id = 1"
 
+# busy: whether a run of a forbid/replace job is still active (only those need to know).
 SELECT_DUE_JOBS = """
-SELECT id, schedule, timezone, next_fire_at
+SELECT id, schedule, timezone, next_fire_at, misfire, max_catchup, starting_deadline_s,
+       concurrency, end_at, max_runs, run_count, jitter_s,
+       CASE WHEN concurrency = 'allow' THEN false ELSE EXISTS (
+           SELECT 1 FROM executions e
+           WHERE e.job_id = jobs.id AND e.state IN ('queued', 'running', 'retrying')
+       ) END AS busy
 FROM jobs
 WHERE state = 'active' AND next_fire_at IS NOT NULL AND next_fire_at <= $1
 ORDER BY next_fire_at
@@ -95,18 +142,33 @@ FOR UPDATE SKIP LOCKED
 # One statement creates every execution of the batch; the unique (job_id, scheduled_for)
 # makes a repeated fire a no-op instead of a duplicate.
 INSERT_EXECUTIONS = """
-INSERT INTO executions (job_id, scheduled_for, epoch)
-SELECT f.job_id, f.scheduled_for, $3
-FROM unnest($1::uuid[], $2::timestamptz[]) AS f(job_id, scheduled_for)
+INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at)
+SELECT f.job_id, f.scheduled_for, $3, f.state, f.reason,
+       CASE WHEN f.state = 'queued' THEN NULL ELSE now() END
+FROM unnest($1::uuid[], $2::timestamptz[], $4::text[], $5::text[])
+    AS f(job_id, scheduled_for, state, reason)
 ON CONFLICT (job_id, scheduled_for) DO NOTHING
-RETURNING id, job_id, attempt
+RETURNING id, job_id, attempt, state
 """
 
 ADVANCE_JOBS = """
-UPDATE jobs j SET next_fire_at = a.next_fire_at, run_count = j.run_count + 1, updated_at = now()
-FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, next_fire_at)
+UPDATE jobs j SET next_fire_at = a.next_fire_at, run_count = j.run_count + a.runs,
+                  updated_at = now()
+FROM unnest($1::uuid[], $2::timestamptz[], $3::int[]) AS a(id, next_fire_at, runs)
 WHERE j.id = a.id
 """
+
+# concurrency=replace: the active runs of these jobs give way to the new fire.
+REPLACE_ACTIVE = """
+UPDATE executions
+SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+    reason = 'replaced by a newer fire (concurrency=replace)'
+WHERE job_id = ANY($1::uuid[]) AND state IN ('queued', 'running', 'retrying')
+  AND scheduled_for < $2
+RETURNING id, state
+"""
+
+CANCEL_CHANNEL = "jobsched_cancel"
 
 MARK_PUBLISHED = "UPDATE executions SET published_at = now() WHERE id = ANY($1::uuid[])"
 
@@ -128,6 +190,14 @@ SELECT id, job_id, attempt FROM executions
 WHERE state = 'queued' AND published_at IS NULL AND queued_at <= $1
 ORDER BY queued_at
 LIMIT $2
+"""
+
+# Runs a person asked for (trigger): published by the leader on its next tick.
+SELECT_MANUAL_UNPUBLISHED = """
+SELECT id, job_id, attempt FROM executions
+WHERE state = 'queued' AND published_at IS NULL AND epoch = -1
+ORDER BY queued_at
+LIMIT $1
 """
 
 NEXT_WAKE = """
@@ -154,23 +224,78 @@ WITH claimed AS (
     SELECT id, attempt, $3 FROM claimed
 )
 SELECT c.id, c.job_id, c.attempt, c.scheduled_for, j.kind, j.payload, j.timeout_s,
-       j.max_attempts, j.backoff_s, j.max_backoff_s, j.retry_jitter
+       j.max_attempts, j.backoff_s, j.max_backoff_s, j.retry_jitter, j.concurrency,
+       j.starting_deadline_s
 FROM claimed c JOIN jobs j ON j.id = c.job_id
+"""
+
+# A draining worker gives a run back: it is retried at once by the leader.
+HAND_BACK = """
+WITH handed AS (
+    UPDATE executions SET state = 'retrying', run_after = now(), lease_expires_at = NULL,
+                          error = 'handed back: worker ' || worker || ' shut down'
+    WHERE id = $1 AND attempt = $2 AND worker = $3 AND state = 'running'
+    RETURNING id, attempt
+)
+UPDATE attempts a SET finished_at = now(), outcome = 'cancelled',
+                      error = 'handed back on shutdown'
+FROM handed h WHERE a.execution_id = h.id AND a.attempt = h.attempt
+"""
+
+HEARTBEAT = """
+UPDATE executions SET lease_expires_at = now() + make_interval(secs => $3)
+WHERE id = ANY($1::uuid[]) AND worker = $2 AND state = 'running'
+RETURNING id
+"""
+
+# An attempt whose execution was taken away (cancelled, replaced, reaped) still ends.
+CLOSE_ATTEMPT = """
+UPDATE attempts SET finished_at = now(), outcome = $3, error = $4, output = $5,
+                    exit_code = $6
+WHERE execution_id = $1 AND attempt = $2 AND finished_at IS NULL
+"""
+
+# The reaper: running executions whose lease ran out lose their attempt; they are retried
+# (run_after = now) or, with no attempt left, dead.
+REAP_EXPIRED = """
+WITH expired AS (
+    SELECT e.id FROM executions e
+    WHERE e.state = 'running' AND e.lease_expires_at < $1
+    ORDER BY e.lease_expires_at LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), reaped AS (
+    UPDATE executions e
+    SET state = CASE WHEN e.attempt < j.max_attempts THEN 'retrying' ELSE 'dead' END,
+        run_after = CASE WHEN e.attempt < j.max_attempts THEN $1 END,
+        finished_at = CASE WHEN e.attempt < j.max_attempts THEN NULL ELSE $1 END,
+        error = 'worker ' || coalesce(e.worker, '?') || ' lost its lease',
+        lease_expires_at = NULL
+    FROM expired x, jobs j
+    WHERE e.id = x.id AND j.id = e.job_id
+    RETURNING e.id, e.job_id, e.attempt, e.state, e.worker
+), attempt_rows AS (
+    UPDATE attempts a SET finished_at = $1, outcome = 'lost',
+                          error = 'worker ' || coalesce(r.worker, '?') || ' lost its lease'
+    FROM reaped r WHERE a.execution_id = r.id AND a.attempt = r.attempt
+      AND a.finished_at IS NULL
+)
+SELECT id, job_id, attempt, state FROM reaped
 """
 
 # Results of a batch: the execution moves on only if this worker still holds the attempt.
 FINISH_EXECUTIONS = """
 WITH r AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[],
-                         $6::text[], $7::text[], $8::double precision[])
-        AS r(id, attempt, state, outcome, exit_code, error, output, retry_in_s)
+                         $6::text[], $7::text[], $8::double precision[], $10::text[])
+        AS r(id, attempt, state, outcome, exit_code, error, output, retry_in_s, reason)
 ), finished AS (
     UPDATE executions e
     SET state = r.state,
         finished_at = CASE WHEN r.state = 'retrying' THEN NULL ELSE now() END,
         run_after = CASE WHEN r.state = 'retrying'
                          THEN now() + make_interval(secs => r.retry_in_s) END,
-        lease_expires_at = NULL, exit_code = r.exit_code, error = r.error, output = r.output
+        lease_expires_at = NULL, exit_code = r.exit_code, error = r.error, output = r.output,
+        reason = coalesce(r.reason, e.reason)
     FROM r
     WHERE e.id = r.id AND e.attempt = r.attempt AND e.state = 'running' AND e.worker = $9
     RETURNING e.id, e.job_id, e.attempt, e.state

@@ -120,6 +120,22 @@ class Broker:
 
         return list(await asyncio.gather(*(one(m) for m in messages)))
 
+    async def publish_dead(self, messages: Sequence[AttemptMessage]) -> None:
+        """Copy messages to the dead-letter exchange (for executions dead without a worker
+        to reject their message, e.g. reaped after the worker died)."""
+        if not messages:
+            return
+        assert self._publish_channel is not None, "connect() first"
+        exchange = await self._publish_channel.get_exchange(self.dead_exchange)
+        await asyncio.gather(*(
+            exchange.publish(
+                aio_pika.Message(m.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                 content_type="application/json",
+                                 message_id=f"{m.execution_id}:{m.attempt}"),
+                routing_key=self.dead_queue, timeout=PUBLISH_TIMEOUT_S)
+            for m in messages
+        ))
+
     async def consume(
         self,
         on_message: Callable[[AbstractIncomingMessage], Awaitable[None]],

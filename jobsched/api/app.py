@@ -7,8 +7,9 @@ import binascii
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import orjson
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from jobsched.adapters.postgres import JobStore
 from jobsched.api.dashboard import register_dashboard
 from jobsched.api.problems import invalid, problem
+from jobsched.domain.firing import initial_fire_at, jitter_offset, preview_fires
 from jobsched.domain.models import (
     AttemptOut,
     ExecutionList,
@@ -27,8 +29,11 @@ from jobsched.domain.models import (
     JobOut,
     ListJobsQuery,
     PageQuery,
+    PreviewFire,
+    SchedulePreview,
+    SchedulePreviewRequest,
 )
-from jobsched.domain.schedule import first_fire_at, parse_schedule
+from jobsched.domain.schedule import next_fire_after, parse_schedule
 from jobsched.health import Readiness
 from jobsched.settings import Settings
 
@@ -95,32 +100,44 @@ def job_out(row: asyncpg.Record) -> JobOut:
     )
 
 
+class _FirstFireMissing(Exception):
+    """The job's bounds leave no fire at all."""
+
+
+def job_values(job: JobCreate, job_id: uuid.UUID, now: datetime) -> tuple[Any, ...]:
+    """The job's columns in JOB_COLUMNS order, its first fire computed from ``now``."""
+    schedule = parse_schedule(job.schedule, job.timezone)
+    offset = jitter_offset(job_id, job.jitter_s) if schedule.is_recurring else timedelta(0)
+    next_fire_at = initial_fire_at(schedule, now, start_at=job.start_at, end_at=job.end_at,
+                                   offset=offset)
+    if next_fire_at is None:
+        raise _FirstFireMissing()
+    return (
+        job.name, job.kind, job.payload(), job.schedule, job.timezone, next_fire_at,
+        job.retry.max_attempts, job.retry.backoff_s, job.retry.max_backoff_s, job.timeout_s,
+        job.labels, job.model_dump(mode="json", exclude_none=True), job.misfire,
+        job.max_catchup, job.starting_deadline_s, job.concurrency, job.start_at, job.end_at,
+        job.max_runs, job.jitter_s, job.history.succeeded, job.history.failed,
+    )
+
+
+def _no_fire_problem() -> web.Response:
+    return problem(422, "Invalid job", "end_at: the schedule has no fire before end_at",
+                   [{"field": "end_at", "reason": "the schedule has no fire before end_at"}])
+
+
 async def create_job(request: web.Request) -> web.Response:
     body = await request.read()
     try:
         job = JobCreate.model_validate_json(body or b"null")
     except ValidationError as exc:
         return invalid(exc, "Invalid job")
-    schedule = parse_schedule(job.schedule, job.timezone)
-    now = datetime.now(UTC)
-    spec = job.model_dump(mode="json", exclude_none=True)
-    row = await request.app[STORE].insert_job(
-        (
-            DEFAULT_NAMESPACE,
-            job.name,
-            job.kind,
-            job.payload(),
-            job.schedule,
-            job.timezone,
-            first_fire_at(schedule, now),
-            job.retry.max_attempts,
-            job.retry.backoff_s,
-            job.retry.max_backoff_s,
-            job.timeout_s,
-            job.labels,
-            spec,
-        )
-    )
+    job_id = uuid.uuid4()
+    try:
+        values = job_values(job, job_id, datetime.now(UTC))
+    except _FirstFireMissing:
+        return _no_fire_problem()
+    row = await request.app[STORE].insert_job((job_id, DEFAULT_NAMESPACE, *values))
     out = job_out({**dict(row), "last_execution": None})  # type: ignore[arg-type]
     response = _json(out, 201)
     response.headers["Location"] = f"/api/v1/jobs/{row['id']}"
@@ -180,6 +197,145 @@ async def cancel_job(request: web.Request) -> web.Response:
     row = await store.get_job(job_id, DEFAULT_NAMESPACE)
     assert row is not None
     return _json(job_out(row))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: objects merge, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+class _Abort(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+async def patch_job(request: web.Request) -> web.Response:
+    """Change a job by JSON merge patch; the whole result is validated as a new job, and
+    a changed schedule recomputes next_fire_at in the same transaction."""
+    job_id = _uuid_param(request, "id")
+    body = await request.read()
+    try:
+        patch = orjson.loads(body or b"null")
+    except orjson.JSONDecodeError as exc:
+        return problem(400, "Invalid request body", f"malformed JSON: {exc}",
+                       [{"field": "body", "reason": f"malformed JSON: {exc}"}])
+    if not isinstance(patch, dict):
+        return problem(422, "Invalid job patch", "the body must be a JSON object",
+                       [{"field": "body", "reason": "must be a JSON object"}])
+    if "kind" in patch and patch["kind"] is not None:
+        # A new kind replaces the payload: drop the old kind's object unless re-given.
+        patch = {**{k: None for k in ("shell", "http", "python") if k not in patch}, **patch}
+
+    def change(row: asyncpg.Record) -> tuple[Any, ...]:
+        if row["state"] not in ("active", "paused"):
+            raise _Abort(problem(409, "Job cannot be changed", f"job is {row['state']}"))
+        merged = merge_patch(row["spec"], patch)
+        try:
+            job = JobCreate.model_validate_json(orjson.dumps(merged))
+        except ValidationError as exc:
+            raise _Abort(invalid(exc, "Invalid job patch")) from None
+        values = list(job_values(job, row["id"], datetime.now(UTC)))
+        timing = ("schedule", "timezone", "start_at", "end_at", "jitter_s")
+        if not any(k in patch for k in timing):
+            values[5] = row["next_fire_at"]  # unchanged timing keeps its pending fire
+        return tuple(values)
+
+    try:
+        row = await request.app[STORE].update_job(job_id, DEFAULT_NAMESPACE, change)
+    except _Abort as abort:
+        return abort.response
+    except _FirstFireMissing:
+        return _no_fire_problem()
+    if row is None:
+        raise web.HTTPNotFound()
+    fetched = await request.app[STORE].get_job(job_id, DEFAULT_NAMESPACE)
+    assert fetched is not None
+    return _json(job_out(fetched))
+
+
+async def pause_job(request: web.Request) -> web.Response:
+    job_id = _uuid_param(request, "id")
+    store = request.app[STORE]
+    if not await store.pause_job(job_id, DEFAULT_NAMESPACE):
+        row = await store.get_job(job_id, DEFAULT_NAMESPACE)
+        if row is None:
+            raise web.HTTPNotFound()
+        if row["state"] != "paused":
+            return problem(409, "Job cannot be paused", f"job is {row['state']}")
+    row = await store.get_job(job_id, DEFAULT_NAMESPACE)
+    assert row is not None
+    return _json(job_out(row))
+
+
+def plan_resume(row: Any, now: datetime) -> tuple[datetime | None, list[tuple[datetime, str]]]:
+    """Next fire of a resumed job, and the skipped fire to record (misfire=skip). With
+    run_once or run_all the missed fires stay due and the leader applies the policy."""
+    pending = row["next_fire_at"]
+    if pending is None or pending > now or row["misfire"] != "skip":
+        return pending, []
+    schedule = parse_schedule(row["schedule"], row["timezone"])
+    if not schedule.is_recurring:
+        return None, [(pending, "skipped while paused (misfire=skip)")]
+    offset = jitter_offset(row["id"], row["jitter_s"])
+    missed, nominal = 0, pending - offset
+    while nominal is not None and nominal + offset <= now and missed <= 1000:
+        missed += 1
+        nominal = next_fire_after(schedule, nominal)
+    count = "more than 1000" if missed > 1000 else str(missed)
+    following = initial_fire_at(schedule, now, start_at=row["start_at"], end_at=row["end_at"],
+                                offset=offset)
+    return following, [(pending, f"{count} fires skipped while paused (misfire=skip)")]
+
+
+async def resume_job(request: web.Request) -> web.Response:
+    job_id = _uuid_param(request, "id")
+    store = request.app[STORE]
+    outcome = await store.resume_job(job_id, DEFAULT_NAMESPACE,
+                                     lambda row: plan_resume(row, datetime.now(UTC)))
+    if outcome == "missing":
+        raise web.HTTPNotFound()
+    row = await store.get_job(job_id, DEFAULT_NAMESPACE)
+    assert row is not None
+    if outcome == "not_paused" and row["state"] != "active":
+        return problem(409, "Job cannot be resumed", f"job is {row['state']}")
+    return _json(job_out(row))
+
+
+async def trigger_job(request: web.Request) -> web.Response:
+    job_id = _uuid_param(request, "id")
+    store = request.app[STORE]
+    row = await store.get_job(job_id, DEFAULT_NAMESPACE)
+    if row is None:
+        raise web.HTTPNotFound()
+    if row["state"] == "cancelled":
+        return problem(409, "Job cannot be triggered", "job is cancelled")
+    execution = await store.trigger_job(job_id, datetime.now(UTC))
+    if execution is None:
+        return problem(409, "Already triggered", "a run of this job was triggered this instant")
+    return _json(execution_out(execution), 201)
+
+
+async def preview_schedule(request: web.Request) -> web.Response:
+    body = await request.read()
+    try:
+        wanted = SchedulePreviewRequest.model_validate_json(body or b"null")
+    except ValidationError as exc:
+        return invalid(exc, "Invalid schedule preview")
+    schedule = parse_schedule(wanted.schedule, wanted.timezone)
+    zone = ZoneInfo(wanted.timezone)
+    fires = preview_fires(schedule, wanted.start or datetime.now(UTC), wanted.count)
+    return _json(SchedulePreview(
+        schedule=wanted.schedule, timezone=wanted.timezone,
+        items=[PreviewFire(utc=f, local=f.astimezone(zone)) for f in fires],
+    ))
 
 
 async def list_job_executions(request: web.Request) -> web.Response:
@@ -268,6 +424,11 @@ def build_app(settings: Settings, store: JobStore, readiness: Readiness) -> web.
     app.router.add_get("/api/v1/jobs", list_jobs)
     app.router.add_get("/api/v1/jobs/{id}", get_job)
     app.router.add_delete("/api/v1/jobs/{id}", cancel_job)
+    app.router.add_patch("/api/v1/jobs/{id}", patch_job)
+    app.router.add_post("/api/v1/jobs/{id}/pause", pause_job)
+    app.router.add_post("/api/v1/jobs/{id}/resume", resume_job)
+    app.router.add_post("/api/v1/jobs/{id}/trigger", trigger_job)
+    app.router.add_post("/api/v1/schedules/preview", preview_schedule)
     app.router.add_get("/api/v1/jobs/{id}/executions", list_job_executions)
     app.router.add_get("/api/v1/executions/{id}", get_execution)
     app.router.add_get("/healthz", healthz)

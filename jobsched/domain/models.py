@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -67,6 +68,14 @@ class RetrySpec(_Strict):
     max_backoff_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
 
 
+class HistorySpec(_Strict):
+    """How many finished executions of the job to keep (oldest purged first); unset keeps
+    them for the global retention period."""
+
+    succeeded: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    failed: Annotated[int, Field(ge=0, le=100_000)] | None = None
+
+
 class JobCreate(_Strict):
     """A job as submitted. Fields not listed here are rejected until they take effect."""
 
@@ -80,6 +89,15 @@ class JobCreate(_Strict):
     timeout_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 300.0
     retry: RetrySpec = RetrySpec()
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] = {}
+    misfire: Literal["run_once", "run_all", "skip"] = "run_once"
+    max_catchup: Annotated[int, Field(ge=1, le=1000)] = 10
+    starting_deadline_s: Annotated[float, Field(gt=0, le=31 * 86_400)] | None = None
+    concurrency: Literal["allow", "forbid", "replace"] = "allow"
+    start_at: AwareDatetime | None = None
+    end_at: AwareDatetime | None = None
+    max_runs: Annotated[int, Field(ge=1)] | None = None
+    jitter_s: Annotated[float, Field(ge=0, le=86_400)] = 0.0
+    history: HistorySpec = HistorySpec()
 
     @model_validator(mode="after")
     def _one_payload_matching_kind(self) -> JobCreate:
@@ -94,6 +112,12 @@ class JobCreate(_Strict):
             parse_schedule(self.schedule, self.timezone)
         except ScheduleError as exc:
             raise FieldProblem(getattr(exc, "field", "schedule"), str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> JobCreate:
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            raise FieldProblem("end_at", "must be after start_at")
         return self
 
     def payload(self) -> dict[str, Any]:
@@ -171,6 +195,32 @@ class JobList(BaseModel):
 class ExecutionList(BaseModel):
     items: list[ExecutionOut]
     next_cursor: str | None
+
+
+class SchedulePreviewRequest(_Strict):
+    schedule: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
+    start: AwareDatetime | None = None
+    count: Annotated[int, Field(ge=1, le=100)] = 10
+
+    @model_validator(mode="after")
+    def _schedule_parses(self) -> SchedulePreviewRequest:
+        try:
+            parse_schedule(self.schedule, self.timezone)
+        except ScheduleError as exc:
+            raise FieldProblem(getattr(exc, "field", "schedule"), str(exc)) from None
+        return self
+
+
+class PreviewFire(BaseModel):
+    utc: datetime
+    local: datetime
+
+
+class SchedulePreview(BaseModel):
+    schedule: str
+    timezone: str
+    items: list[PreviewFire]
 
 
 class ListJobsQuery(_Strict):

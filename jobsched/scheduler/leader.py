@@ -12,20 +12,30 @@ import asyncio
 import contextlib
 import functools
 import logging
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import aiozk
 
-from jobsched.adapters.postgres import Dispatch, DueJob, JobStore, StaleEpochError
+from jobsched.adapters.postgres import (
+    Dispatch,
+    DueJob,
+    FireRecord,
+    JobAdvance,
+    JobStore,
+    StaleEpochError,
+    TickPlan,
+    reap_expired,
+)
 from jobsched.adapters.rabbitmq import AttemptMessage, Broker
 from jobsched.adapters.zookeeper import LeaderCampaign, LeaderTerm
-from jobsched.domain.schedule import Schedule, ScheduleError, coalesce_next_fire, parse_schedule
+from jobsched.domain.firing import FirePolicy, jitter_offset, plan_due_job
+from jobsched.domain.schedule import Schedule, ScheduleError, parse_schedule
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Fire = tuple[uuid.UUID, datetime, datetime | None]
+REAP_INTERVAL = timedelta(seconds=1)
+FORBID_REASON = "previous run still active (concurrency=forbid)"
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -33,18 +43,40 @@ def _schedule(expression: str, timezone: str) -> Schedule:
     return parse_schedule(expression, timezone)
 
 
-def plan_fires(jobs: list[DueJob], now: datetime) -> list[Fire]:
-    """One execution per due job at its due time; missed fires since coalesce (run_once)."""
-    fires = []
+def plan_fires(jobs: list[DueJob], now: datetime) -> TickPlan:
+    """The rows to write for a batch of due jobs: each job's policies applied."""
+    tick = TickPlan(fires=[], advances=[], replace=[])
     for job in jobs:
         try:
-            following = coalesce_next_fire(_schedule(job.schedule, job.timezone),
-                                           job.next_fire_at, now)
+            schedule = _schedule(job.schedule, job.timezone)
+            policy = FirePolicy(
+                misfire=job.misfire,  # type: ignore[arg-type]
+                max_catchup=job.max_catchup,
+                starting_deadline_s=job.starting_deadline_s,
+                end_at=job.end_at,
+                max_runs=job.max_runs,
+                run_count=job.run_count,
+                offset=jitter_offset(job.id, job.jitter_s) if schedule.is_recurring
+                else timedelta(0),
+            )
+            plan = plan_due_job(schedule, policy, job.next_fire_at, now)
         except (ScheduleError, ValueError) as exc:
             log.error("job %s has an unusable schedule (%s); firing it no more", job.id, exc)
-            following = None
-        fires.append((job.id, job.next_fire_at, following))
-    return fires
+            tick.fires.append(FireRecord(job.id, job.next_fire_at, "missed",
+                                         f"unusable schedule: {exc}"))
+            tick.advances.append(JobAdvance(job.id, None, 0))
+            continue
+        runs = plan.runs
+        for fire in plan.fires:
+            if fire.state == "queued" and job.busy and job.concurrency == "forbid":
+                tick.fires.append(FireRecord(job.id, fire.scheduled_for, "skipped", FORBID_REASON))
+                runs -= 1
+            else:
+                tick.fires.append(FireRecord(job.id, fire.scheduled_for, fire.state, fire.reason))
+        if job.busy and job.concurrency == "replace" and runs:
+            tick.replace.append(job.id)
+        tick.advances.append(JobAdvance(job.id, plan.next_fire_at, runs))
+    return tick
 
 
 class Scheduler:
@@ -58,6 +90,8 @@ class Scheduler:
         self.wake = asyncio.Event()
         self.term: LeaderTerm | None = None
         self.fired = 0
+        self.reaped = 0
+        self.not_run: dict[str, int] = {}
 
     @property
     def is_leader(self) -> bool:
@@ -101,12 +135,18 @@ class Scheduler:
         # A previous leader may have died between commit and publish: re-publish at once.
         await self._republish(datetime.now(UTC))
         last_republish = datetime.now(UTC)
+        last_reap = datetime.now(UTC) - REAP_INTERVAL
         while not stop.is_set() and not term.ended.is_set():
             self.wake.clear()
             now = datetime.now(UTC)
             try:
                 await self._fire_due(epoch, now)
+                await self._publish(
+                    await self.store.manual_unpublished(self.settings.scheduler_batch_size))
                 await self._requeue_retries(epoch, now)
+                if now - last_reap >= REAP_INTERVAL:
+                    await self._reap(epoch, now)
+                    last_reap = now
                 if now - last_republish >= timedelta(seconds=self.settings.republish_after_s / 2):
                     await self._republish(now - timedelta(seconds=self.settings.republish_after_s))
                     last_republish = now
@@ -124,11 +164,13 @@ class Scheduler:
     async def _fire_due(self, epoch: int, now: datetime) -> None:
         batch = self.settings.scheduler_batch_size
         while True:
-            dispatches, due = await self.store.fire_due_jobs(
+            dispatches, due, not_run = await self.store.fire_due_jobs(
                 epoch, now, batch, lambda jobs: plan_fires(jobs, now)
             )
             await self._publish(dispatches)
             self.fired += len(dispatches)
+            for record in not_run:
+                self.not_run[record.state] = self.not_run.get(record.state, 0) + 1
             if due < batch:
                 return
 
@@ -138,6 +180,19 @@ class Scheduler:
             await self._publish(dispatches)
             if len(dispatches) < batch:
                 return
+
+    async def _reap(self, epoch: int, now: datetime) -> None:
+        """Executions whose worker stopped renewing the lease: retried, or dead (and then
+        copied to the dead-letter queue, as a worker would have)."""
+        reaped = await reap_expired(self.store.pool, epoch, now, self.settings.scheduler_batch_size)
+        if not reaped:
+            return
+        self.reaped += len(reaped)
+        log.warning("reaped %d executions whose worker lost its lease", len(reaped))
+        dead = [AttemptMessage(r["id"], r["job_id"], r["attempt"])
+                for r in reaped if r["state"] == "dead"]
+        await self.broker.publish_dead(dead)
+        self.wake.set()  # the retrying ones are due now
 
     async def _republish(self, queued_before: datetime) -> None:
         dispatches = await self.store.unpublished(queued_before, self.settings.scheduler_batch_size)

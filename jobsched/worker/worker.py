@@ -11,12 +11,19 @@ import asyncio
 import importlib
 import logging
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import aiozk
+import orjson
 from aio_pika.abc import AbstractIncomingMessage
+from aiozk import exc as zk_exc
+from aiozk.recipes.lock import Lock
+from aiozk.states import States
 
-from jobsched.adapters.postgres import FinishedAttempt, JobStore
+from jobsched.adapters.postgres import FinishedAttempt, HeldExecutions, JobStore, WakeListener
+from jobsched.adapters.queries import CANCEL_CHANNEL
 from jobsched.adapters.rabbitmq import AttemptMessage, Broker, MessageError
 from jobsched.batching import Batcher
 from jobsched.domain.retry import RetryPolicy, retry_delay, should_retry
@@ -28,6 +35,8 @@ from jobsched.worker.executors import AttemptResult, run_http, run_python, run_s
 log = logging.getLogger(__name__)
 
 Claim = tuple[uuid.UUID, int]
+WORKERS_PATH = "/workers"
+LOCKS_PATH = "/locks"
 
 
 def import_task_modules(modules: tuple[str, ...] | list[str]) -> None:
@@ -51,11 +60,14 @@ class Worker:
         store: JobStore,
         broker: Broker,
         registry: TaskRegistry = default_registry,
+        zk: aiozk.ZKClient | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.held = HeldExecutions(store.pool)
         self.broker = broker
         self.registry = registry
+        self.zk = zk
         self.name = settings.instance
         self._claims: Batcher[Claim, Any] = Batcher(
             self._claim_batch, max_size=settings.worker_prefetch
@@ -64,6 +76,8 @@ class Worker:
             self._finish_batch, max_size=settings.worker_prefetch
         )
         self._inflight: set[asyncio.Task[None]] = set()
+        self._running: dict[uuid.UUID, asyncio.Task[AttemptResult]] = {}
+        self._taken_away: set[uuid.UUID] = set()
         self._http: aiohttp.ClientSession | None = None
         self.stats = {"succeeded": 0, "retrying": 0, "dead": 0, "lost_claims": 0, "malformed": 0}
 
@@ -80,9 +94,26 @@ class Worker:
         held = await self.store.finish_attempts(results, self.name)
         return [held.get(r.execution_id) for r in results]
 
+    def take_away(self, execution_id: str | uuid.UUID) -> None:
+        """The execution is no longer ours (cancelled, replaced, reaped): kill its run."""
+        try:
+            key = execution_id if isinstance(execution_id, uuid.UUID) else uuid.UUID(execution_id)
+        except ValueError:
+            return
+        task = self._running.get(key)
+        if task is not None and not task.done():
+            log.info("execution %s was taken away; stopping it", key)
+            self._taken_away.add(key)
+            task.cancel()
+
     async def run(self, stop: asyncio.Event) -> None:
         import_task_modules(self.settings.imports)
         self._http = aiohttp.ClientSession()
+        cancels = WakeListener(self.settings.database_url, self.take_away, CANCEL_CHANNEL)
+        background = [asyncio.create_task(cancels.run(stop)),
+                      asyncio.create_task(self._heartbeat(stop))]
+        if self.zk is not None:
+            background.append(asyncio.create_task(self._register(stop)))
         cancel = await self.broker.consume(self._on_message, self.settings.worker_prefetch)
         log.info("worker %s consuming %s", self.name, self.broker.queue_name)
         try:
@@ -90,9 +121,49 @@ class Worker:
         finally:
             await cancel()
             await self._drain()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await self._claims.close()
             await self._results.close()
             await self._http.close()
+
+    async def _register(self, stop: asyncio.Event) -> None:
+        """An ephemeral znode per live worker: the cluster view lists them."""
+        assert self.zk is not None
+        path = f"{WORKERS_PATH}/{self.name}"
+        while not stop.is_set():
+            try:
+                await self.zk.session.state.wait_for(States.CONNECTED)
+                await self.zk.ensure_path(WORKERS_PATH)
+                data = orjson.dumps({"instance": self.name,
+                                     "prefetch": self.settings.worker_prefetch})
+                try:
+                    await self.zk.create(path, data=data, ephemeral=True)
+                except zk_exc.NodeExists:
+                    pass
+                await self.zk.session.state.wait_for(States.LOST)
+            except (TimeoutError, zk_exc.ZKError, OSError) as exc:
+                log.warning("worker registration failed (%r); retrying", exc)
+                await asyncio.sleep(1)
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Extend the leases of running executions in one statement per period; a run
+        whose lease this worker no longer holds is stopped."""
+        period = self.settings.worker_lease_s / 3
+        while not stop.is_set():
+            await asyncio.sleep(period)
+            ids = list(self._running)
+            if not ids:
+                continue
+            try:
+                held = await self.held.heartbeat(ids, self.name, self.settings.worker_lease_s)
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.warning("heartbeat failed (%r)", exc)
+                continue
+            for execution_id in ids:
+                if execution_id not in held and execution_id in self._running:
+                    self.take_away(execution_id)
 
     async def _drain(self) -> None:
         if not self._inflight:
@@ -135,12 +206,45 @@ class Worker:
                      attempt.execution_id, attempt.attempt)
             await message.ack()
             return
+        lock: Lock | None = None
         try:
-            result = await self._execute(row)
+            early = self._too_late(row)
+            if early is None:
+                lock, early = await self._take_job_lock(row)
+            if early is not None:
+                result, state, delay = early, early.outcome, 0.0
+            else:
+                result, state, delay = await self._run(row)
         except asyncio.CancelledError:
-            # Drain timed out: the lease runs out and the leader retries it (issue 3 reaps).
-            await message.nack(requeue=True)
+            # Draining ran out of time: hand the execution back for another worker.
+            await self._hand_back(row)
+            await message.nack(requeue=False)
             raise
+        finally:
+            if lock is not None:
+                await _release(lock)
+        if state is None:  # taken away while running: its new state is already recorded
+            await self.held.close_attempt(row["id"], row["attempt"], "cancelled",
+                                          result.error, result.output, result.exit_code)
+            await message.ack()
+            return
+        await self._record(message, row, result, state, delay)
+
+    async def _run(self, row: Any) -> tuple[AttemptResult, str | None, float]:
+        """Run the attempt: its result, the execution's next state (None: it was taken
+        away mid-run) and the delay before a retry."""
+        task = asyncio.ensure_future(self._execute(row))
+        self._running[row["id"]] = task
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            if row["id"] not in self._taken_away:
+                raise
+            self._taken_away.discard(row["id"])
+            stopped = AttemptResult("cancelled", error="stopped: the execution was cancelled")
+            return stopped, None, 0.0
+        finally:
+            self._running.pop(row["id"], None)
         policy = RetryPolicy(
             max_attempts=row["max_attempts"],
             backoff_s=row["backoff_s"],
@@ -148,6 +252,45 @@ class Worker:
             jitter=row["retry_jitter"],
         )
         state, delay = next_state(result, row["attempt"], policy)
+        return result, state, delay
+
+    def _too_late(self, row: Any) -> AttemptResult | None:
+        """A first attempt that waited past the job's starting deadline is not run."""
+        deadline = row["starting_deadline_s"]
+        if deadline is None or row["attempt"] != 1:
+            return None
+        late = (datetime.now(UTC) - row["scheduled_for"]).total_seconds()
+        if late <= deadline:
+            return None
+        return AttemptResult("missed", error=f"started {late:.1f}s late, past "
+                                             f"starting_deadline_s={deadline:g}")
+
+    async def _take_job_lock(self, row: Any) -> tuple[Lock | None, AttemptResult | None]:
+        """forbid/replace jobs run under a ZooKeeper lock per job, released when the run
+        ends or, if this worker dies, when its session does."""
+        if row["concurrency"] == "allow" or self.zk is None:
+            return None, None
+        lock = Lock(f"{LOCKS_PATH}/{row['job_id']}")
+        lock.set_client(self.zk)
+        wait = 0.5 if row["concurrency"] == "forbid" else min(30.0, row["timeout_s"])
+        try:
+            await lock.acquire(timeout=wait)
+        except (TimeoutError, zk_exc.TimeoutError, zk_exc.ZKError) as exc:
+            if row["concurrency"] == "forbid":
+                return None, AttemptResult(
+                    "skipped", error="another run of this job holds its lock (concurrency=forbid)")
+            return None, AttemptResult("failed", error=f"job lock not obtained in {wait:g}s: "
+                                                       f"{exc!r}")
+        return lock, None
+
+    async def _hand_back(self, row: Any) -> None:
+        try:
+            await self.store.hand_back(row["id"], row["attempt"], self.name)
+        except Exception as exc:  # noqa: BLE001 - the lease expiry recovers it anyway
+            log.warning("hand-back of %s failed (%r); its lease will expire", row["id"], exc)
+
+    async def _record(self, message: AbstractIncomingMessage, row: Any,
+                      result: AttemptResult, state: str, delay: float) -> None:
         finished = FinishedAttempt(
             execution_id=row["id"],
             attempt=row["attempt"],
@@ -157,11 +300,14 @@ class Worker:
             error=result.error,
             output=result.output,
             retry_in_s=delay,
+            reason=result.error if state in ("missed", "skipped") else None,
         )
         committed = await self._commit(finished)
         if committed is None:
             log.warning("execution %s was taken from this worker; its result is dropped",
                         row["id"])
+            await self.held.close_attempt(row["id"], row["attempt"], result.outcome,
+                                          result.error, result.output, result.exit_code)
             await message.ack()
             return
         self.stats[committed] = self.stats.get(committed, 0) + 1
@@ -197,3 +343,10 @@ class Worker:
             context = TaskContext(row["id"], row["attempt"], row["job_id"], row["scheduled_for"])
             return await run_python(payload, timeout, limit, self.registry, context)
         return AttemptResult("failed", error=f"unknown job kind {kind!r}")
+
+
+async def _release(lock: Lock) -> None:
+    try:
+        await asyncio.wait_for(lock.release(), 5)
+    except Exception as exc:  # noqa: BLE001 - the lock is ephemeral: the session frees it
+        log.warning("releasing a job lock failed (%r)", exc)

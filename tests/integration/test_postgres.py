@@ -8,22 +8,38 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 import pytest
 
 from jobsched.adapters import postgres
-from jobsched.adapters.postgres import FinishedAttempt, JobStore, StaleEpochError
+from jobsched.adapters.postgres import (
+    FinishedAttempt,
+    FireRecord,
+    JobAdvance,
+    JobStore,
+    StaleEpochError,
+    TickPlan,
+)
+from jobsched.api.app import job_values
+from jobsched.domain.models import JobCreate
 
 
 async def _job(store: JobStore, due: datetime, schedule: str = "* * * * * *") -> uuid.UUID:
-    row = await store.insert_job((
-        "default", "j", "python", {"function": "m:f", "args": {}}, schedule, "UTC", due,
-        1, 2.0, 300.0, 60.0, {}, {"name": "j"},
-    ))
+    job = JobCreate.model_validate_json(orjson.dumps({
+        "name": "j", "schedule": schedule, "kind": "python", "python": {"function": "m:f"}}))
+    job_id = uuid.uuid4()
+    values = list(job_values(job, job_id, due))
+    values[5] = due  # next_fire_at
+    row = await store.insert_job((job_id, "default", *values))
     return row["id"]
 
 
-def _plan(jobs: list[postgres.DueJob]) -> list[tuple[uuid.UUID, datetime, datetime | None]]:
-    return [(j.id, j.next_fire_at, j.next_fire_at + timedelta(seconds=1)) for j in jobs]
+def _plan(jobs: list[postgres.DueJob]) -> TickPlan:
+    return TickPlan(
+        fires=[FireRecord(j.id, j.next_fire_at) for j in jobs],
+        advances=[JobAdvance(j.id, j.next_fire_at + timedelta(seconds=1), 1) for j in jobs],
+        replace=[],
+    )
 
 
 async def test_migrate_is_idempotent_and_safe_concurrently(database_url: str) -> None:
@@ -33,7 +49,7 @@ async def test_migrate_is_idempotent_and_safe_concurrently(database_url: str) ->
     conn = await asyncpg.connect(database_url)
     try:
         versions = await conn.fetch("SELECT version FROM schema_migrations")
-        assert [r["version"] for r in versions] == [1]
+        assert [r["version"] for r in versions] == [1, 2]
     finally:
         await conn.close()
 
@@ -47,7 +63,7 @@ async def test_fresh_database_migrates_under_the_lock(template_db: str) -> None:
     assert await postgres.create_database(url) is False
     try:
         applied = await asyncio.gather(*(postgres.migrate(url) for _ in range(3)))
-        assert sorted(len(a) for a in applied) == [0, 0, 1]
+        assert sorted(len(a) for a in applied) == [0, 0, 2]
     finally:
         assert PG_ADMIN_URL
         await drop_database(name)
@@ -74,7 +90,7 @@ async def test_deposed_leader_cannot_fire(pool: asyncpg.Pool) -> None:
     with pytest.raises(StaleEpochError):
         await store.requeue_retries(1, now, 100)
     assert await pool.fetchval("SELECT count(*) FROM executions") == 0
-    dispatches, due = await store.fire_due_jobs(2, now, 100, _plan)
+    dispatches, due, _ = await store.fire_due_jobs(2, now, 100, _plan)
     assert due == 1 and [d.job_id for d in dispatches] == [job_id]
     assert await pool.fetchval("SELECT epoch FROM executions") == 2
 
@@ -84,11 +100,11 @@ async def test_a_fire_creates_exactly_one_execution(pool: asyncpg.Pool) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     job_id = await _job(store, now)
     await store.claim_epoch(1, "leader")
-    first, _ = await store.fire_due_jobs(1, now, 100, _plan)
+    first, _, _ = await store.fire_due_jobs(1, now, 100, _plan)
     assert len(first) == 1
     # The same fire again (say a leader re-ran a tick): the unique key absorbs it.
     await pool.execute("UPDATE jobs SET next_fire_at = $1", now)
-    again, due = await store.fire_due_jobs(1, now, 100, _plan)
+    again, due, _ = await store.fire_due_jobs(1, now, 100, _plan)
     assert due == 1 and again == []
     assert await pool.fetchval(
         "SELECT count(*) FROM executions WHERE job_id = $1 AND scheduled_for = $2", job_id, now
@@ -102,7 +118,7 @@ async def test_concurrent_fire_transactions_do_not_duplicate(pool: asyncpg.Pool)
         await _job(store, now)
     await store.claim_epoch(1, "leader")
     results = await asyncio.gather(*(store.fire_due_jobs(1, now, 50, _plan) for _ in range(8)))
-    assert sum(len(d) for d, _ in results) == 200
+    assert sum(len(d) for d, _, _ in results) == 200
     assert await pool.fetchval("SELECT count(*) FROM executions") == 200
 
 
@@ -111,7 +127,7 @@ async def test_only_one_claim_wins_and_results_need_the_claim(pool: asyncpg.Pool
     now = datetime.now(UTC)
     await _job(store, now)
     await store.claim_epoch(1, "leader")
-    (dispatch,), _ = await store.fire_due_jobs(1, now, 100, _plan)
+    (dispatch,), _, _ = await store.fire_due_jobs(1, now, 100, _plan)
     claim = [(dispatch.execution_id, dispatch.attempt)]
     results = await asyncio.gather(*(store.claim_executions(claim, f"w{i}", 30) for i in range(5)))
     winners = [i for i, rows in enumerate(results) if rows]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobsched.adapters.postgres import DueJob
+from jobsched.adapters.postgres import DueJob, JobAdvance
 from jobsched.batching import Batcher
 from jobsched.domain.retry import RetryPolicy
 from jobsched.scheduler.leader import plan_fires
@@ -52,15 +52,34 @@ def test_plan_fires_coalesces_missed_fires() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, 500_000, tzinfo=UTC)
     job = DueJob(uuid.uuid4(), "* * * * * *", "UTC", now - timedelta(seconds=30))
     once = DueJob(uuid.uuid4(), "immediate", "UTC", now)
-    (fire, single) = plan_fires([job, once], now)
-    assert fire == (job.id, now - timedelta(seconds=30), datetime(2026, 1, 1, 12, 0, 1, tzinfo=UTC))
-    assert single == (once.id, now, None)
+    tick = plan_fires([job, once], now)
+    assert [(f.job_id, f.scheduled_for, f.state) for f in tick.fires] == [
+        (job.id, now - timedelta(seconds=30), "queued"), (once.id, now, "queued")]
+    assert tick.advances == [
+        JobAdvance(job.id, datetime(2026, 1, 1, 12, 0, 1, tzinfo=UTC), 1),
+        JobAdvance(once.id, None, 1)]
+    assert tick.replace == []
+
+
+def test_plan_fires_applies_concurrency_policies() -> None:
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    forbid = DueJob(uuid.uuid4(), "* * * * * *", "UTC", now, concurrency="forbid", busy=True)
+    replace = DueJob(uuid.uuid4(), "* * * * * *", "UTC", now, concurrency="replace", busy=True)
+    idle = DueJob(uuid.uuid4(), "* * * * * *", "UTC", now, concurrency="forbid", busy=False)
+    tick = plan_fires([forbid, replace, idle], now)
+    assert [(f.job_id, f.state) for f in tick.fires] == [
+        (forbid.id, "skipped"), (replace.id, "queued"), (idle.id, "queued")]
+    assert tick.fires[0].reason == "previous run still active (concurrency=forbid)"
+    assert tick.replace == [replace.id]
+    assert [a.runs for a in tick.advances] == [0, 1, 1]
 
 
 def test_plan_fires_stops_a_job_whose_schedule_cannot_be_read() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     broken = DueJob(uuid.uuid4(), "not a schedule", "UTC", now)
-    assert plan_fires([broken], now) == [(broken.id, now, None)]
+    tick = plan_fires([broken], now)
+    assert [(f.state, f.reason is not None) for f in tick.fires] == [("missed", True)]
+    assert tick.advances == [JobAdvance(broken.id, None, 0)]
 
 
 @pytest.mark.parametrize(("outcome", "attempt", "state"), [

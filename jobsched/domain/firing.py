@@ -1,0 +1,213 @@
+"""What the leader does with a job that has fallen due: a pure function of
+``(schedule, policy, next_fire_at, now)``.
+
+Misfire policies (applied alike after downtime, a leader take-over, a resume and a backlog):
+
+* ``run_once`` (default): every due fire coalesces into one run, recorded at the first
+  missed fire time, its reason naming how many later fires it absorbed.
+* ``run_all``: each due fire runs, the first ``max_catchup`` of them; the rest are
+  recorded as one ``missed`` execution (at the first dropped time) naming the count.
+* ``skip``: fires due no more than the grace ago run; older ones are recorded as one
+  ``missed`` execution naming the count.
+
+``starting_deadline_s``, when set, is also the grace of ``skip``, and any fire chosen to
+run that is already later than it is recorded ``missed`` instead. Nothing is ever dropped
+silently and the schedule always moves on to its first fire after ``now``: never a
+wedged job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from jobsched.domain.schedule import (
+    Schedule,
+    coalesce_next_fire,
+    first_fire_at,
+    next_fire_after,
+)
+
+Misfire = Literal["run_once", "run_all", "skip"]
+FireState = Literal["queued", "missed", "skipped"]
+
+#: How late a fire may be and still count as on time for ``skip`` without a deadline.
+DEFAULT_GRACE = timedelta(seconds=5)
+#: How many due fires are enumerated one by one; the rest are counted as "more than".
+ENUMERATION_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class FirePolicy:
+    misfire: Misfire = "run_once"
+    max_catchup: int = 10
+    starting_deadline_s: float | None = None
+    end_at: datetime | None = None
+    max_runs: int | None = None
+    run_count: int = 0
+    offset: timedelta = timedelta(0)  # the job's deterministic jitter
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedFire:
+    scheduled_for: datetime
+    state: FireState
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FirePlan:
+    fires: list[PlannedFire]
+    next_fire_at: datetime | None
+
+    @property
+    def runs(self) -> int:
+        return sum(1 for f in self.fires if f.state == "queued")
+
+
+def jitter_offset(job_id: uuid.UUID, jitter_s: float) -> timedelta:
+    """A per-job offset in ``[0, jitter_s)``, stable across restarts and leaders (a hash of
+    the id, like Jenkins' ``H``), so that many jobs on one schedule do not fire at once."""
+    if jitter_s <= 0:
+        return timedelta(0)
+    digest = int.from_bytes(hashlib.sha256(job_id.bytes).digest()[:8], "big")
+    millis = digest % max(1, int(jitter_s * 1000))
+    return timedelta(milliseconds=millis)
+
+
+def _count(n: int, more: bool) -> str:
+    return f"more than {n}" if more else str(n)
+
+
+def plan_due_job(
+    schedule: Schedule, policy: FirePolicy, next_fire_at: datetime, now: datetime
+) -> FirePlan:
+    """The executions to record for a due job and its following ``next_fire_at``."""
+    offset = policy.offset
+    due: list[datetime] = []
+    nominal: datetime | None = next_fire_at - offset
+    more = False
+    while nominal is not None and nominal + offset <= now:
+        if policy.end_at is not None and nominal + offset > policy.end_at:
+            break
+        if len(due) == ENUMERATION_LIMIT:
+            more = True
+            break
+        due.append(nominal + offset)
+        nominal = next_fire_after(schedule, nominal)
+
+    fires: list[PlannedFire] = []
+    if due:
+        fires = _apply_misfire(policy, due, more, now)
+    fires = _apply_max_runs(policy, fires)
+
+    following = None
+    if due:
+        following_nominal = coalesce_next_fire(schedule, due[-1] - offset, now - offset)
+        following = following_nominal + offset if following_nominal is not None else None
+    else:  # not due yet (the caller selected it early): leave it as it is
+        following = next_fire_at
+    if following is not None and policy.end_at is not None and following > policy.end_at:
+        following = None
+    runs = sum(1 for f in fires if f.state == "queued")
+    if policy.max_runs is not None and policy.run_count + runs >= policy.max_runs:
+        following = None
+    return FirePlan(fires, following)
+
+
+def _apply_misfire(
+    policy: FirePolicy, due: list[datetime], more: bool, now: datetime
+) -> list[PlannedFire]:
+    deadline = (
+        timedelta(seconds=policy.starting_deadline_s)
+        if policy.starting_deadline_s is not None
+        else None
+    )
+    fires: list[PlannedFire] = []
+    if policy.misfire == "run_once":
+        first = due[0]
+        absorbed = len(due) - 1
+        reason = (
+            f"coalesced {_count(absorbed, more)} later missed fires (misfire=run_once)"
+            if absorbed or more
+            else None
+        )
+        fires.append(PlannedFire(first, "queued", reason))
+    elif policy.misfire == "run_all":
+        keep = due[: policy.max_catchup]
+        dropped = due[policy.max_catchup :]
+        fires.extend(PlannedFire(at, "queued") for at in keep)
+        if dropped:
+            fires.append(PlannedFire(
+                dropped[0], "missed",
+                f"{_count(len(dropped), more)} fires beyond max_catchup={policy.max_catchup}",
+            ))
+    else:  # skip
+        grace = deadline if deadline is not None else DEFAULT_GRACE
+        late = [at for at in due if now - at > grace]
+        on_time = [at for at in due if now - at <= grace]
+        if late:
+            fires.append(PlannedFire(
+                late[0], "missed",
+                f"{_count(len(late), more)} fires later than {grace.total_seconds():g}s "
+                "not run (misfire=skip)",
+            ))
+        fires.extend(PlannedFire(at, "queued") for at in on_time)
+    if deadline is not None:
+        fires = [
+            PlannedFire(f.scheduled_for, "missed",
+                        f"could not start within starting_deadline_s="
+                        f"{policy.starting_deadline_s:g}")
+            if f.state == "queued" and now - f.scheduled_for > deadline
+            else f
+            for f in fires
+        ]
+    return fires
+
+
+def _apply_max_runs(policy: FirePolicy, fires: list[PlannedFire]) -> list[PlannedFire]:
+    if policy.max_runs is None:
+        return fires
+    allowed = max(0, policy.max_runs - policy.run_count)
+    kept: list[PlannedFire] = []
+    for fire in fires:
+        if fire.state == "queued":
+            if allowed == 0:
+                continue
+            allowed -= 1
+        kept.append(fire)
+    return kept
+
+
+def initial_fire_at(
+    schedule: Schedule,
+    now: datetime,
+    *,
+    start_at: datetime | None = None,
+    end_at: datetime | None = None,
+    offset: timedelta = timedelta(0),
+) -> datetime | None:
+    """The first fire of a job created, resumed or rescheduled at ``now``: never before
+    ``start_at``, ``None`` when it would fall after ``end_at``."""
+    start = max(now, start_at) if start_at is not None else now
+    first = first_fire_at(schedule, start)
+    if first is None:
+        return None
+    if schedule.is_recurring:
+        first += offset
+    if end_at is not None and first > end_at:
+        return None
+    return first
+
+
+def preview_fires(schedule: Schedule, start: datetime, count: int) -> list[datetime]:
+    """The next ``count`` fire times from ``start`` (what ``next_fire_at`` will be)."""
+    fires: list[datetime] = []
+    fire = first_fire_at(schedule, start)
+    while fire is not None and len(fires) < count:
+        fires.append(fire)
+        fire = next_fire_after(schedule, fire)
+    return fires
