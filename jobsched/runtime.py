@@ -17,6 +17,7 @@ from jobsched.adapters.postgres import JobStore, WakeListener
 from jobsched.adapters.rabbitmq import Broker
 from jobsched.adapters.zookeeper import make_client, start_client
 from jobsched.api.app import build_app
+from jobsched.api.cluster import ClusterView
 from jobsched.health import Readiness, health_app
 from jobsched.scheduler.leader import Scheduler
 from jobsched.settings import Settings
@@ -93,10 +94,6 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
         store = JobStore(pool)
         state["store"] = store
 
-        if "api" in roles:
-            app = build_app(settings, store, readiness)
-            runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
-
         broker: Broker | None = None
         if roles & {"scheduler", "worker"}:
             broker = Broker(settings.amqp_url, settings.queue_name,
@@ -115,6 +112,17 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             readiness.add_check("zookeeper", _zk_check(zk))
             if not await start_client(zk, stop):
                 return 0
+
+        if "api" in roles:
+            cluster = ClusterView(store, zk, broker, settings.queue_name,
+                                  settings.dead_letter_queue)
+            app = build_app(settings, store, readiness, cluster)
+            runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
+            if zk is None or broker is None:
+                # The cluster view reads ZooKeeper and RabbitMQ; they connect in the
+                # background so an api never waits on them to serve jobs.
+                tasks.append(_task(_connect_cluster_view(settings, cluster, state, stop),
+                                   "cluster-view", stop))
 
         if "scheduler" in roles:
             assert broker is not None and zk is not None
@@ -157,6 +165,23 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
                 await asyncio.wait_for(state["pool"].close(), 5)
     log.info("stopped")
     return exit_code
+
+
+async def _connect_cluster_view(settings: Settings, cluster: ClusterView,
+                                state: dict[str, Any], stop: asyncio.Event) -> None:
+    if cluster.zk is None:
+        zk = make_client(settings.zookeeper_hosts, settings.zookeeper_chroot,
+                         settings.zookeeper_session_timeout_s)
+        state["zk"] = zk
+        if await start_client(zk, stop):
+            cluster.zk = zk
+    if cluster.broker is None:
+        broker = Broker(settings.amqp_url, settings.queue_name,
+                        settings.dead_letter_exchange, settings.dead_letter_queue)
+        if await _retrying("connecting to RabbitMQ", broker.connect, stop) is not None or \
+                broker.is_connected:
+            state["broker"] = broker
+            cluster.broker = broker
 
 
 def _task(coro: Coroutine[Any, Any, None], name: str, stop: asyncio.Event) -> asyncio.Task[None]:

@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from jobsched.adapters.postgres import JobStore
+from jobsched.api.cluster import ClusterView
 from jobsched.api.dashboard import register_dashboard
 from jobsched.api.problems import invalid, problem
 from jobsched.domain.firing import initial_fire_at, jitter_offset, preview_fires
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 STORE = web.AppKey("store", JobStore)
 SETTINGS = web.AppKey("settings", Settings)
 READINESS = web.AppKey("readiness", Readiness)
+CLUSTER = web.AppKey("cluster", ClusterView)
 DEFAULT_NAMESPACE = "default"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -362,6 +364,14 @@ async def get_execution(request: web.Request) -> web.Response:
     return _json(execution_out(row, attempts))
 
 
+async def cluster_status(request: web.Request) -> web.Response:
+    view = request.app.get(CLUSTER)
+    if view is None:
+        return problem(503, "Cluster view unavailable", "this api has no cluster view")
+    return web.Response(body=orjson.dumps(await view.describe()),
+                        content_type="application/json")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -413,13 +423,17 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem(500, "Internal server error")
 
 
-def build_app(settings: Settings, store: JobStore, readiness: Readiness) -> web.Application:
+def build_app(settings: Settings, store: JobStore, readiness: Readiness,
+              cluster: ClusterView | None = None) -> web.Application:
     app = web.Application(
         middlewares=[problem_middleware], client_max_size=settings.max_body_bytes
     )
     app[STORE] = store
     app[SETTINGS] = settings
     app[READINESS] = readiness
+    if cluster is not None:
+        app[CLUSTER] = cluster
+    app.router.add_get("/api/v1/cluster", cluster_status)
     app.router.add_post("/api/v1/jobs", create_job)
     app.router.add_get("/api/v1/jobs", list_jobs)
     app.router.add_get("/api/v1/jobs/{id}", get_job)

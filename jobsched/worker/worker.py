@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 Claim = tuple[uuid.UUID, int]
 WORKERS_PATH = "/workers"
 LOCKS_PATH = "/locks"
+REGISTRY_REFRESH_S = 2.0
 
 
 def import_task_modules(modules: tuple[str, ...] | list[str]) -> None:
@@ -136,16 +137,24 @@ class Worker:
             try:
                 await self.zk.session.state.wait_for(States.CONNECTED)
                 await self.zk.ensure_path(WORKERS_PATH)
-                data = orjson.dumps({"instance": self.name,
-                                     "prefetch": self.settings.worker_prefetch})
                 try:
-                    await self.zk.create(path, data=data, ephemeral=True)
+                    await self.zk.create(path, data=self._describe(), ephemeral=True)
                 except zk_exc.NodeExists:
                     pass
-                await self.zk.session.state.wait_for(States.LOST)
+                lost = self.zk.session.state.wait_for(States.LOST)
+                shown = self.inflight
+                while not lost.done() and not stop.is_set():
+                    await asyncio.wait([lost], timeout=REGISTRY_REFRESH_S)
+                    if self.inflight != shown and not lost.done():
+                        shown = self.inflight
+                        await self.zk.set_data(path, self._describe(), force=True)
             except (TimeoutError, zk_exc.ZKError, OSError) as exc:
                 log.warning("worker registration failed (%r); retrying", exc)
                 await asyncio.sleep(1)
+
+    def _describe(self) -> bytes:
+        return orjson.dumps({"instance": self.name, "inflight": self.inflight,
+                             "prefetch": self.settings.worker_prefetch})
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         """Extend the leases of running executions in one statement per period; a run
