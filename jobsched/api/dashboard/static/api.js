@@ -1,0 +1,86 @@
+// The HTTP API, as the dashboard uses it: every call sends the stored token as a Bearer
+// header and turns a problem+json answer into an ApiError with its field errors.
+
+const TOKEN_KEY = "jobsched.token";
+const ANONYMOUS_KEY = "jobsched.anonymous";
+
+export const auth = {
+  get token() { return localStorage.getItem(TOKEN_KEY) || ""; },
+  get anonymous() { return sessionStorage.getItem(ANONYMOUS_KEY) === "1"; },
+  get signedIn() { return Boolean(this.token) || this.anonymous; },
+  signIn(token) {
+    localStorage.setItem(TOKEN_KEY, token);
+    sessionStorage.removeItem(ANONYMOUS_KEY);
+  },
+  continueWithoutToken() { sessionStorage.setItem(ANONYMOUS_KEY, "1"); },
+  signOut() {
+    localStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(ANONYMOUS_KEY);
+  },
+};
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    const title = problem.title || `HTTP ${status}`;
+    super(problem.detail ? `${title}: ${problem.detail}` : title);
+    this.status = status;
+    this.title = title;
+    this.detail = problem.detail || "";
+    this.errors = Array.isArray(problem.errors) ? problem.errors : [];
+  }
+
+  /** One line: the title and every field error, as the CLI prints it. */
+  oneLine() {
+    if (this.errors.length) {
+      return `${this.title}: ${this.errors.map((e) => `${e.field}: ${e.reason}`).join("; ")}`;
+    }
+    return this.message;
+  }
+}
+
+export async function request(method, path, body, { token } = {}) {
+  const headers = { Accept: "application/json, application/problem+json" };
+  const bearer = token ?? auth.token;
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  const init = { method, headers };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (error) {
+    throw new ApiError(0, { title: "Cannot reach the API", detail: String(error.message || error) });
+  }
+  const text = await response.text();
+  let data = null;
+  if (text) {
+    try { data = JSON.parse(text); } catch { data = { title: text.slice(0, 200) }; }
+  }
+  if (!response.ok) {
+    const error = new ApiError(response.status, data && typeof data === "object" ? data : {});
+    if (response.status === 401 && token === undefined) {
+      window.dispatchEvent(new CustomEvent("jobsched:unauthorized"));
+    }
+    throw error;
+  }
+  return data;
+}
+
+const id = (value) => encodeURIComponent(value);
+
+export const listJobs = (params) => request("GET", `/api/v1/jobs?${new URLSearchParams(params)}`);
+export const getJob = (jobId) => request("GET", `/api/v1/jobs/${id(jobId)}`);
+export const createJob = (job) => request("POST", "/api/v1/jobs", job);
+export const patchJob = (jobId, patch) => request("PATCH", `/api/v1/jobs/${id(jobId)}`, patch);
+export const cancelJob = (jobId) => request("DELETE", `/api/v1/jobs/${id(jobId)}`);
+export const pauseJob = (jobId) => request("POST", `/api/v1/jobs/${id(jobId)}/pause`);
+export const resumeJob = (jobId) => request("POST", `/api/v1/jobs/${id(jobId)}/resume`);
+export const triggerJob = (jobId) => request("POST", `/api/v1/jobs/${id(jobId)}/trigger`);
+export const listExecutions = (jobId, limit = 50) =>
+  request("GET", `/api/v1/jobs/${id(jobId)}/executions?limit=${limit}`);
+export const getExecution = (executionId) => request("GET", `/api/v1/executions/${id(executionId)}`);
+export const previewSchedule = (schedule, timezone, count = 5) =>
+  request("POST", "/api/v1/schedules/preview", { schedule, timezone, count });
+export const getCluster = () => request("GET", "/api/v1/cluster");

@@ -1,0 +1,275 @@
+// One job: what it runs, its schedule and next fire times (from the preview endpoint),
+// actions, the latest output, and its execution history with durations and attempts.
+
+import {
+  cancelJob, getExecution, getJob, listExecutions, pauseJob, previewSchedule, resumeJob, triggerJob,
+} from "./api.js";
+import { errorBanner, h, svg, toast } from "./dom.js";
+import {
+  TERMINAL, badge, duration, formatSeconds, payloadSummary, scheduleText, seconds, timeCell, wallClock, when,
+} from "./format.js";
+
+const HISTORY = 50;
+
+export async function jobPage(ctx, jobId) {
+  let job = null;
+  let executions = [];
+  let previewKey = "";
+  let previewStale = 0;
+  let latestShown = "";
+  const expanded = new Map(); // execution id -> details element
+  let confirmTimer = null;
+
+  const title = h("h1", { id: "job-title", text: "Job" });
+  const state = h("span", { id: "job-state" });
+  const actions = h("div", { class: "actions", id: "job-actions" });
+  const banner = h("div");
+  const details = h("dl", { class: "details", id: "job-details" });
+  const fires = h("ol", { class: "fires", id: "next-fires" });
+  const firesNote = h("p", { class: "muted small" });
+  const latest = h("div", { id: "latest-output" });
+  const chart = h("div", { class: "chart", id: "duration-chart" });
+  const history = h("tbody");
+
+  ctx.view.append(
+    h("p", { class: "crumbs" }, h("a", { href: "#/jobs", text: "← Jobs" })),
+    h("div", { class: "page-head" }, h("div", {}, title, " ", state), actions),
+    banner,
+    h("div", { class: "grid two" },
+      h("section", { class: "card" }, h("h2", { text: "Definition" }), details),
+      h("section", { class: "card" }, h("h2", { text: "Next fire times" }), firesNote, fires)),
+    h("section", { class: "card" }, h("h2", { text: "Latest output" }), latest),
+    h("section", { class: "card" },
+      h("h2", { text: "Executions" }),
+      chart,
+      h("div", { class: "table-wrap" },
+        h("table", { class: "data responsive", id: "executions-table" },
+          h("thead", {}, h("tr", {},
+            ["Scheduled for", "State", "Attempt", "Duration", "Worker", ""].map((t) => h("th", { text: t })))),
+          history))),
+  );
+
+  function button(label, id, kind, onclick) {
+    return h("button", { type: "button", id, class: kind, text: label, onclick });
+  }
+
+  async function act(name, call, done) {
+    for (const b of actions.querySelectorAll("button")) b.disabled = true;
+    try {
+      const result = await call(jobId);
+      toast(done(result), "ok");
+    } catch (error) {
+      toast(error.oneLine ? error.oneLine() : String(error), "error");
+    }
+    await refresh();
+  }
+
+  function confirmCancel(event) {
+    const target = event.currentTarget;
+    if (target.dataset.armed) {
+      clearTimeout(confirmTimer);
+      act("cancel", cancelJob, () => "Job cancelled: it will not fire again");
+      return;
+    }
+    target.dataset.armed = "1";
+    target.textContent = "Confirm cancel";
+    confirmTimer = setTimeout(() => {
+      delete target.dataset.armed;
+      target.textContent = "Cancel job";
+    }, 5000);
+  }
+
+  function drawActions() {
+    const live = job.state === "active" || job.state === "paused";
+    actions.replaceChildren(...[
+      job.state !== "cancelled"
+        ? button("Run now", "trigger", "secondary", () => act("trigger", triggerJob, () => "Triggered a run now"))
+        : null,
+      job.state === "active" ? button("Pause", "pause", "secondary", () => act("pause", pauseJob, () => "Job paused")) : null,
+      job.state === "paused" ? button("Resume", "resume", "primary", () => act("resume", resumeJob, () => "Job resumed")) : null,
+      live ? h("a", { class: "button secondary", id: "edit", href: `#/jobs/${job.id}/edit`, text: "Edit" }) : null,
+      live ? button("Cancel job", "cancel", "danger", confirmCancel) : null,
+    ].filter(Boolean));
+  }
+
+  function drawDetails() {
+    const retry = job.retry || {};
+    const labels = Object.entries(job.labels || {});
+    const rows = [
+      ["Kind", job.kind],
+      ["Runs", h("code", { text: payloadSummary(job) })],
+      ["Schedule", h("code", { text: scheduleText(job) })],
+      ["Next fire", job.state === "active" ? [timeCell(job.next_fire_at), " ", h("span", { class: "muted small", text: when(job.next_fire_at) })] : "—"],
+      ["Timeout", `${job.timeout_s ?? 300} s`],
+      ["Retry", `${retry.max_attempts ?? 1} attempt(s), backoff ${retry.backoff_s ?? 2} s … ${retry.max_backoff_s ?? 300} s`],
+      ["Concurrency", job.concurrency || "allow"],
+      ["Misfire", job.misfire || "run_once"],
+      ["Labels", labels.length ? labels.map(([k, v]) => h("span", { class: "label", text: `${k}=${v}` })) : "—"],
+      ["Id", h("code", { class: "small", text: job.id })],
+      ["Created", when(job.created_at)],
+      ["Updated", when(job.updated_at)],
+    ];
+    details.replaceChildren(...rows.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)]));
+  }
+
+  async function drawFires() {
+    if (job.state !== "active" && job.state !== "paused") {
+      firesNote.textContent = `This job is ${job.state}: it does not fire again.`;
+      fires.replaceChildren();
+      previewKey = "";
+      return;
+    }
+    const zone = job.timezone || "UTC";
+    firesNote.textContent = job.state === "paused"
+      ? "Paused: these times apply once it is resumed." : `Wall-clock times in ${zone}.`;
+    const key = `${job.schedule}|${job.timezone}`;
+    if (key === previewKey && Date.now() < previewStale) return;
+    previewKey = key;
+    try {
+      const preview = await previewSchedule(job.schedule, job.timezone || "UTC", 5);
+      // Fetched again once the first listed time has passed (or after a minute).
+      const first = preview.items.length ? new Date(preview.items[0].utc).getTime() : Infinity;
+      previewStale = Math.min(first, Date.now() + 60_000);
+      fires.replaceChildren(...preview.items.map((f) => h("li", {},
+        h("span", { class: "mono", text: wallClock(f.local) }), " ", h("span", { class: "muted small" }, "(", timeCell(f.utc), ")"))));
+      if (!preview.items.length) fires.replaceChildren(h("li", { class: "muted", text: "No further fire time." }));
+    } catch (error) {
+      fires.replaceChildren(h("li", {}, errorBanner(error)));
+    }
+  }
+
+  function attemptsView(execution) {
+    const attempts = execution.attempts || [];
+    if (!attempts.length) return h("p", { class: "muted", text: "No attempt has started yet." });
+    return attempts.map((a) => h("div", { class: "attempt" },
+      h("div", { class: "attempt-head" },
+        h("strong", { text: `Attempt ${a.attempt}` }), " ", badge(a.outcome || "running"),
+        h("span", { class: "muted small" },
+          ` on ${a.worker} · ${when(a.started_at)} · ${duration(a.started_at, a.finished_at)}`
+          + (a.exit_code !== null && a.exit_code !== undefined ? ` · exit ${a.exit_code}` : ""))),
+      a.error ? h("p", { class: "attempt-error", text: a.error }) : null,
+      h("pre", { class: "output", text: a.output || "(no output)" })));
+  }
+
+  async function drawLatest() {
+    const finished = executions.find((e) => TERMINAL.has(e.state));
+    if (!finished) {
+      latest.replaceChildren(h("p", { class: "muted", text: "No run has finished yet." }));
+      latestShown = "";
+      return;
+    }
+    const key = `${finished.id}|${finished.state}|${finished.attempt}`;
+    if (key === latestShown) return;
+    try {
+      const full = await getExecution(finished.id);
+      latestShown = key;
+      latest.replaceChildren(
+        h("p", {}, badge(full.state), " ", h("span", { class: "muted small", text: `run for ${when(full.scheduled_for)}, ` }), timeCell(full.finished_at)),
+        ...[].concat(attemptsView(full)).slice(-1),
+      );
+    } catch (error) {
+      latest.replaceChildren(errorBanner(error));
+    }
+  }
+
+  function drawChart() {
+    const runs = executions.slice(0, HISTORY).reverse();
+    if (!runs.length) {
+      chart.replaceChildren(h("p", { class: "muted", text: "No executions yet." }));
+      return;
+    }
+    const values = runs.map((e) => seconds(e.started_at, e.finished_at) ?? 0);
+    const max = Math.max(...values, 0.001);
+    const width = chart.clientWidth || 600;
+    const height = 90;
+    const step = width / Math.max(runs.length, 20);
+    const bars = runs.map((e, i) => {
+      const v = values[i];
+      const barHeight = e.started_at ? Math.max(3, (v / max) * (height - 14)) : 3;
+      return svg("rect", {
+        x: (i * step + 1).toFixed(1), y: (height - barHeight).toFixed(1),
+        width: Math.max(2, step - 2).toFixed(1), height: barHeight.toFixed(1),
+        class: `bar state-${e.state}`, rx: 1.5,
+      }, svg("title", {}, `${when(e.scheduled_for)}: ${e.state}, ${duration(e.started_at, e.finished_at)}`));
+    });
+    chart.replaceChildren(
+      svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
+        "aria-label": "Durations of the latest executions, coloured by outcome" }, bars),
+      h("p", { class: "muted small", text: `Durations of the last ${runs.length} executions, oldest first (tallest ${formatSeconds(max)}); colour = outcome.` }));
+  }
+
+  function toggle(execution, row) {
+    if (expanded.has(execution.id)) {
+      expanded.get(execution.id).remove();
+      expanded.delete(execution.id);
+      row.classList.remove("open");
+      return;
+    }
+    const cell = h("td", { colspan: 6 }, h("p", { class: "muted", text: "Loading…" }));
+    const detail = h("tr", { class: "detail", dataset: { executionDetail: execution.id } }, cell);
+    row.after(detail);
+    row.classList.add("open");
+    expanded.set(execution.id, detail);
+    loadDetail(execution.id);
+  }
+
+  async function loadDetail(executionId) {
+    const detail = expanded.get(executionId);
+    if (!detail) return;
+    try {
+      const full = await getExecution(executionId);
+      const reason = full.reason ? h("p", { class: "muted", text: `Reason: ${full.reason}` }) : null;
+      detail.firstChild.replaceChildren(reason, ...[].concat(attemptsView(full)));
+    } catch (error) {
+      detail.firstChild.replaceChildren(errorBanner(error));
+    }
+  }
+
+  function drawHistory() {
+    const rows = [];
+    for (const e of executions) {
+      const row = h("tr", { class: "clickable", dataset: { executionId: e.id, state: e.state }, tabindex: 0 },
+        h("td", { "data-label": "Scheduled for" }, h("span", { text: when(e.scheduled_for) })),
+        h("td", { "data-label": "State" }, badge(e.state, e.error || e.reason || "")),
+        h("td", { "data-label": "Attempt", text: String(e.attempt) }),
+        h("td", { "data-label": "Duration", text: duration(e.started_at, e.finished_at) }),
+        h("td", { "data-label": "Worker", class: "small", text: e.worker || "—" }),
+        h("td", { class: "chevron", text: "▸" }));
+      row.addEventListener("click", () => toggle(e, row));
+      row.addEventListener("keydown", (event) => { if (event.key === "Enter") toggle(e, row); });
+      rows.push(row);
+      const open = expanded.get(e.id);
+      if (open) {
+        row.classList.add("open");
+        rows.push(open);
+      }
+    }
+    if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 6, class: "empty", text: "This job has not fired yet." })));
+    history.replaceChildren(...rows);
+    for (const e of executions) {
+      if (expanded.has(e.id) && !TERMINAL.has(e.state)) loadDetail(e.id);
+    }
+  }
+
+  async function refresh() {
+    try {
+      [job, executions] = await Promise.all([getJob(jobId), listExecutions(jobId, HISTORY).then((p) => p.items)]);
+      banner.replaceChildren();
+    } catch (error) {
+      banner.replaceChildren(errorBanner(error.status === 404 ? { message: "No such job." } : error));
+      return;
+    }
+    if (!ctx.active) return;
+    document.title = `${job.name} · jobsched`;
+    title.textContent = job.name;
+    state.replaceChildren(badge(job.state));
+    if (!actions.querySelector("[data-armed]")) drawActions();
+    drawDetails();
+    drawHistory();
+    drawChart();
+    await Promise.all([drawFires(), drawLatest()]);
+  }
+
+  await refresh();
+  ctx.every(1500, refresh);
+}
