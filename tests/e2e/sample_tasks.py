@@ -26,3 +26,10 @@ def noop() -> None:
 @task
 def always_fails() -> None:
     raise RuntimeError("this task always fails")
+
+
+@task(name="sample_tasks:report")
+def report(team: str, count: int = 1) -> dict[str, object]:
+    """Named explicitly, so the key is the same whether this module is imported as
+    ``sample_tasks`` (the worker) or ``tests.e2e.sample_tasks`` (a test scheduling it)."""
+    return {"team": team, "count": count}
