@@ -1,11 +1,11 @@
-.PHONY: run test lint install services
+.PHONY: run test lint install services test-tools
 
 # Everything a fresh machine needs, then all roles with a demo job firing every 5 s.
 run:
 	scripts/run-local.sh
 
 # The whole test suite on real PostgreSQL, RabbitMQ and ZooKeeper (started if missing).
-test: install services
+test: install services test-tools
 	python3 -m pytest -q
 
 install:
@@ -13,6 +13,9 @@ install:
 
 services:
 	scripts/services.sh
+
+test-tools:
+	scripts/install-test-tools.sh
 
 lint:
 	ruff check jobsched tests

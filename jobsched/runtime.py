@@ -19,6 +19,7 @@ from jobsched.adapters.zookeeper import make_client, start_client
 from jobsched.api.app import build_app
 from jobsched.api.cluster import ClusterView
 from jobsched.health import Readiness, health_app
+from jobsched.metrics import Metrics, instrument_api
 from jobsched.scheduler.leader import Scheduler
 from jobsched.settings import Settings
 from jobsched.worker.worker import Worker, import_task_modules
@@ -63,6 +64,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
     import_task_modules(settings.imports)  # fail fast on a bad --import
 
     readiness = Readiness()
+    metrics = Metrics("+".join(sorted(roles)), settings.instance)
     state: dict[str, Any] = {}
     runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task[Any]] = []
@@ -78,6 +80,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
     try:
         if "api" not in roles:
             health = health_app(readiness)
+            health.router.add_get("/metrics", metrics.handler())
             runners.append(await _start_site(health, settings.metrics_host, settings.metrics_port,
                                              "health"))
         if migrate:
@@ -117,6 +120,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             cluster = ClusterView(store, zk, broker, settings.queue_name,
                                   settings.dead_letter_queue)
             app = build_app(settings, store, readiness, cluster)
+            instrument_api(app, metrics)
             runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
             if zk is None or broker is None:
                 # The cluster view reads ZooKeeper and RabbitMQ; they connect in the
@@ -126,7 +130,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
 
         if "scheduler" in roles:
             assert broker is not None and zk is not None
-            scheduler = Scheduler(settings, store, broker, zk)
+            scheduler = Scheduler(settings, store, broker, zk, metrics)
             readiness.add_info("scheduler", scheduler.describe)
             listener = WakeListener(settings.database_url, lambda _: scheduler.wake.set())
             tasks.append(_task(listener.run(stop), "wake-listener", stop))
@@ -134,7 +138,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
 
         if "worker" in roles:
             assert broker is not None
-            worker = Worker(settings, store, broker, zk=zk)
+            worker = Worker(settings, store, broker, zk=zk, metrics=metrics)
             readiness.add_info("worker", lambda: {"inflight": worker.inflight, **worker.stats})
             tasks.append(_task(worker.run(stop), "worker", stop))
 

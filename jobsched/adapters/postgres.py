@@ -162,6 +162,7 @@ class Dispatch:
     execution_id: uuid.UUID
     job_id: uuid.UUID
     attempt: int
+    due: datetime | None = None  # the fire time, for lateness; None for re-sends
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +334,7 @@ class JobStore:
                 [a.next_fire_at for a in tick.advances],
                 [a.runs for a in tick.advances],
             )
-        dispatches = [Dispatch(r["id"], r["job_id"], r["attempt"])
+        dispatches = [Dispatch(r["id"], r["job_id"], r["attempt"], r["scheduled_for"])
                       for r in created if r["state"] == "queued"]
         not_run = [f for f in tick.fires if f.state != "queued"]
         return dispatches, len(rows), not_run

@@ -148,7 +148,7 @@ SELECT f.job_id, f.scheduled_for, $3, f.state, f.reason,
 FROM unnest($1::uuid[], $2::timestamptz[], $4::text[], $5::text[])
     AS f(job_id, scheduled_for, state, reason)
 ON CONFLICT (job_id, scheduled_for) DO NOTHING
-RETURNING id, job_id, attempt, state
+RETURNING id, job_id, attempt, state, scheduled_for
 """
 
 ADVANCE_JOBS = """

@@ -169,6 +169,19 @@ class Broker:
         finally:
             await channel.close()
 
+    async def queue_stats(self) -> dict[str, tuple[int, int]]:
+        """(messages, consumers) per queue, from a fresh passive declare."""
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        try:
+            stats = {}
+            for name in (self.queue_name, self.dead_queue):
+                result = (await channel.declare_queue(name, passive=True)).declaration_result
+                stats[name] = (result.message_count or 0, result.consumer_count or 0)
+            return stats
+        finally:
+            await channel.close()
+
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 import aiozk
@@ -30,11 +31,14 @@ from jobsched.adapters.rabbitmq import AttemptMessage, Broker
 from jobsched.adapters.zookeeper import LeaderCampaign, LeaderTerm
 from jobsched.domain.firing import FirePolicy, jitter_offset, plan_due_job
 from jobsched.domain.schedule import Schedule, ScheduleError, parse_schedule
+from jobsched.metrics import Metrics
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL = timedelta(seconds=1)
+OBSERVE_INTERVAL = timedelta(seconds=5)
+WORKERS_PATH = "/workers"
 FORBID_REASON = "previous run still active (concurrency=forbid)"
 
 
@@ -81,9 +85,12 @@ def plan_fires(jobs: list[DueJob], now: datetime) -> TickPlan:
 
 class Scheduler:
     def __init__(
-        self, settings: Settings, store: JobStore, broker: Broker, zk: aiozk.ZKClient
+        self, settings: Settings, store: JobStore, broker: Broker, zk: aiozk.ZKClient,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics("scheduler", settings.instance)
+        self.zk = zk
         self.store = store
         self.broker = broker
         self.campaign = LeaderCampaign(zk, settings.instance)
@@ -92,6 +99,7 @@ class Scheduler:
         self.fired = 0
         self.reaped = 0
         self.not_run: dict[str, int] = {}
+        self._observing: asyncio.Task[None] | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -115,6 +123,9 @@ class Scheduler:
                     continue
                 self.term = term
                 log.info("leader with epoch %d", term.epoch)
+                self.metrics.is_leader.set({}, 1)
+                self.metrics.leader_epoch.set({}, term.epoch)
+                self.metrics.takeovers.inc({})
                 await self._lead(term, stop)
                 delay = 0.2
             except StaleEpochError as exc:
@@ -124,6 +135,7 @@ class Scheduler:
                 await _sleep(stop, delay)
                 delay = min(delay * 2, 5.0)
             finally:
+                self.metrics.is_leader.set({}, 0)
                 if self.term is not None:
                     self.term.ended.set()
                     self.term = None
@@ -136,9 +148,14 @@ class Scheduler:
         await self._republish(datetime.now(UTC))
         last_republish = datetime.now(UTC)
         last_reap = datetime.now(UTC) - REAP_INTERVAL
+        last_observed = datetime.now(UTC) - OBSERVE_INTERVAL
         while not stop.is_set() and not term.ended.is_set():
             self.wake.clear()
             now = datetime.now(UTC)
+            tick_started = time.perf_counter()
+            if now - last_observed >= OBSERVE_INTERVAL:
+                last_observed = now
+                self._observe_cluster()
             try:
                 await self._fire_due(epoch, now)
                 await self._publish(
@@ -151,6 +168,7 @@ class Scheduler:
                     await self._republish(now - timedelta(seconds=self.settings.republish_after_s))
                     last_republish = now
                 wake_at = await self.store.next_wake()
+                self.metrics.tick_duration.observe({}, time.perf_counter() - tick_started)
             except StaleEpochError:
                 raise
             except (TimeoutError, OSError) as exc:
@@ -169,14 +187,20 @@ class Scheduler:
             )
             await self._publish(dispatches)
             self.fired += len(dispatches)
+            if dispatches:
+                self.metrics.fires.add({"state": "queued"}, len(dispatches))
             for record in not_run:
                 self.not_run[record.state] = self.not_run.get(record.state, 0) + 1
+                self.metrics.fires.inc({"state": record.state})
+                self.metrics.misfires.inc({"state": record.state,
+                                           "reason": _reason_class(record.reason)})
             if due < batch:
                 return
 
     async def _requeue_retries(self, epoch: int, now: datetime) -> None:
         batch = self.settings.scheduler_batch_size
         while dispatches := await self.store.requeue_retries(epoch, now, batch):
+            self.metrics.retries_requeued.add({}, len(dispatches))
             await self._publish(dispatches)
             if len(dispatches) < batch:
                 return
@@ -188,6 +212,8 @@ class Scheduler:
         if not reaped:
             return
         self.reaped += len(reaped)
+        for row in reaped:
+            self.metrics.reaped.inc({"state": row["state"]})
         log.warning("reaped %d executions whose worker lost its lease", len(reaped))
         dead = [AttemptMessage(r["id"], r["job_id"], r["attempt"])
                 for r in reaped if r["state"] == "dead"]
@@ -196,6 +222,7 @@ class Scheduler:
 
     async def _republish(self, queued_before: datetime) -> None:
         dispatches = await self.store.unpublished(queued_before, self.settings.scheduler_batch_size)
+        self.metrics.unpublished.set({}, len(dispatches))
         if dispatches:
             log.info("re-publishing %d unconfirmed executions", len(dispatches))
             await self._publish(dispatches)
@@ -208,6 +235,42 @@ class Scheduler:
         )
         done = [d.execution_id for d, ok in zip(dispatches, confirmed, strict=True) if ok]
         await self.store.mark_published(done)
+        confirmed_at = datetime.now(UTC)
+        for dispatch, ok in zip(dispatches, confirmed, strict=True):
+            if ok and dispatch.due is not None:
+                lateness = (confirmed_at - dispatch.due).total_seconds()
+                self.metrics.fire_lateness.observe({}, max(0.0, lateness))
+
+    def _observe_cluster(self) -> None:
+        """Queue depths and live workers, as gauges (in the background: never delays a
+        tick)."""
+        if self._observing is not None and not self._observing.done():
+            return
+        self._observing = asyncio.create_task(self._observe_cluster_now())
+
+    async def _observe_cluster_now(self) -> None:
+        try:
+            depths = await asyncio.wait_for(self.broker.queue_stats(), 2)
+            for queue, (messages, consumers) in depths.items():
+                self.metrics.queue_messages.set({"queue": queue}, messages)
+                self.metrics.queue_consumers.set({"queue": queue}, consumers)
+        except Exception as exc:  # noqa: BLE001 - a gauge left stale is fine
+            log.debug("queue stats unavailable: %r", exc)
+        try:
+            workers = await asyncio.wait_for(self.zk.get_children(WORKERS_PATH), 2)
+            self.metrics.live_workers.set({}, len(workers))
+        except Exception as exc:  # noqa: BLE001
+            log.debug("worker registry unavailable: %r", exc)
+
+
+def _reason_class(reason: str | None) -> str:
+    """A bounded label value for a free-text reason."""
+    text = reason or ""
+    for key in ("concurrency=forbid", "max_catchup", "misfire=skip", "starting_deadline",
+                "paused", "holds its lock", "unusable schedule"):
+        if key in text:
+            return key
+    return "other"
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

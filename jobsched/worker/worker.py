@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ from jobsched.adapters.queries import CANCEL_CHANNEL
 from jobsched.adapters.rabbitmq import AttemptMessage, Broker, MessageError
 from jobsched.batching import Batcher
 from jobsched.domain.retry import RetryPolicy, retry_delay, should_retry
+from jobsched.metrics import Metrics
 from jobsched.settings import Settings
 from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.tasks import registry as default_registry
@@ -62,8 +64,10 @@ class Worker:
         broker: Broker,
         registry: TaskRegistry = default_registry,
         zk: aiozk.ZKClient | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics("worker", settings.instance)
         self.store = store
         self.held = HeldExecutions(store.pool)
         self.broker = broker
@@ -188,10 +192,12 @@ class Worker:
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
+        self.metrics.inflight.set({}, len(self._inflight))
         try:
             await self._handle(message)
         finally:
             self._inflight.discard(task)
+            self.metrics.inflight.set({}, len(self._inflight))
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -199,6 +205,7 @@ class Worker:
         except MessageError as exc:
             # Not ours to run, but not ours to drop either: it goes to the dead-letter queue.
             self.stats["malformed"] += 1
+            self.metrics.dead_lettered.inc({"cause": "malformed"})
             log.error("dead-lettering a malformed message: %s", exc)
             await message.reject(requeue=False)
             return
@@ -211,6 +218,7 @@ class Worker:
             return
         if row is None:
             self.stats["lost_claims"] += 1
+            self.metrics.lost_claims.inc({})
             log.info("execution %s attempt %d not claimable: acked unrun",
                      attempt.execution_id, attempt.attempt)
             await message.ack()
@@ -242,8 +250,12 @@ class Worker:
     async def _run(self, row: Any) -> tuple[AttemptResult, str | None, float]:
         """Run the attempt: its result, the execution's next state (None: it was taken
         away mid-run) and the delay before a retry."""
+        if row["attempt"] == 1:
+            late = (datetime.now(UTC) - row["scheduled_for"]).total_seconds()
+            self.metrics.start_lateness.observe({}, max(0.0, late))
         task = asyncio.ensure_future(self._execute(row))
         self._running[row["id"]] = task
+        started = time.perf_counter()
         try:
             result = await task
         except asyncio.CancelledError:
@@ -254,6 +266,9 @@ class Worker:
             return stopped, None, 0.0
         finally:
             self._running.pop(row["id"], None)
+        self.metrics.execution_duration.observe({"kind": row["kind"]},
+                                                time.perf_counter() - started)
+        self.metrics.executions.inc({"kind": row["kind"], "outcome": result.outcome})
         policy = RetryPolicy(
             max_attempts=row["max_attempts"],
             backoff_s=row["backoff_s"],
@@ -320,8 +335,13 @@ class Worker:
             await message.ack()
             return
         self.stats[committed] = self.stats.get(committed, 0) + 1
-        log.info("execution %s attempt %d %s", row["id"], row["attempt"], committed)
+        log.info("execution %s attempt %d %s", row["id"], row["attempt"], committed,
+                 extra={"job_id": row["job_id"], "execution_id": row["id"],
+                        "attempt": row["attempt"]})
+        if committed == "retrying":
+            self.metrics.retries.inc({})
         if committed == "dead":
+            self.metrics.dead_lettered.inc({"cause": "attempts_exhausted"})
             await message.reject(requeue=False)  # dead-lettered by the queue's DLX
         else:
             await message.ack()

@@ -1,0 +1,137 @@
+"""Prometheus metrics (aioprometheus): one registry per process, shared by its roles.
+
+Names follow Prometheus conventions (``_total`` counters, ``_seconds`` units); every
+metric the dashboard and alert rules in ``config/`` use is defined here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aioprometheus import Counter, Gauge, Histogram, Registry, render
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0)
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+                    1800.0)
+
+
+class Metrics:
+    def __init__(self, role: str, instance: str) -> None:
+        self.registry = Registry()
+        r = self.registry
+        self.labels = {"instance": instance}
+
+        # api
+        self.api_requests = Counter(
+            "jobsched_api_requests_total", "API requests by route, method and status.",
+            registry=r)
+        self.api_latency = Histogram(
+            "jobsched_api_request_duration_seconds", "API request latency by route.",
+            registry=r, buckets=LATENCY_BUCKETS)
+
+        # scheduler
+        self.is_leader = Gauge(
+            "jobsched_scheduler_is_leader", "1 while this scheduler is the leader.", registry=r)
+        self.leader_epoch = Gauge(
+            "jobsched_scheduler_leader_epoch", "Fencing epoch of the current leadership term.",
+            registry=r)
+        self.takeovers = Counter(
+            "jobsched_scheduler_takeovers_total", "Leadership terms this scheduler began.",
+            registry=r)
+        self.fires = Counter(
+            "jobsched_scheduler_fires_total",
+            "Fires recorded by the leader, by state (queued, missed, skipped).", registry=r)
+        self.misfires = Counter(
+            "jobsched_scheduler_misfires_total",
+            "Fires not run (missed or skipped), by state and reason.", registry=r)
+        self.fire_lateness = Histogram(
+            "jobsched_scheduler_fire_lateness_seconds",
+            "Due time to publish-confirmed, per queued fire.", registry=r,
+            buckets=LATENCY_BUCKETS)
+        self.tick_duration = Histogram(
+            "jobsched_scheduler_tick_duration_seconds", "Duration of a leader tick.",
+            registry=r, buckets=LATENCY_BUCKETS)
+        self.unpublished = Gauge(
+            "jobsched_scheduler_unpublished_backlog",
+            "Executions committed but not yet confirmed by RabbitMQ (outbox).", registry=r)
+        self.reaped = Counter(
+            "jobsched_scheduler_reaped_total",
+            "Running executions whose worker lost its lease, by next state.", registry=r)
+        self.retries_requeued = Counter(
+            "jobsched_scheduler_retries_queued_total", "Retry attempts queued by the leader.",
+            registry=r)
+
+        # worker
+        self.executions = Counter(
+            "jobsched_worker_executions_total", "Attempts run, by kind and outcome.",
+            registry=r)
+        self.execution_duration = Histogram(
+            "jobsched_worker_execution_duration_seconds", "Attempt run time, by kind.",
+            registry=r, buckets=DURATION_BUCKETS)
+        self.start_lateness = Histogram(
+            "jobsched_worker_start_lateness_seconds",
+            "Scheduled time to start of the first attempt (due -> started).", registry=r,
+            buckets=LATENCY_BUCKETS)
+        self.inflight = Gauge(
+            "jobsched_worker_inflight", "Executions this worker holds right now.", registry=r)
+        self.lost_claims = Counter(
+            "jobsched_worker_lost_claims_total",
+            "Deliveries acked unrun because the claim failed (duplicates, stale attempts).",
+            registry=r)
+        self.retries = Counter(
+            "jobsched_worker_retries_total", "Failed attempts that will be retried.",
+            registry=r)
+        self.dead_lettered = Counter(
+            "jobsched_worker_dead_lettered_total",
+            "Executions dead after their last attempt (or malformed messages), sent to the DLQ.",
+            registry=r)
+
+        # cluster, as the leader sees it
+        self.queue_messages = Gauge(
+            "jobsched_queue_messages", "Messages ready in a queue.", registry=r)
+        self.queue_consumers = Gauge(
+            "jobsched_queue_consumers", "Consumers of a queue.", registry=r)
+        self.live_workers = Gauge(
+            "jobsched_live_workers", "Workers registered in ZooKeeper.", registry=r)
+        self.up = Gauge("jobsched_up", "1 while the process runs, labelled by role.",
+                        registry=r)
+        self.up.set({"role": role}, 1)
+
+    def handler(self) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def metrics(request: web.Request) -> web.Response:
+            body, headers = render(self.registry, request.headers.getall("Accept", []))
+            return web.Response(body=body, headers=headers)
+
+        return metrics
+
+
+def instrument_api(app: web.Application, metrics: Metrics) -> None:
+    """Count and time every request by route template (bounded labels), and serve
+    /metrics. Called before the app starts, so the middleware list is still open."""
+
+    @web.middleware
+    async def measure(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            metrics.api_requests.inc({"route": route, "method": request.method,
+                                      "status": str(status)})
+            metrics.api_latency.observe({"route": route, "method": request.method},
+                                        time.perf_counter() - started)
+
+    app.middlewares.insert(0, measure)
+    app.router.add_get("/metrics", metrics.handler())
