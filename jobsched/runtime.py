@@ -21,6 +21,7 @@ from jobsched.api.cluster import ClusterView
 from jobsched.health import Readiness, health_app
 from jobsched.metrics import Metrics, instrument_api
 from jobsched.scheduler.leader import Scheduler
+from jobsched.scheduler.retention import run_retention
 from jobsched.settings import Settings
 from jobsched.worker.worker import Worker, import_task_modules
 
@@ -135,6 +136,10 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             listener = WakeListener(settings.database_url, lambda _: scheduler.wake.set())
             tasks.append(_task(listener.run(stop), "wake-listener", stop))
             tasks.append(_task(scheduler.run(stop), "scheduler", stop))
+            tasks.append(_task(run_retention(
+                pool, lambda: scheduler.term.epoch if scheduler.is_leader and scheduler.term
+                else None, settings.retention_days, settings.retention_interval_s, stop),
+                "retention", stop))
 
         if "worker" in roles:
             assert broker is not None

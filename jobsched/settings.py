@@ -63,6 +63,42 @@ class Settings(BaseModel):
     drain_timeout_s: float = Field(30.0, ge=0)
     imports: tuple[str, ...] = ()
 
+    # history: finished executions older than this are purged by the leader in batches;
+    # jobs may keep fewer (their history limits)
+    retention_days: float = Field(30.0, gt=0)
+    retention_interval_s: float = Field(60.0, ge=1)
+
+    # security (docs/security.md)
+    # Off only for local development: every request then acts as an admin of "default".
+    auth_enabled: bool = True
+    # How long an api process trusts a token it has looked up: a revocation takes effect
+    # on every api within this time.
+    token_cache_s: float = Field(5.0, ge=0, le=300)
+    # Job kinds refused on this deployment (api: 403 on create/patch/trigger; worker: the
+    # attempt fails), e.g. JOBSCHED_DISABLED_KINDS=shell.
+    disabled_kinds: tuple[Literal["shell", "http", "python"], ...] = ()
+    # Active or paused jobs one namespace may hold; 0 lifts the quota.
+    max_active_jobs: int = Field(10_000, ge=0)
+    # Per-token token bucket of each api process: sustained requests/s and burst; 0 lifts it.
+    rate_limit_per_s: float = Field(100.0, ge=0)
+    rate_limit_burst: int = Field(200, ge=1)
+    max_request_headers: int = Field(64, ge=8, le=128)
+    # An Idempotency-Key is answered with its first job for at least this long.
+    idempotency_ttl_s: float = Field(86_400.0, ge=86_400)
+    # Secret references ({"secret": "NAME"}) resolve on the worker from
+    # <secrets_dir>/NAME, else from the environment variable JOBSCHED_SECRET_<NAME>.
+    secrets_dir: str | None = None
+    # Shell jobs: the user they run as (unset: "nobody" when the worker runs as root, the
+    # worker's own user otherwise), and their resource limits (0 lifts one).
+    shell_user: str | None = None
+    shell_cpu_s: int = Field(3600, ge=0)
+    shell_memory_bytes: int = Field(1 << 30, ge=0)
+    shell_open_files: int = Field(256, ge=0)
+    shell_file_size_bytes: int = Field(64 << 20, ge=0)
+    shell_max_processes: int = Field(512, ge=0)
+    # Where each run's private working directory is made (unset: the system temp dir).
+    shell_work_root: str | None = None
+
     @field_validator("cluster")
     @classmethod
     def _cluster_name(cls, value: str) -> str:
@@ -124,13 +160,16 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+_LIST_FIELDS = frozenset({"imports", "disabled_kinds"})
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in Settings.model_fields:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
-        values[name] = [m for m in raw.split(",") if m] if name == "imports" else raw
+        values[name] = [m for m in raw.split(",") if m] if name in _LIST_FIELDS else raw
     return values
 
 

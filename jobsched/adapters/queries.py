@@ -18,6 +18,63 @@ VALUES ($1, $2, {", ".join(f"${i + 3}" for i in range(len(JOB_COLUMNS)))})
 RETURNING *
 """
 
+# Create with an Idempotency-Key: a concurrent create with the same key waits on the
+# unique index and then inserts nothing; it answers with the winner's job instead.
+INSERT_JOB_KEYED = f"""
+INSERT INTO jobs (id, namespace, {", ".join(JOB_COLUMNS)}, idempotency_key, idempotency_digest)
+VALUES ($1, $2, {", ".join(f"${i + 3}" for i in range(len(JOB_COLUMNS) + 2))})
+ON CONFLICT (namespace, idempotency_key) DO NOTHING
+RETURNING *
+"""
+
+# The job an Idempotency-Key names, and whether the key has outlived its retention.
+GET_JOB_BY_IDEMPOTENCY_KEY = """
+SELECT id, idempotency_digest, created_at < now() - make_interval(secs => $3) AS expired
+FROM jobs WHERE namespace = $1 AND idempotency_key = $2
+"""
+
+# An expired key is released, so it may name a new job.
+RELEASE_IDEMPOTENCY_KEY = """
+UPDATE jobs SET idempotency_key = NULL, idempotency_digest = NULL
+WHERE id = $1 AND created_at < now() - make_interval(secs => $2)
+"""
+
+# The quota: live (active or paused) jobs of a namespace, counted no further than $2.
+COUNT_LIVE_JOBS = """
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs WHERE namespace = $1 AND state IN ('active', 'paused') LIMIT $2
+) AS live
+"""
+
+# Near the quota, creates of one namespace queue on this lock so the count is exact.
+LOCK_NAMESPACE = "SELECT pg_advisory_xact_lock(hashtextextended('jobsched.ns.' || $1, 0))"
+
+# --- tokens ------------------------------------------------------------------------------
+
+INSERT_TOKEN = """
+INSERT INTO api_tokens (digest, hint, namespace, role, name, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id, hint, namespace, role, name, created_at, expires_at, revoked_at
+"""
+
+AUTHENTICATE_TOKEN = """
+SELECT id, namespace, role, name FROM api_tokens
+WHERE digest = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+"""
+
+LIST_TOKENS = """
+SELECT id, hint, namespace, role, name, created_at, expires_at, revoked_at
+FROM api_tokens
+WHERE ($1::text IS NULL OR namespace = $1)
+ORDER BY created_at, id
+"""
+
+REVOKE_TOKEN = """
+UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())
+WHERE id = $1
+RETURNING id, hint, namespace, role, name, created_at, expires_at, revoked_at
+"""
+
 # PATCH: the row was locked by LOCK_JOB in the same transaction.
 UPDATE_JOB = f"""
 UPDATE jobs SET {", ".join(f"{c} = ${i + 2}" for i, c in enumerate(JOB_COLUMNS))},
@@ -205,6 +262,37 @@ SELECT least(
     (SELECT min(next_fire_at) FROM jobs WHERE state = 'active' AND next_fire_at IS NOT NULL),
     (SELECT min(run_after) FROM executions WHERE state = 'retrying')
 ) AS wake_at
+"""
+
+# --- retention (leader, fenced) ------------------------------------------------------
+
+# Finished executions past the retention period, oldest first, a bounded batch at a time
+# (executions_finished index; attempts go with them by ON DELETE CASCADE).
+PURGE_EXPIRED = """
+DELETE FROM executions WHERE id IN (
+    SELECT id FROM executions
+    WHERE finished_at IS NOT NULL AND finished_at < $1
+    ORDER BY finished_at LIMIT $2
+)
+"""
+
+# Per-job history limits: succeeded executions beyond keep_succeeded, dead (failed)
+# ones beyond keep_failed, newest kept. Only jobs that set a limit are scanned.
+PURGE_OVER_LIMIT = """
+DELETE FROM executions WHERE id IN (
+    SELECT id FROM (
+        SELECT e.id,
+               row_number() OVER (PARTITION BY e.job_id, e.state
+                                  ORDER BY e.scheduled_for DESC) AS position,
+               CASE e.state WHEN 'succeeded' THEN j.keep_succeeded ELSE j.keep_failed END
+                   AS keep
+        FROM jobs j JOIN executions e ON e.job_id = j.id
+        WHERE (j.keep_succeeded IS NOT NULL AND e.state = 'succeeded')
+           OR (j.keep_failed IS NOT NULL AND e.state = 'dead')
+    ) ranked
+    WHERE position > keep
+    LIMIT $1
+)
 """
 
 # --- worker ----------------------------------------------------------------------------

@@ -233,3 +233,18 @@ def _assert_no_overlap(executions: list[dict[str, Any]]) -> None:
     spans = sorted((at(e["started_at"]), at(e["finished_at"])) for e in executions)
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, spans
+
+
+async def test_history_limit_is_applied_by_the_leader(local_cluster: LocalCluster) -> None:
+    local_cluster.start("scheduler", JOBSCHED_RETENTION_INTERVAL_S="1")
+    local_cluster.start("worker", extra=("--import", "sample_tasks"))
+    local_cluster.start("api")
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, local_cluster.api)
+        job = await api.create({"name": "h", "schedule": "* * * * * *",
+                                "history": {"succeeded": 2}, **NOOP})
+        await asyncio.sleep(5.5)
+        await post(api, f"/api/v1/jobs/{job['id']}/pause")
+        await asyncio.sleep(1.5)  # one more retention pass after the last run
+        items = await api.executions(job["id"])
+    assert [e["state"] for e in items] == ["succeeded", "succeeded"]
