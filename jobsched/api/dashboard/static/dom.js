@@ -38,6 +38,7 @@ export function toast(message, kind = "info") {
   const box = document.getElementById("toasts");
   const item = h("div", { class: `toast ${kind}`, text: message });
   box.append(item);
+  while (box.childElementCount > 3) box.firstElementChild.remove();
   setTimeout(() => item.remove(), kind === "error" ? 8000 : 3500);
 }
 

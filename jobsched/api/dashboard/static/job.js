@@ -68,6 +68,7 @@ export async function jobPage(ctx, jobId) {
     const target = event.currentTarget;
     if (target.dataset.armed) {
       clearTimeout(confirmTimer);
+      delete target.dataset.armed;
       act("cancel", cancelJob, () => "Job cancelled: it will not fire again");
       return;
     }
@@ -219,7 +220,7 @@ export async function jobPage(ctx, jobId) {
     try {
       const full = await getExecution(executionId);
       const reason = full.reason ? h("p", { class: "muted", text: `Reason: ${full.reason}` }) : null;
-      detail.firstChild.replaceChildren(reason, ...[].concat(attemptsView(full)));
+      detail.firstChild.replaceChildren(...[reason, ...[].concat(attemptsView(full))].filter(Boolean));
     } catch (error) {
       detail.firstChild.replaceChildren(errorBanner(error));
     }
