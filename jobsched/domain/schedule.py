@@ -288,6 +288,17 @@ def _parse_cron(text: str) -> tuple[str, bool]:
     for i in (len(fields) - 3, len(fields) - 1):
         if fields[i] == "?":
             fields[i] = "*"
+    # croniter widens a one-value range 'a-a' to the whole field ("Jan-Jan is the whole
+    # cycle"); in cron it is the single value a.
+    fields = [_collapse_single_ranges(f) for f in fields]
+    dom, dow = fields[-3], fields[-1]
+    if dom[0] != "*" and dow[0] != "*" and ("W" in dom.upper() or "#" in dow
+                                            or "L" in dow.upper()):
+        # croniter intersects instead of OR-ing when a day field uses these forms.
+        raise ScheduleError(
+            "when both day-of-month and day-of-week are restricted, neither may use "
+            "'W', '#' or 'L' (write two jobs, one per day field)"
+        )
     normalized = " ".join(fields)
     try:
         _croniter(normalized)
@@ -302,6 +313,20 @@ def _parse_cron(text: str) -> tuple[str, bool]:
     time_fields = fields[:3] if len(fields) == 6 else fields[:2]
     fixed = not any(("*" in f or "/" in f) for f in time_fields)
     return normalized, fixed
+
+
+_SINGLE_RANGE = re.compile(r"^([0-9A-Za-z]+)-([0-9A-Za-z]+)(/\d+)?$")
+
+
+def _collapse_single_ranges(field_text: str) -> str:
+    """'9-9' -> '9', 'tue-TUE/2' -> 'tue' (a step over one value is that value)."""
+    parts = []
+    for part in field_text.split(","):
+        match = _SINGLE_RANGE.match(part)
+        if match and match.group(1).lower() == match.group(2).lower():
+            part = match.group(1)
+        parts.append(part)
+    return ",".join(parts)
 
 
 def _explain_cron_error(fields: list[str], names: tuple[str, ...], exc: Exception) -> str:
