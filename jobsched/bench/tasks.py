@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from jobsched.tasks import task
 
+NOOP = "jobsched.bench.tasks:noop"
+
 
 @task
 def noop() -> None:

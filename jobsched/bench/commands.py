@@ -1,0 +1,91 @@
+"""What each ``jobsched bench`` subcommand does once its options are parsed: run the
+scenario (repeatedly), print its tables and write the JSON."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from jobsched.bench import report
+from jobsched.bench.cluster import Services
+from jobsched.bench.common import Options
+
+Echo = Callable[[str], None]
+
+
+def _finish(result: dict[str, Any], text: str, json_out: str | None, echo: Echo) -> None:
+    echo(text)
+    env = result["environment"]
+    echo(f"\n{env['nproc']} CPUs ({env['cpu_model']}), {env['memory_gb']} GB, "
+         f"Python {env['python']}, commit {env['commit'] or '?'}")
+    if json_out:
+        report.write_json(json_out, result)
+
+
+def throughput(services: Services, options: Options, *, mode: str, jobs: int, workers: int,
+               rates: list[int], step_s: float, repeat: int, json_out: str | None,
+               echo: Echo) -> dict[str, Any]:
+    from jobsched.bench import throughput as scenario
+
+    out: dict[str, Any] = {"scenario": "throughput"}
+    texts = []
+    if mode in ("burn-down", "both"):
+        out["burn_down"] = asyncio.run(report.repeated(
+            lambda: scenario.burn_down(services, jobs, workers, options), repeat, echo))
+        texts.append(report.render_burn_down(out["burn_down"]["median"], repeat))
+    if mode in ("steady", "both"):
+        out["steady"] = asyncio.run(report.repeated(
+            lambda: scenario.steady(services, rates, step_s, workers, options), repeat, echo))
+        texts.append(report.render_steady(out["steady"]["median"], repeat))
+    out["environment"] = report.environment()
+    _finish(out, "\n\n".join(texts), json_out, echo)
+    return out
+
+
+def lateness(services: Services, options: Options, *, jobs: int, seconds: int, workers: int,
+             repeat: int, json_out: str | None, echo: Echo) -> dict[str, Any]:
+    from jobsched.bench.lateness import run_lateness
+
+    result = asyncio.run(report.repeated(
+        lambda: run_lateness(services, jobs, seconds, workers, options), repeat, echo))
+    _finish(result, report.render_lateness(result["median"], repeat), json_out, echo)
+    return result
+
+
+def herd(services: Services, options: Options, *, jobs: int, workers: int, repeat: int,
+         json_out: str | None, echo: Echo) -> dict[str, Any]:
+    from jobsched.bench.lateness import run_herd
+
+    result = asyncio.run(report.repeated(
+        lambda: run_herd(services, jobs, workers, options), repeat, echo))
+    _finish(result, report.render_herd(result["median"], repeat), json_out, echo)
+    return result
+
+
+def api(services: Services, options: Options, *, url: str | None, token: str | None,
+        concurrency: int, seconds: float, clients: int, repeat: int, json_out: str | None,
+        echo: Echo) -> dict[str, Any]:
+    from jobsched.bench.api import run_api, run_api_at
+
+    if url:
+        def run() -> Any:
+            return run_api_at(url, concurrency, seconds, clients, token)
+    else:
+        def run() -> Any:
+            return run_api(services, concurrency, seconds, clients, options)
+    result = asyncio.run(report.repeated(run, repeat, echo))
+    _finish(result, report.render_api(result["median"], repeat), json_out, echo)
+    return result
+
+
+def scale(services: Services, options: Options, *, schedules: int, jobs: int, seconds: int,
+          workers: int, concurrency: int, api_seconds: float, clients: int, repeat: int,
+          json_out: str | None, echo: Echo) -> dict[str, Any]:
+    from jobsched.bench.scale import run_scale
+
+    result = asyncio.run(report.repeated(
+        lambda: run_scale(services, schedules, jobs, seconds, workers, concurrency,
+                          api_seconds, clients, options), repeat, echo))
+    _finish(result, report.render_scale(result["median"], repeat), json_out, echo)
+    return result
