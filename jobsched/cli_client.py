@@ -216,10 +216,14 @@ def print_preview(schedule: str, timezone: str, items: list[FireTime]) -> None:
     if not items:
         click.echo("  none: it never fires again")
     for item in items:
-        local = "" if timezone == "UTC" else f"  {item['local']}"
         moment = parse_time(item["utc"])
-        assert moment is not None
-        click.echo(f"  {show_time(item['utc'])}{local}  ({relative(moment)})")
+        wall = parse_time(item["local"])
+        assert moment is not None and wall is not None
+        if timezone == "UTC":
+            click.echo(f"  {show_time(item['utc'])}  ({relative(moment)})")
+        else:  # the schedule's own wall clock first: that is what the cron fields mean
+            click.echo(f"  {wall:%Y-%m-%d %H:%M:%S} {wall.isoformat()[-6:]}  "
+                       f"({show_time(item['utc'])}, {relative(moment)})")
 
 
 def print_execution(execution: Execution) -> None:
@@ -407,8 +411,8 @@ def jobs_create(conn: Conn, argv: tuple[str, ...], name: str | None, schedule: s
 
 
 def _preview(conn: Conn, schedule: str, timezone: str) -> list[FireTime] | None:
-    """Show (on stderr when stdout is JSON) the next fire times; an invalid schedule
-    stops here with exit 2, before anything is created."""
+    """Show the next fire times (not with --output json, whose stdout is the job alone);
+    an invalid schedule stops here with exit 2, before anything is created."""
 
     async def fetch(client: Client) -> list[FireTime] | None:
         try:
@@ -477,7 +481,7 @@ def jobs_get(conn: Conn, job_id: str) -> None:
 @click.option("--timezone", "-z")
 @click.option("--timeout", "timeout_s", type=float)
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
-              help="Replaces all labels (repeatable).")
+              help="Set a label (repeatable); --set 'labels={\"k\": null}' removes one.")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=JSON",
               help="Any other field, as JSON: --set 'retry={\"max_attempts\": 3}'.")
 @click.option("--file", "-f", "file", metavar="PATH",
@@ -486,7 +490,8 @@ def jobs_get(conn: Conn, job_id: str) -> None:
 def jobs_update(conn: Conn, job_id: str, name: str | None, schedule: str | None,
                 timezone: str | None, timeout_s: float | None, labels: tuple[str, ...],
                 sets: tuple[str, ...], file: str | None) -> None:
-    """Change a job's schedule, payload or policies (only the fields given)."""
+    """Change a job's schedule, payload or policies: only the fields given, sent as a JSON
+    merge patch (objects merge, null removes a key)."""
     changes = read_json_file(file, "--file") if file else {}
     changes.update(key_values(sets, "--set", json_values=True))
     for key, value in (("name", name), ("schedule", schedule), ("timezone", timezone),

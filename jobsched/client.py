@@ -300,7 +300,8 @@ class Client:
         return cast(Job, await self.request("GET", f"/api/v1/jobs/{_id(job_id)}"))
 
     async def update_job(self, job_id: str, changes: Mapping[str, Any]) -> Job:
-        """Change a job's schedule, payload or policies (only the fields given)."""
+        """Change a job's schedule, payload or policies. ``changes`` is a JSON merge patch
+        (RFC 7396): objects merge, ``None`` removes a key, anything else replaces."""
         return cast(Job, await self.request("PATCH", f"/api/v1/jobs/{_id(job_id)}",
                                             json=dict(changes)))
 
