@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import LocalCluster
+from tests.e2e.tokens import admin_token
 from tests.helpers import ROOT, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -21,13 +22,17 @@ pytestmark = pytest.mark.timeout(60)
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "dead", "skipped", "missed"}
 NEVER_SOON = "0 0 1 1 *"  # fires on 1 January only: the job stays put during the test
+_TOKENS: dict[str, str] = {}
 
 
 def cli(cluster: LocalCluster, *args: str, stdin: str | None = None,
-        url: str | None = None) -> subprocess.CompletedProcess[str]:
+        url: str | None = None, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``jobsched ARGS`` as a user runs it, with JOBSCHED_URL and JOBSCHED_TOKEN set."""
+    if cluster.database not in _TOKENS:
+        _TOKENS[cluster.database] = admin_token(cluster)
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSCHED_")}
     env["JOBSCHED_URL"] = url or cluster.api
-    env["JOBSCHED_TOKEN"] = "test-token"
+    env["JOBSCHED_TOKEN"] = token or _TOKENS[cluster.database]
     return subprocess.run([sys.executable, "-m", "jobsched", *args], input=stdin,
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
 
@@ -86,7 +91,7 @@ def test_preview_in_a_time_zone_and_dry_run_creates_nothing(
     out = ok(cli(running_cluster, "jobs", "create", "--name", "cli-dry", "-s", "0 9 * * *",
                  "-z", "Europe/Berlin", "--dry-run", "--", "/bin/true"))
     assert "schedule '0 9 * * *' (Europe/Berlin), next fires:" in out
-    assert len(re.findall(r"T09:00:00\+0[12]:00", out)) == 5, out
+    assert len(re.findall(r"^  \d{4}-\d\d-\d\d 09:00:00 \+0[12]:00  \(", out, re.M)) == 5, out
     listed = as_json(cli(running_cluster, "jobs", "list", "--name", "cli-dry", "-o", "json"))
     assert listed["items"] == []
 
@@ -227,3 +232,11 @@ def test_unreachable_api_is_exit_4(running_cluster: LocalCluster) -> None:
     assert line == f"jobsched: cannot reach {url}: connection refused"
     line = one_error_line(cli(running_cluster, "cluster", "status", "--url", url), 4)
     assert "cannot reach" in line
+
+
+def test_a_rejected_token_is_exit_1_with_the_reason(running_cluster: LocalCluster) -> None:
+    result = cli(running_cluster, "jobs", "list", token="not-a-real-token")
+    if result.returncode == 0:
+        pytest.skip("this api does not enforce authentication")
+    line = one_error_line(result, 1)
+    assert line.startswith("jobsched: 401 Unauthorized: "), line

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import LocalCluster
+from tests.e2e.tokens import admin_token
 from tests.helpers import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,7 +31,11 @@ SHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-TOKEN = "dashboard-test-token"
+
+
+@pytest.fixture(scope="module")
+def token(running_cluster: LocalCluster) -> str:
+    return admin_token(running_cluster)
 
 
 @pytest.fixture(scope="module")
@@ -58,32 +64,50 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def api(cluster: LocalCluster, path: str) -> Any:
-    with urllib.request.urlopen(cluster.api + path, timeout=5) as response:
+def api_get(cluster: LocalCluster, path: str, token: str) -> Any:
+    request = urllib.request.Request(cluster.api + path,
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 
 
-def sign_in(page: Page, cluster: LocalCluster) -> None:
+def auth_enforced(cluster: LocalCluster) -> bool:
+    try:
+        urllib.request.urlopen(cluster.api + "/api/v1/jobs?limit=1", timeout=5).close()
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
+    return False
+
+
+def sign_in(page: Page, cluster: LocalCluster, token: str) -> None:
     page.goto(cluster.api + "/")
     expect(page).to_have_url(re.compile(r"#/signin\?next="))
-    page.fill("#token", TOKEN)
+    page.fill("#token", token)
     page.click("button[type=submit]")
     expect(page).to_have_url(re.compile(r"#/jobs$"))
-    assert page.evaluate("localStorage.getItem('jobsched.token')") == TOKEN
+    assert page.evaluate("localStorage.getItem('jobsched.token')") == token
 
 
 def test_sign_in_create_a_cron_job_see_it_fire_pause_and_cancel(
-    running_cluster: LocalCluster, page: Page,
+    running_cluster: LocalCluster, page: Page, token: str,
 ) -> None:
+    def api(cluster: LocalCluster, path: str) -> Any:
+        return api_get(cluster, path, token)
+
     bearer: set[str] = set()
     page.on("request", lambda request: bearer.add(request.headers.get("authorization", ""))
             if "/api/v1/" in request.url else None)
 
     page.goto(running_cluster.api + "/")
     expect(page.locator("#token")).to_be_visible()
+    if auth_enforced(running_cluster):
+        page.fill("#token", "not-a-real-token")
+        page.click("button[type=submit]")
+        expect(page.locator(".signin .field-error")).to_have_text("This token was not accepted.")
+        bearer.clear()
     shot(page, "01-sign-in")
-    sign_in(page, running_cluster)
-    assert bearer == {f"Bearer {TOKEN}"}
+    sign_in(page, running_cluster, token)
+    assert bearer == {f"Bearer {token}"}
 
     # the form: a schedule that can never fire is flagged while typing
     page.click("text=New job")
@@ -167,7 +191,7 @@ def test_sign_in_create_a_cron_job_see_it_fire_pause_and_cancel(
 
 
 def test_edit_trigger_resume_and_a_phone_width_screen(
-    running_cluster: LocalCluster, browser: Browser,
+    running_cluster: LocalCluster, browser: Browser, token: str,
 ) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     page = context.new_page()
@@ -175,7 +199,7 @@ def test_edit_trigger_resume_and_a_phone_width_screen(
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     try:
-        sign_in(page, running_cluster)
+        sign_in(page, running_cluster, token)
         page.click("text=New job")
         page.fill("#f-name", "dash-edit")
         page.select_option("#f-kind", "python")
@@ -193,7 +217,7 @@ def test_edit_trigger_resume_and_a_phone_width_screen(
         page.fill("#f-labels", "team=web")
         page.click("#submit")
         expect(page).to_have_url(re.compile(rf"#/jobs/{job_id}$"))
-        job = api(running_cluster, f"/api/v1/jobs/{job_id}")
+        job = api_get(running_cluster, f"/api/v1/jobs/{job_id}", token)
         assert job["python"]["args"] == {"a": 40, "b": 2}
         assert job["labels"] == {"team": "web"}  # the removed label was sent as null
 

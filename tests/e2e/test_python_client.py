@@ -7,15 +7,21 @@ import pytest
 from jobsched import ApiError, Client, ConnectionFailed, SyncClient, task
 from tests.e2e import sample_tasks
 from tests.e2e.conftest import LocalCluster
+from tests.e2e.tokens import admin_token
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture(scope="module")
+def token(running_cluster: LocalCluster) -> str:
+    return admin_token(running_cluster)
+
+
 async def test_schedule_a_task_by_cron_and_watch_it_succeed(
-    running_cluster: LocalCluster,
+    running_cluster: LocalCluster, token: str,
 ) -> None:
-    async with Client(running_cluster.api, token="test-token") as client:
+    async with Client(running_cluster.api, token=token) as client:
         job = await client.schedule(sample_tasks.report, cron="* * * * * *",
                                     timezone="Europe/Berlin",
                                     args={"team": "billing", "count": 2},
@@ -35,8 +41,10 @@ async def test_schedule_a_task_by_cron_and_watch_it_succeed(
         assert cancelled["state"] == "cancelled"
 
 
-async def test_create_trigger_watch_and_the_job_controls(running_cluster: LocalCluster) -> None:
-    async with Client(running_cluster.api) as client:
+async def test_create_trigger_watch_and_the_job_controls(
+    running_cluster: LocalCluster, token: str,
+) -> None:
+    async with Client(running_cluster.api, token) as client:
         job = await client.create_job({
             "name": "py-client", "schedule": "0 0 1 1 *", "kind": "shell",
             "shell": {"argv": ["/bin/sh", "-c", "echo from the client"]}})
@@ -62,8 +70,10 @@ async def test_create_trigger_watch_and_the_job_controls(running_cluster: LocalC
         await client.cancel_job(job["id"])
 
 
-async def test_errors_carry_the_problem_details(running_cluster: LocalCluster) -> None:
-    async with Client(running_cluster.api) as client:
+async def test_errors_carry_the_problem_details(
+    running_cluster: LocalCluster, token: str,
+) -> None:
+    async with Client(running_cluster.api, token) as client:
         with pytest.raises(ApiError) as invalid:
             await client.create_job({"name": "bad", "schedule": "0 0 30 2 *", "kind": "shell",
                                      "shell": {"argv": []}})
@@ -85,22 +95,24 @@ async def test_errors_carry_the_problem_details(running_cluster: LocalCluster) -
             await client.list_jobs()
 
 
-async def test_schedule_needs_a_registered_task(running_cluster: LocalCluster) -> None:
+async def test_schedule_needs_a_registered_task(
+    running_cluster: LocalCluster, token: str,
+) -> None:
     def plain() -> None: ...
 
-    async with Client(running_cluster.api) as client:
+    async with Client(running_cluster.api, token) as client:
         with pytest.raises(TypeError, match="is not a @task"):
             await client.schedule(plain, cron="* * * * *")
         with pytest.raises(ValueError, match="at most one of"):
             await client.schedule(sample_tasks.report, cron="* * * * *", every=5)
 
 
-def test_sync_client_runs_a_task_once(running_cluster: LocalCluster) -> None:
+def test_sync_client_runs_a_task_once(running_cluster: LocalCluster, token: str) -> None:
     @task(name="sample_tasks:add")
     def add(a: int, b: int) -> dict[str, int]:  # the worker's sample_tasks:add, by name
         return {"sum": a + b}
 
-    with SyncClient(running_cluster.api) as client:
+    with SyncClient(running_cluster.api, token) as client:
         job = client.schedule(add, args={"a": 20, "b": 22})
         assert job["schedule"] == "immediate"
         execution = client.wait_first_execution(job["id"], interval=0.1, timeout=10)
