@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -105,10 +106,98 @@ def run(ctx: click.Context, roles: tuple[str, ...], run_migrate: bool, imports: 
     sys.exit(code)
 
 
+@main.group()
+def token() -> None:
+    """API tokens: create (printed once), list, revoke. Works on the database directly."""
+
+
+def _token_admin(ctx: click.Context, database_url: str | None, call: Any) -> Any:
+    from jobsched.token_admin import TokenAdminError
+
+    settings = _settings(ctx, {"database_url": database_url})
+    try:
+        return asyncio.run(call(settings.database_url))
+    except TokenAdminError as exc:
+        click.echo(f"jobsched: {exc}", err=True)
+        sys.exit(2)
+    except (OSError, ConnectionError) as exc:
+        click.echo(f"jobsched: cannot reach PostgreSQL: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - asyncpg errors: one clear line, not a traceback
+        click.echo(f"jobsched: {exc}", err=True)
+        sys.exit(1)
+
+
+@token.command("create")
+@click.option("--namespace", required=True, help="The namespace the token sees and changes.")
+@click.option("--role", required=True, type=click.Choice(["admin", "editor", "viewer"]),
+              help="admin: everything; editor: no shell jobs; viewer: read only.")
+@click.option("--name", help="What the token is for (shown by list).")
+@click.option("--expires-in", metavar="DURATION", help="e.g. 12h or 30d; default: never.")
+@click.option("--database-url", help="PostgreSQL URL (JOBSCHED_DATABASE_URL).")
+@click.pass_context
+def token_create(ctx: click.Context, namespace: str, role: str, name: str | None,
+                 expires_in: str | None, database_url: str | None) -> None:
+    """Create a token and print it on stdout (only this once: it is stored hashed)."""
+    from jobsched.token_admin import TokenAdminError, create_token, parse_duration
+
+    try:
+        lifetime = parse_duration(expires_in) if expires_in else None
+    except TokenAdminError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires-in") from None
+    made, row = _token_admin(
+        ctx, database_url, lambda dsn: create_token(dsn, namespace, role, name, lifetime))
+    click.echo(made)
+    expiry = f", expires {row['expires_at']:%Y-%m-%d %H:%M:%SZ}" if row["expires_at"] else ""
+    click.echo(f"token {row['id']} ({role} of namespace {namespace}{expiry}); it is not "
+               "stored and cannot be shown again", err=True)
+
+
+@token.command("list")
+@click.option("--namespace", help="Only this namespace's tokens.")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.option("--database-url", help="PostgreSQL URL (JOBSCHED_DATABASE_URL).")
+@click.pass_context
+def token_list(ctx: click.Context, namespace: str | None, output: str,
+               database_url: str | None) -> None:
+    """List tokens (never their values)."""
+    import orjson
+
+    from jobsched.token_admin import list_tokens
+
+    rows = _token_admin(ctx, database_url, lambda dsn: list_tokens(dsn, namespace))
+    if output == "json":
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"{'ID':<37}{'HINT':<10}{'NAMESPACE':<20}{'ROLE':<8}{'STATE':<9}NAME")
+    now = datetime.now(UTC)
+    for row in rows:
+        state = ("revoked" if row["revoked_at"] else
+                 "expired" if row["expires_at"] and row["expires_at"] <= now else "active")
+        click.echo(f"{row['id']:<37}{row['hint'] + '…':<10}{row['namespace']:<20}"
+                   f"{row['role']:<8}{state:<9}{row['name'] or ''}")
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.option("--database-url", help="PostgreSQL URL (JOBSCHED_DATABASE_URL).")
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id: str, database_url: str | None) -> None:
+    """Revoke a token by its id: every api refuses it within token_cache_s seconds."""
+    from jobsched.token_admin import revoke_token
+
+    row = _token_admin(ctx, database_url, lambda dsn: revoke_token(dsn, token_id))
+    click.echo(f"revoked token {row['id']} ({row['role']} of namespace {row['namespace']})")
+
+
 # The API client commands (jobs, executions, cluster) live in their own module.
 from jobsched.cli_client import register as register_client_commands  # noqa: E402
 
 register_client_commands(main)
+from jobsched.devcluster import register as register_dev_commands  # noqa: E402
+
+register_dev_commands(main)
 
 
 @main.group()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -24,6 +24,28 @@ MIGRATION_LOCK_KEY = 0x6A6F6273  # "jobs": one advisory lock for every migrating
 
 class StaleEpochError(Exception):
     """This leader's epoch is no longer the current one: it must stop writing."""
+
+
+class QuotaExceeded(Exception):
+    """The namespace already holds its quota of live (active or paused) jobs."""
+
+    def __init__(self, namespace: str, quota: int) -> None:
+        super().__init__(f"namespace {namespace!r} has {quota} live jobs, its quota")
+        self.namespace = namespace
+        self.quota = quota
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key already names a job created from a different body."""
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(f"the key names job {job_id}, created from a different body")
+        self.job_id = job_id
+
+
+# Below quota - margin, creates count without locking (the count moves by at most the
+# creates in flight); nearer, they serialize per namespace so the quota is exact.
+QUOTA_LOCK_MARGIN = 64
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -196,6 +218,59 @@ class JobStore:
             await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")
         assert row is not None
         return row
+
+    async def create_job(
+        self,
+        values: Sequence[Any],
+        *,
+        idempotency_key: str | None = None,
+        digest: bytes | None = None,
+        idempotency_ttl_s: float = 86_400.0,
+        quota: int = 0,
+    ) -> tuple[Mapping[str, Any], bool]:
+        """Insert a job (``values`` as for insert_job) under the namespace's quota. With an
+        idempotency key, a repeat of an identical create answers the first job instead:
+        returns the job row (with ``last_execution``) and whether it is such a replay."""
+        namespace = values[1]
+        async with self.pool.acquire() as conn, conn.transaction():
+            if idempotency_key is not None:
+                first = await self._replay(conn, namespace, idempotency_key, digest,
+                                           idempotency_ttl_s)
+                if first is not None:
+                    return first, True
+            if quota:
+                await self._within_quota(conn, namespace, quota)
+            row = await conn.fetchrow(q.INSERT_JOB_KEYED, *values, idempotency_key, digest)
+            if row is None:  # a concurrent create with this key won the race
+                assert idempotency_key is not None
+                first = await self._replay(conn, namespace, idempotency_key, digest,
+                                           idempotency_ttl_s)
+                assert first is not None
+                return first, True
+            await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")
+        return {**dict(row), "last_execution": None}, False
+
+    @staticmethod
+    async def _replay(conn: asyncpg.Connection, namespace: str, key: str,
+                      digest: bytes | None, ttl_s: float) -> asyncpg.Record | None:
+        found = await conn.fetchrow(q.GET_JOB_BY_IDEMPOTENCY_KEY, namespace, key, ttl_s)
+        if found is None:
+            return None
+        if found["expired"]:
+            await conn.execute(q.RELEASE_IDEMPOTENCY_KEY, found["id"], ttl_s)
+            return None
+        if found["idempotency_digest"] != digest:
+            raise IdempotencyConflict(found["id"])
+        return await conn.fetchrow(q.GET_JOB, found["id"], namespace)
+
+    @staticmethod
+    async def _within_quota(conn: asyncpg.Connection, namespace: str, quota: int) -> None:
+        live = await conn.fetchval(q.COUNT_LIVE_JOBS, namespace, quota)
+        if live < quota - QUOTA_LOCK_MARGIN:
+            return
+        await conn.execute(q.LOCK_NAMESPACE, namespace)
+        if await conn.fetchval(q.COUNT_LIVE_JOBS, namespace, quota) >= quota:
+            raise QuotaExceeded(namespace, quota)
 
     async def update_job(
         self,
@@ -404,6 +479,29 @@ class JobStore:
             if any(r.state == "retrying" for r in results):
                 await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "retry")
         return {r["id"]: r["state"] for r in rows}
+
+
+class TokenStore:
+    """API tokens: only their SHA-256 digest is stored (see jobsched.domain.auth)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def create(self, digest: bytes, hint: str, namespace: str, role: str,
+                     name: str | None, expires_at: datetime | None) -> asyncpg.Record:
+        row = await self.pool.fetchrow(q.INSERT_TOKEN, digest, hint, namespace, role, name,
+                                       expires_at)
+        assert row is not None
+        return row
+
+    async def authenticate(self, digest: bytes) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(q.AUTHENTICATE_TOKEN, digest)
+
+    async def list(self, namespace: str | None = None) -> list[asyncpg.Record]:
+        return await self.pool.fetch(q.LIST_TOKENS, namespace)
+
+    async def revoke(self, token_id: uuid.UUID) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(q.REVOKE_TOKEN, token_id)
 
 
 class HeldExecutions:
