@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -16,10 +18,14 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from jobsched.adapters.postgres import JobStore
+from jobsched import __version__
+from jobsched.adapters.postgres import IdempotencyConflict, JobStore, QuotaExceeded, TokenStore
 from jobsched.api.cluster import ClusterView
 from jobsched.api.dashboard import register_dashboard
+from jobsched.api.openapi import Operation, build_openapi
 from jobsched.api.problems import invalid, problem
+from jobsched.api.security import Authenticator, principal, security_middleware
+from jobsched.domain.auth import Forbidden, RateLimiter, check_access, check_kind
 from jobsched.domain.firing import initial_fire_at, jitter_offset, preview_fires
 from jobsched.domain.models import (
     AttemptOut,
@@ -44,7 +50,8 @@ STORE = web.AppKey("store", JobStore)
 SETTINGS = web.AppKey("settings", Settings)
 READINESS = web.AppKey("readiness", Readiness)
 CLUSTER = web.AppKey("cluster", ClusterView)
-DEFAULT_NAMESPACE = "default"
+OPENAPI = web.AppKey("openapi", bytes)
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -86,7 +93,7 @@ def execution_out(row: Any, attempts: list[Any] | None = None) -> ExecutionOut:
     return ExecutionOut.model_validate(data)
 
 
-def job_out(row: asyncpg.Record) -> JobOut:
+def job_out(row: Any) -> JobOut:
     last = row["last_execution"]
     return JobOut.model_validate(
         {
@@ -128,21 +135,61 @@ def _no_fire_problem() -> web.Response:
                    [{"field": "end_at", "reason": "the schedule has no fire before end_at"}])
 
 
+def _idempotency_key(request: web.Request) -> str | None:
+    given = request.headers.getall("Idempotency-Key", [])
+    if not given:
+        return None
+    if len(given) > 1 or not IDEMPOTENCY_KEY_RE.match(given[0]):
+        reason = ("must be given once" if len(given) > 1
+                  else "must be 1-255 printable ASCII characters without spaces")
+        raise _Abort(problem(400, "Invalid Idempotency-Key", reason,
+                             [{"field": "Idempotency-Key", "reason": reason}]))
+    return given[0]
+
+
+def body_digest(job: JobCreate) -> bytes:
+    """What makes two creates "the same request": the job after validation and defaults,
+    so key order, spacing and spelled-out defaults do not matter."""
+    return hashlib.sha256(orjson.dumps(job.model_dump(mode="json"),
+                                       option=orjson.OPT_SORT_KEYS)).digest()
+
+
 async def create_job(request: web.Request) -> web.Response:
     body = await request.read()
     try:
         job = JobCreate.model_validate_json(body or b"null")
     except ValidationError as exc:
         return invalid(exc, "Invalid job")
+    who = principal(request)
+    settings = request.app[SETTINGS]
+    check_kind(who, job.kind, settings.disabled_kinds)
+    key = _idempotency_key(request)
     job_id = uuid.uuid4()
     try:
         values = job_values(job, job_id, datetime.now(UTC))
     except _FirstFireMissing:
         return _no_fire_problem()
-    row = await request.app[STORE].insert_job((job_id, DEFAULT_NAMESPACE, *values))
-    out = job_out({**dict(row), "last_execution": None})  # type: ignore[arg-type]
-    response = _json(out, 201)
+    try:
+        row, replayed = await request.app[STORE].create_job(
+            (job_id, who.namespace, *values),
+            idempotency_key=key,
+            digest=body_digest(job) if key else None,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            quota=settings.max_active_jobs,
+        )
+    except IdempotencyConflict as exc:
+        return problem(409, "Idempotency-Key reused",
+                       f"this key already created job {exc.job_id} from a different body",
+                       [{"field": "Idempotency-Key",
+                         "reason": "already used with a different body"}])
+    except QuotaExceeded as exc:
+        reason = (f"namespace '{exc.namespace}' already has {exc.quota} active or paused "
+                  "jobs (max_active_jobs); cancel some or ask for a larger quota")
+        return problem(403, "Quota exceeded", reason)
+    response = _json(job_out(row), 200 if replayed else 201)
     response.headers["Location"] = f"/api/v1/jobs/{row['id']}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 
@@ -167,7 +214,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     labels = dict(item.split("=", 1) for item in query.label) or None
     after = _decode_cursor(query.cursor) if query.cursor else None
     rows = await request.app[STORE].list_jobs(
-        DEFAULT_NAMESPACE,
+        principal(request).namespace,
         state=query.state,
         name=query.name,
         labels=labels,
@@ -181,7 +228,8 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    row = await request.app[STORE].get_job(_uuid_param(request, "id"), DEFAULT_NAMESPACE)
+    row = await request.app[STORE].get_job(_uuid_param(request, "id"),
+                                           principal(request).namespace)
     if row is None:
         raise web.HTTPNotFound()
     return _json(job_out(row))
@@ -190,13 +238,14 @@ async def get_job(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     job_id = _uuid_param(request, "id")
     store = request.app[STORE]
-    if not await store.cancel_job(job_id, DEFAULT_NAMESPACE):
-        row = await store.get_job(job_id, DEFAULT_NAMESPACE)
+    namespace = principal(request).namespace
+    if not await store.cancel_job(job_id, namespace):
+        row = await store.get_job(job_id, namespace)
         if row is None:
             raise web.HTTPNotFound()
         if row["state"] != "cancelled":
             return problem(409, "Job already finished", f"job is {row['state']}")
-    row = await store.get_job(job_id, DEFAULT_NAMESPACE)
+    row = await store.get_job(job_id, namespace)
     assert row is not None
     return _json(job_out(row))
 
@@ -236,7 +285,11 @@ async def patch_job(request: web.Request) -> web.Response:
         # A new kind replaces the payload: drop the old kind's object unless re-given.
         patch = {**{k: None for k in ("shell", "http", "python") if k not in patch}, **patch}
 
+    who = principal(request)
+    disabled = request.app[SETTINGS].disabled_kinds
+
     def change(row: asyncpg.Record) -> tuple[Any, ...]:
+        check_kind(who, row["kind"], disabled)
         if row["state"] not in ("active", "paused"):
             raise _Abort(problem(409, "Job cannot be changed", f"job is {row['state']}"))
         merged = merge_patch(row["spec"], patch)
@@ -244,6 +297,7 @@ async def patch_job(request: web.Request) -> web.Response:
             job = JobCreate.model_validate_json(orjson.dumps(merged))
         except ValidationError as exc:
             raise _Abort(invalid(exc, "Invalid job patch")) from None
+        check_kind(who, job.kind, disabled)
         values = list(job_values(job, row["id"], datetime.now(UTC)))
         timing = ("schedule", "timezone", "start_at", "end_at", "jitter_s")
         if not any(k in patch for k in timing):
@@ -251,14 +305,12 @@ async def patch_job(request: web.Request) -> web.Response:
         return tuple(values)
 
     try:
-        row = await request.app[STORE].update_job(job_id, DEFAULT_NAMESPACE, change)
-    except _Abort as abort:
-        return abort.response
+        row = await request.app[STORE].update_job(job_id, who.namespace, change)
     except _FirstFireMissing:
         return _no_fire_problem()
     if row is None:
         raise web.HTTPNotFound()
-    fetched = await request.app[STORE].get_job(job_id, DEFAULT_NAMESPACE)
+    fetched = await request.app[STORE].get_job(job_id, who.namespace)
     assert fetched is not None
     return _json(job_out(fetched))
 
@@ -266,13 +318,14 @@ async def patch_job(request: web.Request) -> web.Response:
 async def pause_job(request: web.Request) -> web.Response:
     job_id = _uuid_param(request, "id")
     store = request.app[STORE]
-    if not await store.pause_job(job_id, DEFAULT_NAMESPACE):
-        row = await store.get_job(job_id, DEFAULT_NAMESPACE)
+    namespace = principal(request).namespace
+    if not await store.pause_job(job_id, namespace):
+        row = await store.get_job(job_id, namespace)
         if row is None:
             raise web.HTTPNotFound()
         if row["state"] != "paused":
             return problem(409, "Job cannot be paused", f"job is {row['state']}")
-    row = await store.get_job(job_id, DEFAULT_NAMESPACE)
+    row = await store.get_job(job_id, namespace)
     assert row is not None
     return _json(job_out(row))
 
@@ -300,11 +353,18 @@ def plan_resume(row: Any, now: datetime) -> tuple[datetime | None, list[tuple[da
 async def resume_job(request: web.Request) -> web.Response:
     job_id = _uuid_param(request, "id")
     store = request.app[STORE]
-    outcome = await store.resume_job(job_id, DEFAULT_NAMESPACE,
-                                     lambda row: plan_resume(row, datetime.now(UTC)))
+    namespace = principal(request).namespace
+    disabled = request.app[SETTINGS].disabled_kinds
+
+    def plan(row: Any) -> tuple[datetime | None, list[tuple[datetime, str]]]:
+        if row["kind"] in disabled:
+            raise Forbidden(f"job kind '{row['kind']}' is disabled on this deployment", "kind")
+        return plan_resume(row, datetime.now(UTC))
+
+    outcome = await store.resume_job(job_id, namespace, plan)
     if outcome == "missing":
         raise web.HTTPNotFound()
-    row = await store.get_job(job_id, DEFAULT_NAMESPACE)
+    row = await store.get_job(job_id, namespace)
     assert row is not None
     if outcome == "not_paused" and row["state"] != "active":
         return problem(409, "Job cannot be resumed", f"job is {row['state']}")
@@ -314,9 +374,11 @@ async def resume_job(request: web.Request) -> web.Response:
 async def trigger_job(request: web.Request) -> web.Response:
     job_id = _uuid_param(request, "id")
     store = request.app[STORE]
-    row = await store.get_job(job_id, DEFAULT_NAMESPACE)
+    row = await store.get_job(job_id, principal(request).namespace)
     if row is None:
         raise web.HTTPNotFound()
+    if row["kind"] in request.app[SETTINGS].disabled_kinds:
+        raise Forbidden(f"job kind '{row['kind']}' is disabled on this deployment", "kind")
     if row["state"] == "cancelled":
         return problem(409, "Job cannot be triggered", "job is cancelled")
     execution = await store.trigger_job(job_id, datetime.now(UTC))
@@ -344,7 +406,7 @@ async def list_job_executions(request: web.Request) -> web.Response:
     job_id = _uuid_param(request, "id")
     query: PageQuery = _query(request, PageQuery)
     store = request.app[STORE]
-    if not await store.job_exists(job_id, DEFAULT_NAMESPACE):
+    if not await store.job_exists(job_id, principal(request).namespace):
         raise web.HTTPNotFound()
     after = _decode_cursor(query.cursor) if query.cursor else None
     rows = await store.list_executions(job_id, after=after, limit=query.limit + 1)
@@ -356,7 +418,7 @@ async def list_job_executions(request: web.Request) -> web.Response:
 
 async def get_execution(request: web.Request) -> web.Response:
     found = await request.app[STORE].get_execution(
-        _uuid_param(request, "id"), DEFAULT_NAMESPACE
+        _uuid_param(request, "id"), principal(request).namespace
     )
     if found is None:
         raise web.HTTPNotFound()
@@ -385,6 +447,10 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
 _STATUS_TITLES = {
     400: "Bad request",
     404: "Not found",
@@ -399,6 +465,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Turn every error into problem+json; bad input is a 4xx, never a 5xx."""
     try:
         return await handler(request)
+    except _Abort as abort:
+        return abort.response
+    except Forbidden as exc:
+        errors = [{"field": exc.field, "reason": exc.reason}] if exc.field else None
+        return problem(403, "Forbidden", exc.reason, errors)
     except _QueryInvalid as exc:
         return invalid(exc.exc, "Invalid query parameters")
     except web.HTTPRequestEntityTooLarge as exc:
@@ -423,29 +494,95 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem(500, "Internal server error")
 
 
+_JOB_ID_ERRORS = (404,)
+_REPLAY_HEADERS = {"Location": "The job's URL",
+                   "Idempotent-Replayed": "'true': an earlier create with this "
+                                          "Idempotency-Key and body made this job"}
+
+# The API: the router and the OpenAPI document are both built from this table.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("POST", "/api/v1/jobs", create_job, "Create a job", "write",
+              ok={201: JobOut, 200: JobOut}, errors=(403, 409),
+              body=JobCreate,
+              request_headers={"Idempotency-Key": {
+                  "description": "Makes a retried create safe: the same key and body within "
+                                 "24 h answer 200 with the first job (header "
+                                 "Idempotent-Replayed: true); the same key with another "
+                                 "body is a 409.",
+                  "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"}}},
+              response_headers={201: {"Location": "The new job's URL"},
+                                200: _REPLAY_HEADERS}),
+    Operation("GET", "/api/v1/jobs", list_jobs, "List jobs, newest first", "read",
+              ok={200: JobList}, errors=(400, 422), query=ListJobsQuery),
+    Operation("GET", "/api/v1/jobs/{id}", get_job, "One job with its last execution",
+              "read", ok={200: JobOut}, errors=_JOB_ID_ERRORS),
+    Operation("PATCH", "/api/v1/jobs/{id}", patch_job,
+              "Change a job (JSON merge patch of the job as created)", "write",
+              ok={200: JobOut}, errors=(403, 404, 409), patch_of=JobCreate),
+    Operation("DELETE", "/api/v1/jobs/{id}", cancel_job,
+              "Cancel a job: no further fires, active runs cancelled", "write",
+              ok={200: JobOut}, errors=(404, 409)),
+    Operation("POST", "/api/v1/jobs/{id}/pause", pause_job, "Pause a job", "write",
+              ok={200: JobOut}, errors=(404, 409)),
+    Operation("POST", "/api/v1/jobs/{id}/resume", resume_job, "Resume a paused job", "write",
+              ok={200: JobOut}, errors=(403, 404, 409)),
+    Operation("POST", "/api/v1/jobs/{id}/trigger", trigger_job, "Run a job now, once",
+              "write", ok={201: ExecutionOut}, errors=(403, 404, 409)),
+    Operation("GET", "/api/v1/jobs/{id}/executions", list_job_executions,
+              "A job's executions, newest first", "read", ok={200: ExecutionList},
+              errors=(400, 404, 422), query=PageQuery),
+    Operation("GET", "/api/v1/executions/{id}", get_execution,
+              "One execution with its attempts", "read", ok={200: ExecutionOut},
+              errors=_JOB_ID_ERRORS),
+    Operation("POST", "/api/v1/schedules/preview", preview_schedule,
+              "The next fire times of a schedule (changes nothing)", "read",
+              ok={200: SchedulePreview}, body=SchedulePreviewRequest),
+    Operation("GET", "/api/v1/cluster", cluster_status,
+              "Leader, schedulers, live workers and queue depths", "read"),
+    Operation("GET", "/api/v1/openapi.json", openapi_document, "This document", "read"),
+    Operation("GET", "/healthz", healthz, "Liveness", None),
+    Operation("GET", "/readyz", readyz, "Readiness of each dependency (503 if not ready)",
+              None, ok={200: None, 503: None}),
+)
+
+
+def _guarded(op: Operation) -> Handler:
+    """The route's handler behind the role check its table entry asks for."""
+    if op.access is None:
+        return op.handler
+    access = op.access
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        check_access(principal(request), access)
+        return await op.handler(request)
+
+    return guarded
+
+
+def openapi(operations: tuple[Operation, ...] = OPERATIONS) -> dict[str, Any]:
+    return build_openapi(
+        operations, title="jobsched", version=__version__,
+        description="Jobs run once or on a schedule by jobsched workers. Every /api/ "
+                    "route needs 'Authorization: Bearer <token>'; errors are "
+                    "application/problem+json (RFC 9457).")
+
+
 def build_app(settings: Settings, store: JobStore, readiness: Readiness,
               cluster: ClusterView | None = None) -> web.Application:
+    authenticator = Authenticator(TokenStore(store.pool), settings.token_cache_s)
+    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app = web.Application(
-        middlewares=[problem_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[problem_middleware,
+                     security_middleware(settings, authenticator, limiter)],
+        client_max_size=settings.max_body_bytes,
     )
     app[STORE] = store
     app[SETTINGS] = settings
     app[READINESS] = readiness
+    app[OPENAPI] = orjson.dumps(openapi())
     if cluster is not None:
         app[CLUSTER] = cluster
-    app.router.add_get("/api/v1/cluster", cluster_status)
-    app.router.add_post("/api/v1/jobs", create_job)
-    app.router.add_get("/api/v1/jobs", list_jobs)
-    app.router.add_get("/api/v1/jobs/{id}", get_job)
-    app.router.add_delete("/api/v1/jobs/{id}", cancel_job)
-    app.router.add_patch("/api/v1/jobs/{id}", patch_job)
-    app.router.add_post("/api/v1/jobs/{id}/pause", pause_job)
-    app.router.add_post("/api/v1/jobs/{id}/resume", resume_job)
-    app.router.add_post("/api/v1/jobs/{id}/trigger", trigger_job)
-    app.router.add_post("/api/v1/schedules/preview", preview_schedule)
-    app.router.add_get("/api/v1/jobs/{id}/executions", list_job_executions)
-    app.router.add_get("/api/v1/executions/{id}", get_execution)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    for op in OPERATIONS:
+        app.router.add_route(op.method, op.path, _guarded(op))
     register_dashboard(app)
     return app

@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from jobsched.domain.models import FieldProblem
+from jobsched.domain.models import UNION_TAGS, FieldProblem
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -46,6 +46,8 @@ _JSON_TYPE_NAMES = {
 def _field_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
+        if part in UNION_TAGS:
+            continue
         if isinstance(part, int):
             path += f"[{part}]"
         else:

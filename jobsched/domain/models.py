@@ -12,8 +12,10 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -30,6 +32,7 @@ LabelValue = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")]
 HeaderValue = Annotated[str, StringConstraints(max_length=8192, pattern=r"^[^\x00\r\n]*$")]
+SecretName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -37,17 +40,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class SecretRef(_Strict):
+    """A value the worker looks up when it runs the job: only this name is stored."""
+
+    secret: SecretName
+
+
+# Tags of the "plain value or secret reference" unions; problem+json leaves them out of
+# field paths (problems.py), so an error names "shell.env.TOKEN", not "...TOKEN.<value>".
+VALUE_TAG = "<value>"
+SECRET_TAG = "<secret>"
+UNION_TAGS = frozenset({VALUE_TAG, SECRET_TAG})
+
+
+def _value_or_secret(value: Any) -> str:
+    return SECRET_TAG if isinstance(value, dict | SecretRef) else VALUE_TAG
+
+
+EnvValue = Annotated[
+    Annotated[ShortText, Tag(VALUE_TAG)] | Annotated[SecretRef, Tag(SECRET_TAG)],
+    Discriminator(_value_or_secret),
+]
+HeaderValueOrSecret = Annotated[
+    Annotated[HeaderValue, Tag(VALUE_TAG)] | Annotated[SecretRef, Tag(SECRET_TAG)],
+    Discriminator(_value_or_secret),
+]
+
+
 class ShellSpec(_Strict):
     argv: Annotated[list[ShortText], Field(min_length=1, max_length=MAX_ARGV)]
-    env: Annotated[dict[EnvName, ShortText], Field(max_length=256)] = {}
+    env: Annotated[dict[EnvName, EnvValue], Field(max_length=256)] = {}
     cwd: Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")] | None = None
 
 
 class HttpSpec(_Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
-    url: Annotated[str, StringConstraints(max_length=8192, pattern=r"^https?://[^\s/$.?#][^\s]*$")]
-    headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=100)] = {}
-    body: Annotated[str, StringConstraints(max_length=262_144)] | None = None
+    url: Annotated[str, StringConstraints(max_length=8192, pattern=r"^https?://[^\s\x00-\x1f/$.?#][^\s\x00-\x1f]*$")]
+    headers: Annotated[dict[HeaderName, HeaderValueOrSecret], Field(max_length=100)] = {}
+    body: Annotated[str, StringConstraints(max_length=262_144, pattern=r"^[^\x00]*$")] | None = None
 
 
 class PythonSpec(_Strict):
@@ -60,6 +90,41 @@ class PythonSpec(_Strict):
         if not FUNCTION_RE.match(value):
             raise ValueError("must be 'module.path:function'")
         return value
+
+    @field_validator("args")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = unstorable_json(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+MAX_JSON_DEPTH = 32
+_PG_INTEGER = 2**63 - 1
+
+
+def unstorable_json(value: Any, depth: int = 0) -> str | None:
+    """Why PostgreSQL's jsonb would refuse (or mangle) this value, or None: a NUL in a
+    string, nesting deeper than MAX_JSON_DEPTH, or a number it cannot hold."""
+    if depth > MAX_JSON_DEPTH:
+        return f"nested deeper than {MAX_JSON_DEPTH} levels"
+    if isinstance(value, str):
+        return "must not contain NUL characters" if "\x00" in value else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if abs(value) <= _PG_INTEGER else "number too large"
+    if isinstance(value, float):
+        return None if value == value and abs(value) != float("inf") else "number out of range"
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return "must not contain NUL characters"
+        problem = unstorable_json(item, depth + 1)
+        if problem:
+            return problem
+    return None
 
 
 class RetrySpec(_Strict):
@@ -95,7 +160,7 @@ class JobCreate(_Strict):
     concurrency: Literal["allow", "forbid", "replace"] = "allow"
     start_at: AwareDatetime | None = None
     end_at: AwareDatetime | None = None
-    max_runs: Annotated[int, Field(ge=1)] | None = None
+    max_runs: Annotated[int, Field(ge=1, le=2_147_483_647)] | None = None
     jitter_s: Annotated[float, Field(ge=0, le=86_400)] = 0.0
     history: HistorySpec = HistorySpec()
 
@@ -231,6 +296,23 @@ class ListJobsQuery(_Strict):
     label: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+=[^\x00-\x1f]*$")]] = []
     limit: Annotated[int, Field(ge=1, le=500)] = 50
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class FieldError(BaseModel):
+    field: str
+    reason: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every 4xx and 5xx."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[FieldError] | None = None
 
 
 class PageQuery(_Strict):
