@@ -8,13 +8,16 @@ import inspect
 import logging
 import os
 import signal
-from dataclasses import dataclass
+import subprocess
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 import orjson
 
 from jobsched.tasks import TaskContext, TaskRegistry
+from jobsched.worker.sandbox import Identity, SandboxError, ShellSandbox, child_setup
+from jobsched.worker.secrets import MissingSecret, SecretSource, mask
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +53,54 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-async def run_shell(payload: dict[str, Any], timeout_s: float, output_limit: int) -> AttemptResult:
-    env = {**os.environ, **payload.get("env", {})}
+async def run_shell(payload: dict[str, Any], timeout_s: float, output_limit: int,
+                    sandbox: ShellSandbox | None = None,
+                    secrets: SecretSource | None = None) -> AttemptResult:
+    """Run argv confined by ``sandbox`` (docs/security.md): its own user, environment,
+    directory and resource limits. Secret values in env are resolved here and masked in
+    what is recorded."""
+    sandbox = sandbox or ShellSandbox()
+    if sandbox.disabled:
+        return AttemptResult("failed", error="shell jobs are disabled on this worker "
+                                             "(disabled_kinds)")
+    try:
+        job_env, used = (secrets or SecretSource()).resolve(payload.get("env") or {})
+        identity = sandbox.identity()
+    except (MissingSecret, SandboxError) as exc:
+        return AttemptResult("failed", error=str(exc))
+    limits = sandbox.limits(switching_user=identity is not None)
+    with sandbox.workdir(identity) as home:
+        result = await _run_confined(payload, timeout_s, output_limit, sandbox, identity,
+                                     limits, home, job_env)
+    if not used:
+        return result
+    return replace(result, output=mask(result.output, used), error=mask(result.error, used))
+
+
+async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit: int,
+                        sandbox: ShellSandbox, identity: Identity | None,
+                        limits: list[tuple[int, tuple[int, int]]], home: str,
+                        job_env: dict[str, str]) -> AttemptResult:
+    drop = ({"user": identity.uid, "group": identity.gid, "extra_groups": []}
+            if identity is not None else {})
+    program = payload["argv"][0]
     try:
         process = await asyncio.create_subprocess_exec(
             *payload["argv"],
-            env=env,
-            cwd=payload.get("cwd"),
+            env=sandbox.environment(home, job_env),
+            cwd=home,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group, killed whole on timeout
+            preexec_fn=child_setup(limits, payload.get("cwd")),
+            umask=0o077,
+            **drop,
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-        return AttemptResult("failed", error=f"cannot start {payload['argv'][0]!r}: {exc.strerror}")
-    except OSError as exc:
-        return AttemptResult("failed", error=f"cannot start {payload['argv'][0]!r}: {exc}")
+        return AttemptResult("failed", error=f"cannot start {program!r}: {exc.strerror}")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return AttemptResult("failed", error=f"cannot start {program!r}: {exc}")
     assert process.stdout is not None
     reading = asyncio.ensure_future(_read_capped(process.stdout, output_limit))
     try:
@@ -86,10 +121,13 @@ async def run_shell(payload: dict[str, Any], timeout_s: float, output_limit: int
         raise
     # The group may hold the pipe open after the leader exits; don't wait for it forever.
     output, dropped = await _finish_reading(reading, grace=1.0, process=process)
+    _kill_group(process)  # nothing the run started outlives it
     code = process.returncode
     if code == 0:
         return AttemptResult("succeeded", exit_code=0, output=_render(output, dropped))
     error = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    if code == -signal.SIGXCPU:
+        error += f" (SIGXCPU: over its CPU time limit, shell_cpu_s={sandbox.cpu_s})"
     return AttemptResult("failed", exit_code=code, error=error, output=_render(output, dropped))
 
 
@@ -115,13 +153,32 @@ def _render(output: bytes, dropped: int) -> str:
 
 
 async def run_http(
-    payload: dict[str, Any], timeout_s: float, output_limit: int, session: aiohttp.ClientSession
+    payload: dict[str, Any], timeout_s: float, output_limit: int, session: aiohttp.ClientSession,
+    secrets: SecretSource | None = None,
+) -> AttemptResult:
+    try:
+        headers, used = (secrets or SecretSource()).resolve(payload.get("headers") or {})
+    except MissingSecret as exc:
+        return AttemptResult("failed", error=str(exc))
+    for name, value in headers.items():
+        if any(c in value for c in "\r\n\x00"):  # a secret file must not inject headers
+            return AttemptResult("failed", error=f"header {name!r}: its value has a line "
+                                                 "break or NUL")
+    result = await _request(payload, headers, timeout_s, output_limit, session)
+    if not used:
+        return result
+    return replace(result, output=mask(result.output, used), error=mask(result.error, used))
+
+
+async def _request(
+    payload: dict[str, Any], headers: dict[str, str], timeout_s: float, output_limit: int,
+    session: aiohttp.ClientSession,
 ) -> AttemptResult:
     try:
         async with session.request(
             payload.get("method", "GET"),
             payload["url"],
-            headers=payload.get("headers") or None,
+            headers=headers or None,
             data=payload.get("body"),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             allow_redirects=False,

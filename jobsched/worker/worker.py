@@ -33,6 +33,8 @@ from jobsched.settings import Settings
 from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.tasks import registry as default_registry
 from jobsched.worker.executors import AttemptResult, run_http, run_python, run_shell
+from jobsched.worker.sandbox import ShellSandbox
+from jobsched.worker.secrets import SecretSource
 
 log = logging.getLogger(__name__)
 
@@ -363,11 +365,13 @@ class Worker:
         limit = self.settings.output_limit_bytes
         timeout = row["timeout_s"]
         kind = row["kind"]
+        secrets = SecretSource.from_settings(self.settings)
         if kind == "shell":
-            return await run_shell(payload, timeout, limit)
+            return await run_shell(payload, timeout, limit,
+                                   ShellSandbox.from_settings(self.settings), secrets)
         if kind == "http":
             assert self._http is not None
-            return await run_http(payload, timeout, limit, self._http)
+            return await run_http(payload, timeout, limit, self._http, secrets)
         if kind == "python":
             context = TaskContext(row["id"], row["attempt"], row["job_id"], row["scheduled_for"])
             return await run_python(payload, timeout, limit, self.registry, context)
