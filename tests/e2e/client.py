@@ -1,4 +1,9 @@
-"""A small HTTP client for the e2e tests (aiohttp, no jobsched code)."""
+"""A small HTTP client for the e2e tests (aiohttp, no jobsched code).
+
+It sends ``Authorization: Bearer <token>``: by default the admin token of the cluster whose
+api it talks to (``LocalCluster`` registers it in ``CLUSTER_TOKENS``), or the ``token``
+given (``None``: no header at all).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,23 @@ from typing import Any
 import aiohttp
 
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "dead", "skipped", "missed"}
+# api base URL -> the admin token of its cluster
+CLUSTER_TOKENS: dict[str, str] = {}
+_CLUSTER_TOKEN: Any = object()
 
 
 class Api:
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base: str,
+                 token: str | None = _CLUSTER_TOKEN) -> None:
         self.session = session
         self.base = base
+        self.token = CLUSTER_TOKENS.get(base) if token is _CLUSTER_TOKEN else token
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, str]:
+        if self.token:
+            headers = dict(kwargs.pop("headers", None) or {})
+            headers.setdefault("Authorization", f"Bearer {self.token}")
+            kwargs["headers"] = headers
         async with self.session.request(method, self.base + path, **kwargs) as response:
             text = await response.text()
             body = await response.json(content_type=None) if text else None

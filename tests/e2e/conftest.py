@@ -13,12 +13,15 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
+from tests.e2e.client import CLUSTER_TOKENS
 from tests.helpers import (
     AMQP_URL,
     ROOT,
@@ -97,7 +100,8 @@ class RoleProcess:
 
 @dataclass
 class LocalCluster:
-    """One deployment: a database, a cluster name, and the role processes started on it."""
+    """One deployment: a database, a cluster name, and the role processes started on it.
+    ``token`` is an admin token of namespace "default" (made with `jobsched token create`)."""
 
     tmp: Path
     zookeeper: str
@@ -105,6 +109,7 @@ class LocalCluster:
     cluster: str = field(default_factory=lambda: f"e{uuid.uuid4().hex[:10]}")
     processes: list[RoleProcess] = field(default_factory=list)
     api_port: int = 0
+    token: str = ""
 
     @property
     def database_url(self) -> str:
@@ -128,6 +133,18 @@ class LocalCluster:
         env.update(overrides)
         return env
 
+    def jobsched(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a ``jobsched`` command against this deployment's database."""
+        return subprocess.run([sys.executable, "-m", "jobsched", *args], env=self.env(),
+                              cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              check=check)
+
+    def create_token(self, namespace: str = "default", role: str = "admin",
+                     name: str | None = None) -> str:
+        args = ["token", "create", "--namespace", namespace, "--role", role]
+        done = self.jobsched(*args, *(["--name", name] if name else []))
+        return done.stdout.strip()
+
     def start(self, *roles: str, extra: tuple[str, ...] = (), wait: bool = True,
               **env: str) -> RoleProcess:
         port = free_port()
@@ -136,6 +153,7 @@ class LocalCluster:
         if "api" in roles or "all" in roles:
             self.api_port = port
             overrides["JOBSCHED_API_PORT"] = str(port)
+            CLUSTER_TOKENS[self.api] = self.token
         else:
             overrides["JOBSCHED_METRICS_PORT"] = str(port)
         proc = RoleProcess(roles, self.env(**overrides), self.tmp / f"{name}.log", extra,
@@ -143,7 +161,23 @@ class LocalCluster:
         self.processes.append(proc.start())
         if wait:
             proc.wait_ready()
+            if "api" in roles or "all" in roles:
+                # start() is called from async tests too: run the query on a thread.
+                with ThreadPoolExecutor(1) as pool:
+                    pool.submit(asyncio.run, self._keep_token()).result()
         return proc
+
+    async def _keep_token(self) -> None:
+        """Store the admin token again if a test replaced the database (e.g. --migrate on
+        an empty one); a no-op otherwise."""
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            await conn.execute(
+                "INSERT INTO api_tokens (digest, hint, namespace, role, name) "
+                "VALUES (sha256($1::text::bytea), left($1, 8), 'default', 'admin', 'e2e') "
+                "ON CONFLICT (digest) DO NOTHING", self.token)
+        finally:
+            await conn.close()
 
     def stop_all(self) -> None:
         for proc in self.processes:
@@ -153,11 +187,13 @@ class LocalCluster:
 def _new_cluster(tmp: Path, zookeeper: str, template: str) -> LocalCluster:
     cluster = LocalCluster(tmp=tmp, zookeeper=zookeeper)
     cluster.database = asyncio.run(clone_database(template))
+    cluster.token = cluster.create_token(name="e2e")
     return cluster
 
 
 def _teardown(cluster: LocalCluster) -> None:
     cluster.stop_all()
+    CLUSTER_TOKENS.pop(cluster.api, None)
     asyncio.run(drop_database(cluster.database))
     asyncio.run(delete_queues(cluster.cluster))
 
