@@ -73,16 +73,47 @@ def _models(operations: Sequence[Operation]) -> list[tuple[type[BaseModel], Json
     return list(dict.fromkeys(wanted))
 
 
-def _merge_patch_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch of an object: every property optional, and null (delete) allowed."""
-    patch = copy.deepcopy(schema)
-    patch.pop("required", None)
-    patch["title"] = f"{schema.get('title', 'Object')} merge patch"
-    patch["properties"] = {
-        name: {"anyOf": [prop, {"type": "null"}]} if prop.get("type") != "null" else prop
-        for name, prop in schema.get("properties", {}).items()
-    }
-    return patch
+def _merge_patch_schemas(name: str, components: dict[str, Any]) -> str:
+    """Add the schema of an RFC 7396 merge patch of component ``name`` (and of the
+    components it refers to): objects at any depth have only optional members, and null
+    (delete) is allowed for each. Returns the patch component's name."""
+    patch_name = f"{name}Patch"
+    if patch_name in components:
+        return patch_name
+    components[patch_name] = {}  # reserved first: a component may refer to itself
+
+    def patched(schema: Any) -> Any:
+        if not isinstance(schema, dict):
+            return schema
+        if "$ref" in schema:
+            target = schema["$ref"].rsplit("/", 1)[-1]
+            return {**schema, "$ref": REF.format(model=_merge_patch_schemas(target, components))}
+        result = dict(schema)
+        for key in ("anyOf", "oneOf", "allOf"):
+            if key in result:
+                result[key] = [patched(s) for s in result[key]]
+        if result.get("type") == "object" or "properties" in result:
+            result.pop("required", None)
+            result.pop("minProperties", None)
+            result["properties"] = {k: _nullable(patched(v))
+                                    for k, v in result.get("properties", {}).items()}
+            if isinstance(result.get("additionalProperties"), dict):
+                result["additionalProperties"] = _nullable(patched(result["additionalProperties"]))
+            if "patternProperties" in result:
+                result["patternProperties"] = {k: _nullable(patched(v))
+                                               for k, v in result["patternProperties"].items()}
+        return result
+
+    schema = patched(copy.deepcopy(components[name]))
+    schema["title"] = f"{components[name].get('title', name)} merge patch"
+    components[patch_name] = schema
+    return patch_name
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if schema.get("type") == "null":
+        return schema
+    return {"anyOf": [schema, {"type": "null"}]}
 
 
 def _query_parameters(schema: dict[str, Any]) -> list[dict[str, Any]]:
@@ -112,7 +143,8 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str,
     problem = {PROBLEM: {"schema": ref(Problem, "serialization")}}
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        entry: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary}
+        entry: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary,
+                                 "x-access": op.access or "open"}
         if op.access is None:
             entry["security"] = []
         else:
@@ -134,8 +166,7 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str,
                 JSON: {"schema": ref(op.body, "validation")}}}
         if op.patch_of is not None:
             base = ref(op.patch_of, "validation")["$ref"].rsplit("/", 1)[-1]
-            patch_name = f"{base}Patch"
-            components[patch_name] = _merge_patch_schema(components[base])
+            patch_name = _merge_patch_schemas(base, components)
             patch_ref = {"$ref": REF.format(model=patch_name)}
             entry["requestBody"] = {"required": True, "content": {
                 "application/merge-patch+json": {"schema": patch_ref},
