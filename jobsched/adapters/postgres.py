@@ -525,6 +525,27 @@ class HeldExecutions:
                                 output, exit_code)
 
 
+async def claim_epoch_evicting(
+    pool: asyncpg.Pool, epoch: int, holder: str, wait_s: float = 0.5, tries: int = 5
+) -> bool:
+    """Claim the fence for a newly elected leader (False: the epoch is not newer). If
+    deposed leaders' open transactions hold the fence longer than ``wait_s``, their
+    sessions are terminated and the claim is tried again."""
+    async with pool.acquire() as conn:
+        for attempt in range(1, tries + 1):
+            try:
+                async with conn.transaction():
+                    await conn.execute(q.CLAIM_LOCK_TIMEOUT, f"{int(wait_s * 1000)}ms")
+                    return await conn.fetchval(q.CLAIM_EPOCH, epoch, holder) is not None
+            except asyncpg.LockNotAvailableError:
+                if attempt == tries:
+                    raise
+                evicted = await conn.fetch(q.EVICT_FENCE_HOLDERS)
+                log.warning("the fence was held by %d session(s) of deposed leaders; "
+                            "terminated pids %s", len(evicted), [r["pid"] for r in evicted])
+    return False
+
+
 async def reap_expired(
     pool: asyncpg.Pool, epoch: int, now: datetime, limit: int
 ) -> list[asyncpg.Record]:

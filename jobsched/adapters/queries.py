@@ -181,6 +181,20 @@ CHECK_EPOCH = "SELECT epoch FROM leader WHERE id = 1 FOR SHARE"
 
 CURRENT_LEADER = "SELECT epoch, holder, acquired_at FROM leader WHERE id = 1"
 
+# A new leader's claim waits for every transaction holding the fence FOR SHARE. Those
+# belong to deposed leaders; one frozen (SIGSTOP, VM pause) or cut off mid-transaction
+# would hold the claim back for as long as its connection lives. The claim waits this long
+# (transaction-local lock_timeout) and then ends those sessions (same database only).
+CLAIM_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', $1, true)"
+
+EVICT_FENCE_HOLDERS = """
+SELECT l.pid, pg_terminate_backend(l.pid) AS terminated
+FROM pg_locks l
+WHERE l.locktype = 'relation' AND l.relation = 'leader'::regclass AND l.granted
+  AND l.mode = 'RowShareLock' AND l.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
 # busy: whether a run of a forbid/replace job is still active (only those need to know).
 SELECT_DUE_JOBS = """
 SELECT id, schedule, timezone, next_fire_at, misfire, max_catchup, starting_deadline_s,

@@ -25,6 +25,7 @@ from jobsched.adapters.postgres import (
     JobStore,
     StaleEpochError,
     TickPlan,
+    claim_epoch_evicting,
     reap_expired,
 )
 from jobsched.adapters.rabbitmq import AttemptMessage, Broker
@@ -115,7 +116,8 @@ class Scheduler:
                 term = await _until_stopped(self.campaign.elected(), stop)
                 if term is None:
                     break
-                if not await self.store.claim_epoch(term.epoch, self.settings.instance):
+                if not await claim_epoch_evicting(self.store.pool, term.epoch,
+                                                  self.settings.instance):
                     log.warning("epoch %d is not newer than the stored one; re-joining",
                                 term.epoch)
                     await self.campaign.resign()
