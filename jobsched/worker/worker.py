@@ -84,6 +84,9 @@ class Worker:
         )
         self._inflight: set[asyncio.Task[None]] = set()
         self._running: dict[uuid.UUID, asyncio.Task[AttemptResult]] = {}
+        # Claimed executions -> when (monotonic) their lease was last known to be extended:
+        # from the claim until the attempt is recorded, whether it runs, waits or commits.
+        self._leases: dict[uuid.UUID, float] = {}
         self._taken_away: set[uuid.UUID] = set()
         self._http: aiohttp.ClientSession | None = None
         self.stats = {"succeeded": 0, "retrying": 0, "dead": 0, "lost_claims": 0, "malformed": 0}
@@ -116,11 +119,14 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         import_task_modules(self.settings.imports)
         self._http = aiohttp.ClientSession()
+        # Leases, cancellations and the registry outlive ``stop``: they serve the runs that
+        # are draining, and end only once the drain is over.
+        drained = asyncio.Event()
         cancels = WakeListener(self.settings.database_url, self.take_away, CANCEL_CHANNEL)
-        background = [asyncio.create_task(cancels.run(stop)),
-                      asyncio.create_task(self._heartbeat(stop))]
+        background = [asyncio.create_task(cancels.run(drained)),
+                      asyncio.create_task(self._heartbeat())]
         if self.zk is not None:
-            background.append(asyncio.create_task(self._register(stop)))
+            background.append(asyncio.create_task(self._register(drained)))
         cancel = await self.broker.consume(self._on_message, self.settings.worker_prefetch)
         log.info("worker %s consuming %s", self.name, self.broker.queue_name)
         try:
@@ -128,6 +134,7 @@ class Worker:
         finally:
             await cancel()
             await self._drain()
+            drained.set()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -162,23 +169,44 @@ class Worker:
         return orjson.dumps({"instance": self.name, "inflight": self.inflight,
                              "prefetch": self.settings.worker_prefetch})
 
-    async def _heartbeat(self, stop: asyncio.Event) -> None:
-        """Extend the leases of running executions in one statement per period; a run
-        whose lease this worker no longer holds is stopped."""
-        period = self.settings.worker_lease_s / 3
-        while not stop.is_set():
+    async def _heartbeat(self) -> None:
+        """Extend the leases of claimed executions in one statement per period, until
+        cancelled (after the drain). A run whose lease this worker no longer holds, or can
+        no longer prove it holds, is stopped: the leader's reaper hands an expired lease to
+        another worker, and the two must never run at once."""
+        lease = self.settings.worker_lease_s
+        period = lease / 3
+        while True:
             await asyncio.sleep(period)
-            ids = list(self._running)
+            ids = list(self._leases)
             if not ids:
                 continue
+            sent = time.monotonic()
             try:
-                held = await self.held.heartbeat(ids, self.name, self.settings.worker_lease_s)
+                held = await asyncio.wait_for(
+                    self.held.heartbeat(ids, self.name, lease), period)
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
                 log.warning("heartbeat failed (%r)", exc)
-                continue
+                held = None
             for execution_id in ids:
-                if execution_id not in held and execution_id in self._running:
-                    self.take_away(execution_id)
+                if execution_id not in self._leases:
+                    continue  # finished meanwhile
+                if held is None:
+                    # Not renewed: stop one beat before the lease can lapse in the database
+                    # (it was extended no earlier than ``confirmed``).
+                    if sent - self._leases[execution_id] + period >= lease:
+                        log.warning("lease of %s not renewed for %.1fs; stopping its run "
+                                    "before another worker may start it", execution_id,
+                                    sent - self._leases[execution_id])
+                        self._lose_lease(execution_id)
+                elif execution_id in held:
+                    self._leases[execution_id] = sent
+                else:
+                    self._lose_lease(execution_id)
+
+    def _lose_lease(self, execution_id: uuid.UUID) -> None:
+        self._leases.pop(execution_id, None)
+        self.take_away(execution_id)
 
     async def _drain(self) -> None:
         if not self._inflight:
@@ -211,6 +239,7 @@ class Worker:
             log.error("dead-lettering a malformed message: %s", exc)
             await message.reject(requeue=False)
             return
+        claimed_at = time.monotonic()
         try:
             row = await self._claims.submit((attempt.execution_id, attempt.attempt))
         except Exception as exc:  # noqa: BLE001 - database trouble: hand the message back
@@ -225,6 +254,15 @@ class Worker:
                      attempt.execution_id, attempt.attempt)
             await message.ack()
             return
+        self._leases[row["id"]] = claimed_at
+        try:
+            await self._attempt(message, row)
+        finally:
+            self._leases.pop(row["id"], None)
+
+    async def _attempt(self, message: AbstractIncomingMessage, row: Any) -> None:
+        """Run a claimed attempt (unless it is too late or its lease is gone) and record
+        it; the message is settled in every case."""
         lock: Lock | None = None
         try:
             early = self._too_late(row)
@@ -235,16 +273,17 @@ class Worker:
             else:
                 result, state, delay = await self._run(row)
         except asyncio.CancelledError:
-            # Draining ran out of time: hand the execution back for another worker.
+            # Draining ran out of time: hand the execution back for another worker. The
+            # message is acked, not dead-lettered: the leader publishes the next attempt
+            # (or, if the hand-back failed, the reaper does once the lease expires).
             await self._hand_back(row)
-            await message.nack(requeue=False)
+            await message.ack()
             raise
         finally:
             if lock is not None:
                 await _release(lock)
-        if state is None:  # taken away while running: its new state is already recorded
-            await self.held.close_attempt(row["id"], row["attempt"], "cancelled",
-                                          result.error, result.output, result.exit_code)
+        if state is None:  # taken away: its new state is recorded, or the reaper's to set
+            await self._close_attempt(row, "cancelled", result)
             await message.ack()
             return
         await self._record(message, row, result, state, delay)
@@ -255,6 +294,9 @@ class Worker:
         if row["attempt"] == 1:
             late = (datetime.now(UTC) - row["scheduled_for"]).total_seconds()
             self.metrics.start_lateness.observe({}, max(0.0, late))
+        if row["id"] not in self._leases:  # the lease lapsed while it waited for its lock
+            return AttemptResult("cancelled", error="lease lost before the run started"), \
+                None, 0.0
         task = asyncio.ensure_future(self._execute(row))
         self._running[row["id"]] = task
         started = time.perf_counter()
@@ -309,6 +351,15 @@ class Worker:
                                                        f"{exc!r}")
         return lock, None
 
+    async def _close_attempt(self, row: Any, outcome: str, result: AttemptResult) -> None:
+        """End the attempt row of a run taken away; if the database is unreachable the
+        reaper ends it instead."""
+        try:
+            await self.held.close_attempt(row["id"], row["attempt"], outcome, result.error,
+                                          result.output, result.exit_code)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("closing attempt %d of %s failed (%r)", row["attempt"], row["id"], exc)
+
     async def _hand_back(self, row: Any) -> None:
         try:
             await self.store.hand_back(row["id"], row["attempt"], self.name)
@@ -332,8 +383,7 @@ class Worker:
         if committed is None:
             log.warning("execution %s was taken from this worker; its result is dropped",
                         row["id"])
-            await self.held.close_attempt(row["id"], row["attempt"], result.outcome,
-                                          result.error, result.output, result.exit_code)
+            await self._close_attempt(row, result.outcome, result)
             await message.ack()
             return
         self.stats[committed] = self.stats.get(committed, 0) + 1
