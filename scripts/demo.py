@@ -1,27 +1,41 @@
-"""Create the demo job (a shell command every 5 seconds) and print each run as it ends."""
+"""Create the demo job (a shell command every 5 seconds) and print each run as it ends.
+
+The API token comes from $JOBSCHED_TOKEN (an admin token: the demo job is a shell job).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+import urllib.error
 import urllib.request
 
 API = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"
+TOKEN = os.environ.get("JOBSCHED_TOKEN", "")
 
 
 def call(method: str, path: str, body: object | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(API + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        problem = json.loads(exc.read() or b"{}")
+        sys.exit(f"demo: {method} {path}: {exc.code} {problem.get('detail', exc.reason)}")
 
 
+if not TOKEN:
+    sys.exit("demo: set JOBSCHED_TOKEN (jobsched token create --namespace default "
+             "--role admin)")
 for _ in range(300):
     try:
-        call("GET", "/api/v1/jobs?limit=1")
-        break
+        with urllib.request.urlopen(API + "/healthz", timeout=2):
+            break
     except OSError:
         time.sleep(0.2)
 
@@ -49,3 +63,5 @@ try:
         time.sleep(0.5)
 except KeyboardInterrupt:
     pass
+except OSError as exc:  # Ctrl-C stopped the roles first
+    print(f"the api stopped answering ({exc}); demo ends", flush=True)

@@ -13,9 +13,15 @@ export JOBSCHED_ZOOKEEPER_HOSTS="${JOBSCHED_ZOOKEEPER_HOSTS:-127.0.0.1:2181}"
 port="${JOBSCHED_API_PORT:-8080}"
 
 python3 -m jobsched migrate --create-db
+# Auth is on, as in production: an admin token for this run (stored hashed, shown once).
+token=$(python3 -m jobsched token create --namespace default --role admin --name "make run" \
+        --expires-in 7d)
 log=$(mktemp /tmp/jobsched-local.XXXXXX.log)
 python3 -m jobsched run --role all >"$log" 2>&1 &
 roles=$!
 trap 'kill -TERM $roles 2>/dev/null; wait $roles 2>/dev/null; echo "stopped (log: $log)"' EXIT INT TERM
 echo "jobsched running (api http://127.0.0.1:$port, log $log)"
-python3 scripts/demo.py "http://127.0.0.1:$port"
+echo "API token (admin of namespace 'default', valid 7 days; the dashboard asks for it):"
+echo "  export JOBSCHED_TOKEN=$token"
+echo "  curl -H \"Authorization: Bearer \$JOBSCHED_TOKEN\" http://127.0.0.1:$port/api/v1/jobs"
+JOBSCHED_TOKEN="$token" python3 scripts/demo.py "http://127.0.0.1:$port"
