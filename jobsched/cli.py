@@ -287,6 +287,9 @@ def _bench_setup(params: dict[str, Any]) -> tuple[Any, Any]:
               help="steady: offered jobs/s, one step each, until one cannot be kept up.")
 @click.option("--step-seconds", "step_s", default=10.0, show_default=True,
               type=click.FloatRange(0.5))
+@click.option("--vs", type=click.Choice(["celery"]),
+              help="Also run the burn-down with Celery (needs the 'bench' extra), without "
+              "and with a PostgreSQL result backend, and report the ratios.")
 @_bench_options
 def bench_throughput(**params: Any) -> None:
     """No-op python jobs end to end: burn-down and steady offered load.
@@ -294,7 +297,8 @@ def bench_throughput(**params: Any) -> None:
     burn-down: a scheduler and WORKERS workers ready, JOBS immediate jobs COPYed into
     PostgreSQL in one transaction (a NOTIFY wakes the scheduler); executions/s until the
     last one finished. steady: RATES jobs/s offered for STEP-SECONDS each. Reports
-    submit -> started/finished percentiles and CPU seconds per process.
+    submit -> started/finished percentiles and CPU seconds per process. --vs celery runs
+    each burn-down again with Celery on the same RabbitMQ, in the same run.
     """
     from jobsched.bench import commands
 

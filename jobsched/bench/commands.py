@@ -23,17 +23,38 @@ def _finish(result: dict[str, Any], text: str, json_out: str | None, echo: Echo)
         report.write_json(json_out, result)
 
 
+async def _burn_down_vs_celery(services: Services, options: Options, jobs: int,
+                              workers: int) -> dict[str, Any]:
+    """One burn-down by jobsched, then the same by Celery without and with results."""
+    from jobsched.bench import throughput as scenario
+    from jobsched.bench.celery_peer import run_celery_burn_down
+
+    ours = await scenario.burn_down(services, jobs, workers, options)
+    bare = await run_celery_burn_down(services, jobs, with_results=False)
+    stored = await run_celery_burn_down(services, jobs, with_results=True)
+    rate = ours["executions_per_s"]
+    return {**ours, "celery": bare, "celery_postgresql": stored,
+            "ratio_vs_celery": rate / bare["executions_per_s"],
+            "ratio_vs_celery_postgresql": rate / stored["executions_per_s"]}
+
+
 def throughput(services: Services, options: Options, *, mode: str, jobs: int, workers: int,
-               rates: list[int], step_s: float, repeat: int, json_out: str | None,
-               echo: Echo) -> dict[str, Any]:
+               rates: list[int], step_s: float, vs: str | None, repeat: int,
+               json_out: str | None, echo: Echo) -> dict[str, Any]:
     from jobsched.bench import throughput as scenario
 
     out: dict[str, Any] = {"scenario": "throughput"}
     texts = []
     if mode in ("burn-down", "both"):
-        out["burn_down"] = asyncio.run(report.repeated(
-            lambda: scenario.burn_down(services, jobs, workers, options), repeat, echo))
+        def burn_down() -> Any:
+            if vs == "celery":
+                return _burn_down_vs_celery(services, options, jobs, workers)
+            return scenario.burn_down(services, jobs, workers, options)
+
+        out["burn_down"] = asyncio.run(report.repeated(burn_down, repeat, echo))
         texts.append(report.render_burn_down(out["burn_down"]["median"], repeat))
+        if vs == "celery":
+            texts.append(report.render_vs_celery(out["burn_down"]["median"], repeat))
     if mode in ("steady", "both"):
         out["steady"] = asyncio.run(report.repeated(
             lambda: scenario.steady(services, rates, step_s, workers, options), repeat, echo))

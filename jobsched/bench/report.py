@@ -145,3 +145,14 @@ def render_scale(r: dict[str, Any], repeat: int) -> str:
     parts.append(f"leader RSS with {r['schedules']:,} schedules: "
                  f"{fmt(r['leader_rss_mb'])} MB; COPY took {fmt(r['preload_s'])} s")
     return "\n\n".join(parts)
+
+
+def render_vs_celery(r: dict[str, Any], repeat: int) -> str:
+    head = _heading(f"the same burn-down by Celery {r['celery'].get('version', '')} "
+                    "(prefork, acks_late, same RabbitMQ)", repeat)
+    rows = [["jobsched (every state change in PostgreSQL)", r["executions_per_s"], 1.0],
+            ["Celery, PostgreSQL result backend", r["celery_postgresql"]["executions_per_s"],
+             r["ratio_vs_celery_postgresql"]],
+            ["Celery, no result backend", r["celery"]["executions_per_s"],
+             r["ratio_vs_celery"]]]
+    return "\n\n".join([head, table(("", "executions/s", "jobsched ÷ this"), rows)])

@@ -4,6 +4,7 @@ cannot rot. These prove the harness works; they measure nothing."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,15 @@ def test_api_submits_and_reads(zookeeper: str, tmp_path: Path) -> None:
     median = result["median"]
     assert median["post"]["requests"] > 0 and median["get"]["requests"] > 0
     assert not median["post"]["errors"] and not median["get"]["errors"]
+
+
+@pytest.mark.skipif(not os.environ.get("JOBSCHED_BENCH_CELERY"),
+                    reason="~15 s: set JOBSCHED_BENCH_CELERY=1 (and install the bench extra)")
+def test_burn_down_vs_celery(zookeeper: str, tmp_path: Path) -> None:
+    pytest.importorskip("celery")
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg2")
+    result = bench(zookeeper, tmp_path, "throughput", "--mode", "burn-down", "--jobs", "20",
+                   "--vs", "celery")["burn_down"]["median"]
+    assert result["celery"]["drained"] and result["celery_postgresql"]["drained"]
+    assert result["ratio_vs_celery_postgresql"] > 0
