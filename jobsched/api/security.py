@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from jobsched.adapters.postgres import TokenStore
 from jobsched.api.problems import problem
@@ -73,7 +74,7 @@ def unauthorized(detail: str) -> web.Response:
 
 def security_middleware(settings: Settings, authenticator: Authenticator | None,
                         limiter: RateLimiter,
-                        clock: Callable[[], float] = time.monotonic) -> web.Middleware:
+                        clock: Callable[[], float] = time.monotonic) -> Middleware:
     """Authenticate, then rate-limit per token; answers 401, 429 or 431 itself."""
     if not settings.auth_enabled:
         log.warning("authentication is DISABLED (auth_enabled=false): every request acts "

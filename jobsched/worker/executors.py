@@ -81,8 +81,6 @@ async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit:
                         sandbox: ShellSandbox, identity: Identity | None,
                         limits: list[tuple[int, tuple[int, int]]], home: str,
                         job_env: dict[str, str]) -> AttemptResult:
-    drop = ({"user": identity.uid, "group": identity.gid, "extra_groups": []}
-            if identity is not None else {})
     program = payload["argv"][0]
     try:
         process = await asyncio.create_subprocess_exec(
@@ -95,7 +93,9 @@ async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit:
             start_new_session=True,  # its own process group, killed whole on timeout
             preexec_fn=child_setup(limits, payload.get("cwd")),
             umask=0o077,
-            **drop,
+            user=identity.uid if identity else None,
+            group=identity.gid if identity else None,
+            extra_groups=[] if identity else None,
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         return AttemptResult("failed", error=f"cannot start {program!r}: {exc.strerror}")
