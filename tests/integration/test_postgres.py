@@ -64,7 +64,7 @@ async def test_fresh_database_migrates_under_the_lock(template_db: str) -> None:
     assert await postgres.create_database(url) is False
     try:
         applied = await asyncio.gather(*(postgres.migrate(url) for _ in range(3)))
-        assert sorted(len(a) for a in applied) == [0, 0, 2]
+        assert sorted(len(a) for a in applied) == [0, 0, len(postgres._migration_files())]
     finally:
         assert PG_ADMIN_URL
         await drop_database(name)
