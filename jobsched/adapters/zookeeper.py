@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import aiozk
 from aiozk import exc as zk_exc
+from aiozk.protocol import WatchEvent
 from aiozk.recipes.election import LeaderElection
 from aiozk.states import States
 
@@ -30,7 +31,9 @@ def make_client(hosts: str, chroot: str, session_timeout_s: float) -> aiozk.ZKCl
         hosts,
         chroot=chroot,
         session_timeout=session_timeout_s,
-        retry_policy=aiozk.RetryPolicy.exponential_backoff(base=2, maximum=5),
+        # A request retried while ZooKeeper is unreachable waits for the session to be
+        # connected again anyway: the cap only delays it once it is, so keep it short.
+        retry_policy=aiozk.RetryPolicy.exponential_backoff(base=2, maximum=1),
         read_timeout=session_timeout_s,
     )
 
@@ -58,54 +61,111 @@ class LeaderTerm:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class StaleCandidacy(Exception):
+    """Our election znode belongs to an earlier session of this client (it will vanish
+    when that session expires): it was deleted, and the campaign must start over."""
+
+
 class LeaderCampaign:
-    """Stand in the election until elected; then hold a term until the session falters."""
+    """Stand in the election until elected; then hold a term until the session falters.
+
+    aiozk does not re-register DELETED watches after a reconnect, so a standby that was
+    disconnected while its predecessor went away would wait forever on the watch alone:
+    the wait re-checks the candidates every ``POLL_S`` seconds and after every session
+    state change. A znode this client could not delete (ZooKeeper unreachable when the
+    term ended) is deleted before the next candidacy: left alone, it would stay first in
+    line as long as this process keeps its session, and nobody would lead.
+    """
+
+    POLL_S = 1.0
 
     def __init__(self, client: aiozk.ZKClient, instance: str) -> None:
         self.client = client
         self.instance = instance
         self._election: LeaderElection | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._orphans: set[str] = set()
 
     async def elected(self) -> LeaderTerm:
         """Join the election and wait for leadership; raises on ZooKeeper errors."""
         await self.client.session.state.wait_for(States.CONNECTED)
+        await self._delete_orphans()
         election = LeaderElection(ELECTION_PATH)
         election.set_client(self.client)
         self._election = election
         await election.create_unique_znode(election.LABEL, data=self.instance.encode())
-        election.watch_loop_task = asyncio.create_task(election.watch_loop())
-        waiting = asyncio.ensure_future(election.wait_for_leadership())
-        done, _ = await asyncio.wait(
-            {waiting, election.watch_loop_task}, return_when=asyncio.FIRST_COMPLETED
-        )
-        if waiting not in done:
-            waiting.cancel()
-            error = election.watch_loop_task.exception()
-            raise error or zk_exc.NoNode()
         path = election.owned_paths[election.LABEL]
+        while True:
+            session = self.client.session.session_id
+            owned, siblings = await election.analyze_siblings()
+            position = owned.get(election.LABEL)
+            if position is None:
+                raise zk_exc.NoNode()  # our znode went with an expired session
+            _, stat = await self.client.get(path)
+            if stat.ephemeral_owner != session or session != self.client.session.session_id:
+                await self._delete(path)
+                raise StaleCandidacy(path)
+            if position == 0:
+                break
+            await self._wait_for_change(election.sibling_path(siblings[position - 1]))
         term = LeaderTerm(epoch=election.sequence_number(path))
-        self._watch = asyncio.create_task(self._end_term_when_session_falters(term))
+        self._watch = asyncio.create_task(self._end_term_when_session_falters(term, session))
         return term
 
-    async def _end_term_when_session_falters(self, term: LeaderTerm) -> None:
-        await self.client.session.state.wait_for(States.SUSPENDED, States.LOST)
+    async def _wait_for_change(self, predecessor: str) -> None:
+        """Until the predecessor's znode is deleted, the session falters, or POLL_S."""
+        changed = asyncio.get_running_loop().create_future()
+
+        def deleted(_path: str) -> None:
+            if not changed.done():
+                changed.set_result(None)
+
+        key = self.client.normalize_path(predecessor)
+        self.client.session.add_watch_callback(WatchEvent.DELETED, key, deleted)
+        faltered = self.client.session.state.wait_for(States.SUSPENDED, States.LOST)
+        try:
+            if await self.client.exists(predecessor, watch=True):
+                await asyncio.wait([changed, faltered], timeout=self.POLL_S)
+        finally:
+            self.client.session.remove_watch_callback(WatchEvent.DELETED, key, deleted)
+            changed.cancel()
+
+    async def _end_term_when_session_falters(self, term: LeaderTerm, session: int) -> None:
+        if self.client.session.session_id == session:
+            await self.client.session.state.wait_for(States.SUSPENDED, States.LOST)
         log.warning("ZooKeeper session faltered: leadership term %d ends", term.epoch)
         term.ended.set()
 
+    async def _delete(self, path: str) -> bool:
+        try:
+            await asyncio.wait_for(self.client.delete(path), timeout=3)
+        except zk_exc.NoNode:
+            pass
+        except (TimeoutError, zk_exc.ZKError, OSError) as exc:
+            log.info("could not delete election znode %s (%r); retrying later", path, exc)
+            self._orphans.add(path)
+            return False
+        self._orphans.discard(path)
+        return True
+
+    async def _delete_orphans(self) -> None:
+        for path in list(self._orphans):
+            if await self._delete(path):
+                log.info("deleted election znode %s left by an earlier term", path)
+
     async def resign(self) -> None:
-        """Leave the election (deleting our znode if the session still allows it)."""
+        """Leave the election (deleting our znode now, or before the next candidacy)."""
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
         election, self._election = self._election, None
         if election is None:
             return
-        try:
-            await asyncio.wait_for(election.resign(), timeout=3)
-        except (TimeoutError, zk_exc.ZKError, KeyError, OSError) as exc:
-            # The znode is ephemeral: if we cannot delete it, the session's end will.
-            log.info("resign could not delete the election znode: %r", exc)
+        if election.watch_loop_task is not None:
+            election.watch_loop_task.cancel()
+        path = election.owned_paths.get(election.LABEL)
+        if path is not None:
+            await self._delete(path)
 
     async def candidates(self) -> list[tuple[int, str]]:
         """(sequence, instance) of every scheduler in the election, leader first."""

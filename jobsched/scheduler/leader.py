@@ -29,7 +29,7 @@ from jobsched.adapters.postgres import (
     reap_expired,
 )
 from jobsched.adapters.rabbitmq import AttemptMessage, Broker
-from jobsched.adapters.zookeeper import LeaderCampaign, LeaderTerm
+from jobsched.adapters.zookeeper import LeaderCampaign, LeaderTerm, StaleCandidacy
 from jobsched.domain.firing import FirePolicy, jitter_offset, plan_due_job
 from jobsched.domain.schedule import Schedule, ScheduleError, parse_schedule
 from jobsched.metrics import Metrics
@@ -132,6 +132,8 @@ class Scheduler:
                 delay = 0.2
             except StaleEpochError as exc:
                 log.warning("deposed: %s", exc)
+            except StaleCandidacy as exc:
+                log.info("candidacy %s outlived its ZooKeeper session; standing again", exc)
             except Exception as exc:  # noqa: BLE001 - the loop outlives any dependency error
                 log.warning("scheduler error (%r); re-joining the election in %.1fs", exc, delay)
                 await _sleep(stop, delay)
