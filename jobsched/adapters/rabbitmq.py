@@ -67,9 +67,16 @@ class Broker:
         self.dead_queue = dead_queue
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
+        # Bumped on every reconnection, so the leader knows to re-publish its outbox at
+        # once instead of waiting for the unconfirmed messages to age.
+        self.reconnections = 0
 
     async def connect(self) -> None:
-        self._connection = await aio_pika.connect_robust(self.url, timeout=10)
+        # Reconnect attempts every second (aio-pika's default is 5 s): a restarted broker
+        # is used again about as soon as it accepts connections.
+        self._connection = await aio_pika.connect_robust(self.url, timeout=10,
+                                                         reconnect_interval=1)
+        self._connection.reconnect_callbacks.add(self._reconnected)
         channel = await self._connection.channel(publisher_confirms=True)
         await self._declare(channel)
         self._publish_channel = channel  # type: ignore[assignment]
@@ -88,6 +95,10 @@ class Broker:
             arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": self.dead_exchange},
         )
 
+    def _reconnected(self, *_: object) -> None:
+        self.reconnections += 1
+        log.info("RabbitMQ connection restored (%d)", self.reconnections)
+
     @property
     def is_connected(self) -> bool:
         return self._connection is not None and not self._connection.is_closed and bool(
@@ -95,11 +106,16 @@ class Broker:
         )
 
     async def publish_many(self, messages: Sequence[AttemptMessage]) -> list[bool]:
-        """Publish a batch with all confirms in flight at once; True where confirmed."""
+        """Publish a batch with all confirms in flight at once; True where confirmed.
+        While the connection is down nothing is tried: the outbox keeps the batch."""
         if not messages:
             return []
         assert self._publish_channel is not None, "connect() first"
+        if not self.is_connected:
+            log.debug("RabbitMQ not connected: %d messages stay in the outbox", len(messages))
+            return [False] * len(messages)
         exchange = self._publish_channel.default_exchange
+        errors: list[BaseException] = []
 
         async def one(message: AttemptMessage) -> bool:
             try:
@@ -115,10 +131,14 @@ class Broker:
                 )
                 return True
             except Exception as exc:  # noqa: BLE001 - the outbox re-publishes any failure
-                log.warning("publish of %s failed: %r", message.execution_id, exc)
+                errors.append(exc)
                 return False
 
-        return list(await asyncio.gather(*(one(m) for m in messages)))
+        confirmed = list(await asyncio.gather(*(one(m) for m in messages)))
+        if errors:
+            log.warning("%d of %d publishes failed (they stay in the outbox): %r",
+                        len(errors), len(messages), errors[0])
+        return confirmed
 
     async def publish_dead(self, messages: Sequence[AttemptMessage]) -> None:
         """Copy messages to the dead-letter exchange (for executions dead without a worker

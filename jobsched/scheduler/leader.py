@@ -151,6 +151,7 @@ class Scheduler:
         # A previous leader may have died between commit and publish: re-publish at once.
         await self._republish(datetime.now(UTC))
         last_republish = datetime.now(UTC)
+        reconnections = self.broker.reconnections
         last_reap = datetime.now(UTC) - REAP_INTERVAL
         last_observed = datetime.now(UTC) - OBSERVE_INTERVAL
         while not stop.is_set() and not term.ended.is_set():
@@ -168,7 +169,13 @@ class Scheduler:
                 if now - last_reap >= REAP_INTERVAL:
                     await self._reap(epoch, now)
                     last_reap = now
-                if now - last_republish >= timedelta(seconds=self.settings.republish_after_s / 2):
+                if self.broker.reconnections != reconnections:
+                    # RabbitMQ is back: whatever could not be published goes out now.
+                    reconnections = self.broker.reconnections
+                    await self._republish(now)
+                    last_republish = now
+                elif now - last_republish >= timedelta(
+                        seconds=self.settings.republish_after_s / 2):
                     await self._republish(now - timedelta(seconds=self.settings.republish_after_s))
                     last_republish = now
                 wake_at = await self.store.next_wake()
@@ -225,15 +232,23 @@ class Scheduler:
         self.wake.set()  # the retrying ones are due now
 
     async def _republish(self, queued_before: datetime) -> None:
-        dispatches = await self.store.unpublished(queued_before, self.settings.scheduler_batch_size)
-        self.metrics.unpublished.set({}, len(dispatches))
-        if dispatches:
+        """Publish the outbox (executions committed but never confirmed) queued before the
+        given time, batch after batch while they are confirmed."""
+        batch = self.settings.scheduler_batch_size
+        while True:
+            dispatches = await self.store.unpublished(queued_before, batch)
+            self.metrics.unpublished.set({}, len(dispatches))
+            if not dispatches:
+                return
             log.info("re-publishing %d unconfirmed executions", len(dispatches))
-            await self._publish(dispatches)
+            confirmed = await self._publish(dispatches)
+            if len(dispatches) < batch or confirmed < len(dispatches):
+                return
 
-    async def _publish(self, dispatches: list[Dispatch]) -> None:
+    async def _publish(self, dispatches: list[Dispatch]) -> int:
+        """Publish and mark what was confirmed; returns how many were."""
         if not dispatches:
-            return
+            return 0
         confirmed = await self.broker.publish_many(
             [AttemptMessage(d.execution_id, d.job_id, d.attempt) for d in dispatches]
         )
@@ -244,6 +259,7 @@ class Scheduler:
             if ok and dispatch.due is not None:
                 lateness = (confirmed_at - dispatch.due).total_seconds()
                 self.metrics.fire_lateness.observe({}, max(0.0, lateness))
+        return len(done)
 
     def _observe_cluster(self) -> None:
         """Queue depths and live workers, as gauges (in the background: never delays a
