@@ -579,8 +579,8 @@ class WakeListener:
                     await _wait(stop, 5.0)
                     if not stop.is_set():
                         await conn.fetchval("SELECT 1", timeout=5)
-            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-                log.warning("wake listener lost its connection: %s", exc)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("wake listener lost its connection: %r", exc)
                 await _wait(stop, delay)
                 delay = min(delay * 2, 5.0)
             finally:

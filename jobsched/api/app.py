@@ -484,8 +484,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                            [{"field": "cursor", "reason": "not a cursor this API returned"}])
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return problem(exc.status, title, headers=headers)
-    except (OSError, asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError,
-            asyncpg.CannotConnectNowError, TimeoutError) as exc:
+    # PostgreSQL unreachable, restarting (admin shutdown, cannot connect now) or its
+    # connection lost mid-request: 503, never 500.
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+            asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError,
+            TimeoutError) as exc:
         log.warning("dependency unavailable during %s %s: %r", request.method, request.path, exc)
         return problem(503, "Service unavailable", "a dependency is not reachable; retry",
                        headers={"Retry-After": "1"})
