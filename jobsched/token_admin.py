@@ -26,7 +26,7 @@ class TokenAdminError(Exception):
 
 def parse_duration(text: str) -> timedelta:
     """``90``, ``90s``, ``15m``, ``12h`` or ``30d``."""
-    match = _DURATION_RE.match(text.strip())
+    match = _DURATION_RE.fullmatch(text.strip())
     if not match or int(match.group(1)) == 0:
         raise TokenAdminError(f"{text!r} is not a duration like 3600, 15m, 12h or 30d")
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
@@ -40,7 +40,7 @@ def _row(record: Any) -> dict[str, Any]:
 async def create_token(dsn: str, namespace: str, role: str, name: str | None,
                        expires_in: timedelta | None) -> tuple[str, dict[str, Any]]:
     """A new token (the only time it exists in clear) and its stored description."""
-    if not NAMESPACE_RE.match(namespace):
+    if not NAMESPACE_RE.fullmatch(namespace):
         raise TokenAdminError(f"namespace {namespace!r}: use 1-63 of a-z, 0-9, '_', '.', '-', "
                               "starting with a letter or digit")
     if role not in ROLES:

@@ -139,7 +139,7 @@ def _idempotency_key(request: web.Request) -> str | None:
     given = request.headers.getall("Idempotency-Key", [])
     if not given:
         return None
-    if len(given) > 1 or not IDEMPOTENCY_KEY_RE.match(given[0]):
+    if len(given) > 1 or not IDEMPOTENCY_KEY_RE.fullmatch(given[0]):
         reason = ("must be given once" if len(given) > 1
                   else "must be 1-255 printable ASCII characters without spaces")
         raise _Abort(problem(400, "Invalid Idempotency-Key", reason,

@@ -62,7 +62,7 @@ def parse_bearer(header: str | None) -> str | None:
         return None
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not TOKEN_RE.match(token):
+    if scheme.lower() != "bearer" or not TOKEN_RE.fullmatch(token):
         return None
     return token
 

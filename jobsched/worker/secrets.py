@@ -45,7 +45,7 @@ class SecretSource:
         return cls(directory, os.environ if environ is None else environ)
 
     def lookup(self, name: str) -> str:
-        if not NAME_RE.match(name):  # also keeps a name from walking out of the directory
+        if not NAME_RE.fullmatch(name):  # also keeps a name from walking out of the directory
             raise MissingSecret(name, "is not a valid secret name")
         if self.directory is not None:
             path = self.directory / name

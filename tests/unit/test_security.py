@@ -142,6 +142,7 @@ def test_secret_lookup_prefers_the_directory(tmp_path: Path) -> None:
     ("MISSING", "is not configured on this worker"),
     ("../etc/passwd", "is not a valid secret name"),
     ("", "is not a valid secret name"),
+    ("MISSING\n", "is not a valid secret name"),
     ("BIG", "is larger than"),
     ("BINARY", "is not UTF-8"),
     ("ADIR", "cannot be read"),
