@@ -5,6 +5,7 @@ Only registered functions run: a job cannot name an arbitrary importable callabl
 
 from __future__ import annotations
 
+import functools
 import inspect
 import uuid
 from collections.abc import Callable
@@ -42,7 +43,9 @@ class TaskRegistry:
         return sorted(self._tasks)
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)
     def wants_context(function: Callable[..., Any]) -> bool:
+        """Whether the task declares a ``context`` parameter (inspected once per task)."""
         try:
             return "context" in inspect.signature(function).parameters
         except (TypeError, ValueError):

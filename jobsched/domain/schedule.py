@@ -136,6 +136,7 @@ class Schedule:
 # --------------------------------------------------------------------------- parsing
 
 
+@lru_cache(maxsize=8192)
 def parse_schedule(expression: str, timezone: str = "UTC") -> Schedule:
     """Validate ``expression`` and ``timezone`` and return the :class:`Schedule`.
 
