@@ -57,6 +57,9 @@ class Operation:
     request_headers: dict[str, dict[str, Any]] = field(default_factory=dict)
     response_headers: dict[int, dict[str, str]] = field(default_factory=dict)
     ok_content_type: str = JSON
+    # Operations (by handler name) whose {id} is the "id" of this operation's 2xx body:
+    # OpenAPI links, which let clients and stateful testers follow a created resource.
+    links_to: tuple[str, ...] = ()
 
     @property
     def operation_id(self) -> str:
@@ -176,6 +179,10 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str,
             schema = ref(model, "serialization") if model else {"type": "object"}
             response: dict[str, Any] = {"description": "OK",
                                         "content": {op.ok_content_type: {"schema": schema}}}
+            if op.links_to:
+                response["links"] = {target: {"operationId": target,
+                                              "parameters": {"id": "$response.body#/id"}}
+                                     for target in op.links_to}
             headers = op.response_headers.get(status)
             if headers:
                 response["headers"] = {name: {"description": text, "schema": {"type": "string"}}

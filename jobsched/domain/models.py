@@ -144,6 +144,17 @@ class HistorySpec(_Strict):
 class JobCreate(_Strict):
     """A job as submitted. Fields not listed here are rejected until they take effect."""
 
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"name": "nightly-report", "schedule": "0 9 * * *", "timezone": "Europe/Berlin",
+         "kind": "python", "python": {"function": "myapp.tasks:send_report",
+                                      "args": {"team": "billing"}},
+         "retry": {"max_attempts": 3, "backoff_s": 2, "max_backoff_s": 300},
+         "labels": {"team": "billing"}},
+        {"name": "ping", "schedule": "@every 30s", "kind": "http",
+         "http": {"method": "POST", "url": "https://example.com/hook",
+                  "headers": {"Authorization": {"secret": "HOOK_TOKEN"}}}},
+    ]})
+
     name: Name
     schedule: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
@@ -263,6 +274,9 @@ class ExecutionList(BaseModel):
 
 
 class SchedulePreviewRequest(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"schedule": "30 2 * * *", "timezone": "Europe/Berlin", "count": 3}]})
+
     schedule: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
     start: AwareDatetime | None = None

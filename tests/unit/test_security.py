@@ -3,6 +3,7 @@ secret lookup and masking, shell limits, and the generated OpenAPI document."""
 
 from __future__ import annotations
 
+import json
 import resource
 import uuid
 from pathlib import Path
@@ -209,3 +210,13 @@ def test_openapi_documents_every_route_from_the_models() -> None:
             assert "401" in entry["responses"] and "429" in entry["responses"]
         else:
             assert entry["security"] == []
+
+
+def test_the_documents_examples_are_accepted_by_the_models() -> None:
+    from jobsched.domain.models import JobCreate, SchedulePreviewRequest
+
+    for model in (JobCreate, SchedulePreviewRequest):
+        examples = openapi()["components"]["schemas"][model.__name__]["examples"]
+        assert examples
+        for example in examples:
+            model.model_validate_json(json.dumps(example))
