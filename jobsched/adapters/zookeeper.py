@@ -125,7 +125,8 @@ class LeaderCampaign:
         faltered = self.client.session.state.wait_for(States.SUSPENDED, States.LOST)
         try:
             if await self.client.exists(predecessor, watch=True):
-                await asyncio.wait([changed, faltered], timeout=self.POLL_S)
+                await asyncio.wait([changed, faltered], timeout=self.POLL_S,
+                                   return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.client.session.remove_watch_callback(WatchEvent.DELETED, key, deleted)
             changed.cancel()
