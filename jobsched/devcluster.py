@@ -114,6 +114,9 @@ class ZooKeeperEnsemble:
 
     base_port: int
     directory: Path
+    # Half-second ticks: a dead holder's session ends at most 0.5 s after its timeout
+    # (1 s ticks made kill -9 take-overs take up to timeout + 1.1 s).
+    tick_ms: int = 500
     script: Path = field(default_factory=zookeeper_script)
 
     @property
@@ -124,12 +127,13 @@ class ZooKeeperEnsemble:
     def hosts(self) -> str:
         return ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
+    def command(self, action: str) -> list[str]:
+        return [str(self.script), action, "--ensemble", "--port", str(self.base_port),
+                "--dir", str(self.directory), "--tick-ms", str(self.tick_ms)]
+
     def _run(self, action: str, timeout: float = 90) -> str:
-        result = subprocess.run(
-            [str(self.script), action, "--ensemble", "--port", str(self.base_port),
-             "--dir", str(self.directory)],
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )
+        result = subprocess.run(self.command(action), capture_output=True, text=True,
+                                timeout=timeout, check=False)
         if result.returncode != 0 and action != "status":
             raise ClusterError(f"zookeeper.sh {action} failed:\n{result.stdout}{result.stderr}")
         return result.stdout
@@ -318,6 +322,7 @@ class DevCluster:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     cluster: str = "dev"
     zookeeper_port: int = 2281
+    zookeeper_tick_ms: int = 500
     api_port: int = 8080
     health_port: int = 9100
     schedulers: int = 3
@@ -331,7 +336,8 @@ class DevCluster:
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
-        self.zookeeper = ZooKeeperEnsemble(self.zookeeper_port, self.directory / "zookeeper")
+        self.zookeeper = ZooKeeperEnsemble(self.zookeeper_port, self.directory / "zookeeper",
+                                           self.zookeeper_tick_ms)
         self._plan()
 
     # -- layout ---------------------------------------------------------------------------
@@ -501,10 +507,9 @@ class DevCluster:
             dead = [m for m in (1, 2, 3) if self.zookeeper.pid(m) is None]
             if dead and (zk_restart is None or zk_restart.poll() is not None):
                 report(f"ZooKeeper member(s) {dead} not running; restarting")
-                zk_restart = subprocess.Popen(
-                    [str(self.zookeeper.script), "start", "--ensemble", "--port",
-                     str(self.zookeeper.base_port), "--dir", str(self.zookeeper.directory)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                zk_restart = subprocess.Popen(self.zookeeper.command("start"),
+                                              stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL)
             time.sleep(poll_s)
         if zk_restart is not None and zk_restart.poll() is None:
             zk_restart.wait(60)

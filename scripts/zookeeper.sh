@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start, stop or inspect a local ZooKeeper for jobsched development and CI.
 #
-#   scripts/zookeeper.sh start|stop|status [--port 2181] [--dir DIR] [--ensemble]
+#   scripts/zookeeper.sh start|stop|status [--port 2181] [--dir DIR] [--ensemble] [--tick-ms 1000]
 #
 # Installs the Debian package `zookeeper` when its jar is missing, then runs the JVM
 # directly (Debian's zkServer.sh hard-codes /etc/zookeeper/conf and /var/log/zookeeper
@@ -12,6 +12,9 @@
 # --ensemble: three nodes on client ports PORT, PORT+1, PORT+2 (2181-2183 by default),
 #   peer ports 2888-2890 / election ports 3888-3890 (shifted by PORT-2181), files in
 #   DIR/zk1..zk3 (DIR default /tmp/jobsched-zk-ensemble-PORT).
+# --tick-ms: ZooKeeper's tickTime (default 1000). A session ends between its timeout and
+#   its timeout + one tick after its holder dies, so shorter ticks make take-overs tighter;
+#   the session timeouts the servers accept are 2 to 20 ticks.
 #
 # `start` is idempotent: a node that already answers `srvr` with a `Mode:` line is left
 # alone. It waits up to ZK_START_TIMEOUT seconds (default 30) for every node to serve,
@@ -23,7 +26,7 @@ JAVA_DIR=/usr/share/java
 START_TIMEOUT=${ZK_START_TIMEOUT:-30}
 
 usage() {
-    sed -n '2,18s/^# \{0,1\}//p' "$0"
+    sed -n '2,21s/^# \{0,1\}//p' "$0"
 }
 
 die() {
@@ -58,6 +61,7 @@ esac
 port=2181
 dir=
 ensemble=0
+tick_ms=1000
 while (($#)); do
     case "$1" in
         --port)
@@ -82,6 +86,15 @@ while (($#)); do
             ensemble=1
             shift
             ;;
+        --tick-ms)
+            (($# >= 2)) || die "--tick-ms needs a value"
+            tick_ms=$2
+            shift 2
+            ;;
+        --tick-ms=*)
+            tick_ms=${1#--tick-ms=}
+            shift
+            ;;
         -h | --help)
             usage
             exit 0
@@ -91,6 +104,10 @@ while (($#)); do
 done
 if ! [[ $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65533)); then
     die "invalid --port: $port"
+fi
+
+if ! [[ $tick_ms =~ ^[0-9]+$ ]] || ((tick_ms < 100 || tick_ms > 10000)); then
+    die "invalid --tick-ms: $tick_ms (100-10000)"
 fi
 
 if [[ -z $dir ]]; then
@@ -182,9 +199,9 @@ write_conf() {
     mkdir -p "$nodedir/conf" "$nodedir/data"
     {
         echo "# written by scripts/zookeeper.sh"
-        # 1 s ticks: sessions expire within a second of their timeout (2 s ticks add up
-        # to 2 s to every leader take-over) and timeouts down to 2 s are allowed.
-        echo "tickTime=1000"
+        # 1 s ticks by default: sessions expire within a tick of their timeout (2 s ticks
+        # add up to 2 s to every leader take-over) and timeouts down to 2 ticks are allowed.
+        echo "tickTime=$tick_ms"
         echo "initLimit=20"
         echo "syncLimit=10"
         echo "dataDir=$nodedir/data"
