@@ -53,6 +53,11 @@ class Settings(BaseModel):
 
     # scheduler
     scheduler_poll_s: float = Field(1.0, gt=0, le=60)
+    # Jobs that allow overlap are fired this far ahead of their time and held by the
+    # worker until due, so publishing and queueing happen before the fire, not after.
+    scheduler_lookahead_s: float = Field(0.5, ge=0, le=5)
+    # Batches being published (with confirms) while the leader goes on firing.
+    scheduler_publish_concurrency: int = Field(8, ge=1, le=64)
     scheduler_batch_size: int = Field(1000, ge=1, le=100_000)
     republish_after_s: float = Field(10.0, gt=0)
 

@@ -198,6 +198,7 @@ class FinishedAttempt:
     output: str | None
     retry_in_s: float
     reason: str | None = None
+    started_at: datetime | None = None  # when the run really began (after any hold)
 
 
 class JobStore:
@@ -227,11 +228,19 @@ class JobStore:
         digest: bytes | None = None,
         idempotency_ttl_s: float = 86_400.0,
         quota: int = 0,
+        notify: bool = True,
     ) -> tuple[Mapping[str, Any], bool]:
         """Insert a job (``values`` as for insert_job) under the namespace's quota. With an
         idempotency key, a repeat of an identical create answers the first job instead:
-        returns the job row (with ``last_execution``) and whether it is such a replay."""
+        returns the job row (with ``last_execution``) and whether it is such a replay.
+        ``notify`` wakes the leader (only needed for a job due before its next look)."""
         namespace = values[1]
+        if idempotency_key is None and not quota:
+            # The common case is one statement, one round trip, one commit.
+            row = await self.pool.fetchrow(q.INSERT_JOB_NOTIFYING, *values, notify,
+                                           q.NOTIFY_CHANNEL)
+            assert row is not None
+            return {**dict(row), "last_execution": None}, False
         async with self.pool.acquire() as conn, conn.transaction():
             if idempotency_key is not None:
                 first = await self._replay(conn, namespace, idempotency_key, digest,
@@ -247,7 +256,8 @@ class JobStore:
                                            idempotency_ttl_s)
                 assert first is not None
                 return first, True
-            await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")
+            if notify:
+                await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")
         return {**dict(row), "last_execution": None}, False
 
     @staticmethod
@@ -380,15 +390,18 @@ class JobStore:
         now: datetime,
         limit: int,
         plan: Callable[[list[DueJob]], TickPlan],
+        horizon: datetime | None = None,
     ) -> tuple[list[Dispatch], int, list[FireRecord]]:
         """Record the fires of due jobs and advance them, in one fenced transaction.
 
-        Returns the executions to publish, how many jobs were due, and the fires recorded
-        as not run (missed or skipped), for counting.
+        Jobs of concurrency 'allow' due up to ``horizon`` are included (fired ahead; the
+        worker holds them until due), others only once due at ``now``. Returns the
+        executions to publish, how many jobs were selected, and the fires recorded as not
+        run (missed or skipped), for counting.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             await self._check_epoch(conn, epoch)
-            rows = await conn.fetch(q.SELECT_DUE_JOBS, now, limit)
+            rows = await conn.fetch(q.SELECT_DUE_JOBS, horizon or now, limit, now)
             if not rows:
                 return [], 0, []
             tick = plan([DueJob(**dict(r)) for r in rows])
@@ -441,8 +454,8 @@ class JobStore:
         rows = await self.pool.fetch(q.SELECT_MANUAL_UNPUBLISHED, limit)
         return [Dispatch(r["id"], r["job_id"], r["attempt"]) for r in rows]
 
-    async def next_wake(self) -> datetime | None:
-        return await self.pool.fetchval(q.NEXT_WAKE)
+    async def next_wake(self, lookahead_s: float = 0.0) -> datetime | None:
+        return await self.pool.fetchval(q.NEXT_WAKE, lookahead_s)
 
     # --- worker ------------------------------------------------------------------------
 
@@ -475,6 +488,7 @@ class JobStore:
                 [r.retry_in_s for r in results],
                 worker,
                 [r.reason for r in results],
+                [r.started_at for r in results],
             )
             if any(r.state == "retrying" for r in results):
                 await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "retry")

@@ -75,6 +75,19 @@ WHERE id = $1
 RETURNING id, hint, namespace, role, name, created_at, expires_at, revoked_at
 """
 
+# INSERT_JOB and, when $N (the parameter after the columns) is true, a wake-up for the
+# leader, in one statement.
+INSERT_JOB_NOTIFYING = f"""
+WITH job AS (
+    INSERT INTO jobs (id, namespace, {", ".join(JOB_COLUMNS)})
+    VALUES ($1, $2, {", ".join(f"${i + 3}" for i in range(len(JOB_COLUMNS)))})
+    RETURNING *
+)
+SELECT job.*, CASE WHEN ${len(JOB_COLUMNS) + 3}::boolean
+                   THEN pg_notify(${len(JOB_COLUMNS) + 4}, 'job') END AS woke
+FROM job
+"""
+
 # PATCH: the row was locked by LOCK_JOB in the same transaction.
 UPDATE_JOB = f"""
 UPDATE jobs SET {", ".join(f"{c} = ${i + 2}" for i, c in enumerate(JOB_COLUMNS))},
@@ -205,6 +218,7 @@ SELECT id, schedule, timezone, next_fire_at, misfire, max_catchup, starting_dead
        ) END AS busy
 FROM jobs
 WHERE state = 'active' AND next_fire_at IS NOT NULL AND next_fire_at <= $1
+  AND (concurrency = 'allow' OR next_fire_at <= $3)
 ORDER BY next_fire_at
 LIMIT $2
 FOR UPDATE SKIP LOCKED
@@ -271,9 +285,15 @@ ORDER BY queued_at
 LIMIT $1
 """
 
+# When the leader must act next: allow jobs $1 ahead of their time (the lookahead),
+# forbid/replace jobs and retries on time.
 NEXT_WAKE = """
 SELECT least(
-    (SELECT min(next_fire_at) FROM jobs WHERE state = 'active' AND next_fire_at IS NOT NULL),
+    (SELECT min(next_fire_at) FROM jobs
+     WHERE state = 'active' AND next_fire_at IS NOT NULL AND concurrency = 'allow')
+        - make_interval(secs => $1),
+    (SELECT min(next_fire_at) FROM jobs
+     WHERE state = 'active' AND next_fire_at IS NOT NULL AND concurrency <> 'allow'),
     (SELECT min(run_after) FROM executions WHERE state = 'retrying')
 ) AS wake_at
 """
@@ -388,8 +408,10 @@ SELECT id, job_id, attempt, state FROM reaped
 FINISH_EXECUTIONS = """
 WITH r AS (
     SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[],
-                         $6::text[], $7::text[], $8::double precision[], $10::text[])
-        AS r(id, attempt, state, outcome, exit_code, error, output, retry_in_s, reason)
+                         $6::text[], $7::text[], $8::double precision[], $10::text[],
+                         $11::timestamptz[])
+        AS r(id, attempt, state, outcome, exit_code, error, output, retry_in_s, reason,
+             started_at)
 ), finished AS (
     UPDATE executions e
     SET state = r.state,
@@ -397,14 +419,14 @@ WITH r AS (
         run_after = CASE WHEN r.state = 'retrying'
                          THEN now() + make_interval(secs => r.retry_in_s) END,
         lease_expires_at = NULL, exit_code = r.exit_code, error = r.error, output = r.output,
-        reason = coalesce(r.reason, e.reason)
+        reason = coalesce(r.reason, e.reason), started_at = coalesce(r.started_at, e.started_at)
     FROM r
     WHERE e.id = r.id AND e.attempt = r.attempt AND e.state = 'running' AND e.worker = $9
     RETURNING e.id, e.job_id, e.attempt, e.state
 ), attempt_rows AS (
     UPDATE attempts a
     SET finished_at = now(), outcome = r.outcome, exit_code = r.exit_code, error = r.error,
-        output = r.output
+        output = r.output, started_at = coalesce(r.started_at, a.started_at)
     FROM r, finished f
     WHERE a.execution_id = f.id AND a.attempt = f.attempt AND r.id = f.id
 ), completed_jobs AS (

@@ -165,10 +165,15 @@ async def create_job(request: web.Request) -> web.Response:
     check_kind(who, job.kind, settings.disabled_kinds)
     key = _idempotency_key(request)
     job_id = uuid.uuid4()
+    now = datetime.now(UTC)
     try:
-        values = job_values(job, job_id, datetime.now(UTC))
+        values = job_values(job, job_id, now)
     except _FirstFireMissing:
         return _no_fire_problem()
+    # The leader looks at the jobs table at least every scheduler_poll_s (and that far
+    # plus its lookahead ahead): only a job due sooner needs to wake it.
+    wake_horizon = now + timedelta(
+        seconds=settings.scheduler_poll_s + settings.scheduler_lookahead_s)
     try:
         row, replayed = await request.app[STORE].create_job(
             (job_id, who.namespace, *values),
@@ -176,6 +181,7 @@ async def create_job(request: web.Request) -> web.Response:
             digest=body_digest(job) if key else None,
             idempotency_ttl_s=settings.idempotency_ttl_s,
             quota=settings.max_active_jobs,
+            notify=values[5] <= wake_horizon,
         )
     except IdempotencyConflict as exc:
         return problem(409, "Idempotency-Key reused",

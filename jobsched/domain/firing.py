@@ -83,14 +83,23 @@ def _count(n: int, more: bool) -> str:
 
 
 def plan_due_job(
-    schedule: Schedule, policy: FirePolicy, next_fire_at: datetime, now: datetime
+    schedule: Schedule,
+    policy: FirePolicy,
+    next_fire_at: datetime,
+    now: datetime,
+    horizon: datetime | None = None,
 ) -> FirePlan:
-    """The executions to record for a due job and its following ``next_fire_at``."""
+    """The executions to record for a due job and its following ``next_fire_at``.
+
+    Fires up to ``horizon`` (default ``now``) count as due: the leader fires a little
+    ahead and the worker holds the run until its time. Lateness is measured at ``now``.
+    """
+    horizon = now if horizon is None or horizon < now else horizon
     offset = policy.offset
     due: list[datetime] = []
     nominal: datetime | None = next_fire_at - offset
     more = False
-    while nominal is not None and nominal + offset <= now:
+    while nominal is not None and nominal + offset <= horizon:
         if policy.end_at is not None and nominal + offset > policy.end_at:
             break
         if len(due) == ENUMERATION_LIMIT:
@@ -106,7 +115,7 @@ def plan_due_job(
 
     following = None
     if due:
-        following_nominal = coalesce_next_fire(schedule, due[-1] - offset, now - offset)
+        following_nominal = coalesce_next_fire(schedule, due[-1] - offset, horizon - offset)
         following = following_nominal + offset if following_nominal is not None else None
     else:  # not due yet (the caller selected it early): leave it as it is
         following = next_fire_at

@@ -48,7 +48,7 @@ def _schedule(expression: str, timezone: str) -> Schedule:
     return parse_schedule(expression, timezone)
 
 
-def plan_fires(jobs: list[DueJob], now: datetime) -> TickPlan:
+def plan_fires(jobs: list[DueJob], now: datetime, horizon: datetime | None = None) -> TickPlan:
     """The rows to write for a batch of due jobs: each job's policies applied."""
     tick = TickPlan(fires=[], advances=[], replace=[])
     for job in jobs:
@@ -64,7 +64,8 @@ def plan_fires(jobs: list[DueJob], now: datetime) -> TickPlan:
                 offset=jitter_offset(job.id, job.jitter_s) if schedule.is_recurring
                 else timedelta(0),
             )
-            plan = plan_due_job(schedule, policy, job.next_fire_at, now)
+            plan = plan_due_job(schedule, policy, job.next_fire_at, now,
+                                horizon if job.concurrency == "allow" else None)
         except (ScheduleError, ValueError) as exc:
             log.error("job %s has an unusable schedule (%s); firing it no more", job.id, exc)
             tick.fires.append(FireRecord(job.id, job.next_fire_at, "missed",
@@ -101,6 +102,8 @@ class Scheduler:
         self.reaped = 0
         self.not_run: dict[str, int] = {}
         self._observing: asyncio.Task[None] | None = None
+        self._publish_slots = asyncio.Semaphore(settings.scheduler_publish_concurrency)
+        self._publishing: set[asyncio.Task[None]] = set()
 
     @property
     def is_leader(self) -> bool:
@@ -178,7 +181,7 @@ class Scheduler:
                         seconds=self.settings.republish_after_s / 2):
                     await self._republish(now - timedelta(seconds=self.settings.republish_after_s))
                     last_republish = now
-                wake_at = await self.store.next_wake()
+                wake_at = await self.store.next_wake(self.settings.scheduler_lookahead_s)
                 self.metrics.tick_duration.observe({}, time.perf_counter() - tick_started)
             except StaleEpochError:
                 raise
@@ -192,11 +195,12 @@ class Scheduler:
 
     async def _fire_due(self, epoch: int, now: datetime) -> None:
         batch = self.settings.scheduler_batch_size
+        horizon = now + timedelta(seconds=self.settings.scheduler_lookahead_s)
         while True:
             dispatches, due, not_run = await self.store.fire_due_jobs(
-                epoch, now, batch, lambda jobs: plan_fires(jobs, now)
+                epoch, now, batch, lambda jobs: plan_fires(jobs, now, horizon), horizon
             )
-            await self._publish(dispatches)
+            await self._publish_in_background(dispatches)
             self.fired += len(dispatches)
             if dispatches:
                 self.metrics.fires.add({"state": "queued"}, len(dispatches))
@@ -244,6 +248,26 @@ class Scheduler:
             confirmed = await self._publish(dispatches)
             if len(dispatches) < batch or confirmed < len(dispatches):
                 return
+
+    async def _publish_in_background(self, dispatches: list[Dispatch]) -> None:
+        """Publish while the leader goes on firing: up to scheduler_publish_concurrency
+        batches have their confirms in flight at once. A batch that fails stays in the
+        outbox and is re-published by the sweep."""
+        if not dispatches:
+            return
+        await self._publish_slots.acquire()
+
+        async def publish() -> None:
+            try:
+                await self._publish(dispatches)
+            except Exception as exc:  # noqa: BLE001 - the outbox sweep re-publishes
+                log.warning("publishing a batch of %d failed: %r", len(dispatches), exc)
+            finally:
+                self._publish_slots.release()
+
+        task = asyncio.create_task(publish())
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     async def _publish(self, dispatches: list[Dispatch]) -> int:
         """Publish and mark what was confirmed; returns how many were."""

@@ -88,6 +88,7 @@ class Worker:
         # from the claim until the attempt is recorded, whether it runs, waits or commits.
         self._leases: dict[uuid.UUID, float] = {}
         self._taken_away: set[uuid.UUID] = set()
+        self._started_at: dict[uuid.UUID, datetime] = {}
         self._http: aiohttp.ClientSession | None = None
         self.stats = {"succeeded": 0, "retrying": 0, "dead": 0, "lost_claims": 0, "malformed": 0}
 
@@ -259,6 +260,7 @@ class Worker:
             await self._attempt(message, row)
         finally:
             self._leases.pop(row["id"], None)
+            self._started_at.pop(row["id"], None)
 
     async def _attempt(self, message: AbstractIncomingMessage, row: Any) -> None:
         """Run a claimed attempt (unless it is too late or its lease is gone) and record
@@ -291,13 +293,10 @@ class Worker:
     async def _run(self, row: Any) -> tuple[AttemptResult, str | None, float]:
         """Run the attempt: its result, the execution's next state (None: it was taken
         away mid-run) and the delay before a retry."""
-        if row["attempt"] == 1:
-            late = (datetime.now(UTC) - row["scheduled_for"]).total_seconds()
-            self.metrics.start_lateness.observe({}, max(0.0, late))
         if row["id"] not in self._leases:  # the lease lapsed while it waited for its lock
             return AttemptResult("cancelled", error="lease lost before the run started"), \
                 None, 0.0
-        task = asyncio.ensure_future(self._execute(row))
+        task = asyncio.ensure_future(self._hold_then_execute(row))
         self._running[row["id"]] = task
         started = time.perf_counter()
         try:
@@ -378,6 +377,7 @@ class Worker:
             output=result.output,
             retry_in_s=delay,
             reason=result.error if state in ("missed", "skipped") else None,
+            started_at=self._started_at.pop(row["id"], None),
         )
         committed = await self._commit(finished)
         if committed is None:
@@ -409,6 +409,18 @@ class Worker:
                             finished.execution_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _hold_then_execute(self, row: Any) -> AttemptResult:
+        """A fire published ahead of its time (the leader's lookahead) starts when due."""
+        early = (row["scheduled_for"] - datetime.now(UTC)).total_seconds()
+        if early > 0:
+            await asyncio.sleep(early)
+        started = datetime.now(UTC)
+        self._started_at[row["id"]] = started
+        if row["attempt"] == 1:
+            late = (started - row["scheduled_for"]).total_seconds()
+            self.metrics.start_lateness.observe({}, max(0.0, late))
+        return await self._execute(row)
 
     async def _execute(self, row: Any) -> AttemptResult:
         payload = row["payload"]

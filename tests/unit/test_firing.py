@@ -121,3 +121,12 @@ def test_preview_lists_the_next_fires() -> None:
                      datetime(2026, 3, 29, 1, 0, tzinfo=UTC),  # spring forward: end of gap
                      datetime(2026, 3, 30, 0, 30, tzinfo=UTC)]
     assert preview_fires(parse_schedule("immediate"), T0, 5) == [T0]
+
+
+def test_a_horizon_fires_ahead_without_counting_lateness() -> None:
+    plan = plan_due_job(EVERY_SECOND, FirePolicy(starting_deadline_s=0.1), s(1), s(0.6),
+                        horizon=s(1.1))
+    assert [(f.scheduled_for, f.state) for f in plan.fires] == [(s(1), "queued")]
+    assert plan.next_fire_at == s(2)
+    nothing = plan_due_job(EVERY_SECOND, FirePolicy(), s(2), s(0.6), horizon=s(1.1))
+    assert nothing.fires == [] and nothing.next_fire_at == s(2)
