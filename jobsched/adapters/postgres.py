@@ -361,6 +361,17 @@ class JobStore:
         scheduled, last_id = after if after else (None, None)
         return await self.pool.fetch(q.LIST_EXECUTIONS, job_id, scheduled, last_id, limit)
 
+    async def list_dead(
+        self, namespace: str, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[asyncpg.Record]:
+        finished, last_id = after if after else (None, None)
+        return await self.pool.fetch(q.LIST_DEAD, namespace, finished, last_id, limit)
+
+    async def redrive(self, execution_id: uuid.UUID, namespace: str) -> asyncpg.Record | None:
+        """A dead execution queued again for one more attempt; None if it is not dead."""
+        return await self.pool.fetchrow(q.REDRIVE_DEAD, execution_id, namespace,
+                                        q.NOTIFY_CHANNEL)
+
     async def get_execution(
         self, execution_id: uuid.UUID, namespace: str
     ) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:

@@ -177,6 +177,30 @@ SELECT e.* FROM executions e JOIN jobs j ON j.id = e.job_id
 WHERE e.id = $1 AND j.namespace = $2
 """
 
+# The dead executions of a namespace, newest first (cursor: finished_at, id).
+LIST_DEAD = """
+SELECT e.* FROM executions e JOIN jobs j ON j.id = e.job_id
+WHERE e.state = 'dead' AND j.namespace = $1
+  AND ($2::timestamptz IS NULL OR (e.finished_at, e.id) < ($2, $3::uuid))
+ORDER BY e.finished_at DESC, e.id DESC
+LIMIT $4
+"""
+
+# Re-drive a dead execution: one more attempt, published by the leader (epoch -1 rows
+# are the manual ones it publishes every tick).
+REDRIVE_DEAD = """
+WITH redriven AS (
+    UPDATE executions e
+    SET state = 'queued', attempt = e.attempt + 1, published_at = NULL, queued_at = now(),
+        finished_at = NULL, run_after = NULL, worker = NULL, epoch = -1,
+        reason = 'retried by hand after it was dead'
+    FROM jobs j
+    WHERE e.id = $1 AND j.id = e.job_id AND j.namespace = $2 AND e.state = 'dead'
+    RETURNING e.*
+)
+SELECT redriven.*, pg_notify($3, 'retry') IS NULL AS woke FROM redriven
+"""
+
 LIST_ATTEMPTS = "SELECT * FROM attempts WHERE execution_id = $1 ORDER BY attempt"
 
 # --- scheduler leader ------------------------------------------------------------------

@@ -393,6 +393,32 @@ async def trigger_job(request: web.Request) -> web.Response:
     return _json(execution_out(execution), 201)
 
 
+async def list_dead(request: web.Request) -> web.Response:
+    """Dead executions (their retries ran out), newest first: the dead-letter view."""
+    query: PageQuery = _query(request, PageQuery)
+    after = _decode_cursor(query.cursor) if query.cursor else None
+    rows = await request.app[STORE].list_dead(principal(request).namespace, after=after,
+                                              limit=query.limit + 1)
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    cursor = _encode_cursor(rows[-1]["finished_at"], rows[-1]["id"]) if more else None
+    return _json(ExecutionList(items=[execution_out(r) for r in rows], next_cursor=cursor))
+
+
+async def retry_execution(request: web.Request) -> web.Response:
+    """Re-drive a dead execution: one more attempt, now."""
+    execution_id = _uuid_param(request, "id")
+    store = request.app[STORE]
+    namespace = principal(request).namespace
+    row = await store.redrive(execution_id, namespace)
+    if row is None:
+        found = await store.get_execution(execution_id, namespace)
+        if found is None:
+            raise web.HTTPNotFound()
+        return problem(409, "Execution is not dead", f"execution is {found[0]['state']}")
+    return _json(execution_out(row))
+
+
 async def preview_schedule(request: web.Request) -> web.Response:
     body = await request.read()
     try:
@@ -546,6 +572,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/api/v1/executions/{id}", get_execution,
               "One execution with its attempts", "read", ok={200: ExecutionOut},
               errors=_JOB_ID_ERRORS),
+    Operation("GET", "/api/v1/dead", list_dead,
+              "Dead executions (retries exhausted), newest first", "read",
+              ok={200: ExecutionList}, errors=(400, 422), query=PageQuery),
+    Operation("POST", "/api/v1/executions/{id}/retry", retry_execution,
+              "Retry a dead execution once more", "write", ok={200: ExecutionOut},
+              errors=(404, 409), links_to=("get_execution",)),
     Operation("POST", "/api/v1/schedules/preview", preview_schedule,
               "The next fire times of a schedule (changes nothing)", "read",
               ok={200: SchedulePreview}, body=SchedulePreviewRequest),

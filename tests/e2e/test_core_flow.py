@@ -180,3 +180,31 @@ async def test_list_filters_and_paginates(api: Api) -> None:
     assert {j["id"] for j in page["items"]} == expected
     status, page, _ = await api.request("GET", "/api/v1/jobs?state=cancelled&name=listed")
     assert page["items"] == []
+
+
+async def test_dead_executions_are_listed_and_can_be_retried(api: Api) -> None:
+    job = await api.create({
+        "name": "dies", "schedule": "immediate", "kind": "python",
+        "python": {"function": "sample_tasks:always_fails"},
+        "retry": {"max_attempts": 2, "backoff_s": 0.1},
+    })
+    dead = await api.wait_terminal(job["id"], timeout=20)
+    assert dead["state"] == "dead" and dead["attempt"] == 2
+    status, listed, _ = await api.request("GET", "/api/v1/dead?limit=500")
+    assert status == 200 and dead["id"] in [e["id"] for e in listed["items"]]
+    status, retried, _ = await api.request("POST", f"/api/v1/executions/{dead['id']}/retry")
+    assert status == 200 and retried["state"] == "queued" and retried["attempt"] == 3
+    for _ in range(100):
+        again = await api.execution(dead["id"])
+        if again["state"] == "dead" and again["attempt"] == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert [a["outcome"] for a in again["attempts"]] == ["failed"] * 3
+    status, _, _ = await api.request("POST", "/api/v1/executions/"
+                                     "00000000-0000-0000-0000-000000000000/retry")
+    assert status == 404
+    ok = await api.create({"name": "ok", "schedule": "immediate", "kind": "python",
+                           "python": {"function": "sample_tasks:noop"}})
+    done = await api.wait_terminal(ok["id"])
+    status, problem, _ = await api.request("POST", f"/api/v1/executions/{done['id']}/retry")
+    assert status == 409 and "succeeded" in problem["detail"]
