@@ -602,6 +602,9 @@ def dev_cluster(ctx: click.Context, database_url: str | None, amqp_url: str | No
         cluster.start()
         for line in cluster.describe():
             click.echo(line)
+        if settings.auth_enabled:
+            click.echo(f"  token      {_dev_token(settings.database_url)}  (admin of namespace "
+                       "'default', valid 24 h: Authorization: Bearer ...)")
         click.echo("ready; Ctrl-C stops everything")
         if no_supervise:
             while not stopping:
@@ -625,6 +628,17 @@ def dev_cluster(ctx: click.Context, database_url: str | None, amqp_url: str | No
             code = 1
         click.echo("stopped")
     sys.exit(code)
+
+
+def _dev_token(database_url: str) -> str:
+    """An admin token for the default namespace, so the API can be used at once."""
+    from datetime import timedelta
+
+    from jobsched.token_admin import create_token
+
+    token, _ = asyncio.run(create_token(database_url, "default", "admin",
+                                        "jobsched dev cluster", timedelta(days=1)))
+    return token
 
 
 def register(main: click.Group) -> None:
