@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import time
 
 import asyncpg
@@ -133,3 +134,28 @@ async def test_takeover_while_paused_leader_holds_the_fence(chaos: Chaos) -> Non
     assert_no_missed_fire(fires)
     record("frozen_in_transaction", takeover_s=round(takeover, 2))
     assert takeover <= SESSION_TIMEOUT_S + 2, takeover
+
+
+@pytest.mark.timeout(90)
+async def test_sigterm_leader_hands_over_within_a_second(chaos: Chaos) -> None:
+    """SIGTERM makes the leader resign: a standby leads in under a second, and no fire is
+    lost or doubled."""
+    jobs = await chaos.create([cron_every_second(f"resign-{i}") for i in range(20)])
+    leader, old_epoch = await chaos.leader()
+    await asyncio.sleep(2.5)
+    stopped_at = time.time()
+    leader.signal(signal.SIGTERM)
+    await chaos.leader(newer_than=old_epoch, skip=[leader], timeout=10)
+    handed_over = time.time() - stopped_at
+    first_fire = await chaos.first_fire_of_epoch_above(old_epoch) - stopped_at
+    assert await asyncio.to_thread(leader.process.wait, 30) == 0  # type: ignore[union-attr]
+    leader.start()
+    await asyncio.sleep(2)
+    await chaos.stop_jobs()
+    fires = await wait_terminal(chaos.database_url, jobs, timeout=30)
+    assert_one_execution_per_fire(fires)
+    assert_no_missed_fire(fires)
+    assert_ran_once_per_fire(chaos.runlog.read(jobs))
+    record("sigterm_leader", new_leader_after_s=round(handed_over, 2),
+           first_fire_after_s=round(first_fire, 2))
+    assert handed_over < 1.0, handed_over
