@@ -55,14 +55,17 @@ class Settings(BaseModel):
     scheduler_poll_s: float = Field(1.0, gt=0, le=60)
     # Jobs that allow overlap are fired this far ahead of their time and held by the
     # worker until due, so publishing and queueing happen before the fire, not after.
-    scheduler_lookahead_s: float = Field(0.5, ge=0, le=5)
+    scheduler_lookahead_s: float = Field(1.0, ge=0, le=5)
     # Batches being published (with confirms) while the leader goes on firing.
     scheduler_publish_concurrency: int = Field(8, ge=1, le=64)
     scheduler_batch_size: int = Field(1000, ge=1, le=100_000)
     republish_after_s: float = Field(10.0, gt=0)
 
     # worker
-    worker_prefetch: int = Field(256, ge=1, le=65535)
+    # Deliveries a worker holds: runs fired ahead wait here until due, so this is larger
+    # than the number of runs it executes at once (worker_concurrency).
+    worker_prefetch: int = Field(2048, ge=1, le=65535)
+    worker_concurrency: int = Field(1024, ge=1, le=65535)
     worker_lease_s: float = Field(30.0, ge=1)
     output_limit_bytes: int = Field(65_536, ge=0)
     drain_timeout_s: float = Field(30.0, ge=0)

@@ -571,6 +571,14 @@ async def claim_epoch_evicting(
     return False
 
 
+async def complete_finished_jobs(pool: asyncpg.Pool, epoch: int, limit: int) -> int:
+    """Fenced: active jobs with no further fire and no active run become completed."""
+    async with pool.acquire() as conn, conn.transaction():
+        await JobStore._check_epoch(conn, epoch)
+        status = await conn.execute(q.COMPLETE_FINISHED_JOBS, limit)
+    return int(status.split()[-1])
+
+
 async def reap_expired(
     pool: asyncpg.Pool, epoch: int, now: datetime, limit: int
 ) -> list[asyncpg.Record]:

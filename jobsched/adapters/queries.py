@@ -322,6 +322,21 @@ SELECT least(
 ) AS wake_at
 """
 
+# Jobs whose last run ended by another path than a worker's result (reaped, cancelled,
+# recorded missed or skipped) complete here.
+COMPLETE_FINISHED_JOBS = """
+UPDATE jobs j SET state = 'completed', updated_at = now()
+WHERE j.id IN (
+    SELECT c.id FROM jobs c
+    WHERE c.state = 'active' AND c.next_fire_at IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM executions x
+          WHERE x.job_id = c.id AND x.state IN ('queued', 'running', 'retrying'))
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+"""
+
 # --- retention (leader, fenced) ------------------------------------------------------
 
 # Finished executions past the retention period, oldest first, a bounded batch at a time
@@ -360,14 +375,16 @@ DELETE FROM executions WHERE id IN (
 CLAIM_EXECUTIONS = """
 WITH claimed AS (
     UPDATE executions e
-    SET state = 'running', worker = $3, started_at = now(),
+    SET state = 'running', worker = $3, started_at = greatest(now(), e.scheduled_for),
         lease_expires_at = now() + make_interval(secs => $4)
     FROM unnest($1::uuid[], $2::int[]) AS m(id, attempt)
     WHERE e.id = m.id AND e.attempt = m.attempt AND e.state = 'queued'
-    RETURNING e.id, e.job_id, e.attempt, e.scheduled_for
+    RETURNING e.id, e.job_id, e.attempt, e.scheduled_for, e.started_at
 ), attempt_rows AS (
-    INSERT INTO attempts (execution_id, attempt, worker)
-    SELECT id, attempt, $3 FROM claimed
+    -- started_at: provisional (a run fired ahead starts when due); the worker's result
+    -- records when it really began.
+    INSERT INTO attempts (execution_id, attempt, worker, started_at)
+    SELECT id, attempt, $3, started_at FROM claimed
 )
 SELECT c.id, c.job_id, c.attempt, c.scheduled_for, j.kind, j.payload, j.timeout_s,
        j.max_attempts, j.backoff_s, j.max_backoff_s, j.retry_jitter, j.concurrency,
@@ -453,11 +470,18 @@ WITH r AS (
         output = r.output, started_at = coalesce(r.started_at, a.started_at)
     FROM r, finished f
     WHERE a.execution_id = f.id AND a.attempt = f.attempt AND r.id = f.id
+), ended AS (
+    SELECT id, job_id FROM finished WHERE state <> 'retrying'
 ), completed_jobs AS (
+    -- A job with no further fire completes with its last run (runs fired ahead or
+    -- overlapping ones may still be active: then the last of them completes it).
     UPDATE jobs j SET state = 'completed', updated_at = now()
-    FROM finished f
-    WHERE j.id = f.job_id AND f.state <> 'retrying'
-      AND j.state = 'active' AND j.next_fire_at IS NULL
+    FROM (SELECT DISTINCT job_id FROM ended) f
+    WHERE j.id = f.job_id AND j.state = 'active' AND j.next_fire_at IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM executions x
+          WHERE x.job_id = j.id AND x.state IN ('queued', 'running', 'retrying')
+            AND x.id NOT IN (SELECT id FROM ended))
 )
 SELECT id, state FROM finished
 """

@@ -26,6 +26,7 @@ from jobsched.adapters.postgres import (
     StaleEpochError,
     TickPlan,
     claim_epoch_evicting,
+    complete_finished_jobs,
     reap_expired,
 )
 from jobsched.adapters.rabbitmq import AttemptMessage, Broker
@@ -223,6 +224,7 @@ class Scheduler:
     async def _reap(self, epoch: int, now: datetime) -> None:
         """Executions whose worker stopped renewing the lease: retried, or dead (and then
         copied to the dead-letter queue, as a worker would have)."""
+        await complete_finished_jobs(self.store.pool, epoch, self.settings.scheduler_batch_size)
         reaped = await reap_expired(self.store.pool, epoch, now, self.settings.scheduler_batch_size)
         if not reaped:
             return

@@ -77,10 +77,10 @@ class Worker:
         self.zk = zk
         self.name = settings.instance
         self._claims: Batcher[Claim, Any] = Batcher(
-            self._claim_batch, max_size=settings.worker_prefetch
+            self._claim_batch, max_size=min(settings.worker_prefetch, 1000)
         )
         self._results: Batcher[FinishedAttempt, str | None] = Batcher(
-            self._finish_batch, max_size=settings.worker_prefetch
+            self._finish_batch, max_size=min(settings.worker_prefetch, 1000)
         )
         self._inflight: set[asyncio.Task[None]] = set()
         self._running: dict[uuid.UUID, asyncio.Task[AttemptResult]] = {}
@@ -89,6 +89,7 @@ class Worker:
         self._leases: dict[uuid.UUID, float] = {}
         self._taken_away: set[uuid.UUID] = set()
         self._started_at: dict[uuid.UUID, datetime] = {}
+        self._run_slots = asyncio.Semaphore(settings.worker_concurrency)
         self._http: aiohttp.ClientSession | None = None
         self.stats = {"succeeded": 0, "retrying": 0, "dead": 0, "lost_claims": 0, "malformed": 0}
 
@@ -415,12 +416,13 @@ class Worker:
         early = (row["scheduled_for"] - datetime.now(UTC)).total_seconds()
         if early > 0:
             await asyncio.sleep(early)
-        started = datetime.now(UTC)
-        self._started_at[row["id"]] = started
-        if row["attempt"] == 1:
-            late = (started - row["scheduled_for"]).total_seconds()
-            self.metrics.start_lateness.observe({}, max(0.0, late))
-        return await self._execute(row)
+        async with self._run_slots:  # at most worker_concurrency runs at once
+            started = datetime.now(UTC)
+            self._started_at[row["id"]] = started
+            if row["attempt"] == 1:
+                late = (started - row["scheduled_for"]).total_seconds()
+                self.metrics.start_lateness.observe({}, max(0.0, late))
+            return await self._execute(row)
 
     async def _execute(self, row: Any) -> AttemptResult:
         payload = row["payload"]

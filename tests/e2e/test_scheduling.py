@@ -248,3 +248,17 @@ async def test_history_limit_is_applied_by_the_leader(local_cluster: LocalCluste
         await asyncio.sleep(1.5)  # one more retention pass after the last run
         items = await api.executions(job["id"])
     assert [e["state"] for e in items] == ["succeeded", "succeeded"]
+
+
+async def test_a_one_shot_job_whose_fire_was_missed_completes(api: Api) -> None:
+    past = (datetime.now(UTC) - timedelta(seconds=30)).isoformat()
+    job = await api.create({"name": "late", "schedule": past, "starting_deadline_s": 1,
+                            **NOOP})
+
+    async def completed() -> Any:
+        _, got, _ = await api.request("GET", f"/api/v1/jobs/{job['id']}")
+        return got if got["state"] == "completed" else None
+
+    got = await wait_for(completed, timeout=10)
+    assert got["last_execution"]["state"] == "missed"
+    assert "starting_deadline_s=1" in got["last_execution"]["reason"]
