@@ -157,6 +157,12 @@ class Scheduler:
         last_republish = datetime.now(UTC)
         reconnections = self.broker.reconnections
         last_reap = datetime.now(UTC) - REAP_INTERVAL
+        # While PostgreSQL is unreachable, workers cannot renew their leases either: after
+        # an outage (and after a take-over, which may follow one) they get one lease of
+        # reachable database to record finished runs before expired leases are reaped.
+        # Safety does not depend on it: a worker stops a run before its lease can lapse.
+        reap_grace = timedelta(seconds=self.settings.worker_lease_s)
+        reap_from = datetime.now(UTC) + reap_grace
         last_observed = datetime.now(UTC) - OBSERVE_INTERVAL
         while not stop.is_set() and not term.ended.is_set():
             self.wake.clear()
@@ -170,7 +176,7 @@ class Scheduler:
                 await self._publish(
                     await self.store.manual_unpublished(self.settings.scheduler_batch_size))
                 await self._requeue_retries(epoch, now)
-                if now - last_reap >= REAP_INTERVAL:
+                if now - last_reap >= REAP_INTERVAL and now >= reap_from:
                     await self._reap(epoch, now)
                     last_reap = now
                 if self.broker.reconnections != reconnections:
@@ -189,6 +195,7 @@ class Scheduler:
             except (TimeoutError, OSError) as exc:
                 log.warning("leader tick failed (%r); retrying", exc)
                 wake_at = None
+                reap_from = datetime.now(UTC) + reap_grace
             timeout = self.settings.scheduler_poll_s
             if wake_at is not None:
                 timeout = min(timeout, max(0.0, (wake_at - datetime.now(UTC)).total_seconds()))

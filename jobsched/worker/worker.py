@@ -400,7 +400,9 @@ class Worker:
             await message.ack()
 
     async def _commit(self, finished: FinishedAttempt) -> str | None:
-        """Record a result, retrying through database outages: the ack waits for it."""
+        """Record a result, retrying through database outages: the ack waits for it. The
+        retries stay a second apart at most, so the result is in soon after PostgreSQL is
+        back (the leader's reaper waits one lease after an outage)."""
         delay = 0.2
         while True:
             try:
@@ -409,7 +411,7 @@ class Worker:
                 log.warning("recording result of %s failed (%r); retrying",
                             finished.execution_id, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 1.0)
 
     async def _hold_then_execute(self, row: Any) -> AttemptResult:
         """A fire published ahead of its time (the leader's lookahead) starts when due."""
