@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -64,8 +66,10 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture(scope="session")
 def chaos_cluster(private_postgres: PrivatePostgres,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    directory = tmp_path_factory.mktemp("chaos")
+                  request: pytest.FixtureRequest) -> Iterator[DevCluster]:
+    # Not under pytest's temporary folders, which keep only the last few sessions' (and
+    # other test runs on the machine rotate them): the logs stay if a test failed.
+    directory = Path(tempfile.mkdtemp(prefix="jobsched-chaos-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSCHED_")}
     env.update(CHAOS_SETTINGS,
                PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]),
@@ -82,6 +86,10 @@ def chaos_cluster(private_postgres: PrivatePostgres,
     finally:
         cluster.stop()
         asyncio.run(delete_queues(cluster.cluster))
+        if request.session.testsfailed:
+            print(f"\nchaos: role and ZooKeeper logs kept in {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def heal(cluster: DevCluster, postgres: PrivatePostgres) -> None:

@@ -108,7 +108,7 @@ async def test_rabbitmq_restart_under_load(chaos: Chaos) -> None:
     stopped_at = time.time()
     try:
         rabbitmqctl("stop_app")
-        await asyncio.sleep(OUTAGE_S)
+        not_ready = await _not_ready_during(chaos, OUTAGE_S)
     finally:
         started_at = time.time()
         start_rabbitmq_app()
@@ -126,6 +126,7 @@ async def test_rabbitmq_restart_under_load(chaos: Chaos) -> None:
     late = [f.started_at.timestamp() - back_at for f in during if f.started_at]
     statuses = Counter(status for _, status, _, _ in submitter.answers)
     assert set(statuses) <= {201}, statuses  # the api does not need RabbitMQ
+    assert not_ready == {p.name: p.role != "api" for p in chaos.cluster.processes.values()}
     record("rabbitmq_restart", outage_s=round(back_at - stopped_at, 1),
            ready_after_s=round(ready_after, 2), executions=len(fires),
            due_during_outage=len(during), coalesced_fires=coalesced,
@@ -143,15 +144,8 @@ async def test_postgres_restart_under_load(chaos: Chaos) -> None:
     await asyncio.sleep(3)
     stopped_at = time.time()
     chaos.postgres.stop("fast")
-    down = time.time()
-    not_ready: dict[str, bool] = {}
     try:
-        while time.time() - down < OUTAGE_S:
-            procs = list(chaos.cluster.processes.values())
-            reports = await asyncio.gather(*(_readyz_status(chaos, p) for p in procs))
-            for proc, status in zip(procs, reports, strict=True):
-                not_ready[proc.name] = not_ready.get(proc.name, False) or status == 503
-            await asyncio.sleep(0.3)
+        not_ready = await _not_ready_during(chaos, OUTAGE_S)
     finally:
         chaos.postgres.start()
     back_at = time.time()
@@ -181,6 +175,19 @@ async def test_postgres_restart_under_load(chaos: Chaos) -> None:
            ready_after_s=round(ready_after, 2), first_201_after_s=round(first_201_after, 2),
            answers=dict(statuses), acknowledged=len(submitter.acknowledged),
            executions=len(fires), coalesced_fires=coalesced)
+
+
+async def _not_ready_during(chaos: Chaos, seconds: float) -> dict[str, bool]:
+    """Poll every process's /readyz for ``seconds``: which ever answered 503."""
+    not_ready: dict[str, bool] = {}
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        procs = list(chaos.cluster.processes.values())
+        reports = await asyncio.gather(*(_readyz_status(chaos, p) for p in procs))
+        for proc, status in zip(procs, reports, strict=True):
+            not_ready[proc.name] = not_ready.get(proc.name, False) or status == 503
+        await asyncio.sleep(0.3)
+    return not_ready
 
 
 async def _readyz_status(chaos: Chaos, proc: RoleProcess) -> int | None:
