@@ -138,6 +138,8 @@ async def run_api(services: Services, concurrency: int, seconds: float, clients:
             # The per-token limit guards a shared deployment; here it would cap what is
             # measured at the limit itself. --set rate_limit_per_s=N puts it back.
             cluster.settings.setdefault("JOBSCHED_RATE_LIMIT_PER_S", "0")
+            # Likewise the per-namespace quota: a 30 s run creates far more than 10,000 jobs.
+            cluster.settings.setdefault("JOBSCHED_MAX_ACTIVE_JOBS", "0")
         async with connect(cluster.database_url) as conn:
             preload_s = await preload_idle(conn, idle_schedules)
         token = await asyncio.to_thread(_create_token, cluster)
