@@ -103,9 +103,8 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             broker = Broker(settings.amqp_url, settings.queue_name,
                             settings.dead_letter_exchange, settings.dead_letter_queue)
             readiness.add_check("rabbitmq", _broker_check(broker))
-            if await _retrying("connecting to RabbitMQ", broker.connect, stop) is None and \
-                    stop.is_set():
-                return 0
+            if await _retrying("connecting to RabbitMQ", broker.connect, stop) is None:
+                return 0  # stopped before RabbitMQ answered
             state["broker"] = broker
 
         zk = None
@@ -187,8 +186,7 @@ async def _connect_cluster_view(settings: Settings, cluster: ClusterView,
     if cluster.broker is None:
         broker = Broker(settings.amqp_url, settings.queue_name,
                         settings.dead_letter_exchange, settings.dead_letter_queue)
-        if await _retrying("connecting to RabbitMQ", broker.connect, stop) is not None or \
-                broker.is_connected:
+        if await _retrying("connecting to RabbitMQ", broker.connect, stop):
             state["broker"] = broker
             cluster.broker = broker
 

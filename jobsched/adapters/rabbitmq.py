@@ -71,7 +71,8 @@ class Broker:
         # once instead of waiting for the unconfirmed messages to age.
         self.reconnections = 0
 
-    async def connect(self) -> None:
+    async def connect(self) -> bool:
+        """Connect and declare the queues; True once done (raises otherwise)."""
         # Reconnect attempts every second (aio-pika's default is 5 s): a restarted broker
         # is used again about as soon as it accepts connections.
         self._connection = await aio_pika.connect_robust(self.url, timeout=10,
@@ -80,6 +81,7 @@ class Broker:
         channel = await self._connection.channel(publisher_confirms=True)
         await self._declare(channel)
         self._publish_channel = channel  # type: ignore[assignment]
+        return True
 
     async def _declare(self, channel: aio_pika.abc.AbstractChannel) -> AbstractQueue:
         dead = await channel.declare_exchange(

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
 import aiozk
@@ -340,8 +341,8 @@ async def _first_of(timeout: float, *events: asyncio.Event) -> None:
             waiter.cancel()
 
 
-async def _until_stopped(coro: object, stop: asyncio.Event) -> LeaderTerm | None:
-    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+async def _until_stopped(coro: Awaitable[LeaderTerm], stop: asyncio.Event) -> LeaderTerm | None:
+    task = asyncio.ensure_future(coro)
     stopping = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if task in done:

@@ -267,6 +267,7 @@ class Worker:
         """Run a claimed attempt (unless it is too late or its lease is gone) and record
         it; the message is settled in every case."""
         lock: Lock | None = None
+        state: str | None
         try:
             early = self._too_late(row)
             if early is None:
