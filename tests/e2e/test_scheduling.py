@@ -175,10 +175,15 @@ async def test_replace_cancels_the_running_one(api: Api) -> None:
     replaced = [e for e in items if e["reason"] and "replaced" in e["reason"]]
     assert replaced, items
     assert all(e["state"] == "cancelled" for e in items)
-    for execution in items:
-        detail = await api.execution(execution["id"])
-        for attempt in detail["attempts"]:
-            assert attempt["finished_at"] is not None  # every process was stopped
+
+    async def every_attempt_closed() -> bool:  # every process was stopped and recorded
+        for execution in items:
+            detail = await api.execution(execution["id"])
+            if any(a["finished_at"] is None for a in detail["attempts"]):
+                return False
+        return True
+
+    await wait_for(every_attempt_closed, timeout=10)
 
 
 async def test_cancel_kills_a_running_execution_quickly(api: Api) -> None:
@@ -245,9 +250,15 @@ async def test_history_limit_is_applied_by_the_leader(local_cluster: LocalCluste
                                 "history": {"succeeded": 2}, **NOOP})
         await asyncio.sleep(5.5)
         await post(api, f"/api/v1/jobs/{job['id']}/pause")
-        await asyncio.sleep(1.5)  # one more retention pass after the last run
-        items = await api.executions(job["id"])
-    assert [e["state"] for e in items] == ["succeeded", "succeeded"]
+        # Runs fired ahead before the pause finish within about a second; then at least
+        # one more retention pass (every 1 s here) must leave exactly two.
+
+        async def two_left() -> Any:
+            items = await api.executions(job["id"])
+            return items if [e["state"] for e in items] == ["succeeded"] * 2 else None
+
+        items = await wait_for(two_left, timeout=10)
+    assert len(items) == 2
 
 
 async def test_a_one_shot_job_whose_fire_was_missed_completes(api: Api) -> None:
