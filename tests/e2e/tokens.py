@@ -10,13 +10,10 @@ from tests.helpers import ROOT
 
 
 def admin_token(cluster: LocalCluster, namespace: str = "default") -> str:
-    """``jobsched token create`` on the cluster's database (printed once, on stdout); on a
-    build without tokens yet, a placeholder that such an api ignores."""
+    """``jobsched token create`` on the cluster's database (printed once, on stdout)."""
     result = subprocess.run(
         [sys.executable, "-m", "jobsched", "token", "create", "--namespace", namespace,
          "--role", "admin", "--name", "e2e-clients"],
         env=cluster.env(), capture_output=True, text=True, cwd=ROOT, timeout=30)
-    if result.returncode == 2 and "No such command 'token'" in result.stderr:
-        return "no-token-support-yet"
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[0]
