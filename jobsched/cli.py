@@ -214,13 +214,15 @@ def bench() -> None:
               show_default=True, help="python needs workers started with "
               "--import jobsched.bench.tasks.")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the result here.")
-def bench_immediate(url: str, count: int, kind: str, json_out: str | None) -> None:
+@click.option("--token", envvar="JOBSCHED_TOKEN", help="API token (JOBSCHED_TOKEN).")
+def bench_immediate(url: str, count: int, kind: str, json_out: str | None,
+                    token: str | None) -> None:
     """Submit -> succeeded latency of `immediate` jobs, one at a time (median of COUNT)."""
     import orjson
 
     from jobsched.bench.immediate import run_immediate
 
-    result = asyncio.run(run_immediate(url.rstrip("/"), count, kind))
+    result = asyncio.run(run_immediate(url.rstrip("/"), count, kind, token=token))
     click.echo(f"immediate {kind} jobs, n={count}: submit -> succeeded")
     click.echo(f"{'clock':<8}{'median':>10}{'p90':>10}{'min':>10}{'max':>10}  (ms)")
     for clock in ("client", "server"):

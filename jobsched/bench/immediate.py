@@ -55,8 +55,10 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
-async def run_immediate(url: str, count: int, kind: str, poll_s: float = 0.002) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
+async def run_immediate(url: str, count: int, kind: str, poll_s: float = 0.002,
+                        token: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with aiohttp.ClientSession(headers=headers) as session:
         await _one(session, url, kind, poll_s)  # warm-up: connections, caches
         samples = [await _one(session, url, kind, poll_s) for _ in range(count)]
     return {
