@@ -40,6 +40,7 @@ from jobsched.settings import Settings
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL = timedelta(seconds=1)
+COMPLETION_SWEEP_INTERVAL = timedelta(seconds=30)
 OBSERVE_INTERVAL = timedelta(seconds=5)
 WORKERS_PATH = "/workers"
 FORBID_REASON = "previous run still active (concurrency=forbid)"
@@ -106,6 +107,7 @@ class Scheduler:
         self._observing: asyncio.Task[None] | None = None
         self._publish_slots = asyncio.Semaphore(settings.scheduler_publish_concurrency)
         self._publishing: set[asyncio.Task[None]] = set()
+        self._last_completion_sweep = datetime.min.replace(tzinfo=UTC)
 
     @property
     def is_leader(self) -> bool:
@@ -232,7 +234,12 @@ class Scheduler:
     async def _reap(self, epoch: int, now: datetime) -> None:
         """Executions whose worker stopped renewing the lease: retried, or dead (and then
         copied to the dead-letter queue, as a worker would have)."""
-        await complete_finished_jobs(self.store.pool, epoch, self.settings.scheduler_batch_size)
+        if now - self._last_completion_sweep >= COMPLETION_SWEEP_INTERVAL:
+            # Rare on purpose: it scans active jobs (an index for it cost half the
+            # throughput); workers complete jobs themselves in the common case.
+            self._last_completion_sweep = now
+            await complete_finished_jobs(self.store.pool, epoch,
+                                         self.settings.scheduler_batch_size)
         reaped = await reap_expired(self.store.pool, epoch, now, self.settings.scheduler_batch_size)
         if not reaped:
             return
