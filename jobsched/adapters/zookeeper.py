@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("aiozk").setLevel(logging.CRITICAL)
 
 ELECTION_PATH = "/election"
+WORKERS_PATH = "/workers"  # an ephemeral znode per live worker
 
 
 def make_client(hosts: str, chroot: str, session_timeout_s: float) -> aiozk.ZKClient:

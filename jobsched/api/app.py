@@ -241,19 +241,26 @@ async def get_job(request: web.Request) -> web.Response:
     return _json(job_out(row))
 
 
-async def cancel_job(request: web.Request) -> web.Response:
+async def _move_job(request: web.Request,
+                    move: Callable[[uuid.UUID, str], Awaitable[bool]],
+                    target: str, conflict: str) -> web.Response:
+    """Apply a state transition; repeating it is not an error (the job is already there),
+    a job in another state is a 409 with ``conflict`` as the title."""
     job_id = _uuid_param(request, "id")
-    store = request.app[STORE]
     namespace = principal(request).namespace
-    if not await store.cancel_job(job_id, namespace):
-        row = await store.get_job(job_id, namespace)
-        if row is None:
-            raise web.HTTPNotFound()
-        if row["state"] != "cancelled":
-            return problem(409, "Job already finished", f"job is {row['state']}")
+    store = request.app[STORE]
+    moved = await move(job_id, namespace)
     row = await store.get_job(job_id, namespace)
-    assert row is not None
+    if row is None:
+        raise web.HTTPNotFound()
+    if not moved and row["state"] != target:
+        return problem(409, conflict, f"job is {row['state']}")
     return _json(job_out(row))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    return await _move_job(request, request.app[STORE].cancel_job, "cancelled",
+                           "Job already finished")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -322,18 +329,8 @@ async def patch_job(request: web.Request) -> web.Response:
 
 
 async def pause_job(request: web.Request) -> web.Response:
-    job_id = _uuid_param(request, "id")
-    store = request.app[STORE]
-    namespace = principal(request).namespace
-    if not await store.pause_job(job_id, namespace):
-        row = await store.get_job(job_id, namespace)
-        if row is None:
-            raise web.HTTPNotFound()
-        if row["state"] != "paused":
-            return problem(409, "Job cannot be paused", f"job is {row['state']}")
-    row = await store.get_job(job_id, namespace)
-    assert row is not None
-    return _json(job_out(row))
+    return await _move_job(request, request.app[STORE].pause_job, "paused",
+                           "Job cannot be paused")
 
 
 def plan_resume(row: Any, now: datetime) -> tuple[datetime | None, list[tuple[datetime, str]]]:

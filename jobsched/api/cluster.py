@@ -17,11 +17,10 @@ from aiozk import exc as zk_exc
 
 from jobsched.adapters.postgres import JobStore
 from jobsched.adapters.rabbitmq import Broker
-from jobsched.adapters.zookeeper import ELECTION_PATH
+from jobsched.adapters.zookeeper import ELECTION_PATH, WORKERS_PATH
 
 log = logging.getLogger(__name__)
 
-WORKERS_PATH = "/workers"
 PART_TIMEOUT_S = 2.0
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -31,9 +30,14 @@ from jobsched.adapters.postgres import (
     reap_expired,
 )
 from jobsched.adapters.rabbitmq import AttemptMessage, Broker
-from jobsched.adapters.zookeeper import LeaderCampaign, LeaderTerm, StaleCandidacy
+from jobsched.adapters.zookeeper import (
+    WORKERS_PATH,
+    LeaderCampaign,
+    LeaderTerm,
+    StaleCandidacy,
+)
 from jobsched.domain.firing import FirePolicy, jitter_offset, plan_due_job
-from jobsched.domain.schedule import Schedule, ScheduleError, parse_schedule
+from jobsched.domain.schedule import ScheduleError, parse_schedule
 from jobsched.metrics import Metrics
 from jobsched.settings import Settings
 
@@ -42,13 +46,7 @@ log = logging.getLogger(__name__)
 REAP_INTERVAL = timedelta(seconds=1)
 COMPLETION_SWEEP_INTERVAL = timedelta(seconds=30)
 OBSERVE_INTERVAL = timedelta(seconds=5)
-WORKERS_PATH = "/workers"
 FORBID_REASON = "previous run still active (concurrency=forbid)"
-
-
-@functools.lru_cache(maxsize=65_536)
-def _schedule(expression: str, timezone: str) -> Schedule:
-    return parse_schedule(expression, timezone)
 
 
 def plan_fires(jobs: list[DueJob], now: datetime, horizon: datetime | None = None) -> TickPlan:
@@ -56,7 +54,7 @@ def plan_fires(jobs: list[DueJob], now: datetime, horizon: datetime | None = Non
     tick = TickPlan(fires=[], advances=[], replace=[])
     for job in jobs:
         try:
-            schedule = _schedule(job.schedule, job.timezone)
+            schedule = parse_schedule(job.schedule, job.timezone)
             policy = FirePolicy(
                 misfire=job.misfire,  # type: ignore[arg-type]
                 max_catchup=job.max_catchup,

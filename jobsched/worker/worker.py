@@ -26,6 +26,7 @@ from aiozk.states import States
 from jobsched.adapters.postgres import FinishedAttempt, HeldExecutions, JobStore, WakeListener
 from jobsched.adapters.queries import CANCEL_CHANNEL
 from jobsched.adapters.rabbitmq import AttemptMessage, Broker, MessageError
+from jobsched.adapters.zookeeper import WORKERS_PATH
 from jobsched.batching import Batcher
 from jobsched.domain.retry import RetryPolicy, retry_delay, should_retry
 from jobsched.metrics import Metrics
@@ -39,7 +40,6 @@ from jobsched.worker.secrets import SecretSource
 log = logging.getLogger(__name__)
 
 Claim = tuple[uuid.UUID, int]
-WORKERS_PATH = "/workers"
 LOCKS_PATH = "/locks"
 REGISTRY_REFRESH_S = 2.0
 
