@@ -13,7 +13,7 @@ from aiohttp import web
 from aiozk.states import States
 
 from jobsched.adapters import postgres
-from jobsched.adapters.postgres import JobStore, WakeListener
+from jobsched.adapters.postgres import JobStore, ReplicaReads, WakeListener
 from jobsched.adapters.rabbitmq import Broker
 from jobsched.adapters.zookeeper import make_client, start_client
 from jobsched.api.app import build_app
@@ -119,7 +119,14 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
         if "api" in roles:
             cluster = ClusterView(store, zk, broker, settings.queue_name,
                                   settings.dead_letter_queue)
-            app = build_app(settings, store, readiness, cluster)
+            replica = None
+            if settings.database_read_url:
+                # Connects lazily (min_size 0): a replica that is down never delays the api.
+                read_pool = await postgres.create_pool(settings.database_read_url, min_size=0)
+                state["read_pool"] = read_pool
+                replica = ReplicaReads(JobStore(read_pool), store)
+                readiness.add_info("postgres_read", replica.describe)
+            app = build_app(settings, store, readiness, cluster, replica)
             instrument_api(app, metrics)
             runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
             if zk is None or broker is None:
@@ -168,9 +175,10 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
         if "zk" in state:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(state["zk"].close(), 5)
-        if "pool" in state:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(state["pool"].close(), 5)
+        for name in ("read_pool", "pool"):
+            if name in state:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(state[name].close(), 5)
     log.info("stopped")
     return exit_code
 

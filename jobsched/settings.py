@@ -13,13 +13,13 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "JOBSCHED_"
 DEFAULT_CONFIG_PATH = Path("config/jobsched.toml")
-SECRET_FIELDS = frozenset({"database_url", "amqp_url"})
+SECRET_FIELDS = frozenset({"database_url", "database_read_url", "amqp_url"})
 
 
 class ConfigError(Exception):
@@ -33,7 +33,12 @@ def _default_instance() -> str:
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Several hosts (postgresql://h1:5432,h2:5432/db) name a primary and its standbys:
+    # the role connects to whichever is read-write and follows a promotion.
     database_url: str = "postgresql://localhost/jobsched"
+    # Optional read replica(s) for the api's list and get queries (never for anything a
+    # guarantee depends on); the primary answers whenever the replica cannot.
+    database_read_url: str | None = None
     amqp_url: str = "amqp://guest:guest@localhost/"
     zookeeper_hosts: str = "localhost:2181"
     # With 1 s ZooKeeper ticks a session ends 3-4 s after its holder dies: the take-over time.
@@ -117,9 +122,14 @@ class Settings(BaseModel):
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("postgresql", "postgres"):
-            raise ValueError("must be a postgresql:// URL")
-        return value
+        return with_session_attrs(_check_postgres_url(value), "read-write")
+
+    @field_validator("database_read_url")
+    @classmethod
+    def _postgres_read_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return with_session_attrs(_check_postgres_url(value), "prefer-standby")
 
     @field_validator("amqp_url")
     @classmethod
@@ -156,8 +166,28 @@ class Settings(BaseModel):
         """The settings for the start-up log, with passwords in URLs masked."""
         shown = self.model_dump()
         for key in SECRET_FIELDS:
-            shown[key] = mask_url(shown[key])
+            if shown[key] is not None:
+                shown[key] = mask_url(shown[key])
         return shown
+
+
+def _check_postgres_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// URL")
+    return value
+
+
+def with_session_attrs(url: str, attrs: str) -> str:
+    """A URL naming several hosts gets ``target_session_attrs`` (unless it sets its own),
+    so that connecting picks the right server of the group: the read-write primary for
+    ``database_url`` (and, after a promotion, the new one), a standby for reads."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if "," not in hosts or any(key == "target_session_attrs" for key, _ in query):
+        return url
+    query.append(("target_session_attrs", attrs))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def mask_url(url: str) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -19,6 +19,15 @@ from jobsched.adapters import queries as q
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+# What a lost, refused or not-yet-usable connection raises: the server is unreachable,
+# restarting or failing over (asyncpg's InternalClientError comes from a connection that
+# broke in the middle of an operation). Callers answer 503 or retry; never a 500.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.InternalClientError, asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError, asyncpg.exceptions.ReadOnlySQLTransactionError,
+)
 MIGRATION_LOCK_KEY = 0x6A6F6273  # "jobs": one advisory lock for every migrating process
 
 
@@ -588,6 +597,43 @@ async def reap_expired(
         return await conn.fetch(q.REAP_EXPIRED, now, limit)
 
 
+class ReplicaReads:
+    """Read-only queries routed to a read replica, with the primary as the answer of last
+    resort: when the replica fails (down, in recovery conflict) the read goes to the
+    primary, and the replica is left alone for ``rest_s``; a row the replica does not
+    have yet (replication lag after a create) is looked up on the primary too."""
+
+    def __init__(self, replica: JobStore, primary: JobStore, rest_s: float = 5.0) -> None:
+        self.replica = replica
+        self.primary = primary
+        self.rest_s = rest_s
+        self._resting_until = 0.0
+        self.served = {"replica": 0, "primary": 0}
+
+    @property
+    def healthy(self) -> bool:
+        return asyncio.get_running_loop().time() >= self._resting_until
+
+    async def read(self, query: Callable[[JobStore], Awaitable[T]], *,
+                   confirm_missing: bool = False) -> T:
+        if self.healthy:
+            try:
+                found = await query(self.replica)
+            except Exception as exc:  # noqa: BLE001 - any replica failure: use the primary
+                self._resting_until = asyncio.get_running_loop().time() + self.rest_s
+                log.warning("read replica failed (%r); reading from the primary for %.0fs",
+                            exc, self.rest_s)
+            else:
+                if not (confirm_missing and not found):
+                    self.served["replica"] += 1
+                    return found
+        self.served["primary"] += 1
+        return await query(self.primary)
+
+    def describe(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, **{f"served_{k}": v for k, v in self.served.items()}}
+
+
 class WakeListener:
     """A dedicated connection LISTENing on a channel; reconnects with capped backoff.
     ``on_wake`` gets the payload ("" after a reconnect, when anything may have been missed).
@@ -612,7 +658,7 @@ class WakeListener:
                     await _wait(stop, 5.0)
                     if not stop.is_set():
                         await conn.fetchval("SELECT 1", timeout=5)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 log.warning("wake listener lost its connection: %r", exc)
                 await _wait(stop, delay)
                 delay = min(delay * 2, 5.0)

@@ -10,7 +10,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -19,7 +19,14 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from jobsched import __version__
-from jobsched.adapters.postgres import IdempotencyConflict, JobStore, QuotaExceeded, TokenStore
+from jobsched.adapters.postgres import (
+    CONNECTION_ERRORS,
+    IdempotencyConflict,
+    JobStore,
+    QuotaExceeded,
+    ReplicaReads,
+    TokenStore,
+)
 from jobsched.api.cluster import ClusterView
 from jobsched.api.dashboard import register_dashboard
 from jobsched.api.openapi import Operation, build_openapi
@@ -46,7 +53,9 @@ from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 STORE = web.AppKey("store", JobStore)
+REPLICA = web.AppKey("replica", ReplicaReads)
 SETTINGS = web.AppKey("settings", Settings)
 READINESS = web.AppKey("readiness", Readiness)
 CLUSTER = web.AppKey("cluster", ClusterView)
@@ -215,18 +224,29 @@ class _QueryInvalid(Exception):
         self.exc = exc
 
 
+async def _read(request: web.Request, query: Callable[[JobStore], Awaitable[T]], *,
+                confirm_missing: bool = False) -> T:
+    """A read-only query, on the read replica when one is configured. ``confirm_missing``:
+    an empty answer is checked on the primary (a job just created may not have reached
+    the replica yet). Reads that follow a write in the same request use the primary."""
+    replica = request.app.get(REPLICA)
+    if replica is None:
+        return await query(request.app[STORE])
+    return await replica.read(query, confirm_missing=confirm_missing)
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     query: ListJobsQuery = _query(request, ListJobsQuery)
     labels = dict(item.split("=", 1) for item in query.label) or None
     after = _decode_cursor(query.cursor) if query.cursor else None
-    rows = await request.app[STORE].list_jobs(
+    rows = await _read(request, lambda store: store.list_jobs(
         principal(request).namespace,
         state=query.state,
         name=query.name,
         labels=labels,
         after=after,
         limit=query.limit + 1,
-    )
+    ))
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     cursor = _encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
@@ -234,8 +254,9 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    row = await request.app[STORE].get_job(_uuid_param(request, "id"),
-                                           principal(request).namespace)
+    job_id, namespace = _uuid_param(request, "id"), principal(request).namespace
+    row = await _read(request, lambda store: store.get_job(job_id, namespace),
+                      confirm_missing=True)
     if row is None:
         raise web.HTTPNotFound()
     return _json(job_out(row))
@@ -394,8 +415,9 @@ async def list_dead(request: web.Request) -> web.Response:
     """Dead executions (their retries ran out), newest first: the dead-letter view."""
     query: PageQuery = _query(request, PageQuery)
     after = _decode_cursor(query.cursor) if query.cursor else None
-    rows = await request.app[STORE].list_dead(principal(request).namespace, after=after,
-                                              limit=query.limit + 1)
+    namespace = principal(request).namespace
+    rows = await _read(request, lambda store: store.list_dead(namespace, after=after,
+                                                              limit=query.limit + 1))
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     cursor = _encode_cursor(rows[-1]["finished_at"], rows[-1]["id"]) if more else None
@@ -434,11 +456,13 @@ async def preview_schedule(request: web.Request) -> web.Response:
 async def list_job_executions(request: web.Request) -> web.Response:
     job_id = _uuid_param(request, "id")
     query: PageQuery = _query(request, PageQuery)
-    store = request.app[STORE]
-    if not await store.job_exists(job_id, principal(request).namespace):
+    namespace = principal(request).namespace
+    if not await _read(request, lambda store: store.job_exists(job_id, namespace),
+                       confirm_missing=True):
         raise web.HTTPNotFound()
     after = _decode_cursor(query.cursor) if query.cursor else None
-    rows = await store.list_executions(job_id, after=after, limit=query.limit + 1)
+    rows = await _read(request, lambda store: store.list_executions(
+        job_id, after=after, limit=query.limit + 1))
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     cursor = _encode_cursor(rows[-1]["scheduled_for"], rows[-1]["id"]) if more else None
@@ -446,9 +470,9 @@ async def list_job_executions(request: web.Request) -> web.Response:
 
 
 async def get_execution(request: web.Request) -> web.Response:
-    found = await request.app[STORE].get_execution(
-        _uuid_param(request, "id"), principal(request).namespace
-    )
+    execution_id, namespace = _uuid_param(request, "id"), principal(request).namespace
+    found = await _read(request, lambda store: store.get_execution(execution_id, namespace),
+                        confirm_missing=True)
     if found is None:
         raise web.HTTPNotFound()
     row, attempts = found
@@ -515,9 +539,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem(exc.status, title, headers=headers)
     # PostgreSQL unreachable, restarting (admin shutdown, cannot connect now) or its
     # connection lost mid-request: 503, never 500.
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-            asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError,
-            TimeoutError) as exc:
+    except CONNECTION_ERRORS as exc:
         log.warning("dependency unavailable during %s %s: %r", request.method, request.path, exc)
         return problem(503, "Service unavailable", "a dependency is not reachable; retry",
                        headers={"Retry-After": "1"})
@@ -609,7 +631,8 @@ def openapi(operations: tuple[Operation, ...] = OPERATIONS) -> dict[str, Any]:
 
 
 def build_app(settings: Settings, store: JobStore, readiness: Readiness,
-              cluster: ClusterView | None = None) -> web.Application:
+              cluster: ClusterView | None = None,
+              replica: ReplicaReads | None = None) -> web.Application:
     authenticator = Authenticator(TokenStore(store.pool), settings.token_cache_s)
     limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app = web.Application(
@@ -623,6 +646,8 @@ def build_app(settings: Settings, store: JobStore, readiness: Readiness,
     app[OPENAPI] = orjson.dumps(openapi())
     if cluster is not None:
         app[CLUSTER] = cluster
+    if replica is not None:
+        app[REPLICA] = replica
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, _guarded(op))
     register_dashboard(app)

@@ -14,7 +14,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from jobsched.adapters.postgres import TokenStore
+from jobsched.adapters.postgres import CONNECTION_ERRORS, TokenStore
 from jobsched.api.problems import problem
 from jobsched.domain.auth import (
     ANONYMOUS_ADMIN,
@@ -99,7 +99,7 @@ def security_middleware(settings: Settings, authenticator: Authenticator | None,
                                 "jobsched token")
         try:
             found = await authenticator.authenticate(token)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             log.warning("token lookup failed: %r", exc)
             return problem(503, "Service unavailable", "cannot check the token now; retry",
                            headers={"Retry-After": "1"})

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -36,8 +37,9 @@ class PrivatePostgres:
     """``initdb`` into a temporary folder, served on its own port: the suite stops and
     restarts this one, never the machine's server."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, options: str = "") -> None:
         self.port = port
+        self.options = options  # extra server options, for this server only
         self.directory = Path(tempfile.mkdtemp(prefix="jobsched-chaos-pg-"))
         self.data = self.directory / "data"
         self.log = self.directory / "postgres.log"
@@ -55,14 +57,31 @@ class PrivatePostgres:
                        "--no-sync", "-E", "UTF8")
         return self
 
+    def base_backup(self, primary: PrivatePostgres) -> PrivatePostgres:
+        """Make this server a streaming standby of ``primary`` (``pg_basebackup -R``)."""
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._as_owner("pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port),
+                       "-U", "postgres", "-D", str(self.data), "-R", "-X", "stream",
+                       "--checkpoint=fast", "--no-sync")
+        return self
+
     def start(self) -> None:
         options = (f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-                   "-c max_connections=400 -c shared_buffers=64MB")
+                   f"-c max_connections=400 -c shared_buffers=64MB {self.options}")
         self._as_owner("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
                        "-o", options, "start")
 
     def stop(self, mode: str = "fast") -> None:
         self._as_owner("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-m", mode, "stop")
+
+    def kill(self) -> None:
+        """``kill -9`` the postmaster (its backends notice and exit)."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+
+    def promote(self) -> None:
+        self._as_owner("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "promote")
 
     def is_running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
@@ -146,6 +165,45 @@ class ApiClient:
                 return body
             last = (status, body)
         raise AssertionError(f"job not created: {last}")
+
+
+class Submitter:
+    """Submits immediate jobs through the apis in turn, all the time, and keeps every
+    answer: what was acknowledged (201) and what else came back."""
+
+    def __init__(self, api: ApiClient, every_s: float = 0.1) -> None:
+        self.api = api
+        self.every_s = every_s
+        self.acknowledged: list[str] = []
+        self.answers: list[tuple[float, int, str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        n = 0
+        while True:
+            n += 1
+            url = self.api.urls[n % len(self.api.urls)]
+            try:
+                status, body, kind = await self.api.request(
+                    "POST", "/api/v1/jobs", url=url,
+                    json=immediate(f"submitted-{n}", "chaos_tasks:tick"))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.answers.append((time.time(), 0, "", repr(exc)))
+            else:
+                self.answers.append((time.time(), status, kind, body))
+                if status == 201:
+                    self.acknowledged.append(body["id"])
+            await asyncio.sleep(self.every_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
 
 
 def cron_every_second(name: str, function: str = "chaos_tasks:tick",

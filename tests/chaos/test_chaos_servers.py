@@ -7,7 +7,6 @@ PostgreSQL is the suite's private server; ZooKeeper is the cluster's own ensembl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections import Counter
@@ -20,11 +19,11 @@ import pytest
 from jobsched.devcluster import RoleProcess
 from tests.chaos.conftest import SESSION_TIMEOUT_S, Chaos
 from tests.chaos.harness import (
+    Submitter,
     assert_no_missed_fire,
     assert_one_execution_per_fire,
     assert_ran_once_per_fire,
     cron_every_second,
-    immediate,
     rabbitmq_controllable,
     rabbitmqctl,
     record,
@@ -58,51 +57,13 @@ async def _all_ready(chaos: Chaos, timeout: float = 60) -> float:
     raise AssertionError(f"not ready {timeout:g}s after the outage: {waiting}")
 
 
-class Submitter:
-    """Submits immediate jobs through the apis in turn, all the time, and keeps every
-    answer: what was acknowledged (201) and what else came back."""
-
-    def __init__(self, chaos: Chaos, every_s: float = 0.1) -> None:
-        self.chaos = chaos
-        self.every_s = every_s
-        self.acknowledged: list[str] = []
-        self.answers: list[tuple[float, int, str, Any]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        n = 0
-        while True:
-            n += 1
-            url = self.chaos.api.urls[n % len(self.chaos.api.urls)]
-            try:
-                status, body, kind = await self.chaos.api.request(
-                    "POST", "/api/v1/jobs", url=url,
-                    json=immediate(f"submitted-{n}", "chaos_tasks:tick"))
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.answers.append((time.time(), 0, "", repr(exc)))
-            else:
-                self.answers.append((time.time(), status, kind, body))
-                if status == 201:
-                    self.acknowledged.append(body["id"])
-            await asyncio.sleep(self.every_s)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
 @pytest.mark.timeout(150)
 @pytest.mark.skipif(not rabbitmq_controllable(), reason="needs rabbitmqctl on this machine")
 async def test_rabbitmq_restart_under_load(chaos: Chaos) -> None:
     """Scenario 4: RabbitMQ's app stops for a few seconds while 50 jobs fire every second
     and jobs are submitted: every due fire reaches a terminal state, none is lost."""
     jobs = await chaos.create([cron_every_second(f"amqp-{i}") for i in range(50)])
-    submitter = Submitter(chaos, every_s=0.2)
+    submitter = Submitter(chaos.api, every_s=0.2)
     submitter.start()
     await asyncio.sleep(3)
     stopped_at = time.time()
@@ -139,7 +100,7 @@ async def test_postgres_restart_under_load(chaos: Chaos) -> None:
     by itself; the api answers 503 problem+json (never 500) meanwhile and /readyz says
     not ready; every job acknowledged before and after is there and runs."""
     jobs = await chaos.create([cron_every_second(f"pg-{i}") for i in range(30)])
-    submitter = Submitter(chaos)
+    submitter = Submitter(chaos.api)
     submitter.start()
     await asyncio.sleep(3)
     stopped_at = time.time()

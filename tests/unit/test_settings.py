@@ -46,6 +46,7 @@ def test_imports_from_environment_are_a_list() -> None:
     ({"JOBSCHED_LOG_FORMAT": "xml"}, "log_format"),
     ({"JOBSCHED_AMQP_URL": "http://x"}, "amqp_url"),
     ({"JOBSCHED_SCHEDULER_POLL_S": "0"}, "scheduler_poll_s"),
+    ({"JOBSCHED_DATABASE_READ_URL": "mysql://replica/db"}, "database_read_url"),
 ])
 def test_bad_values_name_the_key(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=r"^invalid setting ") as raised:
@@ -76,3 +77,25 @@ def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
     bad.write_text("this is = = not toml")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_settings({}, environ={}, config_path=bad)
+
+
+def test_several_database_hosts_pick_the_primary_and_reads_prefer_a_standby() -> None:
+    settings = load_settings({}, environ={
+        "JOBSCHED_DATABASE_URL": "postgresql://u:pw@db1:5432,db2:5432/jobs?sslmode=prefer",
+        "JOBSCHED_DATABASE_READ_URL": "postgresql://db2:5432,db3:5432/jobs",
+    }, config_path=None)
+    assert settings.database_url == ("postgresql://u:pw@db1:5432,db2:5432/jobs"
+                                     "?sslmode=prefer&target_session_attrs=read-write")
+    assert settings.database_read_url == ("postgresql://db2:5432,db3:5432/jobs"
+                                          "?target_session_attrs=prefer-standby")
+    assert "pw" not in settings.masked()["database_url"]
+
+
+def test_one_host_or_an_explicit_choice_is_left_alone() -> None:
+    one = "postgresql://db1/jobs"
+    chosen = "postgresql://db1,db2/jobs?target_session_attrs=any"
+    settings = load_settings({}, environ={"JOBSCHED_DATABASE_URL": one,
+                                          "JOBSCHED_DATABASE_READ_URL": chosen},
+                             config_path=None)
+    assert (settings.database_url, settings.database_read_url) == (one, chosen)
+    assert load_settings({}, environ={}, config_path=None).database_read_url is None
