@@ -367,8 +367,8 @@ class JobStore:
     async def list_executions(
         self, job_id: uuid.UUID, *, after: tuple[datetime, uuid.UUID] | None, limit: int
     ) -> list[asyncpg.Record]:
-        scheduled, last_id = after if after else (None, None)
-        return await self.pool.fetch(q.LIST_EXECUTIONS, job_id, scheduled, last_id, limit)
+        return await self.pool.fetch(q.LIST_EXECUTIONS, job_id, after[0] if after else None,
+                                     limit)
 
     async def list_dead(
         self, namespace: str, *, after: tuple[datetime, uuid.UUID] | None, limit: int

@@ -124,7 +124,7 @@ SELECT j.*, le.last_execution
 FROM jobs j
 LEFT JOIN LATERAL (
     SELECT to_jsonb(e.*) AS last_execution FROM executions e
-    WHERE e.job_id = j.id ORDER BY e.scheduled_for DESC, e.id DESC LIMIT 1
+    WHERE e.job_id = j.id ORDER BY e.scheduled_for DESC LIMIT 1
 ) le ON true
 """
 
@@ -164,12 +164,13 @@ SELECT (SELECT count(*) FROM job) AS jobs, (SELECT count(*) FROM notified) AS ex
 
 JOB_EXISTS = "SELECT 1 FROM jobs WHERE id = $1 AND namespace = $2"
 
+# (job_id, scheduled_for) is unique: its index orders a job's executions on its own (the
+# cursor's id is not needed to break ties).
 LIST_EXECUTIONS = """
 SELECT e.* FROM executions e
-WHERE e.job_id = $1
-  AND ($2::timestamptz IS NULL OR (e.scheduled_for, e.id) < ($2, $3::uuid))
-ORDER BY e.scheduled_for DESC, e.id DESC
-LIMIT $4
+WHERE e.job_id = $1 AND ($2::timestamptz IS NULL OR e.scheduled_for < $2)
+ORDER BY e.scheduled_for DESC
+LIMIT $3
 """
 
 GET_EXECUTION = """
@@ -279,7 +280,12 @@ RETURNING id, state
 
 CANCEL_CHANNEL = "jobsched_cancel"
 
-MARK_PUBLISHED = "UPDATE executions SET published_at = now() WHERE id = ANY($1::uuid[])"
+# Only rows still waiting in the outbox: one a worker has already claimed is left alone
+# (a write saved, and no new row version with all of executions' index entries).
+MARK_PUBLISHED = """
+UPDATE executions SET published_at = now()
+WHERE id = ANY($1::uuid[]) AND state = 'queued' AND published_at IS NULL
+"""
 
 REQUEUE_RETRIES = """
 UPDATE executions e
@@ -447,13 +453,12 @@ SELECT id, job_id, attempt, state FROM reaped
 
 # Results of a batch: the execution moves on only if this worker still holds the attempt.
 FINISH_EXECUTIONS = """
-WITH r AS (
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[],
-                         $6::text[], $7::text[], $8::double precision[], $10::text[],
-                         $11::timestamptz[])
-        AS r(id, attempt, state, outcome, exit_code, error, output, retry_in_s, reason,
-             started_at)
-), finished AS (
+WITH finished AS (
+    -- The batch drives the plan: each row is looked up by key. Written plainly, the
+    -- planner (on stale statistics, with a generic plan's guess of 10 rows per unnest)
+    -- scanned every running execution through executions_leases and rescanned the whole
+    -- batch for each one: quadratic, most of PostgreSQL's CPU in a burn-down. `state ||
+    -- ''` keeps that partial index (WHERE state = 'running') out of the plan.
     UPDATE executions e
     SET state = r.state,
         finished_at = CASE WHEN r.state = 'retrying' THEN NULL ELSE now() END,
@@ -461,15 +466,20 @@ WITH r AS (
                          THEN now() + make_interval(secs => r.retry_in_s) END,
         lease_expires_at = NULL, exit_code = r.exit_code, error = r.error, output = r.output,
         reason = coalesce(r.reason, e.reason), started_at = coalesce(r.started_at, e.started_at)
-    FROM r
-    WHERE e.id = r.id AND e.attempt = r.attempt AND e.state = 'running' AND e.worker = $9
-    RETURNING e.id, e.job_id, e.attempt, e.state
+    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
+                $7::text[], $8::double precision[], $10::text[], $11::timestamptz[])
+        AS r(id, attempt, state, outcome, exit_code, error, output, retry_in_s, reason,
+             started_at)
+    WHERE e.id = r.id AND e.attempt = r.attempt AND e.state || '' = 'running'
+      AND e.worker = $9
+    RETURNING e.id, e.job_id, e.attempt, e.state, e.exit_code, e.error, e.output,
+              r.outcome, r.started_at AS began
 ), attempt_rows AS (
     UPDATE attempts a
-    SET finished_at = now(), outcome = r.outcome, exit_code = r.exit_code, error = r.error,
-        output = r.output, started_at = coalesce(r.started_at, a.started_at)
-    FROM r, finished f
-    WHERE a.execution_id = f.id AND a.attempt = f.attempt AND r.id = f.id
+    SET finished_at = now(), outcome = f.outcome, exit_code = f.exit_code, error = f.error,
+        output = f.output, started_at = coalesce(f.began, a.started_at)
+    FROM finished f
+    WHERE a.execution_id = f.id AND a.attempt = f.attempt
 ), ended AS (
     SELECT id, job_id FROM finished WHERE state <> 'retrying'
 ), completed_jobs AS (
