@@ -332,9 +332,17 @@ def bench_lateness(**params: Any) -> None:
 @click.option("--jobs", default=10_000, show_default=True, type=click.IntRange(1),
               help="One-shot jobs due in the same second.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--vs", type=click.Choice(["celery"]),
+              help="Also fire the same herd with Celery beat (needs the 'bench' extra): "
+              "JOBS crontab() entries due at the next minute boundary; ratios.")
 @_bench_options
 def bench_herd(**params: Any) -> None:
-    """JOBS jobs due in the same second: time until all started, lateness spread."""
+    """JOBS jobs due in the same second: time until all started, lateness spread.
+
+    --vs celery then runs one celery beat with JOBS entries on crontab() (every minute) and
+    a prefork Celery worker on the same RabbitMQ, waits for the first minute boundary after
+    beat started (up to ~75 s) and reports both sides and the ratios celery ÷ jobsched.
+    """
     from jobsched.bench import commands
 
     services, options = _bench_setup(params)

@@ -4,8 +4,12 @@ scenario (repeatedly), print its tables and write the JSON."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
+from importlib.util import find_spec
 from typing import Any
+
+import click
 
 from jobsched.bench import report
 from jobsched.bench.cluster import Services
@@ -21,6 +25,14 @@ def _finish(result: dict[str, Any], text: str, json_out: str | None, echo: Echo)
          f"Python {env['python']}, commit {env['commit'] or '?'}")
     if json_out:
         report.write_json(json_out, result)
+
+
+def _require_celery(*modules: str) -> None:
+    """Fail in one line, before anything starts, when the 'bench' extra is missing."""
+    missing = [m for m in ("celery", *modules) if find_spec(m) is None]
+    if missing:
+        raise click.ClickException(f"--vs celery needs {', '.join(missing)}: "
+                                   "pip install '.[bench]'")
 
 
 async def _burn_down_vs_celery(services: Services, options: Options, jobs: int,
@@ -43,6 +55,8 @@ def throughput(services: Services, options: Options, *, mode: str, jobs: int, wo
                json_out: str | None, echo: Echo) -> dict[str, Any]:
     from jobsched.bench import throughput as scenario
 
+    if vs == "celery" and mode in ("burn-down", "both"):
+        _require_celery("sqlalchemy", "psycopg2")
     out: dict[str, Any] = {"scenario": "throughput"}
     texts = []
     if mode in ("burn-down", "both"):
@@ -74,13 +88,45 @@ def lateness(services: Services, options: Options, *, jobs: int, seconds: int, w
     return result
 
 
-def herd(services: Services, options: Options, *, jobs: int, workers: int, repeat: int,
-         json_out: str | None, echo: Echo) -> dict[str, Any]:
+def _ratio(numerator: float | None, denominator: float | None) -> float:
+    if numerator is None or denominator is None or denominator == 0:
+        return math.nan
+    return numerator / denominator
+
+
+async def _herd_vs_celery(services: Services, options: Options, jobs: int,
+                          workers: int) -> dict[str, Any]:
+    """The herd by jobsched, then the same herd fired by Celery beat; celery ÷ jobsched."""
+    from jobsched.bench.celery_peer import run_celery_herd
     from jobsched.bench.lateness import run_herd
 
-    result = asyncio.run(report.repeated(
-        lambda: run_herd(services, jobs, workers, options), repeat, echo))
-    _finish(result, report.render_herd(result["median"], repeat), json_out, echo)
+    ours = await run_herd(services, jobs, workers, options)
+    theirs = await run_celery_herd(services, jobs)
+    mine, other = ours["latency_ms"]["scheduled_for -> started"], \
+        theirs["latency_ms"]["due -> started"]
+    ratios = {"all_started_after_s": _ratio(theirs["all_started_after_s"],
+                                            ours["all_started_after_s"])}
+    ratios.update({key: _ratio(other[key], mine[key]) for key in ("p50", "p95", "p99", "max")})
+    return {**ours, "celery": theirs, "celery_over_jobsched": ratios}
+
+
+def herd(services: Services, options: Options, *, jobs: int, workers: int, vs: str | None,
+         repeat: int, json_out: str | None, echo: Echo) -> dict[str, Any]:
+    from jobsched.bench.lateness import run_herd
+
+    if vs == "celery":
+        _require_celery()
+
+    def run() -> Any:
+        if vs == "celery":
+            return _herd_vs_celery(services, options, jobs, workers)
+        return run_herd(services, jobs, workers, options)
+
+    result = asyncio.run(report.repeated(run, repeat, echo))
+    text = report.render_herd(result["median"], repeat)
+    if vs == "celery":
+        text += "\n\n" + report.render_herd_vs_celery(result["median"], repeat)
+    _finish(result, text, json_out, echo)
     return result
 
 

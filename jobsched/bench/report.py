@@ -156,3 +156,27 @@ def render_vs_celery(r: dict[str, Any], repeat: int) -> str:
             ["Celery, no result backend", r["celery"]["executions_per_s"],
              r["ratio_vs_celery"]]]
     return "\n\n".join([head, table(("", "executions/s", "jobsched ÷ this"), rows)])
+
+
+def render_herd_vs_celery(r: dict[str, Any], repeat: int) -> str:
+    theirs = r["celery"]
+    head = _heading(f"the same herd fired by Celery {theirs.get('version', '')} beat: "
+                    f"{theirs['entries']:,} crontab() entries due at one minute boundary, "
+                    f"one beat process, prefork worker x{theirs['concurrency']}, acks_late, "
+                    "same RabbitMQ", repeat)
+    ratio = r["celery_over_jobsched"]
+    ours_ms, theirs_ms = r["latency_ms"]["scheduled_for -> started"], \
+        theirs["latency_ms"]["due -> started"]
+
+    def ms(seconds: float | None) -> float:
+        return float("nan") if seconds is None else seconds * 1000
+
+    rows: list[list[Any]] = [
+        ["all started after ms", ms(r["all_started_after_s"]),
+         ms(theirs["all_started_after_s"]), ratio["all_started_after_s"]]]
+    rows += [[f"due -> started {key} ms", ours_ms[key], theirs_ms[key], ratio[key]]
+             for key in ("p50", "p95", "p99", "max")]
+    rows += [[label, r[key], theirs[key], ""] for label, key in (
+        ("started", "started"), ("missed", "missed"), ("duplicates", "duplicates"))]
+    return "\n\n".join([head, table(("", "jobsched", "Celery beat", "Celery ÷ jobsched"),
+                                     rows), cpu_table(theirs["cpu"])])

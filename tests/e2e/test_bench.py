@@ -67,3 +67,27 @@ def test_burn_down_vs_celery(zookeeper: str, tmp_path: Path) -> None:
                    "--vs", "celery")["burn_down"]["median"]
     assert result["celery"]["drained"] and result["celery_postgresql"]["drained"]
     assert result["ratio_vs_celery_postgresql"] > 0
+
+
+@pytest.mark.skipif(not os.environ.get("JOBSCHED_BENCH_CELERY"),
+                    reason="~30-90 s (waits for a minute boundary): set JOBSCHED_BENCH_CELERY=1 "
+                    "(and install the bench extra)")
+@pytest.mark.timeout(180)
+def test_herd_vs_celery_beat(zookeeper: str, tmp_path: Path) -> None:
+    pytest.importorskip("celery")
+    result = bench(zookeeper, tmp_path, "herd", "--jobs", "20", "--vs", "celery")["median"]
+    assert result["started"] == 20 and result["missed"] == 0
+    celery = result["celery"]
+    assert celery["entries"] == 20 and celery["started"] == 20 and celery["missed"] == 0
+    assert celery["latency_ms"]["due -> started"]["n"] == 20
+    assert result["celery_over_jobsched"]["p99"] > 0
+
+
+def test_vs_celery_without_celery_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobsched.bench import commands
+
+    monkeypatch.setattr(commands, "find_spec", lambda name: None)
+    result = CliRunner().invoke(main, ["bench", "herd", "--jobs", "1", "--vs", "celery"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: --vs celery needs celery: pip install '.[bench]'"]
