@@ -251,6 +251,9 @@ def _bench_options(function: Any) -> Any:
         click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
                      default="INFO", show_default=True, help="Of the started roles."),
         click.option("--keep", is_flag=True, help="Keep the database (for a post-mortem)."),
+        click.option("--task", type=click.Choice(["sync", "async"]), default="sync",
+                     show_default=True, help="The no-op task: a plain function (run in the "
+                     "worker's thread pool) or a coroutine function (on the worker's loop)."),
         click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 50),
                      help="Runs, each on a fresh deployment; the tables show medians."),
         click.option("--json-out", type=click.Path(dir_okay=False),
@@ -274,7 +277,8 @@ def _bench_setup(params: dict[str, Any]) -> tuple[Any, Any]:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
         settings.append((f"JOBSCHED_{key.upper()}", value))
     options = Options(log_level=params.pop("log_level"), keep=params.pop("keep"),
-                      settings=tuple(settings), database_url=params.pop("database_url"))
+                      settings=tuple(settings), database_url=params.pop("database_url"),
+                      task=params.pop("task"))
     return services, options
 
 

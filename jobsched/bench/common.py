@@ -16,6 +16,7 @@ from jobsched.adapters import postgres
 from jobsched.bench.cluster import BenchCluster, RoleProcess, Services
 from jobsched.bench.load import COUNT_FINISHED, SELECT_FIRES
 from jobsched.bench.stats import distribution_ms
+from jobsched.bench.tasks import NOOPS
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class Options:
     keep: bool = False
     settings: tuple[tuple[str, str], ...] = ()  # extra JOBSCHED_* for the role processes
     database_url: str | None = None  # a running deployment's database: start nothing
+    task: str = "sync"  # the no-op: "sync" (thread pool) or "async" (the worker's loop)
+
+    @property
+    def function(self) -> str:
+        return NOOPS[self.task]
 
 
 def make_cluster(services: Services, options: Options) -> BenchCluster:

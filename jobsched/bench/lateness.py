@@ -30,7 +30,7 @@ from jobsched.bench.common import (
     wait_finished,
 )
 from jobsched.bench.load import (
-    COUNT_STARTED_BETWEEN,
+    COUNT_FINISHED_BETWEEN,
     DUPLICATE_FIRES,
     copy_jobs,
     copy_many_jobs,
@@ -59,15 +59,16 @@ async def _sleep_until(at: datetime) -> None:
     await asyncio.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()))
 
 
-async def _wait_started(conn: Any, name: str, first: datetime, end: datetime, expected: int,
-                        cluster: BenchCluster) -> None:
+async def _wait_finished(conn: Any, name: str, first: datetime, end: datetime,
+                         expected: int, cluster: BenchCluster) -> None:
+    """Until every fire of the window has finished (and so carries its real start)."""
     deadline = datetime.now(UTC) + timedelta(seconds=GRACE_S)
     while datetime.now(UTC) < deadline:
         for proc in cluster.processes:
             proc.check_alive()
-        if await conn.fetchval(COUNT_STARTED_BETWEEN, name, first, end) >= expected:
+        if await conn.fetchval(COUNT_FINISHED_BETWEEN, name, first, end) >= expected:
             return
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.25)
 
 
 async def _duplicates(conn: Any, name: str, fires: list[Any]) -> int:
@@ -83,18 +84,20 @@ async def run_lateness(services: Services, jobs: int, seconds: int, workers: int
         preload_s = await preload_idle(conn, idle_schedules)
         await cluster.start_pipeline(workers)
         first = next_whole_second(datetime.now(UTC), 1.0)
-        await copy_jobs(conn, job_rows(name, EVERY_SECOND, first, jobs))
+        await copy_jobs(conn, job_rows(name, EVERY_SECOND, first, jobs,
+                                        function=options.function))
         await _sleep_until(first)
         cluster.meter.start()
         end = first + timedelta(seconds=seconds)
         await _sleep_until(end)
         cluster.meter.stop()
-        await _wait_started(conn, name, first, end, jobs * seconds, cluster)
+        await _wait_finished(conn, name, first, end, jobs * seconds, cluster)
         fires = [f for f in await read_fires(conn, name) if first <= f["scheduled_for"] < end]
         duplicates = await _duplicates(conn, name, fires)
     expected = jobs * seconds
     return {
         "scenario": "lateness", "jobs": jobs, "seconds": seconds, "workers": workers,
+        "task": options.task,
         "idle_schedules": idle_schedules, "preload_s": preload_s,
         "expected_fires": expected, "fires": len(fires),
         "missed": expected - len(fires),
@@ -112,7 +115,8 @@ async def run_herd(services: Services, jobs: int, workers: int, options: Options
         name = cluster.job_name("herd")
         await cluster.start_pipeline(workers)
         due = next_whole_second(datetime.now(UTC), 1.5)
-        await copy_jobs(conn, job_rows(name, due.isoformat().replace("+00:00", "Z"), due, jobs))
+        await copy_jobs(conn, job_rows(name, due.isoformat().replace("+00:00", "Z"), due, jobs,
+                                        function=options.function))
         await _sleep_until(due)
         cluster.meter.start()
         # Until finished: the claim's started_at is provisional (the due time, for a run
@@ -124,7 +128,7 @@ async def run_herd(services: Services, jobs: int, workers: int, options: Options
     started = [f["started_at"] for f in fires if f["started_at"] is not None]
     all_started_s = (max(started) - due).total_seconds() if len(started) == jobs else None
     return {
-        "scenario": "herd", "jobs": jobs, "workers": workers,
+        "scenario": "herd", "jobs": jobs, "workers": workers, "task": options.task,
         "fires": len(fires), "started": len(started), "missed": jobs - len(fires),
         "duplicates": duplicates, "states": state_counts(fires),
         "all_started_after_s": all_started_s,

@@ -42,10 +42,12 @@ SELECT count(*) FROM executions e JOIN jobs j ON j.id = e.job_id
 WHERE j.name = $1 AND e.finished_at IS NOT NULL
 """
 
-COUNT_STARTED_BETWEEN = """
+# Finished, not started: the claim's started_at is provisional (a run fired ahead is
+# claimed before it is due); the worker's real start comes with its result.
+COUNT_FINISHED_BETWEEN = """
 SELECT count(*) FROM executions e JOIN jobs j ON j.id = e.job_id
 WHERE j.name = $1 AND e.scheduled_for >= $2 AND e.scheduled_for < $3
-  AND e.started_at IS NOT NULL
+  AND e.finished_at IS NOT NULL
 """
 
 DUPLICATE_FIRES = """
@@ -56,16 +58,17 @@ SELECT coalesce(sum(n - 1), 0) FROM (
 """
 
 
-def job_spec(name: str, schedule: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def job_spec(name: str, schedule: str, function: str = NOOP
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(spec, payload) of a no-op python job, validated and shaped by the api's own model."""
     job = JobCreate.model_validate({"name": name, "schedule": schedule, "kind": "python",
-                                    "python": {"function": NOOP}})
+                                    "python": {"function": function}})
     return job.model_dump(mode="json", exclude_none=True), job.payload()
 
 
 def job_rows(name: str, schedule: str, next_fire_at: datetime | None, count: int,
-             now: datetime | None = None) -> list[tuple[Any, ...]]:
-    spec, payload = job_spec(name, schedule)
+             now: datetime | None = None, function: str = NOOP) -> list[tuple[Any, ...]]:
+    spec, payload = job_spec(name, schedule, function)
     now = now or datetime.now(UTC)
     return [(uuid.uuid4(), name, "python", payload, schedule, "UTC", next_fire_at, 1, 2.0,
              300.0, 300.0, {}, spec, now, now) for _ in range(count)]
@@ -92,9 +95,10 @@ async def copy_many_jobs(conn: asyncpg.Connection, name: str, schedule: str,
     await notify(conn)
 
 
-async def insert_immediate(conn: asyncpg.Connection, name: str, count: int) -> None:
+async def insert_immediate(conn: asyncpg.Connection, name: str, count: int,
+                           function: str = NOOP) -> None:
     """Submit ``count`` immediate no-op jobs in one statement and wake the scheduler."""
-    spec, payload = job_spec(name, "immediate")
+    spec, payload = job_spec(name, "immediate", function)
     async with conn.transaction():
         await conn.execute(INSERT_IMMEDIATE_JOBS, name, payload, 300.0, {}, spec, count)
         await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")

@@ -70,9 +70,13 @@ def _heading(text: str, repeat: int) -> str:
     return f"{text} (median of {repeat} runs)" if repeat > 1 else text
 
 
+def _task(r: dict[str, Any]) -> str:
+    return f"{r.get('task', 'sync')} task"
+
+
 def render_burn_down(r: dict[str, Any], repeat: int) -> str:
-    head = _heading(f"throughput burn-down: {r['jobs']:,} no-op python jobs, "
-                    f"{r['workers']} worker process(es)", repeat)
+    head = _heading(f"throughput burn-down: {r['jobs']:,} no-op python jobs "
+                    f"({_task(r)}), {r['workers']} worker process(es)", repeat)
     rows = [["executions/s (commit -> last finished)", r["executions_per_s"]],
             ["steady executions/s (10 %-90 % of finishes)", r["steady_executions_per_s"]],
             ["drain s", r["drain_s"]], ["finished", r["finished"]],
@@ -98,8 +102,8 @@ def render_steady(r: dict[str, Any], repeat: int) -> str:
 
 def render_lateness(r: dict[str, Any], repeat: int) -> str:
     idle = f", {r['idle_schedules']:,} other active schedules" if r["idle_schedules"] else ""
-    head = _heading(f"lateness: {r['jobs']:,} every-second cron jobs for {r['seconds']} s, "
-                    f"{r['workers']} worker process(es){idle}", repeat)
+    head = _heading(f"lateness: {r['jobs']:,} every-second cron jobs for {r['seconds']} s "
+                    f"({_task(r)}), {r['workers']} worker process(es){idle}", repeat)
     rows = [["expected fires", r["expected_fires"]], ["fires", r["fires"]],
             ["missed", r["missed"]], ["not started", r["not_started"]],
             ["duplicates", r["duplicates"]]]
@@ -107,8 +111,8 @@ def render_lateness(r: dict[str, Any], repeat: int) -> str:
 
 
 def render_herd(r: dict[str, Any], repeat: int) -> str:
-    head = _heading(f"herd: {r['jobs']:,} one-shot jobs due in the same second, "
-                    f"{r['workers']} worker process(es)", repeat)
+    head = _heading(f"herd: {r['jobs']:,} one-shot jobs due in the same second "
+                    f"({_task(r)}), {r['workers']} worker process(es)", repeat)
     rows = [["all started after s", r["all_started_after_s"]],
             ["all started within 5 s", r["target_all_started_within_5s"]],
             ["started", r["started"]], ["missed", r["missed"]],

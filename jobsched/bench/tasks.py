@@ -5,8 +5,16 @@ from __future__ import annotations
 from jobsched.tasks import task
 
 NOOP = "jobsched.bench.tasks:noop"
+NOOP_ASYNC = "jobsched.bench.tasks:noop_async"
+NOOPS = {"sync": NOOP, "async": NOOP_ASYNC}
 
 
 @task
 def noop() -> None:
-    """Does nothing: what is measured is the scheduler around it."""
+    """Does nothing: what is measured is the scheduler around it. A plain function runs in
+    the worker's thread pool."""
+
+
+@task
+async def noop_async() -> None:
+    """Does nothing, as a coroutine function: it runs on the worker's loop, no thread."""

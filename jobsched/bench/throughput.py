@@ -45,7 +45,8 @@ async def burn_down(services: Services, jobs: int, workers: int, options: Option
         cluster.meter.start()
         started = time.monotonic()
         now = datetime.now(UTC)
-        await copy_jobs(conn, job_rows(name, "immediate", now, jobs, now=now))
+        await copy_jobs(conn, job_rows(name, "immediate", now, jobs, now=now,
+                                        function=options.function))
         committed = await conn.fetchval("SELECT now()")
         done = await wait_finished(conn, name, jobs, timeout, procs)
         wall = time.monotonic() - started
@@ -56,6 +57,7 @@ async def burn_down(services: Services, jobs: int, workers: int, options: Option
     elapsed = (last - committed).total_seconds()
     return {
         "scenario": "throughput", "mode": "burn-down", "jobs": jobs, "workers": workers,
+        "task": options.task,
         "drained": done, "finished": len(finished), "states": state_counts(fires),
         "wall_s": wall, "drain_s": elapsed,
         "executions_per_s": len(finished) / elapsed if elapsed > 0 else float("nan"),
@@ -77,7 +79,7 @@ async def steady(services: Services, rates: list[int], step_s: float, workers: i
         for rate in rates:
             name = cluster.job_name(f"steady-{rate}")
             cluster.meter.start()
-            offered = await _offer(conn, name, rate, step_s)
+            offered = await _offer(conn, name, rate, step_s, options.function)
             drained = await wait_finished(conn, name, offered, step_s + 5, procs)
             cluster.meter.stop()
             fires = await read_fires(conn, name)
@@ -97,10 +99,11 @@ async def steady(services: Services, rates: list[int], step_s: float, workers: i
             if not drained or achieved < 0.9 * rate:
                 break
     return {"scenario": "throughput", "mode": "steady", "workers": workers, "step_s": step_s,
+            "task": options.task,
             "steps": steps}
 
 
-async def _offer(conn: Any, name: str, rate: int, seconds: float) -> int:
+async def _offer(conn: Any, name: str, rate: int, seconds: float, function: str) -> int:
     """Insert jobs at ``rate``/s for ``seconds``, catching up if a tick ran late."""
     began = time.monotonic()
     sent = 0
@@ -108,7 +111,7 @@ async def _offer(conn: Any, name: str, rate: int, seconds: float) -> int:
     while sent < total:
         due = min(total, int(rate * (time.monotonic() - began)) + 1)
         if due > sent:
-            await insert_immediate(conn, name, due - sent)
+            await insert_immediate(conn, name, due - sent, function)
             sent = due
         await asyncio.sleep(TICK_S)
     return sent

@@ -38,9 +38,12 @@ def test_throughput_burn_down_and_steady(zookeeper: str, tmp_path: Path) -> None
     assert step["drained"] and step["finished"] == step["submitted"] == 50
 
 
-def test_lateness_counts_every_fire(zookeeper: str, tmp_path: Path) -> None:
-    result = bench(zookeeper, tmp_path, "lateness", "--jobs", "5", "--seconds", "2")["median"]
-    assert result["expected_fires"] == 10
+@pytest.mark.parametrize("task", ["sync", "async"])
+def test_lateness_counts_every_fire(zookeeper: str, tmp_path: Path, task: str) -> None:
+    result = bench(zookeeper, tmp_path, "lateness", "--jobs", "5", "--seconds", "2",
+                   "--task", task)["median"]
+    assert result["task"] == task and result["expected_fires"] == 10
+    assert result["states"] == {"succeeded": 10}
     assert result["missed"] == 0 and result["duplicates"] == 0 and result["not_started"] == 0
     assert result["latency_ms"]["scheduled_for -> started"]["n"] == 10
 
