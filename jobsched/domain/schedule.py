@@ -449,15 +449,25 @@ def _wall_next(expr: str, wall: datetime) -> datetime | None:
     cache: dict[str, croniter] | None = getattr(_local, "cache", None)
     if cache is None:
         cache = _local.cache = {}
+        _local.spans = {}
+    # The last answer of each expression holds for every wall clock from the one it was
+    # asked for up to the answer itself (nothing matches in between): many jobs sharing a
+    # schedule, and the same fire advanced for each, cost one croniter call.
+    spans: dict[str, tuple[datetime, datetime]] = _local.spans
+    span = spans.get(expr)
+    if span is not None and span[0] <= wall < span[1]:
+        return span[1]
     it = cache.get(expr)
     if it is None:
         if len(cache) >= 4096:
             cache.clear()
+            spans.clear()
         it = cache[expr] = _croniter(expr)
     try:
         result: datetime = it.get_next(datetime, start_time=wall)
     except _CRON_FAILURES:  # CroniterBadDateError (nothing in 50 years) or year overflow
         return None
+    spans[expr] = (wall, result)
     return result
 
 

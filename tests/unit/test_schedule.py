@@ -688,3 +688,22 @@ def test_a_wildcard_job_wholly_inside_the_gap_skips_that_day() -> None:
         utc(2026, 3, 30, 0, 40),
         utc(2026, 3, 31, 0, 0),
     ]
+
+
+def test_remembered_answers_match_a_fresh_computation() -> None:
+    """_wall_next reuses its last answer for wall clocks before it: in any order of
+    questions, every answer is the one a new croniter gives."""
+    import random
+
+    from jobsched.domain.schedule import _croniter, _wall_next
+
+    rng = random.Random(7)
+    base = datetime(2026, 3, 1, tzinfo=UTC)
+    for expr in ("*/7 * * * * *", "0 9 * * 1-5", "30 2 * * *", "0 0 29 2 *"):
+        walls = [base + timedelta(seconds=rng.randrange(0, 90 * 86_400)) for _ in range(150)]
+        walls += [w + timedelta(microseconds=1) for w in walls[:50]]  # just after
+        rng.shuffle(walls)
+        for wall in walls:
+            fresh = _croniter(expr).get_next(datetime, start_time=wall)
+            assert _wall_next(expr, wall) == fresh, (expr, wall)
+            assert _wall_next(expr, wall) == fresh, (expr, wall)  # the remembered answer
