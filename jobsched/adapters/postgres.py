@@ -68,12 +68,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Releasing a connection to the pool: nothing to reset on the server. jobsched keeps
+    no session state on pooled connections (its lock_timeout and advisory locks are
+    transaction-scoped; LISTEN has connections of its own), so asyncpg's default RESET
+    ALL / UNLISTEN / pg_advisory_unlock_all round trip on every release is skipped.
+    asyncpg still rolls back a transaction left open."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=30,
         timeout=10,
     )
