@@ -445,11 +445,12 @@ class JobStore:
                 [f.state for f in tick.fires],
                 [f.reason for f in tick.fires],
             )
+            advances = sorted(tick.advances, key=lambda a: a.job_id)  # id order, as above
             await conn.execute(
                 q.ADVANCE_JOBS,
-                [a.job_id for a in tick.advances],
-                [a.next_fire_at for a in tick.advances],
-                [a.runs for a in tick.advances],
+                [a.job_id for a in advances],
+                [a.next_fire_at for a in advances],
+                [a.runs for a in advances],
             )
         dispatches = [Dispatch(r["id"], r["job_id"], r["attempt"], r["scheduled_for"])
                       for r in created if r["state"] == "queued"]
@@ -491,6 +492,7 @@ class JobStore:
     async def claim_executions(
         self, claims: Sequence[tuple[uuid.UUID, int]], worker: str, lease_s: float
     ) -> list[asyncpg.Record]:
+        claims = sorted(claims)  # every multi-row write locks rows in id order: no deadlock
         return await self.pool.fetch(
             q.CLAIM_EXECUTIONS, [c[0] for c in claims], [c[1] for c in claims], worker, lease_s
         )
@@ -504,6 +506,7 @@ class JobStore:
         self, results: Sequence[FinishedAttempt], worker: str
     ) -> dict[uuid.UUID, str]:
         """Record a batch of results; returns the executions this worker still held."""
+        results = sorted(results, key=lambda r: r.execution_id)  # rows locked in id order
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 q.FINISH_EXECUTIONS,
@@ -557,7 +560,7 @@ class HeldExecutions:
         self, execution_ids: Sequence[uuid.UUID], worker: str, lease_s: float
     ) -> set[uuid.UUID]:
         """Extend the leases in one statement; returns the ids still held."""
-        rows = await self.pool.fetch(q.HEARTBEAT, list(execution_ids), worker, lease_s)
+        rows = await self.pool.fetch(q.HEARTBEAT, sorted(execution_ids), worker, lease_s)
         return {r["id"] for r in rows}
 
     async def close_attempt(
