@@ -85,8 +85,10 @@ def render_burn_down(r: dict[str, Any], repeat: int) -> str:
 
 
 def render_steady(r: dict[str, Any], repeat: int) -> str:
+    vacuumed = ("; VACUUM ANALYZE between steps (the server's autovacuum is off)"
+                if r.get("vacuumed_between_steps") else "")
     head = _heading(f"throughput steady: {r['workers']} worker process(es), "
-                    f"{r['step_s']:g} s per step", repeat)
+                    f"{r['step_s']:g} s per step{vacuumed}", repeat)
     rows = []
     for step in r["steps"]:
         start, finish = step["submit -> started"], step["submit -> finished"]
