@@ -8,6 +8,7 @@ whose claim fails (a duplicate, a stale attempt, a cancelled run) is acked unrun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import time
@@ -33,7 +34,13 @@ from jobsched.metrics import Metrics
 from jobsched.settings import Settings
 from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.tasks import registry as default_registry
-from jobsched.worker.executors import AttemptResult, run_http, run_python, run_shell
+from jobsched.worker.executors import (
+    AttemptResult,
+    ThreadRunner,
+    run_http,
+    run_python,
+    run_shell,
+)
 from jobsched.worker.sandbox import ShellSandbox
 from jobsched.worker.secrets import SecretSource
 
@@ -90,6 +97,8 @@ class Worker:
         self._taken_away: set[uuid.UUID] = set()
         self._started_at: dict[uuid.UUID, datetime] = {}
         self._run_slots = asyncio.Semaphore(settings.worker_concurrency)
+        self._shell_slots = asyncio.Semaphore(settings.shell_concurrency)
+        self._threads = ThreadRunner()  # runs plain-function python tasks
         self._http: aiohttp.ClientSession | None = None
         self.stats = {"succeeded": 0, "retrying": 0, "dead": 0, "lost_claims": 0, "malformed": 0}
 
@@ -419,7 +428,9 @@ class Worker:
         early = (row["scheduled_for"] - datetime.now(UTC)).total_seconds()
         if early > 0:
             await asyncio.sleep(early)
-        async with self._run_slots:  # at most worker_concurrency runs at once
+        # At most worker_concurrency runs at once, of which shell_concurrency shell runs.
+        shell = self._shell_slots if row["kind"] == "shell" else contextlib.nullcontext()
+        async with self._run_slots, shell:
             started = datetime.now(UTC)
             self._started_at[row["id"]] = started
             if row["attempt"] == 1:
@@ -441,7 +452,8 @@ class Worker:
             return await run_http(payload, timeout, limit, self._http, secrets)
         if kind == "python":
             context = TaskContext(row["id"], row["attempt"], row["job_id"], row["scheduled_for"])
-            return await run_python(payload, timeout, limit, self.registry, context)
+            return await run_python(payload, timeout, limit, self.registry, context,
+                                    self._threads)
         return AttemptResult("failed", error=f"unknown job kind {kind!r}")
 
 

@@ -7,8 +7,10 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 from jobsched.tasks import TaskContext, TaskRegistry
-from jobsched.worker.executors import run_python
+from jobsched.worker.executors import ThreadRunner, run_python
 
 
 def _sleepy(seconds: float) -> str:
@@ -35,27 +37,43 @@ for function in (_sleepy, _async_sleepy, _broken, _with_context):
 CONTEXT = TaskContext(uuid.uuid4(), 2, uuid.uuid4(), datetime.now(UTC))
 
 
-async def _run(name: str, timeout_s: float = 5.0, **args: object) -> tuple[str, str | None,
-                                                                          str | None]:
+@pytest.fixture(params=["executor", "threads"])
+def runner(request: pytest.FixtureRequest) -> ThreadRunner | None:
+    """The loop's default executor, or the worker's own runner (one per worker)."""
+    return ThreadRunner(2) if request.param == "threads" else None
+
+
+async def _run(name: str, timeout_s: float = 5.0, threads: ThreadRunner | None = None,
+               **args: object) -> tuple[str, str | None, str | None]:
     result = await run_python({"function": name, "args": args}, timeout_s, 1000, REGISTRY,
-                              CONTEXT)
+                              CONTEXT, threads)
     return result.outcome, result.output, result.error
 
 
-async def test_sync_and_async_results() -> None:
-    assert await _run("t:_sleepy", seconds=0) == ("succeeded", '"slept"', None)
-    assert await _run("t:_async_sleepy", seconds=0) == ("succeeded", '"slept"', None)
-    assert await _run("t:_with_context") == ("succeeded", "2", None)
+async def test_sync_and_async_results(runner: ThreadRunner | None) -> None:
+    assert await _run("t:_sleepy", threads=runner, seconds=0) == ("succeeded", '"slept"', None)
+    assert await _run("t:_async_sleepy", threads=runner, seconds=0) == (
+        "succeeded", '"slept"', None)
+    assert await _run("t:_with_context", threads=runner) == ("succeeded", "2", None)
 
 
-async def test_timeouts_end_the_attempt_without_waiting_for_the_function() -> None:
+async def test_timeouts_end_the_attempt_without_waiting_for_the_function(
+        runner: ThreadRunner | None) -> None:
     started = time.monotonic()
-    assert (await _run("t:_sleepy", 0.1, seconds=1.0))[0] == "timed_out"
-    assert (await _run("t:_async_sleepy", 0.1, seconds=5.0))[0] == "timed_out"
+    assert (await _run("t:_sleepy", 0.1, runner, seconds=1.0))[0] == "timed_out"
+    assert (await _run("t:_async_sleepy", 0.1, runner, seconds=5.0))[0] == "timed_out"
     assert time.monotonic() - started < 1.0
 
 
-async def test_failures_and_unknown_functions() -> None:
-    assert await _run("t:_broken") == ("failed", None, "ValueError: no")
-    outcome, _, error = await _run("t:missing")
+async def test_failures_and_unknown_functions(runner: ThreadRunner | None) -> None:
+    assert await _run("t:_broken", threads=runner) == ("failed", None, "ValueError: no")
+    outcome, _, error = await _run("t:missing", threads=runner)
     assert outcome == "failed" and "not registered" in (error or "")
+
+
+async def test_many_runs_at_once_all_come_back() -> None:
+    """More runs than threads, ending together: every one gets its own result."""
+    runner = ThreadRunner(3)
+    results = await asyncio.gather(*(_run("t:_sleepy", threads=runner, seconds=0.01 * (i % 5))
+                                     for i in range(200)))
+    assert results == [("succeeded", '"slept"', None)] * 200
