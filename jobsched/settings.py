@@ -70,7 +70,11 @@ class Settings(BaseModel):
     # Deliveries a worker holds: runs fired ahead wait here until due, so this is larger
     # than the number of runs it executes at once (worker_concurrency).
     worker_prefetch: int = Field(2048, ge=1, le=65535)
-    worker_concurrency: int = Field(256, ge=1, le=65535)
+    # Runs at once: python and http runs are cheap (a coroutine or a thread slot), so the
+    # limit is high and 1,000 runs due at the same second all start at once; shell runs
+    # are processes and have their own, lower limit within it.
+    worker_concurrency: int = Field(1024, ge=1, le=65535)
+    shell_concurrency: int = Field(64, ge=1, le=65535)
     worker_lease_s: float = Field(30.0, ge=1)
     output_limit_bytes: int = Field(65_536, ge=0)
     drain_timeout_s: float = Field(30.0, ge=0)

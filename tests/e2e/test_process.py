@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -113,3 +114,33 @@ async def test_sigterm_drains_running_work_and_exits_zero(local_cluster: LocalCl
         assert execution["state"] == "succeeded" and execution["output"] == "done\n"
     for proc in local_cluster.processes:
         assert proc.terminate() == 0
+
+
+async def test_shell_runs_are_limited_by_shell_concurrency(local_cluster: LocalCluster) -> None:
+    """shell_concurrency=1: two shell jobs due together run one after the other, while a
+    python run is not held behind them (worker_concurrency is the limit for it)."""
+    local_cluster.start("scheduler")
+    local_cluster.start("worker", extra=("--import", "sample_tasks"),
+                        JOBSCHED_SHELL_CONCURRENCY="1")
+    local_cluster.start("api")
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, local_cluster.api)
+        shell = {"kind": "shell", "schedule": "immediate",
+                 "shell": {"argv": ["/bin/sh", "-c", "sleep 1"]}}
+        jobs = [await api.create({"name": f"slow-{i}", **shell}) for i in range(2)]
+        quick = await api.create({"name": "quick", "schedule": "immediate", "kind": "python",
+                                  "python": {"function": "sample_tasks:add",
+                                             "args": {"a": 1, "b": 2}}})
+        runs = [await api.wait_terminal(job["id"], timeout=20) for job in jobs]
+        fast = await api.wait_terminal(quick["id"], timeout=20)
+    assert [r["state"] for r in runs] == ["succeeded", "succeeded"]
+
+    def at(run: dict[str, str], key: str) -> datetime:
+        return datetime.fromisoformat(run[key])
+
+    first, second = sorted(runs, key=lambda r: at(r, "started_at"))
+    # Never both at once: the second starts when the first's 1 s process has ended (its
+    # finished_at is when its result was recorded, a few ms later still).
+    assert at(second, "started_at") - at(first, "started_at") >= timedelta(seconds=0.95)
+    assert fast["state"] == "succeeded"
+    assert at(fast, "finished_at") < at(second, "finished_at")
