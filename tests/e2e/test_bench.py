@@ -4,7 +4,6 @@ cannot rot. These prove the harness works; they measure nothing."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -60,8 +59,6 @@ def test_api_submits_and_reads(zookeeper: str, tmp_path: Path) -> None:
     assert not median["post"]["errors"] and not median["get"]["errors"]
 
 
-@pytest.mark.skipif(not os.environ.get("JOBSCHED_BENCH_CELERY"),
-                    reason="~15 s: set JOBSCHED_BENCH_CELERY=1 (and install the bench extra)")
 def test_burn_down_vs_celery(zookeeper: str, tmp_path: Path) -> None:
     pytest.importorskip("celery")
     pytest.importorskip("sqlalchemy")
@@ -72,10 +69,7 @@ def test_burn_down_vs_celery(zookeeper: str, tmp_path: Path) -> None:
     assert result["ratio_vs_celery_postgresql"] > 0
 
 
-@pytest.mark.skipif(not os.environ.get("JOBSCHED_BENCH_CELERY"),
-                    reason="~30-90 s (waits for a minute boundary): set JOBSCHED_BENCH_CELERY=1 "
-                    "(and install the bench extra)")
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(180)  # waits for a minute boundary: 30-90 s
 def test_herd_vs_celery_beat(zookeeper: str, tmp_path: Path) -> None:
     pytest.importorskip("celery")
     result = bench(zookeeper, tmp_path, "herd", "--jobs", "20", "--vs", "celery")["median"]
@@ -84,6 +78,15 @@ def test_herd_vs_celery_beat(zookeeper: str, tmp_path: Path) -> None:
     assert celery["entries"] == 20 and celery["started"] == 20 and celery["missed"] == 0
     assert celery["latency_ms"]["due -> started"]["n"] == 20
     assert result["celery_over_jobsched"]["p99"] > 0
+
+
+def test_scale_compares_both_cases(zookeeper: str, tmp_path: Path) -> None:
+    result = bench(zookeeper, tmp_path, "scale", "--schedules", "200", "--jobs", "5",
+                   "--seconds", "2", "--concurrency", "4", "--api-seconds", "0.5")["median"]
+    assert result["schedules"] == 200
+    compare = result["compare"]
+    assert compare["missed fires"] == {"baseline": 0, "scaled": 0}
+    assert compare["submits/s"]["baseline"] > 0 and compare["submits/s"]["scaled"] > 0
 
 
 def test_vs_celery_without_celery_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
