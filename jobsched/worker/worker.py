@@ -13,6 +13,7 @@ import importlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,6 +66,13 @@ def next_state(result: AttemptResult, attempt: int, policy: RetryPolicy) -> tupl
     return "dead", 0.0
 
 
+def assign_claims(claims: Sequence[Claim], rows: Sequence[Any]) -> list[Any]:
+    """Each claimed row to the first delivery that asked for it, None to the others. Two
+    copies of one message in the same batch claim one row: only one of them may run it."""
+    by_key = {(r["id"], r["attempt"]): r for r in rows}
+    return [by_key.pop(claim, None) for claim in claims]
+
+
 class Worker:
     def __init__(
         self,
@@ -108,8 +116,7 @@ class Worker:
 
     async def _claim_batch(self, claims: list[Claim]) -> list[Any]:
         rows = await self.store.claim_executions(claims, self.name, self.settings.worker_lease_s)
-        by_key = {(r["id"], r["attempt"]): r for r in rows}
-        return [by_key.get(c) for c in claims]
+        return assign_claims(claims, rows)
 
     async def _finish_batch(self, results: list[FinishedAttempt]) -> list[str | None]:
         held = await self.store.finish_attempts(results, self.name)

@@ -13,7 +13,7 @@ from jobsched.batching import Batcher
 from jobsched.domain.retry import RetryPolicy
 from jobsched.scheduler.leader import plan_fires
 from jobsched.worker.executors import AttemptResult
-from jobsched.worker.worker import next_state
+from jobsched.worker.worker import assign_claims, next_state
 
 
 async def test_concurrent_submits_share_one_flush() -> None:
@@ -93,3 +93,13 @@ def test_next_state_follows_the_retry_policy(outcome: str, attempt: int, state: 
     got, delay = next_state(AttemptResult(outcome), attempt, policy)
     assert got == state
     assert (delay > 0) == (state == "retrying")
+
+
+def test_two_copies_of_a_message_in_one_claim_batch_get_one_row() -> None:
+    """A duplicate delivery in the same batch as the original: the one claimed row goes to
+    the first copy only, so the execution runs once (chaos scenario 7 caught this)."""
+    a, b = uuid.uuid4(), uuid.uuid4()
+    row_a = {"id": a, "attempt": 1}
+    claims = [(a, 1), (b, 1), (a, 1), (a, 2)]
+    assert assign_claims(claims, [row_a]) == [row_a, None, None, None]
+    assert assign_claims([(b, 1)], []) == [None]
