@@ -6,12 +6,13 @@ brought back to health, so a test that fails half-way does not take the next one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,21 +65,23 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         postgres.destroy()
 
 
-@pytest.fixture(scope="session")
-def chaos_cluster(private_postgres: PrivatePostgres,
-                  request: pytest.FixtureRequest) -> Iterator[DevCluster]:
+@contextlib.contextmanager
+def chaos_deployment(database_url: str, name: str, request: pytest.FixtureRequest,
+                     env: Mapping[str, str] = (), **sizes: int) -> Iterator[DevCluster]:
+    """A DevCluster with the suite's settings on ``database_url``, its own ZooKeeper
+    ensemble and queues; stopped and cleaned up after (its logs kept if a test failed)."""
     # Not under pytest's temporary folders, which keep only the last few sessions' (and
     # other test runs on the machine rotate them): the logs stay if a test failed.
-    directory = Path(tempfile.mkdtemp(prefix="jobsched-chaos-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSCHED_")}
-    env.update(CHAOS_SETTINGS,
-               PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]),
-               CHAOS_RUNLOG=str(directory / "runs.jsonl"))
+    directory = Path(tempfile.mkdtemp(prefix=f"jobsched-{name}-"))
+    role_env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSCHED_")}
+    role_env.update(CHAOS_SETTINGS, **dict(env),
+                    PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]),
+                    CHAOS_RUNLOG=str(directory / "runs.jsonl"))
     cluster = DevCluster(
-        directory=directory, database_url=private_postgres.url("jobsched"),
-        amqp_url=AMQP_URL, cluster=f"chaos{uuid.uuid4().hex[:8]}",
+        directory=directory, database_url=database_url, amqp_url=AMQP_URL,
+        cluster=f"{name.replace('-', '')}{uuid.uuid4().hex[:8]}",
         zookeeper_port=free_zookeeper_base(), api_port=0, health_port=0,
-        imports=("chaos_tasks",), env=env,
+        imports=("chaos_tasks",), env=role_env, **sizes,
     )
     try:
         cluster.start()
@@ -90,6 +93,13 @@ def chaos_cluster(private_postgres: PrivatePostgres,
             print(f"\nchaos: role and ZooKeeper logs kept in {directory}")
         else:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def chaos_cluster(private_postgres: PrivatePostgres,
+                  request: pytest.FixtureRequest) -> Iterator[DevCluster]:
+    with chaos_deployment(private_postgres.url("jobsched"), "chaos", request) as cluster:
+        yield cluster
 
 
 def heal(cluster: DevCluster, postgres: PrivatePostgres) -> None:

@@ -9,11 +9,7 @@ job the api acknowledged is lost; every fire still runs exactly once."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -24,8 +20,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from jobsched.devcluster import DevCluster, free_port, free_zookeeper_base
-from tests.chaos.conftest import CHAOS_SETTINGS, HERE
+from jobsched.devcluster import DevCluster, free_port
+from tests.chaos.conftest import chaos_deployment
 from tests.chaos.harness import (
     PG_BIN,
     ApiClient,
@@ -40,7 +36,6 @@ from tests.chaos.harness import (
     stop_jobs,
     wait_terminal,
 )
-from tests.helpers import AMQP_URL, ROOT, delete_queues
 
 STANDBY_NAME = "walreceiver"  # the application_name a standby's WAL receiver reports
 
@@ -93,28 +88,10 @@ def pair() -> Iterator[Pair]:
 
 @pytest.fixture(scope="module")
 def ha_cluster(pair: Pair, request: pytest.FixtureRequest) -> Iterator[DevCluster]:
-    directory = Path(tempfile.mkdtemp(prefix="jobsched-chaos-ha-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSCHED_")}
-    env.update(CHAOS_SETTINGS,
-               JOBSCHED_DATABASE_READ_URL=pair.standby_url,
-               PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]),
-               CHAOS_RUNLOG=str(directory / "runs.jsonl"))
-    cluster = DevCluster(
-        directory=directory, database_url=pair.url(), amqp_url=AMQP_URL,
-        cluster=f"chaosha{uuid.uuid4().hex[:8]}", zookeeper_port=free_zookeeper_base(),
-        api_port=0, health_port=0, schedulers=2, apis=2, workers=2,
-        imports=("chaos_tasks",), env=env,
-    )
-    try:
-        cluster.start()
+    with chaos_deployment(pair.url(), "chaos-ha", request,
+                          {"JOBSCHED_DATABASE_READ_URL": pair.standby_url},
+                          schedulers=2, apis=2, workers=2) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        asyncio.run(delete_queues(cluster.cluster))
-        if request.session.testsfailed:
-            print(f"\nchaos: role and ZooKeeper logs kept in {directory}")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
