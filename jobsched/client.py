@@ -31,6 +31,8 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from jobsched.domain.states import TERMINAL_EXECUTION_STATES
+
 __all__ = [
     "TERMINAL_STATES",
     "ApiError",
@@ -47,9 +49,8 @@ __all__ = [
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-TERMINAL_STATES = frozenset(
-    {"succeeded", "failed", "timed_out", "cancelled", "dead", "skipped", "missed"}
-)
+#: Execution states that are over (the domain's set, as plain strings).
+TERMINAL_STATES: frozenset[str] = frozenset(s.value for s in TERMINAL_EXECUTION_STATES)
 
 T = TypeVar("T")
 

@@ -22,7 +22,6 @@ class Metrics:
     def __init__(self, role: str, instance: str) -> None:
         self.registry = Registry()
         r = self.registry
-        self.labels = {"instance": instance}
 
         # api
         self.api_requests = Counter(

@@ -1,4 +1,9 @@
-"""Hosting roles in one event loop: shared adapters, signals, readiness, orderly drain."""
+"""Hosting roles in one event loop: the adapters they share, signals, readiness, drain.
+
+This is where ports meet adapters: the roles (api, scheduler, worker) get repositories,
+a broker and a coordinator; only this module knows they are PostgreSQL, RabbitMQ and
+ZooKeeper.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,19 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from aiohttp import web
-from aiozk.states import States
 
 from jobsched.adapters import postgres
-from jobsched.adapters.postgres import JobStore, ReplicaReads, WakeListener
-from jobsched.adapters.rabbitmq import Broker
-from jobsched.adapters.zookeeper import make_client, start_client
+from jobsched.adapters.postgres.jobs import PostgresJobs
+from jobsched.adapters.postgres.leader import PostgresLeaderStore
+from jobsched.adapters.postgres.listen import CANCEL_CHANNEL, WAKE_CHANNEL, WakeListener
+from jobsched.adapters.postgres.replica import ReplicaReads
+from jobsched.adapters.postgres.tokens import PostgresTokens
+from jobsched.adapters.postgres.worker import PostgresWorkerStore
+from jobsched.adapters.rabbitmq import RabbitBroker
+from jobsched.adapters.zookeeper import ZooKeeperCoordinator, make_client, start_client
 from jobsched.api.app import build_app
 from jobsched.api.cluster import ClusterView
+from jobsched.backoff import Backoff
 from jobsched.health import Readiness, health_app
 from jobsched.metrics import Metrics, instrument_api
 from jobsched.scheduler.leader import Scheduler
@@ -35,15 +45,13 @@ async def _retrying(
     what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event
 ) -> T | None:
     """Call until it succeeds (capped backoff) or stop is set; a role waits, never crashes."""
-    delay = 0.2
+    backoff = Backoff()
     while not stop.is_set():
         try:
             return await attempt()
         except Exception as exc:  # noqa: BLE001 - e.g. aiormq's own connection errors
-            log.warning("%s failed (%r); retrying in %.1fs", what, exc, delay)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        delay = min(delay * 2, 5.0)
+            log.warning("%s failed (%r); retrying", what, exc)
+        await backoff.wait(stop)
     return None
 
 
@@ -54,6 +62,16 @@ async def _start_site(app: web.Application, host: str, port: int, label: str) ->
     await site.start()
     log.info("%s listening on %s", label, ", ".join(str(a) for a in runner.addresses))
     return runner
+
+
+def _broker(settings: Settings) -> RabbitBroker:
+    return RabbitBroker(settings.amqp_url, settings.queue_name,
+                        settings.dead_letter_exchange, settings.dead_letter_queue)
+
+
+def _zookeeper(settings: Settings) -> Any:
+    return make_client(settings.zookeeper_hosts, settings.zookeeper_chroot,
+                       settings.zookeeper_session_timeout_s)
 
 
 async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -> int:
@@ -71,10 +89,10 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
     tasks: list[asyncio.Task[Any]] = []
 
     async def postgres_ready() -> None:
-        store: JobStore | None = state.get("store")
-        if store is None:
+        jobs: PostgresJobs | None = state.get("jobs")
+        if jobs is None:
             raise ConnectionError("not connected yet")
-        await store.ping()
+        await jobs.ping()
 
     readiness.add_check("postgres", postgres_ready)
     exit_code = 0
@@ -95,62 +113,67 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
         if pool is None:
             return 0
         state["pool"] = pool
-        store = JobStore(pool)
-        state["store"] = store
+        jobs = PostgresJobs(pool)
+        state["jobs"] = jobs
 
-        broker: Broker | None = None
+        broker: RabbitBroker | None = None
+        coordinator: ZooKeeperCoordinator | None = None
         if roles & {"scheduler", "worker"}:
-            broker = Broker(settings.amqp_url, settings.queue_name,
-                            settings.dead_letter_exchange, settings.dead_letter_queue)
+            broker = _broker(settings)
             readiness.add_check("rabbitmq", _broker_check(broker))
             if await _retrying("connecting to RabbitMQ", broker.connect, stop) is None:
                 return 0  # stopped before RabbitMQ answered
             state["broker"] = broker
-
-        zk = None
-        if roles & {"scheduler", "worker"}:
-            zk = make_client(settings.zookeeper_hosts, settings.zookeeper_chroot,
-                             settings.zookeeper_session_timeout_s)
+            zk = _zookeeper(settings)
             state["zk"] = zk
-            readiness.add_check("zookeeper", _zk_check(zk))
+            coordinator = ZooKeeperCoordinator(zk)
+            readiness.add_check("zookeeper", coordinator.check)
             if not await start_client(zk, stop):
                 return 0
 
         if "api" in roles:
-            cluster = ClusterView(store, zk, broker, settings.queue_name,
+            cluster = ClusterView(jobs, coordinator, broker, settings.queue_name,
                                   settings.dead_letter_queue)
             replica = None
             if settings.database_read_url:
                 # Connects lazily (min_size 0): a replica that is down never delays the api.
                 read_pool = await postgres.create_pool(settings.database_read_url, min_size=0)
                 state["read_pool"] = read_pool
-                replica = ReplicaReads(JobStore(read_pool), store)
+                replica = ReplicaReads(PostgresJobs(read_pool), jobs)
                 readiness.add_info("postgres_read", replica.describe)
-            app = build_app(settings, store, readiness, cluster, replica)
+            app = build_app(settings, jobs, PostgresTokens(pool), readiness,
+                            unavailable=postgres.CONNECTION_ERRORS,
+                            token_errors=postgres.DATABASE_ERRORS,
+                            cluster=cluster, replica=replica)
             instrument_api(app, metrics)
             runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
-            if zk is None or broker is None:
+            if coordinator is None or broker is None:
                 # The cluster view reads ZooKeeper and RabbitMQ; they connect in the
                 # background so an api never waits on them to serve jobs.
                 tasks.append(_task(_connect_cluster_view(settings, cluster, state, stop),
                                    "cluster-view", stop))
 
         if "scheduler" in roles:
-            assert broker is not None and zk is not None
-            scheduler = Scheduler(settings, store, broker, zk, metrics)
+            assert broker is not None and coordinator is not None
+            leader_store = PostgresLeaderStore(pool)
+            scheduler = Scheduler(settings, leader_store, broker, coordinator, metrics)
             readiness.add_info("scheduler", scheduler.describe)
-            listener = WakeListener(settings.database_url, lambda _: scheduler.wake.set())
-            tasks.append(_task(listener.run(stop), "wake-listener", stop))
+            wakes = WakeListener(settings.database_url, lambda _: scheduler.wake.set(),
+                                 WAKE_CHANNEL)
+            tasks.append(_task(wakes.run(stop), "wake-listener", stop))
             tasks.append(_task(scheduler.run(stop), "scheduler", stop))
             tasks.append(_task(run_retention(
-                pool, lambda: scheduler.term.epoch if scheduler.is_leader and scheduler.term
-                else None, settings.retention_days, settings.retention_interval_s, stop),
-                "retention", stop))
+                leader_store, lambda: scheduler.epoch, settings.retention_days,
+                settings.retention_interval_s, stop), "retention", stop))
 
         if "worker" in roles:
             assert broker is not None
-            worker = Worker(settings, store, broker, zk=zk, metrics=metrics)
+            worker = Worker(settings, PostgresWorkerStore(pool), broker,
+                            coordinator=coordinator, metrics=metrics)
             readiness.add_info("worker", lambda: {"inflight": worker.inflight, **worker.stats})
+            # Cancellations serve the runs that are draining too: until the drain is over.
+            cancels = WakeListener(settings.database_url, worker.take_away, CANCEL_CHANNEL)
+            tasks.append(_task(cancels.run(worker.drained), "cancel-listener", stop))
             tasks.append(_task(worker.run(stop), "worker", stop))
 
         log.info("roles %s running as %s", ",".join(sorted(roles)), settings.instance)
@@ -185,15 +208,13 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
 
 async def _connect_cluster_view(settings: Settings, cluster: ClusterView,
                                 state: dict[str, Any], stop: asyncio.Event) -> None:
-    if cluster.zk is None:
-        zk = make_client(settings.zookeeper_hosts, settings.zookeeper_chroot,
-                         settings.zookeeper_session_timeout_s)
+    if cluster.coordinator is None:
+        zk = _zookeeper(settings)
         state["zk"] = zk
         if await start_client(zk, stop):
-            cluster.zk = zk
+            cluster.coordinator = ZooKeeperCoordinator(zk)
     if cluster.broker is None:
-        broker = Broker(settings.amqp_url, settings.queue_name,
-                        settings.dead_letter_exchange, settings.dead_letter_queue)
+        broker = _broker(settings)
         if await _retrying("connecting to RabbitMQ", broker.connect, stop):
             state["broker"] = broker
             cluster.broker = broker
@@ -215,19 +236,9 @@ def _task(coro: Coroutine[Any, Any, None], name: str, stop: asyncio.Event) -> as
     return asyncio.create_task(guarded(), name=name)
 
 
-def _broker_check(broker: Broker) -> Callable[[], Awaitable[None]]:
+def _broker_check(broker: RabbitBroker) -> Callable[[], Awaitable[None]]:
     async def check() -> None:
         if not broker.is_connected:
             raise ConnectionError("RabbitMQ not connected")
-
-    return check
-
-
-def _zk_check(zk: Any) -> Callable[[], Awaitable[str]]:
-    async def check() -> str:
-        current = zk.session.state.current_state
-        if current not in (States.CONNECTED, States.READ_ONLY):
-            raise ConnectionError(f"ZooKeeper session {current}")
-        return str(current)
 
     return check

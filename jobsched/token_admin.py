@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobsched.adapters import postgres
-from jobsched.adapters.postgres import TokenStore
+from jobsched.adapters.postgres.tokens import PostgresTokens
 from jobsched.domain.auth import NAMESPACE_RE, ROLES, new_token
 
 HINT_LENGTH = 8  # "jsk_" and 4 random characters: enough to tell tokens apart
@@ -49,7 +49,7 @@ async def create_token(dsn: str, namespace: str, role: str, name: str | None,
     expires_at = datetime.now(UTC) + expires_in if expires_in else None
     pool = await postgres.create_pool(dsn, max_size=1)
     try:
-        row = await TokenStore(pool).create(digest, token[:HINT_LENGTH], namespace, role,
+        row = await PostgresTokens(pool).create(digest, token[:HINT_LENGTH], namespace, role,
                                             name, expires_at)
     finally:
         await pool.close()
@@ -59,7 +59,7 @@ async def create_token(dsn: str, namespace: str, role: str, name: str | None,
 async def list_tokens(dsn: str, namespace: str | None) -> list[dict[str, Any]]:
     pool = await postgres.create_pool(dsn, max_size=1)
     try:
-        return [_row(r) for r in await TokenStore(pool).list(namespace)]
+        return [_row(r) for r in await PostgresTokens(pool).list(namespace)]
     finally:
         await pool.close()
 
@@ -72,7 +72,7 @@ async def revoke_token(dsn: str, token_id: str) -> dict[str, Any]:
             from None
     pool = await postgres.create_pool(dsn, max_size=1)
     try:
-        row = await TokenStore(pool).revoke(key)
+        row = await PostgresTokens(pool).revoke(key)
     finally:
         await pool.close()
     if row is None:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from typing import cast
 
 import aio_pika
-import orjson
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
@@ -22,43 +20,17 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from jobsched.messages import AttemptMessage
+from jobsched.ports import Delivery, QueueStats
+
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
 
 
-class MessageError(ValueError):
-    """A queue message that is not a well-formed execution attempt."""
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptMessage:
-    execution_id: uuid.UUID
-    job_id: uuid.UUID
-    attempt: int
-
-    def encode(self) -> bytes:
-        return orjson.dumps(
-            {"execution_id": str(self.execution_id), "job_id": str(self.job_id),
-             "attempt": self.attempt}
-        )
-
-    @classmethod
-    def decode(cls, body: bytes) -> AttemptMessage:
-        try:
-            data = orjson.loads(body)
-            attempt = data["attempt"]
-            if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-                raise MessageError("attempt must be a positive integer")
-            return cls(uuid.UUID(data["execution_id"]), uuid.UUID(data["job_id"]), attempt)
-        except MessageError:
-            raise
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise MessageError(f"malformed execution message: {exc!r}") from None
-
-
-class Broker:
-    """One robust connection; a confirming channel for publishing, one for consuming."""
+class RabbitBroker:
+    """One robust connection; a confirming channel for publishing, one for consuming.
+    Implements ``jobsched.ports.Broker``."""
 
     def __init__(self, url: str, queue_name: str, dead_exchange: str, dead_queue: str) -> None:
         self.url = url
@@ -69,7 +41,11 @@ class Broker:
         self._publish_channel: AbstractRobustChannel | None = None
         # Bumped on every reconnection, so the leader knows to re-publish its outbox at
         # once instead of waiting for the unconfirmed messages to age.
-        self.reconnections = 0
+        self._reconnections = 0
+
+    @property
+    def reconnections(self) -> int:
+        return self._reconnections
 
     async def connect(self) -> bool:
         """Connect and declare the queues; True once done (raises otherwise)."""
@@ -98,8 +74,8 @@ class Broker:
         )
 
     def _reconnected(self, *_: object) -> None:
-        self.reconnections += 1
-        log.info("RabbitMQ connection restored (%d)", self.reconnections)
+        self._reconnections += 1
+        log.info("RabbitMQ connection restored (%d)", self._reconnections)
 
     @property
     def is_connected(self) -> bool:
@@ -126,7 +102,7 @@ class Broker:
                         message.encode(),
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         content_type="application/json",
-                        message_id=f"{message.execution_id}:{message.attempt}",
+                        message_id=message.message_id,
                     ),
                     routing_key=self.queue_name,
                     timeout=PUBLISH_TIMEOUT_S,
@@ -153,22 +129,24 @@ class Broker:
             exchange.publish(
                 aio_pika.Message(m.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                                  content_type="application/json",
-                                 message_id=f"{m.execution_id}:{m.attempt}"),
+                                 message_id=m.message_id),
                 routing_key=self.dead_queue, timeout=PUBLISH_TIMEOUT_S)
             for m in messages
         ))
 
     async def consume(
         self,
-        on_message: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        on_delivery: Callable[[Delivery], Awaitable[None]],
         prefetch: int,
     ) -> Callable[[], Awaitable[None]]:
-        """Start consuming with manual acks; returns a coroutine function that stops it."""
+        """Start consuming with manual acks; returns a coroutine function that stops it.
+        aio-pika's incoming message is a Delivery as it is (body, ack, reject, nack)."""
         assert self._connection is not None, "connect() first"
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await self._declare(channel)
-        tag = await queue.consume(on_message, no_ack=False)
+        handler = cast(Callable[[AbstractIncomingMessage], Awaitable[None]], on_delivery)
+        tag = await queue.consume(handler, no_ack=False)
 
         async def cancel() -> None:
             try:
@@ -178,28 +156,17 @@ class Broker:
 
         return cancel
 
-    async def queue_depths(self) -> dict[str, int]:
-        """Message counts from a fresh passive declare (a robust channel caches them)."""
-        assert self._connection is not None
-        channel = await self._connection.channel()
-        try:
-            depths = {}
-            for name in (self.queue_name, self.dead_queue):
-                declared = await channel.declare_queue(name, passive=True)
-                depths[name] = declared.declaration_result.message_count or 0
-            return depths
-        finally:
-            await channel.close()
-
-    async def queue_stats(self) -> dict[str, tuple[int, int]]:
-        """(messages, consumers) per queue, from a fresh passive declare."""
-        assert self._connection is not None
+    async def queue_stats(self) -> dict[str, QueueStats]:
+        """Messages and consumers per queue, from a fresh passive declare (a robust
+        channel caches the counts of its own declarations)."""
+        if self._connection is None:
+            raise ConnectionError("no RabbitMQ connection")
         channel = await self._connection.channel()
         try:
             stats = {}
             for name in (self.queue_name, self.dead_queue):
                 result = (await channel.declare_queue(name, passive=True)).declaration_result
-                stats[name] = (result.message_count or 0, result.consumer_count or 0)
+                stats[name] = QueueStats(result.message_count or 0, result.consumer_count or 0)
             return stats
         finally:
             await channel.close()

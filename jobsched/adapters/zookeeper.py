@@ -1,22 +1,29 @@
-"""ZooKeeper adapter (aiozk): the session, and leader election as a lease with an epoch.
+"""ZooKeeper adapter (aiozk): the session, leader election as a lease with an epoch, per-job
+locks and the live worker registry. Implements ``jobsched.ports.Coordinator``.
 
-aiozk keeps ``has_leadership`` true after its session expired and was silently replaced
-(see SERVICES.md), so leadership here is tied to the session state instead: the term ends
-the moment the session is SUSPENDED or LOST, and the epoch fences whatever was in flight.
+Measured with aiozk 0.32 (docs/design-notes.md): after its session EXPIRES and is silently
+replaced, aiozk keeps ``has_leadership`` true although the election znode is gone, a split
+brain. So leadership here is tied to the session state instead: the term ends the moment
+the session is SUSPENDED or LOST, and the epoch fences whatever was in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Callable
 
 import aiozk
+import orjson
 from aiozk import exc as zk_exc
 from aiozk.protocol import WatchEvent
 from aiozk.recipes.election import LeaderElection
+from aiozk.recipes.lock import Lock
 from aiozk.states import States
+
+from jobsched.backoff import Backoff
+from jobsched.ports import CandidacyLost, LeaderTerm, SchedulerInfo, WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,9 @@ logging.getLogger("aiozk").setLevel(logging.CRITICAL)
 
 ELECTION_PATH = "/election"
 WORKERS_PATH = "/workers"  # an ephemeral znode per live worker
+LOCKS_PATH = "/locks"  # a lock per job of concurrency forbid/replace
+REGISTRY_REFRESH_S = 2.0
+ZK_ERRORS = (TimeoutError, zk_exc.ZKError, OSError)
 
 
 def make_client(hosts: str, chroot: str, session_timeout_s: float) -> aiozk.ZKClient:
@@ -40,31 +50,28 @@ def make_client(hosts: str, chroot: str, session_timeout_s: float) -> aiozk.ZKCl
 
 
 async def start_client(client: aiozk.ZKClient, stop: asyncio.Event) -> bool:
-    """Start the session, retrying with capped backoff; False if stopped first."""
-    delay = 0.2
+    """Start the session, retrying with capped backoff; False if stopped first. Logs the
+    session timeout the server granted: it bounds a leader take-over, and a server whose
+    tickTime is too long for the requested timeout grants more (at least twice its tickTime)."""
+    backoff = Backoff()
+    requested = client.session.timeout
     while not stop.is_set():
         try:
             await asyncio.wait_for(client.start(), timeout=10)
-            return True
-        except (TimeoutError, OSError, zk_exc.ZKError) as exc:
-            log.warning("ZooKeeper not reachable (%r); retrying in %.1fs", exc, delay)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 5.0)
+        except ZK_ERRORS as exc:
+            log.warning("ZooKeeper not reachable (%r); retrying", exc)
+            await backoff.wait(stop)
+            continue
+        granted = client.session.timeout
+        if granted > requested:
+            log.warning("ZooKeeper granted a %.1fs session for the %.1fs requested: a dead "
+                        "leader is replaced that much later (set the ensemble's tickTime to "
+                        "at most half the requested timeout; docs/deploy.md)", granted,
+                        requested)
+        else:
+            log.info("ZooKeeper session of %.1fs", granted)
+        return True
     return False
-
-
-@dataclass
-class LeaderTerm:
-    """One uninterrupted leadership: its epoch and an event set when it ends."""
-
-    epoch: int
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class StaleCandidacy(Exception):
-    """Our election znode belongs to an earlier session of this client (it will vanish
-    when that session expires): it was deleted, and the campaign must start over."""
 
 
 class LeaderCampaign:
@@ -101,11 +108,11 @@ class LeaderCampaign:
             owned, siblings = await election.analyze_siblings()
             position = owned.get(election.LABEL)
             if position is None:
-                raise zk_exc.NoNode()  # our znode went with an expired session
+                raise CandidacyLost(path)  # our znode went with an expired session
             _, stat = await self.client.get(path)
             if stat.ephemeral_owner != session or session != self.client.session.session_id:
                 await self._delete(path)
-                raise StaleCandidacy(path)
+                raise CandidacyLost(path)
             if position == 0:
                 break
             await self._wait_for_change(election.sibling_path(siblings[position - 1]))
@@ -143,7 +150,7 @@ class LeaderCampaign:
             await asyncio.wait_for(self.client.delete(path), timeout=3)
         except zk_exc.NoNode:
             pass
-        except (TimeoutError, zk_exc.ZKError, OSError) as exc:
+        except ZK_ERRORS as exc:
             log.info("could not delete election znode %s (%r); retrying later", path, exc)
             self._orphans.add(path)
             return False
@@ -169,14 +176,91 @@ class LeaderCampaign:
         if path is not None:
             await self._delete(path)
 
-    async def candidates(self) -> list[tuple[int, str]]:
-        """(sequence, instance) of every scheduler in the election, leader first."""
-        children = await self.client.get_children(ELECTION_PATH)
-        found = []
-        for child in children:
+
+class ZooKeeperJobLock:
+    def __init__(self, lock: Lock) -> None:
+        self._lock = lock
+
+    async def release(self) -> None:
+        try:
+            await asyncio.wait_for(self._lock.release(), 5)
+        except Exception as exc:  # noqa: BLE001 - the lock is ephemeral: the session frees it
+            log.warning("releasing a job lock failed (%r)", exc)
+
+
+class ZooKeeperCoordinator:
+    def __init__(self, client: aiozk.ZKClient) -> None:
+        self.client = client
+
+    def campaign(self, instance: str) -> LeaderCampaign:
+        return LeaderCampaign(self.client, instance)
+
+    async def acquire_job_lock(self, job_id: uuid.UUID,
+                               timeout_s: float) -> ZooKeeperJobLock | None:
+        """forbid/replace jobs run under a lock per job, released when the run ends or, if
+        the worker dies, when its session does. A Lock object cannot be acquired twice at
+        once, so each acquisition has its own."""
+        lock = Lock(f"{LOCKS_PATH}/{job_id}")
+        lock.set_client(self.client)
+        try:
+            await lock.acquire(timeout=timeout_s)
+        except (TimeoutError, zk_exc.TimeoutError, zk_exc.ZKError):
+            return None
+        return ZooKeeperJobLock(lock)
+
+    async def stay_registered(self, instance: str, describe: Callable[[], bytes],
+                              changed: Callable[[], bool], until: asyncio.Event) -> None:
+        """An ephemeral znode for this worker (the cluster view lists them), re-created
+        after a session loss and refreshed when ``changed()``, until ``until`` is set."""
+        path = f"{WORKERS_PATH}/{instance}"
+        while not until.is_set():
             try:
-                data = await self.client.get_data(f"{ELECTION_PATH}/{child}")
+                await self.client.session.state.wait_for(States.CONNECTED)
+                await self.client.ensure_path(WORKERS_PATH)
+                try:
+                    await self.client.create(path, data=describe(), ephemeral=True)
+                except zk_exc.NodeExists:
+                    pass
+                lost = self.client.session.state.wait_for(States.LOST)
+                while not lost.done() and not until.is_set():
+                    await asyncio.wait([lost], timeout=REGISTRY_REFRESH_S)
+                    if changed() and not lost.done():
+                        await self.client.set_data(path, describe(), force=True)
+            except ZK_ERRORS as exc:
+                log.warning("worker registration failed (%r); retrying", exc)
+                await asyncio.sleep(1)
+
+    async def _children(self, path: str) -> list[tuple[str, bytes]]:
+        try:
+            names = await self.client.get_children(path)
+        except zk_exc.NoNode:
+            return []
+        found = []
+        for name in names:
+            try:
+                found.append((name, await self.client.get_data(f"{path}/{name}") or b""))
             except zk_exc.NoNode:
                 continue
-            found.append((int(child[-10:]), (data or b"").decode(errors="replace")))
-        return sorted(found)
+        return found
+
+    async def schedulers(self) -> list[SchedulerInfo]:
+        """Every scheduler in the election, leader (lowest sequence) first."""
+        children = sorted(await self._children(ELECTION_PATH), key=lambda c: c[0][-10:])
+        return [SchedulerInfo(data.decode(errors="replace"), int(name[-10:]), i == 0)
+                for i, (name, data) in enumerate(children)]
+
+    async def workers(self) -> list[WorkerInfo]:
+        workers = []
+        for name, data in await self._children(WORKERS_PATH):
+            try:
+                info = orjson.loads(data) if data else {}
+            except orjson.JSONDecodeError:
+                info = {}
+            workers.append(WorkerInfo(name, info.get("inflight", 0), info.get("prefetch")))
+        return sorted(workers, key=lambda w: w.instance)
+
+    async def check(self) -> str:
+        current = self.client.session.state.current_state
+        if current not in (States.CONNECTED, States.READ_ONLY):
+            raise ConnectionError(f"ZooKeeper session {current}")
+        return str(current)

@@ -11,13 +11,7 @@ import asyncio
 import logging
 from typing import Any
 
-import aiozk
-import orjson
-from aiozk import exc as zk_exc
-
-from jobsched.adapters.postgres import JobStore
-from jobsched.adapters.rabbitmq import Broker
-from jobsched.adapters.zookeeper import ELECTION_PATH, WORKERS_PATH
+from jobsched.ports import Broker, Coordinator, JobRepository
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +19,13 @@ PART_TIMEOUT_S = 2.0
 
 
 class ClusterView:
-    def __init__(self, store: JobStore, zk: aiozk.ZKClient | None, broker: Broker | None,
-                 queue_name: str, dead_queue: str) -> None:
-        self.store = store
-        self.zk = zk
+    """``coordinator`` and ``broker`` may be attached later (the api connects to them in
+    the background so that it never waits on them to serve jobs)."""
+
+    def __init__(self, jobs: JobRepository, coordinator: Coordinator | None,
+                 broker: Broker | None, queue_name: str, dead_queue: str) -> None:
+        self.jobs = jobs
+        self.coordinator = coordinator
         self.broker = broker
         self.queue_name = queue_name
         self.dead_queue = dead_queue
@@ -48,45 +45,28 @@ class ClusterView:
             return {"error": f"unavailable: {exc!r}"[:200]}
 
     async def _leader(self) -> dict[str, Any] | None:
-        row = await self.store.current_leader()
-        if row is None or row["holder"] is None:
+        leader = await self.jobs.current_leader()
+        if leader is None or leader.holder is None:
             return None
-        return {"instance": row["holder"], "epoch": row["epoch"],
-                "since": row["acquired_at"].isoformat()}
+        return {"instance": leader.holder, "epoch": leader.epoch,
+                "since": leader.acquired_at.isoformat() if leader.acquired_at else None}
 
-    async def _children(self, path: str) -> list[tuple[str, bytes]]:
-        if self.zk is None:
+    def _coordination(self) -> Coordinator:
+        if self.coordinator is None:
             raise ConnectionError("no ZooKeeper client")
-        try:
-            names = await self.zk.get_children(path)
-        except zk_exc.NoNode:
-            return []
-        found = []
-        for name in names:
-            try:
-                found.append((name, await self.zk.get_data(f"{path}/{name}") or b""))
-            except zk_exc.NoNode:
-                continue
-        return found
+        return self.coordinator
 
     async def _schedulers(self) -> list[dict[str, Any]]:
-        children = sorted(await self._children(ELECTION_PATH), key=lambda c: c[0][-10:])
-        return [{"instance": data.decode(errors="replace"), "leader": i == 0,
-                 "sequence": int(name[-10:])} for i, (name, data) in enumerate(children)]
+        return [{"instance": s.instance, "leader": s.leader, "sequence": s.sequence}
+                for s in await self._coordination().schedulers()]
 
     async def _workers(self) -> list[dict[str, Any]]:
-        workers = []
-        for name, data in await self._children(WORKERS_PATH):
-            try:
-                info = orjson.loads(data) if data else {}
-            except orjson.JSONDecodeError:
-                info = {}
-            workers.append({"instance": name, "inflight": info.get("inflight", 0),
-                            "prefetch": info.get("prefetch")})
-        return sorted(workers, key=lambda w: w["instance"])
+        return [{"instance": w.instance, "inflight": w.inflight, "prefetch": w.prefetch}
+                for w in await self._coordination().workers()]
 
     async def _queues(self) -> dict[str, int]:
         if self.broker is None:
             raise ConnectionError("no RabbitMQ connection")
-        depths = await self.broker.queue_depths()
-        return {"executions": depths[self.queue_name], "dead": depths[self.dead_queue]}
+        stats = await self.broker.queue_stats()
+        return {"executions": stats[self.queue_name].messages,
+                "dead": stats[self.dead_queue].messages}

@@ -14,8 +14,8 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from jobsched.api.models import Problem
 from jobsched.domain.auth import Access
-from jobsched.domain.models import Problem
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REF = "#/components/schemas/{model}"

@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from jobsched.domain.models import UNION_TAGS, FieldProblem
+from jobsched.api.models import UNION_TAGS, FieldProblem
 
 PROBLEM_TYPE = "application/problem+json"
 

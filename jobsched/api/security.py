@@ -10,11 +10,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from jobsched.adapters.postgres import CONNECTION_ERRORS, TokenStore
 from jobsched.api.problems import problem
 from jobsched.domain.auth import (
     ANONYMOUS_ADMIN,
@@ -23,6 +21,7 @@ from jobsched.domain.auth import (
     parse_bearer,
     token_digest,
 )
+from jobsched.ports import TokenRepository
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ class Authenticator:
     client costs one query per period, not one per request. Unknown tokens are not
     remembered: each costs one indexed lookup."""
 
-    def __init__(self, tokens: TokenStore, cache_s: float,
+    def __init__(self, tokens: TokenRepository, cache_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.tokens = tokens
         self.cache_s = cache_s
@@ -74,8 +73,10 @@ def unauthorized(detail: str) -> web.Response:
 
 def security_middleware(settings: Settings, authenticator: Authenticator | None,
                         limiter: RateLimiter,
+                        unavailable: tuple[type[BaseException], ...] = (),
                         clock: Callable[[], float] = time.monotonic) -> Middleware:
-    """Authenticate, then rate-limit per token; answers 401, 429 or 431 itself."""
+    """Authenticate, then rate-limit per token; answers 401, 429 or 431 itself, and 503
+    when the token cannot be looked up (``unavailable``: the adapters' errors for it)."""
     if not settings.auth_enabled:
         log.warning("authentication is DISABLED (auth_enabled=false): every request acts "
                     "as an admin of namespace 'default'; never run this way in production")
@@ -99,7 +100,7 @@ def security_middleware(settings: Settings, authenticator: Authenticator | None,
                                 "jobsched token")
         try:
             found = await authenticator.authenticate(token)
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+        except unavailable as exc:
             log.warning("token lookup failed: %r", exc)
             return problem(503, "Service unavailable", "cannot check the token now; retry",
                            headers={"Retry-After": "1"})

@@ -10,9 +10,9 @@ from typing import Any
 
 import asyncpg
 
-from jobsched.adapters import queries as q
+from jobsched.adapters.postgres.listen import WAKE_CHANNEL
+from jobsched.api.models import JobCreate
 from jobsched.bench.tasks import NOOP
-from jobsched.domain.models import JobCreate
 
 JOB_COLUMNS = ("id", "name", "kind", "payload", "schedule", "timezone", "next_fire_at",
                "max_attempts", "backoff_s", "max_backoff_s", "timeout_s", "labels", "spec",
@@ -101,11 +101,11 @@ async def insert_immediate(conn: asyncpg.Connection, name: str, count: int,
     spec, payload = job_spec(name, "immediate", function)
     async with conn.transaction():
         await conn.execute(INSERT_IMMEDIATE_JOBS, name, payload, 300.0, {}, spec, count)
-        await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "job")
+        await conn.execute("SELECT pg_notify($1, $2)", WAKE_CHANNEL, "job")
 
 
 async def notify(conn: asyncpg.Connection) -> None:
-    await conn.execute(q.NOTIFY_WAKE, q.NOTIFY_CHANNEL, "bench")
+    await conn.execute("SELECT pg_notify($1, $2)", WAKE_CHANNEL, "bench")
 
 
 def next_whole_second(after: datetime, lead_s: float) -> datetime:

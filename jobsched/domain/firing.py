@@ -19,17 +19,23 @@ wedged job.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from jobsched.domain.schedule import (
     Schedule,
+    ScheduleError,
     coalesce_next_fire,
     first_fire_at,
     next_fire_after,
+    parse_schedule,
 )
+from jobsched.domain.states import ExecutionState
+
+log = logging.getLogger(__name__)
 
 Misfire = Literal["run_once", "run_all", "skip"]
 FireState = Literal["queued", "missed", "skipped"]
@@ -220,3 +226,116 @@ def preview_fires(schedule: Schedule, start: datetime, count: int) -> list[datet
         fires.append(fire)
         fire = next_fire_after(schedule, fire)
     return fires
+
+
+# --- a leader tick: every due job of a batch ---------------------------------------------
+
+FORBID_REASON = "previous run still active (concurrency=forbid)"
+
+
+@dataclass(frozen=True, slots=True)
+class DueJob:
+    """A job the leader selected because it is due (or due within its lookahead)."""
+
+    id: uuid.UUID
+    schedule: str
+    timezone: str
+    next_fire_at: datetime
+    misfire: str = "run_once"
+    max_catchup: int = 10
+    starting_deadline_s: float | None = None
+    concurrency: str = "allow"
+    end_at: datetime | None = None
+    max_runs: int | None = None
+    run_count: int = 0
+    jitter_s: float = 0.0
+    busy: bool = False  # a run of this forbid/replace job is still active
+
+
+@dataclass(frozen=True, slots=True)
+class FireRecord:
+    """One row the leader writes: an execution to run (queued) or a recorded non-run."""
+
+    job_id: uuid.UUID
+    scheduled_for: datetime
+    state: ExecutionState = ExecutionState.QUEUED
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobAdvance:
+    job_id: uuid.UUID
+    next_fire_at: datetime | None
+    runs: int
+
+
+@dataclass
+class TickPlan:
+    fires: list[FireRecord] = field(default_factory=list)
+    advances: list[JobAdvance] = field(default_factory=list)
+    replace: list[uuid.UUID] = field(default_factory=list)  # concurrency=replace gives way
+
+
+def plan_tick(jobs: list[DueJob], now: datetime, horizon: datetime | None = None) -> TickPlan:
+    """The rows to write for a batch of due jobs: each job's policies applied. A job whose
+    stored schedule no longer parses is recorded missed once and fires no more (it never
+    wedges the batch)."""
+    tick = TickPlan()
+    for job in jobs:
+        try:
+            schedule = parse_schedule(job.schedule, job.timezone)
+            policy = FirePolicy(
+                misfire=job.misfire,  # type: ignore[arg-type]
+                max_catchup=job.max_catchup,
+                starting_deadline_s=job.starting_deadline_s,
+                end_at=job.end_at,
+                max_runs=job.max_runs,
+                run_count=job.run_count,
+                offset=jitter_offset(job.id, job.jitter_s) if schedule.is_recurring
+                else timedelta(0),
+            )
+            plan = plan_due_job(schedule, policy, job.next_fire_at, now,
+                                horizon if job.concurrency == "allow" else None)
+        except (ScheduleError, ValueError) as exc:
+            log.error("job %s has an unusable schedule (%s); firing it no more", job.id, exc)
+            tick.fires.append(FireRecord(job.id, job.next_fire_at, ExecutionState.MISSED,
+                                         f"unusable schedule: {exc}"))
+            tick.advances.append(JobAdvance(job.id, None, 0))
+            continue
+        runs = plan.runs
+        for fire in plan.fires:
+            state = ExecutionState(fire.state)
+            if state == ExecutionState.QUEUED and job.busy and job.concurrency == "forbid":
+                tick.fires.append(FireRecord(job.id, fire.scheduled_for,
+                                             ExecutionState.SKIPPED, FORBID_REASON))
+                runs -= 1
+            else:
+                tick.fires.append(FireRecord(job.id, fire.scheduled_for, state, fire.reason))
+        if job.busy and job.concurrency == "replace" and runs:
+            tick.replace.append(job.id)
+        tick.advances.append(JobAdvance(job.id, plan.next_fire_at, runs))
+    return tick
+
+
+# --- resume ------------------------------------------------------------------------------
+
+
+def plan_resume(job: Any, now: datetime) -> tuple[datetime | None, list[tuple[datetime, str]]]:
+    """Next fire of a resumed job (a row with its schedule columns), and the skipped fire to
+    record (misfire=skip). With run_once or run_all the missed fires stay due and the
+    leader applies the policy, as after downtime."""
+    pending = job["next_fire_at"]
+    if pending is None or pending > now or job["misfire"] != "skip":
+        return pending, []
+    schedule = parse_schedule(job["schedule"], job["timezone"])
+    if not schedule.is_recurring:
+        return None, [(pending, "skipped while paused (misfire=skip)")]
+    offset = jitter_offset(job["id"], job["jitter_s"])
+    missed, nominal = 0, pending - offset
+    while nominal is not None and nominal + offset <= now and missed <= ENUMERATION_LIMIT:
+        missed += 1
+        nominal = next_fire_after(schedule, nominal)
+    count = _count(ENUMERATION_LIMIT, True) if missed > ENUMERATION_LIMIT else str(missed)
+    following = initial_fire_at(schedule, now, start_at=job["start_at"], end_at=job["end_at"],
+                                offset=offset)
+    return following, [(pending, f"{count} fires skipped while paused (misfire=skip)")]

@@ -15,30 +15,19 @@ import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
-import aiozk
-
-from jobsched.adapters.postgres import (
-    Dispatch,
-    DueJob,
-    FireRecord,
-    JobAdvance,
-    JobStore,
-    StaleEpochError,
-    TickPlan,
-    claim_epoch_evicting,
-    complete_finished_jobs,
-    reap_expired,
-)
-from jobsched.adapters.rabbitmq import AttemptMessage, Broker
-from jobsched.adapters.zookeeper import (
-    WORKERS_PATH,
-    LeaderCampaign,
-    LeaderTerm,
-    StaleCandidacy,
-)
-from jobsched.domain.firing import FirePolicy, jitter_offset, plan_due_job
-from jobsched.domain.schedule import ScheduleError, parse_schedule
+from jobsched.backoff import Backoff
+from jobsched.domain.firing import plan_tick
+from jobsched.domain.states import ExecutionState
 from jobsched.metrics import Metrics
+from jobsched.ports import (
+    Broker,
+    CandidacyLost,
+    Coordinator,
+    Dispatch,
+    LeaderRepository,
+    LeaderTerm,
+    StaleEpochError,
+)
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,57 +35,19 @@ log = logging.getLogger(__name__)
 REAP_INTERVAL = timedelta(seconds=1)
 COMPLETION_SWEEP_INTERVAL = timedelta(seconds=30)
 OBSERVE_INTERVAL = timedelta(seconds=5)
-FORBID_REASON = "previous run still active (concurrency=forbid)"
-
-
-def plan_fires(jobs: list[DueJob], now: datetime, horizon: datetime | None = None) -> TickPlan:
-    """The rows to write for a batch of due jobs: each job's policies applied."""
-    tick = TickPlan(fires=[], advances=[], replace=[])
-    for job in jobs:
-        try:
-            schedule = parse_schedule(job.schedule, job.timezone)
-            policy = FirePolicy(
-                misfire=job.misfire,  # type: ignore[arg-type]
-                max_catchup=job.max_catchup,
-                starting_deadline_s=job.starting_deadline_s,
-                end_at=job.end_at,
-                max_runs=job.max_runs,
-                run_count=job.run_count,
-                offset=jitter_offset(job.id, job.jitter_s) if schedule.is_recurring
-                else timedelta(0),
-            )
-            plan = plan_due_job(schedule, policy, job.next_fire_at, now,
-                                horizon if job.concurrency == "allow" else None)
-        except (ScheduleError, ValueError) as exc:
-            log.error("job %s has an unusable schedule (%s); firing it no more", job.id, exc)
-            tick.fires.append(FireRecord(job.id, job.next_fire_at, "missed",
-                                         f"unusable schedule: {exc}"))
-            tick.advances.append(JobAdvance(job.id, None, 0))
-            continue
-        runs = plan.runs
-        for fire in plan.fires:
-            if fire.state == "queued" and job.busy and job.concurrency == "forbid":
-                tick.fires.append(FireRecord(job.id, fire.scheduled_for, "skipped", FORBID_REASON))
-                runs -= 1
-            else:
-                tick.fires.append(FireRecord(job.id, fire.scheduled_for, fire.state, fire.reason))
-        if job.busy and job.concurrency == "replace" and runs:
-            tick.replace.append(job.id)
-        tick.advances.append(JobAdvance(job.id, plan.next_fire_at, runs))
-    return tick
 
 
 class Scheduler:
     def __init__(
-        self, settings: Settings, store: JobStore, broker: Broker, zk: aiozk.ZKClient,
-        metrics: Metrics | None = None,
+        self, settings: Settings, store: LeaderRepository, broker: Broker,
+        coordinator: Coordinator, metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics("scheduler", settings.instance)
-        self.zk = zk
+        self.coordinator = coordinator
         self.store = store
         self.broker = broker
-        self.campaign = LeaderCampaign(zk, settings.instance)
+        self.campaign = coordinator.campaign(settings.instance)
         self.wake = asyncio.Event()
         self.term: LeaderTerm | None = None
         self.fired = 0
@@ -111,22 +62,26 @@ class Scheduler:
     def is_leader(self) -> bool:
         return self.term is not None and not self.term.ended.is_set()
 
+    @property
+    def epoch(self) -> int | None:
+        """The epoch of the current term, or None while not leading."""
+        return self.term.epoch if self.term is not None and self.is_leader else None
+
     def describe(self) -> dict[str, object]:
         return {"leader": self.is_leader, "epoch": self.term.epoch if self.term else None}
 
     async def run(self, stop: asyncio.Event) -> None:
-        delay = 0.2
+        backoff = Backoff()
         while not stop.is_set():
             try:
                 term = await _until_stopped(self.campaign.elected(), stop)
                 if term is None:
                     break
-                if not await claim_epoch_evicting(self.store.pool, term.epoch,
-                                                  self.settings.instance):
+                if not await self.store.claim_epoch(term.epoch, self.settings.instance):
                     log.warning("epoch %d is not newer than the stored one; re-joining",
                                 term.epoch)
                     await self.campaign.resign()
-                    await _sleep(stop, delay)
+                    await backoff.wait(stop)
                     continue
                 self.term = term
                 log.info("leader with epoch %d", term.epoch)
@@ -134,15 +89,14 @@ class Scheduler:
                 self.metrics.leader_epoch.set({}, term.epoch)
                 self.metrics.takeovers.inc({})
                 await self._lead(term, stop)
-                delay = 0.2
+                backoff.reset()
             except StaleEpochError as exc:
                 log.warning("deposed: %s", exc)
-            except StaleCandidacy as exc:
+            except CandidacyLost as exc:
                 log.info("candidacy %s outlived its ZooKeeper session; standing again", exc)
             except Exception as exc:  # noqa: BLE001 - the loop outlives any dependency error
-                log.warning("scheduler error (%r); re-joining the election in %.1fs", exc, delay)
-                await _sleep(stop, delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("scheduler error (%r); re-joining the election", exc)
+                await backoff.wait(stop)
             finally:
                 self.metrics.is_leader.set({}, 0)
                 if self.term is not None:
@@ -207,12 +161,12 @@ class Scheduler:
         horizon = now + timedelta(seconds=self.settings.scheduler_lookahead_s)
         while True:
             dispatches, due, not_run = await self.store.fire_due_jobs(
-                epoch, now, batch, lambda jobs: plan_fires(jobs, now, horizon), horizon
+                epoch, now, batch, lambda jobs: plan_tick(jobs, now, horizon), horizon
             )
             await self._publish_in_background(dispatches)
             self.fired += len(dispatches)
             if dispatches:
-                self.metrics.fires.add({"state": "queued"}, len(dispatches))
+                self.metrics.fires.add({"state": ExecutionState.QUEUED}, len(dispatches))
             for record in not_run:
                 self.not_run[record.state] = self.not_run.get(record.state, 0) + 1
                 self.metrics.fires.inc({"state": record.state})
@@ -236,17 +190,16 @@ class Scheduler:
             # Rare on purpose: it scans active jobs (an index for it cost half the
             # throughput); workers complete jobs themselves in the common case.
             self._last_completion_sweep = now
-            await complete_finished_jobs(self.store.pool, epoch,
-                                         self.settings.scheduler_batch_size)
-        reaped = await reap_expired(self.store.pool, epoch, now, self.settings.scheduler_batch_size)
+            await self.store.complete_finished_jobs(epoch, self.settings.scheduler_batch_size)
+        reaped = await self.store.reap_expired(epoch, self.settings.scheduler_batch_size)
         if not reaped:
             return
         self.reaped += len(reaped)
         for row in reaped:
-            self.metrics.reaped.inc({"state": row["state"]})
+            self.metrics.reaped.inc({"state": row.state})
         log.warning("reaped %d executions whose worker lost its lease", len(reaped))
-        dead = [AttemptMessage(r["id"], r["job_id"], r["attempt"])
-                for r in reaped if r["state"] == "dead"]
+        dead = [Dispatch(r.id, r.job_id, r.attempt).message()
+                for r in reaped if r.state == ExecutionState.DEAD]
         await self.broker.publish_dead(dead)
         self.wake.set()  # the retrying ones are due now
 
@@ -288,9 +241,7 @@ class Scheduler:
         """Publish and mark what was confirmed; returns how many were."""
         if not dispatches:
             return 0
-        confirmed = await self.broker.publish_many(
-            [AttemptMessage(d.execution_id, d.job_id, d.attempt) for d in dispatches]
-        )
+        confirmed = await self.broker.publish_many([d.message() for d in dispatches])
         done = [d.execution_id for d, ok in zip(dispatches, confirmed, strict=True) if ok]
         await self.store.mark_published(done)
         confirmed_at = datetime.now(UTC)
@@ -309,14 +260,14 @@ class Scheduler:
 
     async def _observe_cluster_now(self) -> None:
         try:
-            depths = await asyncio.wait_for(self.broker.queue_stats(), 2)
-            for queue, (messages, consumers) in depths.items():
-                self.metrics.queue_messages.set({"queue": queue}, messages)
-                self.metrics.queue_consumers.set({"queue": queue}, consumers)
+            stats = await asyncio.wait_for(self.broker.queue_stats(), 2)
+            for queue, counts in stats.items():
+                self.metrics.queue_messages.set({"queue": queue}, counts.messages)
+                self.metrics.queue_consumers.set({"queue": queue}, counts.consumers)
         except Exception as exc:  # noqa: BLE001 - a gauge left stale is fine
             log.debug("queue stats unavailable: %r", exc)
         try:
-            workers = await asyncio.wait_for(self.zk.get_children(WORKERS_PATH), 2)
+            workers = await asyncio.wait_for(self.coordinator.workers(), 2)
             self.metrics.live_workers.set({}, len(workers))
         except Exception as exc:  # noqa: BLE001
             log.debug("worker registry unavailable: %r", exc)
@@ -330,11 +281,6 @@ def _reason_class(reason: str | None) -> str:
         if key in text:
             return key
     return "other"
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
 
 
 async def _first_of(timeout: float, *events: asyncio.Event) -> None:
@@ -357,3 +303,4 @@ async def _until_stopped(coro: Awaitable[LeaderTerm], stop: asyncio.Event) -> Le
     with contextlib.suppress(BaseException):
         await task
     return None
+

@@ -45,7 +45,6 @@ class ShellSandbox:
     file_size_bytes: int = 0
     max_processes: int = 0
     work_root: str | None = None
-    disabled: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ShellSandbox:
@@ -57,8 +56,7 @@ class ShellSandbox:
                    open_files=settings.shell_open_files,
                    file_size_bytes=settings.shell_file_size_bytes,
                    max_processes=settings.shell_max_processes,
-                   work_root=settings.shell_work_root,
-                   disabled="shell" in settings.disabled_kinds)
+                   work_root=settings.shell_work_root)
 
     def identity(self) -> Identity | None:
         """The user to switch to, or None to stay the worker's own user."""

@@ -15,41 +15,36 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
-import aiohttp
-import aiozk
 import orjson
-from aio_pika.abc import AbstractIncomingMessage
-from aiozk import exc as zk_exc
-from aiozk.recipes.lock import Lock
-from aiozk.states import States
 
-from jobsched.adapters.postgres import FinishedAttempt, HeldExecutions, JobStore, WakeListener
-from jobsched.adapters.queries import CANCEL_CHANNEL
-from jobsched.adapters.rabbitmq import AttemptMessage, Broker, MessageError
-from jobsched.adapters.zookeeper import WORKERS_PATH
 from jobsched.batching import Batcher
 from jobsched.domain.retry import RetryPolicy, retry_delay, should_retry
+from jobsched.domain.states import AttemptOutcome, ExecutionState
+from jobsched.messages import AttemptMessage, MessageError
 from jobsched.metrics import Metrics
+from jobsched.ports import (
+    Broker,
+    ClaimedExecution,
+    Coordinator,
+    Delivery,
+    FinishedAttempt,
+    JobLock,
+    WorkerRepository,
+)
 from jobsched.settings import Settings
 from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.tasks import registry as default_registry
-from jobsched.worker.executors import (
-    AttemptResult,
-    ThreadRunner,
-    run_http,
-    run_python,
-    run_shell,
-)
+from jobsched.worker.http import HttpRunner
+from jobsched.worker.python import ThreadRunner, run_python
+from jobsched.worker.results import AttemptResult
 from jobsched.worker.sandbox import ShellSandbox
 from jobsched.worker.secrets import SecretSource
+from jobsched.worker.shell import run_shell
 
 log = logging.getLogger(__name__)
 
 Claim = tuple[uuid.UUID, int]
-LOCKS_PATH = "/locks"
-REGISTRY_REFRESH_S = 2.0
 
 
 def import_task_modules(modules: tuple[str, ...] | list[str]) -> None:
@@ -57,19 +52,21 @@ def import_task_modules(modules: tuple[str, ...] | list[str]) -> None:
         importlib.import_module(module)
 
 
-def next_state(result: AttemptResult, attempt: int, policy: RetryPolicy) -> tuple[str, float]:
+def next_state(result: AttemptResult, attempt: int,
+               policy: RetryPolicy) -> tuple[ExecutionState, float]:
     """The execution's state after this attempt, and the delay before the next one."""
-    if result.outcome == "succeeded":
-        return "succeeded", 0.0
+    if result.outcome == AttemptOutcome.SUCCEEDED:
+        return ExecutionState.SUCCEEDED, 0.0
     if should_retry(policy, attempt):
-        return "retrying", retry_delay(policy, attempt)
-    return "dead", 0.0
+        return ExecutionState.RETRYING, retry_delay(policy, attempt)
+    return ExecutionState.DEAD, 0.0
 
 
-def assign_claims(claims: Sequence[Claim], rows: Sequence[Any]) -> list[Any]:
+def assign_claims(claims: Sequence[Claim],
+                  rows: Sequence[ClaimedExecution]) -> list[ClaimedExecution | None]:
     """Each claimed row to the first delivery that asked for it, None to the others. Two
     copies of one message in the same batch claim one row: only one of them may run it."""
-    by_key = {(r["id"], r["attempt"]): r for r in rows}
+    by_key = {(r.id, r.attempt): r for r in rows}
     return [by_key.pop(claim, None) for claim in claims]
 
 
@@ -77,24 +74,26 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        store: JobStore,
+        store: WorkerRepository,
         broker: Broker,
         registry: TaskRegistry = default_registry,
-        zk: aiozk.ZKClient | None = None,
+        coordinator: Coordinator | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics("worker", settings.instance)
         self.store = store
-        self.held = HeldExecutions(store.pool)
         self.broker = broker
         self.registry = registry
-        self.zk = zk
+        self.coordinator = coordinator
         self.name = settings.instance
-        self._claims: Batcher[Claim, Any] = Batcher(
+        #: Set once the drain is over: what serves draining runs (leases, cancellations,
+        #: the registry) runs until then.
+        self.drained = asyncio.Event()
+        self._claims: Batcher[Claim, ClaimedExecution | None] = Batcher(
             self._claim_batch, max_size=min(settings.worker_prefetch, 1000)
         )
-        self._results: Batcher[FinishedAttempt, str | None] = Batcher(
+        self._results: Batcher[FinishedAttempt, ExecutionState | None] = Batcher(
             self._finish_batch, max_size=min(settings.worker_prefetch, 1000)
         )
         self._inflight: set[asyncio.Task[None]] = set()
@@ -107,18 +106,21 @@ class Worker:
         self._run_slots = asyncio.Semaphore(settings.worker_concurrency)
         self._shell_slots = asyncio.Semaphore(settings.shell_concurrency)
         self._threads = ThreadRunner()  # runs plain-function python tasks
-        self._http: aiohttp.ClientSession | None = None
+        self._http = HttpRunner()
+        self._sandbox = ShellSandbox.from_settings(settings)
+        self._secrets = SecretSource.from_settings(settings)
+        self._shown_inflight = -1
         self.stats = {"succeeded": 0, "retrying": 0, "dead": 0, "lost_claims": 0, "malformed": 0}
 
     @property
     def inflight(self) -> int:
         return len(self._inflight)
 
-    async def _claim_batch(self, claims: list[Claim]) -> list[Any]:
+    async def _claim_batch(self, claims: list[Claim]) -> list[ClaimedExecution | None]:
         rows = await self.store.claim_executions(claims, self.name, self.settings.worker_lease_s)
         return assign_claims(claims, rows)
 
-    async def _finish_batch(self, results: list[FinishedAttempt]) -> list[str | None]:
+    async def _finish_batch(self, results: list[FinishedAttempt]) -> list[ExecutionState | None]:
         held = await self.store.finish_attempts(results, self.name)
         return [held.get(r.execution_id) for r in results]
 
@@ -136,23 +138,18 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         import_task_modules(self.settings.imports)
-        self._http = aiohttp.ClientSession()
-        # Leases, cancellations and the registry outlive ``stop``: they serve the runs that
-        # are draining, and end only once the drain is over.
-        drained = asyncio.Event()
-        cancels = WakeListener(self.settings.database_url, self.take_away, CANCEL_CHANNEL)
-        background = [asyncio.create_task(cancels.run(drained)),
-                      asyncio.create_task(self._heartbeat())]
-        if self.zk is not None:
-            background.append(asyncio.create_task(self._register(drained)))
-        cancel = await self.broker.consume(self._on_message, self.settings.worker_prefetch)
-        log.info("worker %s consuming %s", self.name, self.broker.queue_name)
+        background = [asyncio.create_task(self._heartbeat())]
+        if self.coordinator is not None:
+            background.append(asyncio.create_task(self.coordinator.stay_registered(
+                self.name, self._describe, self._inflight_changed, self.drained)))
+        cancel = await self.broker.consume(self._on_delivery, self.settings.worker_prefetch)
+        log.info("worker %s consuming", self.name)
         try:
             await stop.wait()
         finally:
             await cancel()
             await self._drain()
-            drained.set()
+            self.drained.set()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -160,32 +157,13 @@ class Worker:
             await self._results.close()
             await self._http.close()
 
-    async def _register(self, stop: asyncio.Event) -> None:
-        """An ephemeral znode per live worker: the cluster view lists them."""
-        assert self.zk is not None
-        path = f"{WORKERS_PATH}/{self.name}"
-        while not stop.is_set():
-            try:
-                await self.zk.session.state.wait_for(States.CONNECTED)
-                await self.zk.ensure_path(WORKERS_PATH)
-                try:
-                    await self.zk.create(path, data=self._describe(), ephemeral=True)
-                except zk_exc.NodeExists:
-                    pass
-                lost = self.zk.session.state.wait_for(States.LOST)
-                shown = self.inflight
-                while not lost.done() and not stop.is_set():
-                    await asyncio.wait([lost], timeout=REGISTRY_REFRESH_S)
-                    if self.inflight != shown and not lost.done():
-                        shown = self.inflight
-                        await self.zk.set_data(path, self._describe(), force=True)
-            except (TimeoutError, zk_exc.ZKError, OSError) as exc:
-                log.warning("worker registration failed (%r); retrying", exc)
-                await asyncio.sleep(1)
-
     def _describe(self) -> bytes:
+        self._shown_inflight = self.inflight
         return orjson.dumps({"instance": self.name, "inflight": self.inflight,
                              "prefetch": self.settings.worker_prefetch})
+
+    def _inflight_changed(self) -> bool:
+        return self.inflight != self._shown_inflight
 
     async def _heartbeat(self) -> None:
         """Extend the leases of claimed executions in one statement per period, until
@@ -201,8 +179,7 @@ class Worker:
                 continue
             sent = time.monotonic()
             try:
-                held = await asyncio.wait_for(
-                    self.held.heartbeat(ids, self.name, lease), period)
+                held = await asyncio.wait_for(self.store.heartbeat(ids, self.name, lease), period)
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
                 log.warning("heartbeat failed (%r)", exc)
                 held = None
@@ -236,187 +213,196 @@ class Worker:
         if pending:
             await asyncio.wait(pending, timeout=5)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_delivery(self, delivery: Delivery) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
         self.metrics.inflight.set({}, len(self._inflight))
         try:
-            await self._handle(message)
+            await self._handle(delivery)
         finally:
             self._inflight.discard(task)
             self.metrics.inflight.set({}, len(self._inflight))
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, delivery: Delivery) -> None:
         try:
-            attempt = AttemptMessage.decode(message.body)
+            attempt = AttemptMessage.decode(delivery.body)
         except MessageError as exc:
             # Not ours to run, but not ours to drop either: it goes to the dead-letter queue.
             self.stats["malformed"] += 1
             self.metrics.dead_lettered.inc({"cause": "malformed"})
             log.error("dead-lettering a malformed message: %s", exc)
-            await message.reject(requeue=False)
+            await delivery.reject(requeue=False)
             return
         claimed_at = time.monotonic()
         try:
-            row = await self._claims.submit((attempt.execution_id, attempt.attempt))
+            claimed = await self._claims.submit((attempt.execution_id, attempt.attempt))
         except Exception as exc:  # noqa: BLE001 - database trouble: hand the message back
             log.warning("claim of %s failed (%r); requeueing", attempt.execution_id, exc)
             await asyncio.sleep(1)
-            await message.nack(requeue=True)
+            await delivery.nack(requeue=True)
             return
-        if row is None:
+        if claimed is None:
             self.stats["lost_claims"] += 1
             self.metrics.lost_claims.inc({})
             log.info("execution %s attempt %d not claimable: acked unrun",
                      attempt.execution_id, attempt.attempt)
-            await message.ack()
+            await delivery.ack()
             return
-        self._leases[row["id"]] = claimed_at
+        self._leases[claimed.id] = claimed_at
         try:
-            await self._attempt(message, row)
+            await self._attempt(delivery, claimed)
         finally:
-            self._leases.pop(row["id"], None)
-            self._started_at.pop(row["id"], None)
+            self._leases.pop(claimed.id, None)
+            self._started_at.pop(claimed.id, None)
 
-    async def _attempt(self, message: AbstractIncomingMessage, row: Any) -> None:
+    async def _attempt(self, delivery: Delivery, claimed: ClaimedExecution) -> None:
         """Run a claimed attempt (unless it is too late or its lease is gone) and record
-        it; the message is settled in every case."""
-        lock: Lock | None = None
-        state: str | None
+        it; the delivery is settled in every case."""
+        lock: JobLock | None = None
+        state: ExecutionState | None
         try:
-            early = self._too_late(row)
+            early = self._too_late(claimed)
             if early is None:
-                lock, early = await self._take_job_lock(row)
+                lock, early = await self._take_job_lock(claimed)
             if early is not None:
-                result, state, delay = early, early.outcome, 0.0
+                result, state, delay = early, ExecutionState(early.outcome), 0.0
             else:
-                result, state, delay = await self._run(row)
+                result, state, delay = await self._run(claimed)
         except asyncio.CancelledError:
             # Draining ran out of time: hand the execution back for another worker. The
             # message is acked, not dead-lettered: the leader publishes the next attempt
             # (or, if the hand-back failed, the reaper does once the lease expires).
-            await self._hand_back(row)
-            await message.ack()
+            await self._hand_back(claimed)
+            await delivery.ack()
             raise
         finally:
             if lock is not None:
-                await _release(lock)
+                await lock.release()
         if state is None:  # taken away: its new state is recorded, or the reaper's to set
-            await self._close_attempt(row, "cancelled", result)
-            await message.ack()
+            await self._close_attempt(claimed, AttemptOutcome.CANCELLED, result)
+            await delivery.ack()
             return
-        await self._record(message, row, result, state, delay)
+        await self._record(delivery, claimed, result, state, delay)
 
-    async def _run(self, row: Any) -> tuple[AttemptResult, str | None, float]:
+    async def _run(self, claimed: ClaimedExecution,
+                   ) -> tuple[AttemptResult, ExecutionState | None, float]:
         """Run the attempt: its result, the execution's next state (None: it was taken
         away mid-run) and the delay before a retry."""
-        if row["id"] not in self._leases:  # the lease lapsed while it waited for its lock
-            return AttemptResult("cancelled", error="lease lost before the run started"), \
-                None, 0.0
-        task = asyncio.ensure_future(self._hold_then_execute(row))
-        self._running[row["id"]] = task
+        if claimed.id not in self._leases:  # the lease lapsed while it waited for its lock
+            lost = AttemptResult(AttemptOutcome.CANCELLED,
+                                 error="lease lost before the run started")
+            return lost, None, 0.0
+        task = asyncio.ensure_future(self._hold_then_execute(claimed))
+        self._running[claimed.id] = task
         started = time.perf_counter()
         try:
             result = await task
         except asyncio.CancelledError:
-            if row["id"] not in self._taken_away:
+            if claimed.id not in self._taken_away:
                 raise
-            self._taken_away.discard(row["id"])
-            stopped = AttemptResult("cancelled", error="stopped: the execution was cancelled")
+            self._taken_away.discard(claimed.id)
+            stopped = AttemptResult(AttemptOutcome.CANCELLED,
+                                    error="stopped: the execution was cancelled")
             return stopped, None, 0.0
         finally:
-            self._running.pop(row["id"], None)
-        self.metrics.execution_duration.observe({"kind": row["kind"]},
+            self._running.pop(claimed.id, None)
+        self.metrics.execution_duration.observe({"kind": claimed.kind},
                                                 time.perf_counter() - started)
-        self.metrics.executions.inc({"kind": row["kind"], "outcome": result.outcome})
+        self.metrics.executions.inc({"kind": claimed.kind, "outcome": result.outcome})
         policy = RetryPolicy(
-            max_attempts=row["max_attempts"],
-            backoff_s=row["backoff_s"],
-            max_backoff_s=row["max_backoff_s"],
-            jitter=row["retry_jitter"],
+            max_attempts=claimed.max_attempts,
+            backoff_s=claimed.backoff_s,
+            max_backoff_s=claimed.max_backoff_s,
         )
-        state, delay = next_state(result, row["attempt"], policy)
+        state, delay = next_state(result, claimed.attempt, policy)
         return result, state, delay
 
-    def _too_late(self, row: Any) -> AttemptResult | None:
+    def _too_late(self, claimed: ClaimedExecution) -> AttemptResult | None:
         """A first attempt that waited past the job's starting deadline is not run."""
-        deadline = row["starting_deadline_s"]
-        if deadline is None or row["attempt"] != 1:
+        deadline = claimed.starting_deadline_s
+        if deadline is None or claimed.attempt != 1:
             return None
-        late = (datetime.now(UTC) - row["scheduled_for"]).total_seconds()
+        late = (datetime.now(UTC) - claimed.scheduled_for).total_seconds()
         if late <= deadline:
             return None
-        return AttemptResult("missed", error=f"started {late:.1f}s late, past "
-                                             f"starting_deadline_s={deadline:g}")
+        return AttemptResult(AttemptOutcome.MISSED,
+                             error=f"started {late:.1f}s late, past "
+                                   f"starting_deadline_s={deadline:g}")
 
-    async def _take_job_lock(self, row: Any) -> tuple[Lock | None, AttemptResult | None]:
-        """forbid/replace jobs run under a ZooKeeper lock per job, released when the run
+    async def _take_job_lock(self, claimed: ClaimedExecution,
+                             ) -> tuple[JobLock | None, AttemptResult | None]:
+        """forbid/replace jobs run under a lock per job (ZooKeeper), released when the run
         ends or, if this worker dies, when its session does."""
-        if row["concurrency"] == "allow" or self.zk is None:
+        if claimed.concurrency == "allow" or self.coordinator is None:
             return None, None
-        lock = Lock(f"{LOCKS_PATH}/{row['job_id']}")
-        lock.set_client(self.zk)
-        wait = 0.5 if row["concurrency"] == "forbid" else min(30.0, row["timeout_s"])
+        wait = 0.5 if claimed.concurrency == "forbid" else min(30.0, claimed.timeout_s)
         try:
-            await lock.acquire(timeout=wait)
-        except (TimeoutError, zk_exc.TimeoutError, zk_exc.ZKError) as exc:
-            if row["concurrency"] == "forbid":
-                return None, AttemptResult(
-                    "skipped", error="another run of this job holds its lock (concurrency=forbid)")
-            return None, AttemptResult("failed", error=f"job lock not obtained in {wait:g}s: "
-                                                       f"{exc!r}")
-        return lock, None
+            lock = await self.coordinator.acquire_job_lock(claimed.job_id, wait)
+        except Exception as exc:  # noqa: BLE001 - ZooKeeper trouble: this try fails
+            return None, AttemptResult(AttemptOutcome.FAILED,
+                                       error=f"job lock not obtained: {exc!r}")
+        if lock is not None:
+            return lock, None
+        if claimed.concurrency == "forbid":
+            return None, AttemptResult(
+                AttemptOutcome.SKIPPED,
+                error="another run of this job holds its lock (concurrency=forbid)")
+        return None, AttemptResult(AttemptOutcome.FAILED,
+                                   error=f"job lock not obtained in {wait:g}s")
 
-    async def _close_attempt(self, row: Any, outcome: str, result: AttemptResult) -> None:
+    async def _close_attempt(self, claimed: ClaimedExecution, outcome: AttemptOutcome,
+                             result: AttemptResult) -> None:
         """End the attempt row of a run taken away; if the database is unreachable the
         reaper ends it instead."""
         try:
-            await self.held.close_attempt(row["id"], row["attempt"], outcome, result.error,
-                                          result.output, result.exit_code)
+            await self.store.close_attempt(claimed.id, claimed.attempt, outcome, result.error,
+                                           result.output, result.exit_code)
         except Exception as exc:  # noqa: BLE001
-            log.warning("closing attempt %d of %s failed (%r)", row["attempt"], row["id"], exc)
+            log.warning("closing attempt %d of %s failed (%r)", claimed.attempt, claimed.id,
+                        exc)
 
-    async def _hand_back(self, row: Any) -> None:
+    async def _hand_back(self, claimed: ClaimedExecution) -> None:
         try:
-            await self.store.hand_back(row["id"], row["attempt"], self.name)
+            await self.store.hand_back(claimed.id, claimed.attempt, self.name)
         except Exception as exc:  # noqa: BLE001 - the lease expiry recovers it anyway
-            log.warning("hand-back of %s failed (%r); its lease will expire", row["id"], exc)
+            log.warning("hand-back of %s failed (%r); its lease will expire", claimed.id, exc)
 
-    async def _record(self, message: AbstractIncomingMessage, row: Any,
-                      result: AttemptResult, state: str, delay: float) -> None:
+    async def _record(self, delivery: Delivery, claimed: ClaimedExecution,
+                      result: AttemptResult, state: ExecutionState, delay: float) -> None:
         finished = FinishedAttempt(
-            execution_id=row["id"],
-            attempt=row["attempt"],
+            execution_id=claimed.id,
+            attempt=claimed.attempt,
             state=state,
             outcome=result.outcome,
             exit_code=result.exit_code,
             error=result.error,
             output=result.output,
             retry_in_s=delay,
-            reason=result.error if state in ("missed", "skipped") else None,
-            started_at=self._started_at.pop(row["id"], None),
+            reason=result.error if state in (ExecutionState.MISSED, ExecutionState.SKIPPED)
+            else None,
+            started_at=self._started_at.pop(claimed.id, None),
         )
         committed = await self._commit(finished)
         if committed is None:
             log.warning("execution %s was taken from this worker; its result is dropped",
-                        row["id"])
-            await self._close_attempt(row, result.outcome, result)
-            await message.ack()
+                        claimed.id)
+            await self._close_attempt(claimed, result.outcome, result)
+            await delivery.ack()
             return
         self.stats[committed] = self.stats.get(committed, 0) + 1
-        log.info("execution %s attempt %d %s", row["id"], row["attempt"], committed,
-                 extra={"job_id": row["job_id"], "execution_id": row["id"],
-                        "attempt": row["attempt"]})
-        if committed == "retrying":
+        log.info("execution %s attempt %d %s", claimed.id, claimed.attempt, committed,
+                 extra={"job_id": claimed.job_id, "execution_id": claimed.id,
+                        "attempt": claimed.attempt})
+        if committed == ExecutionState.RETRYING:
             self.metrics.retries.inc({})
-        if committed == "dead":
+        if committed == ExecutionState.DEAD:
             self.metrics.dead_lettered.inc({"cause": "attempts_exhausted"})
-            await message.reject(requeue=False)  # dead-lettered by the queue's DLX
+            await delivery.reject(requeue=False)  # dead-lettered by the queue's DLX
         else:
-            await message.ack()
+            await delivery.ack()
 
-    async def _commit(self, finished: FinishedAttempt) -> str | None:
+    async def _commit(self, finished: FinishedAttempt) -> ExecutionState | None:
         """Record a result, retrying through database outages: the ack waits for it. The
         retries stay a second apart at most, so the result is in soon after PostgreSQL is
         back (the leader's reaper waits one lease after an outage)."""
@@ -430,42 +416,37 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def _hold_then_execute(self, row: Any) -> AttemptResult:
+    async def _hold_then_execute(self, claimed: ClaimedExecution) -> AttemptResult:
         """A fire published ahead of its time (the leader's lookahead) starts when due."""
-        early = (row["scheduled_for"] - datetime.now(UTC)).total_seconds()
+        early = (claimed.scheduled_for - datetime.now(UTC)).total_seconds()
         if early > 0:
             await asyncio.sleep(early)
         # At most worker_concurrency runs at once, of which shell_concurrency shell runs.
-        shell = self._shell_slots if row["kind"] == "shell" else contextlib.nullcontext()
+        shell = self._shell_slots if claimed.kind == "shell" else contextlib.nullcontext()
         async with self._run_slots, shell:
             started = datetime.now(UTC)
-            self._started_at[row["id"]] = started
-            if row["attempt"] == 1:
-                late = (started - row["scheduled_for"]).total_seconds()
+            self._started_at[claimed.id] = started
+            if claimed.attempt == 1:
+                late = (started - claimed.scheduled_for).total_seconds()
                 self.metrics.start_lateness.observe({}, max(0.0, late))
-            return await self._execute(row)
+            return await self._execute(claimed)
 
-    async def _execute(self, row: Any) -> AttemptResult:
-        payload = row["payload"]
+    async def _execute(self, claimed: ClaimedExecution) -> AttemptResult:
+        payload = claimed.payload
         limit = self.settings.output_limit_bytes
-        timeout = row["timeout_s"]
-        kind = row["kind"]
-        secrets = SecretSource.from_settings(self.settings)
+        timeout = claimed.timeout_s
+        kind = claimed.kind
+        if kind in self.settings.disabled_kinds:
+            return AttemptResult(AttemptOutcome.FAILED,
+                                 error=f"{kind} jobs are disabled on this worker "
+                                       "(disabled_kinds)")
         if kind == "shell":
-            return await run_shell(payload, timeout, limit,
-                                   ShellSandbox.from_settings(self.settings), secrets)
+            return await run_shell(payload, timeout, limit, self._sandbox, self._secrets)
         if kind == "http":
-            assert self._http is not None
-            return await run_http(payload, timeout, limit, self._http, secrets)
+            return await self._http.run(payload, timeout, limit, self._secrets)
         if kind == "python":
-            context = TaskContext(row["id"], row["attempt"], row["job_id"], row["scheduled_for"])
+            context = TaskContext(claimed.id, claimed.attempt, claimed.job_id,
+                                  claimed.scheduled_for)
             return await run_python(payload, timeout, limit, self.registry, context,
                                     self._threads)
-        return AttemptResult("failed", error=f"unknown job kind {kind!r}")
-
-
-async def _release(lock: Lock) -> None:
-    try:
-        await asyncio.wait_for(lock.release(), 5)
-    except Exception as exc:  # noqa: BLE001 - the lock is ephemeral: the session frees it
-        log.warning("releasing a job lock failed (%r)", exc)
+        return AttemptResult(AttemptOutcome.FAILED, error=f"unknown job kind {kind!r}")

@@ -11,7 +11,7 @@ import uuid
 import aio_pika
 import pytest
 
-from jobsched.adapters.rabbitmq import AttemptMessage
+from jobsched.messages import AttemptMessage
 from tests.chaos.conftest import DRAIN_TIMEOUT_S, LEASE_S, Chaos
 from tests.chaos.harness import (
     Fire,

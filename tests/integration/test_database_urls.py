@@ -12,8 +12,10 @@ import asyncpg
 import pytest
 
 from jobsched.adapters import postgres
-from jobsched.adapters.postgres import JobStore, ReplicaReads
+from jobsched.adapters.postgres.jobs import PostgresJobs
+from jobsched.adapters.postgres.replica import ReplicaReads
 from jobsched.devcluster import free_port
+from jobsched.ports import JobRepository, Row
 from jobsched.settings import Settings
 from tests.integration.test_postgres import _job
 
@@ -33,26 +35,27 @@ async def test_a_url_of_several_hosts_connects_to_the_read_write_one(database_ur
     try:
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT NOT pg_is_in_recovery()")
-        await JobStore(pool).ping()
+        await PostgresJobs(pool).ping()
     finally:
         await pool.close()
 
 
 @pytest.fixture
-async def stores(database_url: str) -> AsyncIterator[tuple[JobStore, JobStore]]:
+async def stores(database_url: str,
+                 ) -> AsyncIterator[tuple[asyncpg.Pool, PostgresJobs, PostgresJobs]]:
     """A primary store and a second pool on the same database standing in as the replica."""
     primary = await postgres.create_pool(database_url)
     replica = await postgres.create_pool(database_url, min_size=0)
-    yield JobStore(primary), JobStore(replica)
+    yield primary, PostgresJobs(primary), PostgresJobs(replica)
     await replica.close()
     await primary.close()
 
 
 async def test_reads_go_to_the_replica_and_missing_rows_to_the_primary(
-        stores: tuple[JobStore, JobStore]) -> None:
-    primary, replica = stores
+        stores: tuple[asyncpg.Pool, PostgresJobs, PostgresJobs]) -> None:
+    pool, primary, replica = stores
     reads = ReplicaReads(replica, primary)
-    job_id = await _job(primary, datetime.now(UTC))
+    job_id = await _job(pool, datetime.now(UTC))
     found = await reads.read(lambda s: s.get_job(job_id, "default"), confirm_missing=True)
     assert found is not None and found["id"] == job_id
     assert reads.served == {"replica": 1, "primary": 0}
@@ -69,12 +72,12 @@ async def test_a_dead_replica_falls_back_to_the_primary_and_rests(database_url: 
     dead_url = _with_hosts(database_url, f"127.0.0.1:{free_port()}")
     dead_pool = await postgres.create_pool(dead_url, min_size=0)  # does not connect yet
     try:
-        primary = JobStore(primary_pool)
-        reads = ReplicaReads(JobStore(dead_pool), primary, rest_s=60)
-        job_id = await _job(primary, datetime.now(UTC))
-        calls: list[JobStore] = []
+        primary = PostgresJobs(primary_pool)
+        reads = ReplicaReads(PostgresJobs(dead_pool), primary, rest_s=60)
+        job_id = await _job(primary_pool, datetime.now(UTC))
+        calls: list[JobRepository] = []
 
-        async def get(store: JobStore) -> asyncpg.Record | None:
+        async def get(store: JobRepository) -> Row | None:
             calls.append(store)
             return await store.get_job(job_id, "default")
 

@@ -4,6 +4,7 @@ claims that only one worker can win."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -12,29 +13,30 @@ import orjson
 import pytest
 
 from jobsched.adapters import postgres
-from jobsched.adapters.postgres import (
-    FinishedAttempt,
-    FireRecord,
-    JobAdvance,
-    JobStore,
-    StaleEpochError,
-    TickPlan,
-)
-from jobsched.api.app import job_values
-from jobsched.domain.models import JobCreate
+from jobsched.adapters.postgres.jobs import PostgresJobs
+from jobsched.adapters.postgres.leader import PostgresLeaderStore
+from jobsched.adapters.postgres.migrate import migration_files
+from jobsched.adapters.postgres.worker import PostgresWorkerStore
+from jobsched.api.models import JobCreate
+from jobsched.api.routes.jobs import job_columns
+from jobsched.domain.firing import DueJob, FireRecord, JobAdvance, TickPlan
+from jobsched.domain.states import AttemptOutcome, ExecutionState
+from jobsched.ports import FinishedAttempt, StaleEpochError
 
 
-async def _job(store: JobStore, due: datetime, schedule: str = "* * * * * *") -> uuid.UUID:
+async def _job(pool: asyncpg.Pool, due: datetime, schedule: str = "* * * * * *",
+               **extra: object) -> uuid.UUID:
+    """A job of namespace "default" whose next fire is ``due``."""
     job = JobCreate.model_validate_json(orjson.dumps({
-        "name": "j", "schedule": schedule, "kind": "python", "python": {"function": "m:f"}}))
+        "name": "j", "schedule": schedule, "kind": "python", "python": {"function": "m:f"},
+        **extra}))
     job_id = uuid.uuid4()
-    values = list(job_values(job, job_id, due))
-    values[5] = due  # next_fire_at
-    row = await store.insert_job((job_id, "default", *values))
-    return row["id"]
+    columns = dataclasses.replace(job_columns(job, job_id, due), next_fire_at=due)
+    row, _ = await PostgresJobs(pool).create_job(job_id, "default", columns)
+    return uuid.UUID(str(row["id"]))
 
 
-def _plan(jobs: list[postgres.DueJob]) -> TickPlan:
+def _plan(jobs: list[DueJob]) -> TickPlan:
     return TickPlan(
         fires=[FireRecord(j.id, j.next_fire_at) for j in jobs],
         advances=[JobAdvance(j.id, j.next_fire_at + timedelta(seconds=1), 1) for j in jobs],
@@ -50,7 +52,7 @@ async def test_migrate_is_idempotent_and_safe_concurrently(database_url: str) ->
     try:
         versions = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
         assert [r["version"] for r in versions] == [
-            version for version, _, _ in postgres._migration_files()]
+            version for version, _, _ in migration_files()]
     finally:
         await conn.close()
 
@@ -64,26 +66,26 @@ async def test_fresh_database_migrates_under_the_lock(template_db: str) -> None:
     assert await postgres.create_database(url) is False
     try:
         applied = await asyncio.gather(*(postgres.migrate(url) for _ in range(3)))
-        assert sorted(len(a) for a in applied) == [0, 0, len(postgres._migration_files())]
+        assert sorted(len(a) for a in applied) == [0, 0, len(migration_files())]
     finally:
         assert PG_ADMIN_URL
         await drop_database(name)
 
 
 async def test_epoch_only_grows(pool: asyncpg.Pool) -> None:
-    store = JobStore(pool)
+    store = PostgresLeaderStore(pool)
     assert await store.claim_epoch(5, "a")
     assert not await store.claim_epoch(5, "b")
     assert not await store.claim_epoch(3, "b")
     assert await store.claim_epoch(6, "b")
-    leader = await store.current_leader()
-    assert leader is not None and leader["epoch"] == 6 and leader["holder"] == "b"
+    leader = await PostgresJobs(pool).current_leader()
+    assert leader is not None and leader.epoch == 6 and leader.holder == "b"
 
 
 async def test_deposed_leader_cannot_fire(pool: asyncpg.Pool) -> None:
-    store = JobStore(pool)
+    store = PostgresLeaderStore(pool)
     now = datetime.now(UTC).replace(microsecond=0)
-    job_id = await _job(store, now)
+    job_id = await _job(pool, now)
     assert await store.claim_epoch(1, "old")
     assert await store.claim_epoch(2, "new")
     with pytest.raises(StaleEpochError):
@@ -97,9 +99,9 @@ async def test_deposed_leader_cannot_fire(pool: asyncpg.Pool) -> None:
 
 
 async def test_a_fire_creates_exactly_one_execution(pool: asyncpg.Pool) -> None:
-    store = JobStore(pool)
+    store = PostgresLeaderStore(pool)
     now = datetime.now(UTC).replace(microsecond=0)
-    job_id = await _job(store, now)
+    job_id = await _job(pool, now)
     await store.claim_epoch(1, "leader")
     first, _, _ = await store.fire_due_jobs(1, now, 100, _plan)
     assert len(first) == 1
@@ -113,10 +115,10 @@ async def test_a_fire_creates_exactly_one_execution(pool: asyncpg.Pool) -> None:
 
 
 async def test_concurrent_fire_transactions_do_not_duplicate(pool: asyncpg.Pool) -> None:
-    store = JobStore(pool)
+    store = PostgresLeaderStore(pool)
     now = datetime.now(UTC).replace(microsecond=0)
     for _ in range(200):
-        await _job(store, now)
+        await _job(pool, now)
     await store.claim_epoch(1, "leader")
     results = await asyncio.gather(*(store.fire_due_jobs(1, now, 50, _plan) for _ in range(8)))
     assert sum(len(d) for d, _, _ in results) == 200
@@ -124,19 +126,23 @@ async def test_concurrent_fire_transactions_do_not_duplicate(pool: asyncpg.Pool)
 
 
 async def test_only_one_claim_wins_and_results_need_the_claim(pool: asyncpg.Pool) -> None:
-    store = JobStore(pool)
+    store = PostgresLeaderStore(pool)
+    workers = PostgresWorkerStore(pool)
     now = datetime.now(UTC)
-    await _job(store, now)
+    await _job(pool, now)
     await store.claim_epoch(1, "leader")
     (dispatch,), _, _ = await store.fire_due_jobs(1, now, 100, _plan)
     claim = [(dispatch.execution_id, dispatch.attempt)]
-    results = await asyncio.gather(*(store.claim_executions(claim, f"w{i}", 30) for i in range(5)))
+    results = await asyncio.gather(*(workers.claim_executions(claim, f"w{i}", 30)
+                                     for i in range(5)))
     winners = [i for i, rows in enumerate(results) if rows]
     assert len(winners) == 1
     winner = f"w{winners[0]}"
-    result = FinishedAttempt(dispatch.execution_id, 1, "succeeded", "succeeded", 0, None, "ok", 0)
-    assert await store.finish_attempts([result], "someone-else") == {}
-    assert await store.finish_attempts([result], winner) == {dispatch.execution_id: "succeeded"}
-    assert await store.claim_executions(claim, "late", 30) == []
+    result = FinishedAttempt(dispatch.execution_id, 1, ExecutionState.SUCCEEDED,
+                             AttemptOutcome.SUCCEEDED, 0, None, "ok", 0)
+    assert await workers.finish_attempts([result], "someone-else") == {}
+    assert await workers.finish_attempts([result], winner) == {
+        dispatch.execution_id: ExecutionState.SUCCEEDED}
+    assert await workers.claim_executions(claim, "late", 30) == []
     attempts = await pool.fetch("SELECT worker, outcome FROM attempts")
     assert [(a["worker"], a["outcome"]) for a in attempts] == [(winner, "succeeded")]

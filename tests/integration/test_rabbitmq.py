@@ -6,14 +6,15 @@ import asyncio
 import uuid
 
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
-from jobsched.adapters.rabbitmq import AttemptMessage, Broker, MessageError
+from jobsched.adapters.rabbitmq import RabbitBroker
+from jobsched.messages import AttemptMessage, MessageError
+from jobsched.ports import Delivery
 from jobsched.settings import Settings
 
 
-def _broker(settings: Settings) -> Broker:
-    return Broker(settings.amqp_url, settings.queue_name, settings.dead_letter_exchange,
+def _broker(settings: Settings) -> RabbitBroker:
+    return RabbitBroker(settings.amqp_url, settings.queue_name, settings.dead_letter_exchange,
                   settings.dead_letter_queue)
 
 
@@ -36,7 +37,7 @@ async def test_publish_confirm_consume_and_dead_letter(settings: Settings) -> No
         got: list[AttemptMessage] = []
         done = asyncio.Event()
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
+        async def on_message(message: Delivery) -> None:
             decoded = AttemptMessage.decode(message.body)
             got.append(decoded)
             if decoded == messages[0]:
@@ -52,7 +53,7 @@ async def test_publish_confirm_consume_and_dead_letter(settings: Settings) -> No
         assert sorted(str(m.execution_id) for m in got) == sorted(
             str(m.execution_id) for m in messages)
         for _ in range(50):
-            depths = await broker.queue_depths()
+            depths = {q: s.messages for q, s in (await broker.queue_stats()).items()}
             if depths[settings.dead_letter_queue] == 1:
                 break
             await asyncio.sleep(0.1)

@@ -6,22 +6,22 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import orjson
 import pytest
 
-from jobsched.adapters.postgres import JobStore, StaleEpochError
-from jobsched.api.app import job_values
-from jobsched.domain.models import JobCreate
-from jobsched.scheduler.retention import purge_history
+from jobsched.adapters.postgres.leader import PostgresLeaderStore
+from jobsched.ports import StaleEpochError
+from tests.integration.test_postgres import _job as _due_job
+
+BATCH = 5_000
 
 
-async def _job(store: JobStore, **extra: object) -> uuid.UUID:
-    job = JobCreate.model_validate_json(orjson.dumps({
-        "name": "r", "schedule": "* * * * * *", "kind": "python",
-        "python": {"function": "m:f"}, **extra}))
-    job_id = uuid.uuid4()
-    await store.insert_job((job_id, "default", *job_values(job, job_id, datetime.now(UTC))))
-    return job_id
+async def _job(pool: asyncpg.Pool, **extra: object) -> uuid.UUID:
+    return await _due_job(pool, datetime.now(UTC), **extra)
+
+
+async def purge_history(pool: asyncpg.Pool, epoch: int, now: datetime,
+                        retention: timedelta) -> int:
+    return await PostgresLeaderStore(pool).purge_history(epoch, now - retention, BATCH)
 
 
 async def _execution(pool: asyncpg.Pool, job_id: uuid.UUID, at: datetime, state: str,
@@ -32,11 +32,10 @@ async def _execution(pool: asyncpg.Pool, job_id: uuid.UUID, at: datetime, state:
 
 
 async def test_age_and_per_job_limits(pool: asyncpg.Pool) -> None:
-    store = JobStore(pool)
-    await store.claim_epoch(1, "leader")
+    await PostgresLeaderStore(pool).claim_epoch(1, "leader")
     now = datetime.now(UTC).replace(microsecond=0)
-    limited = await _job(store, history={"succeeded": 2, "failed": 1})
-    unlimited = await _job(store)
+    limited = await _job(pool, history={"succeeded": 2, "failed": 1})
+    unlimited = await _job(pool)
     for i in range(5):
         at = now - timedelta(minutes=i)
         await _execution(pool, limited, at, "succeeded", at)
@@ -59,7 +58,6 @@ async def test_age_and_per_job_limits(pool: asyncpg.Pool) -> None:
 
 
 async def test_a_deposed_leader_cannot_purge(pool: asyncpg.Pool) -> None:
-    store = JobStore(pool)
-    await store.claim_epoch(2, "new")
+    await PostgresLeaderStore(pool).claim_epoch(2, "new")
     with pytest.raises(StaleEpochError):
         await purge_history(pool, 1, datetime.now(UTC), timedelta(days=30))

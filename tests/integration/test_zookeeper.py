@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from jobsched.adapters.zookeeper import LeaderCampaign, make_client
+from jobsched.adapters.zookeeper import LeaderCampaign, ZooKeeperCoordinator, make_client
 from jobsched.settings import Settings
 
 
@@ -23,8 +23,9 @@ async def test_one_leader_and_growing_epochs(settings: Settings) -> None:
         assert len(done) == 1 and all(not p.done() for p in pending)
         first = elections.index(done.pop())
         term = elections[first].result()
-        seen = await campaigns[first].candidates()
-        assert next(name for _, name in seen) == f"s{first}" and len(seen) == 3
+        seen = await ZooKeeperCoordinator(clients[0]).schedulers()
+        assert [s.leader for s in seen] == [True, False, False] and len(seen) == 3
+        assert seen[0].instance == f"s{first}"
 
         await campaigns[first].resign()
         done, pending = await asyncio.wait(pending, timeout=5,

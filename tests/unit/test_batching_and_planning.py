@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobsched.adapters.postgres import DueJob, JobAdvance
 from jobsched.batching import Batcher
+from jobsched.domain.firing import DueJob, JobAdvance
+from jobsched.domain.firing import plan_tick as plan_fires
 from jobsched.domain.retry import RetryPolicy
-from jobsched.scheduler.leader import plan_fires
-from jobsched.worker.executors import AttemptResult
+from jobsched.ports import ClaimedExecution
+from jobsched.worker.results import AttemptResult
 from jobsched.worker.worker import assign_claims, next_state
 
 
@@ -99,7 +100,8 @@ def test_two_copies_of_a_message_in_one_claim_batch_get_one_row() -> None:
     """A duplicate delivery in the same batch as the original: the one claimed row goes to
     the first copy only, so the execution runs once (chaos scenario 7 caught this)."""
     a, b = uuid.uuid4(), uuid.uuid4()
-    row_a = {"id": a, "attempt": 1}
+    row_a = ClaimedExecution(a, uuid.uuid4(), "default", 1, datetime.now(UTC), "python", {},
+                             1.0, 1, 1.0, 1.0, "allow", None)
     claims = [(a, 1), (b, 1), (a, 1), (a, 2)]
     assert assign_claims(claims, [row_a]) == [row_a, None, None, None]
     assert assign_claims([(b, 1)], []) == [None]

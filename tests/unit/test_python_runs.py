@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from jobsched.tasks import TaskContext, TaskRegistry
-from jobsched.worker.executors import ThreadRunner, run_python
+from jobsched.worker.python import ThreadRunner, run_python
 
 
 def _sleepy(seconds: float) -> str:

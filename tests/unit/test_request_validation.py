@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from jobsched.api.app import IDEMPOTENCY_KEY_RE, body_digest, merge_patch
+from jobsched.api.models import HttpSpec, JobCreate, SchedulePreviewRequest, ShellSpec
 from jobsched.api.problems import invalid, validation_errors
+from jobsched.api.routes.jobs import IDEMPOTENCY_KEY_RE, body_digest, merge_patch
 from jobsched.domain.auth import parse_bearer
-from jobsched.domain.models import HttpSpec, JobCreate, SchedulePreviewRequest, ShellSpec
 
 PROPERTY = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobsched.api.app import OPERATIONS, openapi
+from jobsched.api.app import openapi
+from jobsched.api.routes import OPERATIONS
 from jobsched.api.security import Authenticator
 from jobsched.domain.auth import (
     ANONYMOUS_ADMIN,
@@ -213,7 +214,7 @@ def test_openapi_documents_every_route_from_the_models() -> None:
 
 
 def test_the_documents_examples_are_accepted_by_the_models() -> None:
-    from jobsched.domain.models import JobCreate, SchedulePreviewRequest
+    from jobsched.api.models import JobCreate, SchedulePreviewRequest
 
     for model in (JobCreate, SchedulePreviewRequest):
         examples = openapi()["components"]["schemas"][model.__name__]["examples"]

@@ -1,5 +1,5 @@
-"""The public request and response bodies, declared once: they validate requests, shape
-responses and produce the problem+json errors (and later the OpenAPI document)."""
+"""The HTTP API's request and response bodies, declared once: they validate requests, shape
+responses, and produce the problem+json errors and the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from jobsched.domain.schedule import ScheduleError, parse_schedule
+from jobsched.domain.states import AttemptOutcome, ExecutionState, JobState
 
 MAX_ARGV = 256
 MAX_LABELS = 32
@@ -228,7 +229,7 @@ class AttemptOut(BaseModel):
     worker: str
     started_at: datetime
     finished_at: datetime | None
-    outcome: str | None
+    outcome: AttemptOutcome | None
     exit_code: int | None
     error: str | None
     output: str | None
@@ -238,7 +239,7 @@ class ExecutionOut(BaseModel):
     id: uuid.UUID
     job_id: uuid.UUID
     scheduled_for: datetime
-    state: str
+    state: ExecutionState
     reason: str | None = None
     attempt: int
     worker: str | None
@@ -256,7 +257,7 @@ class JobOut(BaseModel):
 
     id: uuid.UUID
     namespace: str
-    state: str
+    state: JobState
     next_fire_at: datetime | None
     created_at: datetime
     updated_at: datetime
@@ -305,7 +306,7 @@ class SchedulePreview(BaseModel):
 class ListJobsQuery(_Strict):
     model_config = ConfigDict(extra="forbid", strict=False)
 
-    state: Literal["active", "paused", "completed", "cancelled"] | None = None
+    state: JobState | None = None
     name: Name | None = None
     label: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+=[^\x00-\x1f]*$")]] = []
     limit: Annotated[int, Field(ge=1, le=500)] = 50

@@ -1,0 +1,213 @@
+"""The api's repository on PostgreSQL: jobs as users create, change and read them, and
+their executions. Implements ``jobsched.ports.JobRepository``."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from jobsched.adapters.postgres.listen import CANCEL_CHANNEL, WAKE_CHANNEL
+from jobsched.adapters.postgres.sql import load_queries
+from jobsched.ports import IdempotencyConflict, JobColumns, LeaderInfo, QuotaExceeded, Row
+
+Q = load_queries("jobs.sql")
+
+# Below quota - margin, creates count without locking (the count moves by at most the
+# creates in flight); nearer, they serialize per namespace so the quota is exact.
+QUOTA_LOCK_MARGIN = 64
+
+
+def _columns(columns: JobColumns) -> dict[str, Any]:
+    return {f.name: getattr(columns, f.name) for f in dataclasses.fields(columns)}
+
+
+def _row(record: Any) -> Row | None:
+    return dict(record) if record is not None else None
+
+
+class PostgresJobs:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def ping(self) -> None:
+        async with self.pool.acquire(timeout=2) as conn:
+            await conn.fetchval(Q.ping.text, timeout=2)
+
+    async def create_job(
+        self,
+        job_id: uuid.UUID,
+        namespace: str,
+        columns: JobColumns,
+        *,
+        idempotency_key: str | None = None,
+        digest: bytes | None = None,
+        idempotency_ttl_s: float = 86_400.0,
+        quota: int = 0,
+        notify: bool = True,
+    ) -> tuple[Row, bool]:
+        """Insert a job under the namespace's quota. With an idempotency key, a repeat of an
+        identical create answers the first job instead: returns the job row (with
+        ``last_execution``) and whether it is such a replay. ``notify`` wakes the leader
+        (only needed for a job due before its next look)."""
+        values = _columns(columns)
+        if idempotency_key is None and not quota:
+            # The common case is one statement, one round trip, one commit.
+            row = await Q.insert_job.fetchrow(self.pool, id=job_id, namespace=namespace,
+                                              notify=notify, channel=WAKE_CHANNEL, **values)
+            return {**dict(row), "last_execution": None}, False
+        async with self.pool.acquire() as conn, conn.transaction():
+            if idempotency_key is not None:
+                first = await self._replay(conn, namespace, idempotency_key, digest,
+                                           idempotency_ttl_s)
+                if first is not None:
+                    return first, True
+            if quota:
+                await self._within_quota(conn, namespace, quota)
+            row = await Q.insert_job_keyed.fetchrow(
+                conn, id=job_id, namespace=namespace, idempotency_key=idempotency_key,
+                idempotency_digest=digest, **values)
+            if row is None:  # a concurrent create with this key won the race
+                assert idempotency_key is not None
+                first = await self._replay(conn, namespace, idempotency_key, digest,
+                                           idempotency_ttl_s)
+                assert first is not None
+                return first, True
+            if notify:
+                await Q.notify.execute(conn, channel=WAKE_CHANNEL, payload="job")
+        return {**dict(row), "last_execution": None}, False
+
+    @staticmethod
+    async def _replay(conn: asyncpg.Connection, namespace: str, key: str,
+                      digest: bytes | None, ttl_s: float) -> Row | None:
+        found = await Q.job_by_idempotency_key.fetchrow(conn, namespace=namespace, key=key,
+                                                        ttl_s=ttl_s)
+        if found is None:
+            return None
+        if found["expired"]:
+            await Q.release_idempotency_key.execute(conn, id=found["id"], ttl_s=ttl_s)
+            return None
+        if found["idempotency_digest"] != digest:
+            raise IdempotencyConflict(found["id"])
+        return _row(await Q.get_job.fetchrow(conn, id=found["id"], namespace=namespace))
+
+    @staticmethod
+    async def _within_quota(conn: asyncpg.Connection, namespace: str, quota: int) -> None:
+        if await Q.count_live_jobs.fetchval(conn, namespace=namespace,
+                                            cap=quota) < quota - QUOTA_LOCK_MARGIN:
+            return
+        await Q.lock_namespace.execute(conn, namespace=namespace)
+        if await Q.count_live_jobs.fetchval(conn, namespace=namespace, cap=quota) >= quota:
+            raise QuotaExceeded(namespace, quota)
+
+    async def update_job(self, job_id: uuid.UUID, namespace: str,
+                         change: Callable[[Row], JobColumns]) -> Row | None:
+        """Read-modify-write one job under its row lock; ``change`` returns the new column
+        values (or raises to abort). None if there is no such job."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await Q.lock_job.fetchrow(conn, id=job_id, namespace=namespace)
+            if row is None:
+                return None
+            updated = await Q.update_job.fetchrow(conn, id=job_id,
+                                                  **_columns(change(dict(row))))
+            await Q.notify.execute(conn, channel=WAKE_CHANNEL, payload="job")
+        return _row(updated)
+
+    async def pause_job(self, job_id: uuid.UUID, namespace: str) -> bool:
+        return await Q.pause_job.fetchval(self.pool, id=job_id, namespace=namespace) is not None
+
+    async def resume_job(
+        self,
+        job_id: uuid.UUID,
+        namespace: str,
+        plan: Callable[[Row], tuple[datetime | None, list[tuple[datetime, str]]]],
+    ) -> str:
+        """Resume a paused job: ``plan`` gives its next fire and the skipped fires to record.
+        Returns 'resumed', 'not_paused' or 'missing'."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await Q.lock_job.fetchrow(conn, id=job_id, namespace=namespace)
+            if row is None:
+                return "missing"
+            if row["state"] != "paused":
+                return "not_paused"
+            next_fire_at, skipped = plan(dict(row))
+            for at, reason in skipped:
+                await Q.insert_record.execute(conn, job_id=job_id, scheduled_for=at,
+                                              state="skipped", reason=reason)
+            await Q.resume_job.execute(conn, id=job_id, next_fire_at=next_fire_at)
+            await Q.notify.execute(conn, channel=WAKE_CHANNEL, payload="job")
+        return "resumed"
+
+    async def trigger_job(self, job_id: uuid.UUID, now: datetime) -> Row | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await Q.insert_record.fetchrow(conn, job_id=job_id, scheduled_for=now,
+                                                 state="queued", reason="triggered")
+            await Q.notify.execute(conn, channel=WAKE_CHANNEL, payload="trigger")
+        return _row(row)
+
+    async def get_job(self, job_id: uuid.UUID, namespace: str) -> Row | None:
+        return _row(await Q.get_job.fetchrow(self.pool, id=job_id, namespace=namespace))
+
+    async def list_jobs(
+        self,
+        namespace: str,
+        *,
+        state: str | None,
+        name: str | None,
+        labels: dict[str, str] | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[Row]:
+        after_at, after_id = after if after else (None, None)
+        rows = await Q.list_jobs.fetch(self.pool, namespace=namespace, state=state, name=name,
+                                       labels=labels, after_at=after_at, after_id=after_id,
+                                       limit=limit)
+        return [dict(r) for r in rows]
+
+    async def cancel_job(self, job_id: uuid.UUID, namespace: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await Q.cancel_job.fetchrow(conn, id=job_id, namespace=namespace,
+                                              cancel_channel=CANCEL_CHANNEL)
+            await Q.notify.execute(conn, channel=WAKE_CHANNEL, payload="job")
+        return bool(row and row["jobs"])
+
+    async def job_exists(self, job_id: uuid.UUID, namespace: str) -> bool:
+        return bool(await Q.job_exists.fetchval(self.pool, id=job_id, namespace=namespace))
+
+    async def list_executions(self, job_id: uuid.UUID, *,
+                              after: tuple[datetime, uuid.UUID] | None,
+                              limit: int) -> list[Row]:
+        rows = await Q.list_executions.fetch(self.pool, job_id=job_id,
+                                             after_at=after[0] if after else None, limit=limit)
+        return [dict(r) for r in rows]
+
+    async def list_dead(self, namespace: str, *, after: tuple[datetime, uuid.UUID] | None,
+                        limit: int) -> list[Row]:
+        after_at, after_id = after if after else (None, None)
+        rows = await Q.list_dead.fetch(self.pool, namespace=namespace, after_at=after_at,
+                                       after_id=after_id, limit=limit)
+        return [dict(r) for r in rows]
+
+    async def redrive(self, execution_id: uuid.UUID, namespace: str) -> Row | None:
+        """A dead execution queued again for one more attempt; None if it is not dead."""
+        return _row(await Q.redrive_dead.fetchrow(self.pool, id=execution_id,
+                                                  namespace=namespace, channel=WAKE_CHANNEL))
+
+    async def get_execution(self, execution_id: uuid.UUID,
+                            namespace: str) -> tuple[Row, list[Row]] | None:
+        async with self.pool.acquire() as conn:
+            row = await Q.get_execution.fetchrow(conn, id=execution_id, namespace=namespace)
+            if row is None:
+                return None
+            attempts = await Q.list_attempts.fetch(conn, execution_id=execution_id)
+            return dict(row), [dict(a) for a in attempts]
+
+    async def current_leader(self) -> LeaderInfo | None:
+        row = await Q.current_leader.fetchrow(self.pool)
+        if row is None:
+            return None
+        return LeaderInfo(row["epoch"], row["holder"], row["acquired_at"])

@@ -1,0 +1,181 @@
+-- The api's statements: jobs as users create, change and read them, and their history.
+
+-- insert_job --
+-- The common create (no Idempotency-Key, no quota): one statement, one round trip, one
+-- commit; it wakes the leader only when :notify says the job is due before its next look.
+WITH job AS (
+    INSERT INTO jobs (id, namespace, name, kind, payload, schedule, timezone, next_fire_at,
+                      max_attempts, backoff_s, max_backoff_s, timeout_s, labels, spec,
+                      misfire, max_catchup, starting_deadline_s, concurrency, start_at,
+                      end_at, max_runs, jitter_s, keep_succeeded, keep_failed)
+    VALUES (:id, :namespace, :name, :kind, :payload, :schedule, :timezone, :next_fire_at,
+            :max_attempts, :backoff_s, :max_backoff_s, :timeout_s, :labels, :spec,
+            :misfire, :max_catchup, :starting_deadline_s, :concurrency, :start_at,
+            :end_at, :max_runs, :jitter_s, :keep_succeeded, :keep_failed)
+    RETURNING *
+)
+SELECT job.*, CASE WHEN :notify::boolean THEN pg_notify(:channel, 'job') END AS woke
+FROM job
+
+-- insert_job_keyed --
+-- Create with an Idempotency-Key: a concurrent create with the same key waits on the
+-- unique index and then inserts nothing; it answers with the winner's job instead.
+INSERT INTO jobs (id, namespace, name, kind, payload, schedule, timezone, next_fire_at,
+                  max_attempts, backoff_s, max_backoff_s, timeout_s, labels, spec,
+                  misfire, max_catchup, starting_deadline_s, concurrency, start_at,
+                  end_at, max_runs, jitter_s, keep_succeeded, keep_failed,
+                  idempotency_key, idempotency_digest)
+VALUES (:id, :namespace, :name, :kind, :payload, :schedule, :timezone, :next_fire_at,
+        :max_attempts, :backoff_s, :max_backoff_s, :timeout_s, :labels, :spec,
+        :misfire, :max_catchup, :starting_deadline_s, :concurrency, :start_at,
+        :end_at, :max_runs, :jitter_s, :keep_succeeded, :keep_failed,
+        :idempotency_key, :idempotency_digest)
+ON CONFLICT (namespace, idempotency_key) DO NOTHING
+RETURNING *
+
+-- job_by_idempotency_key --
+-- The job an Idempotency-Key names, and whether the key has outlived its retention.
+SELECT id, idempotency_digest, created_at < now() - make_interval(secs => :ttl_s) AS expired
+FROM jobs WHERE namespace = :namespace AND idempotency_key = :key
+
+-- release_idempotency_key --
+-- An expired key is released, so it may name a new job.
+UPDATE jobs SET idempotency_key = NULL, idempotency_digest = NULL
+WHERE id = :id AND created_at < now() - make_interval(secs => :ttl_s)
+
+-- count_live_jobs --
+-- The quota: live (active or paused) jobs of a namespace, counted no further than :cap.
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs WHERE namespace = :namespace AND state IN ('active', 'paused')
+    LIMIT :cap
+) AS live
+
+-- lock_namespace --
+-- Near the quota, creates of one namespace queue on this lock so the count is exact.
+SELECT pg_advisory_xact_lock(hashtextextended('jobsched.ns.' || :namespace, 0))
+
+-- lock_job --
+SELECT * FROM jobs WHERE id = :id AND namespace = :namespace FOR UPDATE
+
+-- update_job --
+-- PATCH: the row was locked by lock_job in the same transaction.
+UPDATE jobs SET name = :name, kind = :kind, payload = :payload, schedule = :schedule,
+    timezone = :timezone, next_fire_at = :next_fire_at, max_attempts = :max_attempts,
+    backoff_s = :backoff_s, max_backoff_s = :max_backoff_s, timeout_s = :timeout_s,
+    labels = :labels, spec = :spec, misfire = :misfire, max_catchup = :max_catchup,
+    starting_deadline_s = :starting_deadline_s, concurrency = :concurrency,
+    start_at = :start_at, end_at = :end_at, max_runs = :max_runs, jitter_s = :jitter_s,
+    keep_succeeded = :keep_succeeded, keep_failed = :keep_failed, updated_at = now()
+WHERE id = :id
+RETURNING *
+
+-- pause_job --
+UPDATE jobs SET state = 'paused', updated_at = now()
+WHERE id = :id AND namespace = :namespace AND state = 'active'
+RETURNING id
+
+-- resume_job --
+UPDATE jobs SET state = 'active', next_fire_at = :next_fire_at, updated_at = now()
+WHERE id = :id
+RETURNING id
+
+-- insert_record --
+-- A run a person asked for (trigger: queued, epoch -1, published by the leader's next
+-- tick) or a fire recorded without a run (skipped while paused).
+INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at)
+VALUES (:job_id, :scheduled_for, -1, :state, :reason,
+        CASE WHEN :state = 'queued' THEN NULL ELSE now() END)
+ON CONFLICT (job_id, scheduled_for) DO NOTHING
+RETURNING *
+
+-- notify --
+SELECT pg_notify(:channel, :payload)
+
+-- get_job --
+SELECT j.*, le.last_execution
+FROM jobs j
+LEFT JOIN LATERAL (
+    SELECT to_jsonb(e.*) AS last_execution FROM executions e
+    WHERE e.job_id = j.id ORDER BY e.scheduled_for DESC LIMIT 1
+) le ON true
+WHERE j.id = :id AND j.namespace = :namespace
+
+-- list_jobs --
+-- Newest first; the cursor is (created_at, id) of the last row returned; a NULL filter
+-- matches everything.
+SELECT j.*, le.last_execution
+FROM jobs j
+LEFT JOIN LATERAL (
+    SELECT to_jsonb(e.*) AS last_execution FROM executions e
+    WHERE e.job_id = j.id ORDER BY e.scheduled_for DESC LIMIT 1
+) le ON true
+WHERE j.namespace = :namespace
+  AND (:state::text IS NULL OR j.state = :state)
+  AND (:name::text IS NULL OR j.name = :name)
+  AND (:labels::jsonb IS NULL OR j.labels @> :labels)
+  AND (:after_at::timestamptz IS NULL OR (j.created_at, j.id) < (:after_at, :after_id::uuid))
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT :limit
+
+-- cancel_job --
+-- Queued and retrying runs are cancelled; running ones too, and their workers are told
+-- (on :cancel_channel) to kill them.
+WITH job AS (
+    UPDATE jobs SET state = 'cancelled', next_fire_at = NULL, updated_at = now()
+    WHERE id = :id AND namespace = :namespace AND state IN ('active', 'paused')
+    RETURNING id
+), cancelled AS (
+    UPDATE executions e SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+                            reason = 'job cancelled'
+    FROM job WHERE e.job_id = job.id AND e.state IN ('queued', 'retrying', 'running')
+    RETURNING e.id
+), notified AS (
+    SELECT pg_notify(:cancel_channel, id::text) FROM cancelled
+)
+SELECT (SELECT count(*) FROM job) AS jobs, (SELECT count(*) FROM notified) AS executions
+
+-- job_exists --
+SELECT 1 FROM jobs WHERE id = :id AND namespace = :namespace
+
+-- list_executions --
+-- (job_id, scheduled_for) is unique: its index orders a job's executions on its own (the
+-- cursor's id is not needed to break ties).
+SELECT e.* FROM executions e
+WHERE e.job_id = :job_id AND (:after_at::timestamptz IS NULL OR e.scheduled_for < :after_at)
+ORDER BY e.scheduled_for DESC
+LIMIT :limit
+
+-- get_execution --
+SELECT e.* FROM executions e JOIN jobs j ON j.id = e.job_id
+WHERE e.id = :id AND j.namespace = :namespace
+
+-- list_attempts --
+SELECT * FROM attempts WHERE execution_id = :execution_id ORDER BY attempt
+
+-- list_dead --
+-- The dead executions of a namespace, newest first (cursor: finished_at, id).
+SELECT e.* FROM executions e JOIN jobs j ON j.id = e.job_id
+WHERE e.state = 'dead' AND j.namespace = :namespace
+  AND (:after_at::timestamptz IS NULL OR (e.finished_at, e.id) < (:after_at, :after_id::uuid))
+ORDER BY e.finished_at DESC, e.id DESC
+LIMIT :limit
+
+-- redrive_dead --
+-- Re-drive a dead execution: one more attempt, published by the leader (epoch -1 rows
+-- are the manual ones it publishes every tick).
+WITH redriven AS (
+    UPDATE executions e
+    SET state = 'queued', attempt = e.attempt + 1, published_at = NULL, queued_at = now(),
+        finished_at = NULL, run_after = NULL, worker = NULL, epoch = -1,
+        reason = 'retried by hand after it was dead'
+    FROM jobs j
+    WHERE e.id = :id AND j.id = e.job_id AND j.namespace = :namespace AND e.state = 'dead'
+    RETURNING e.*
+)
+SELECT redriven.*, pg_notify(:channel, 'retry') IS NULL AS woke FROM redriven
+
+-- current_leader --
+SELECT epoch, holder, acquired_at FROM leader WHERE id = 1
+
+-- ping --
+SELECT 1

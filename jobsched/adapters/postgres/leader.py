@@ -1,0 +1,147 @@
+"""The scheduler leader's repository on PostgreSQL (``jobsched.ports.LeaderRepository``).
+Every write runs in ``fenced()``: it commits only while the caller's epoch is current."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import asyncpg
+
+from jobsched.adapters.postgres.listen import CANCEL_CHANNEL
+from jobsched.adapters.postgres.pool import fenced
+from jobsched.adapters.postgres.sql import load_queries
+from jobsched.domain.firing import DueJob, FireRecord, TickPlan
+from jobsched.domain.states import ExecutionState
+from jobsched.ports import Dispatch, ReapedExecution
+
+log = logging.getLogger(__name__)
+
+Q = load_queries("leader.sql")
+
+
+def _dispatches(rows: Sequence[asyncpg.Record]) -> list[Dispatch]:
+    return [Dispatch(r["id"], r["job_id"], r["attempt"]) for r in rows]
+
+
+class PostgresLeaderStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def claim_epoch(self, epoch: int, holder: str, wait_s: float = 0.5,
+                          tries: int = 5) -> bool:
+        """Claim the fence for a newly elected leader (False: the epoch is not newer). If
+        deposed leaders' open transactions hold the fence longer than ``wait_s``, their
+        sessions are terminated and the claim is tried again."""
+        async with self.pool.acquire() as conn:
+            for attempt in range(1, tries + 1):
+                try:
+                    async with conn.transaction():
+                        await Q.claim_lock_timeout.execute(conn,
+                                                           timeout=f"{int(wait_s * 1000)}ms")
+                        return await Q.claim_epoch.fetchval(conn, epoch=epoch,
+                                                            holder=holder) is not None
+                except asyncpg.LockNotAvailableError:
+                    if attempt == tries:
+                        raise
+                    evicted = await Q.evict_fence_holders.fetch(conn)
+                    log.warning("the fence was held by %d session(s) of deposed leaders; "
+                                "terminated pids %s", len(evicted), [r["pid"] for r in evicted])
+        return False
+
+    async def fire_due_jobs(
+        self,
+        epoch: int,
+        now: datetime,
+        limit: int,
+        plan: Callable[[list[DueJob]], TickPlan],
+        horizon: datetime | None = None,
+    ) -> tuple[list[Dispatch], int, list[FireRecord]]:
+        """Record the fires of due jobs and advance them, in one fenced transaction.
+
+        Jobs of concurrency 'allow' due up to ``horizon`` are included (fired ahead; the
+        worker holds them until due), others only once due at ``now``. Returns the
+        executions to publish, how many jobs were selected, and the fires recorded as not
+        run (missed or skipped), for counting.
+        """
+        async with fenced(self.pool, epoch) as conn:
+            rows = await Q.select_due_jobs.fetch(conn, horizon=horizon or now, now=now,
+                                                 limit=limit)
+            if not rows:
+                return [], 0, []
+            tick = plan([DueJob(**dict(r)) for r in rows])
+            if tick.replace:
+                replaced = await Q.replace_active.fetch(conn, job_ids=tick.replace, now=now)
+                if replaced:
+                    await Q.notify_cancel.execute(conn, channel=CANCEL_CHANNEL,
+                                                  ids=[r["id"] for r in replaced])
+            created = await Q.insert_executions.fetch(
+                conn,
+                epoch=epoch,
+                job_ids=[f.job_id for f in tick.fires],
+                scheduled_for=[f.scheduled_for for f in tick.fires],
+                states=[str(f.state) for f in tick.fires],
+                reasons=[f.reason for f in tick.fires],
+            )
+            # Every multi-row write locks rows in id order: no deadlock with another.
+            advances = sorted(tick.advances, key=lambda a: a.job_id)
+            await Q.advance_jobs.execute(
+                conn,
+                ids=[a.job_id for a in advances],
+                next_fire_at=[a.next_fire_at for a in advances],
+                runs=[a.runs for a in advances],
+            )
+        dispatches = [Dispatch(r["id"], r["job_id"], r["attempt"], r["scheduled_for"])
+                      for r in created if r["state"] == ExecutionState.QUEUED]
+        not_run = [f for f in tick.fires if f.state != ExecutionState.QUEUED]
+        return dispatches, len(rows), not_run
+
+    async def requeue_retries(self, epoch: int, now: datetime, limit: int) -> list[Dispatch]:
+        async with fenced(self.pool, epoch) as conn:
+            return _dispatches(await Q.requeue_retries.fetch(conn, now=now, limit=limit,
+                                                             epoch=epoch))
+
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+        if execution_ids:
+            await Q.mark_published.execute(self.pool, ids=list(execution_ids))
+
+    async def unpublished(self, queued_before: datetime, limit: int) -> list[Dispatch]:
+        return _dispatches(await Q.select_unpublished.fetch(
+            self.pool, queued_before=queued_before, limit=limit))
+
+    async def manual_unpublished(self, limit: int) -> list[Dispatch]:
+        return _dispatches(await Q.select_manual_unpublished.fetch(self.pool, limit=limit))
+
+    async def next_wake(self, lookahead_s: float = 0.0) -> datetime | None:
+        wake_at: datetime | None = await Q.next_wake.fetchval(self.pool,
+                                                              lookahead_s=lookahead_s)
+        return wake_at
+
+    async def reap_expired(self, epoch: int, limit: int) -> list[ReapedExecution]:
+        """Executions whose worker stopped renewing its lease are retried or dead."""
+        async with fenced(self.pool, epoch) as conn:
+            rows = await Q.reap_expired.fetch(conn, limit=limit)
+        return [ReapedExecution(r["id"], r["job_id"], r["attempt"],
+                                ExecutionState(r["state"])) for r in rows]
+
+    async def complete_finished_jobs(self, epoch: int, limit: int) -> int:
+        """Active jobs with no further fire and no active run become completed."""
+        async with fenced(self.pool, epoch) as conn:
+            status = await Q.complete_finished_jobs.execute(conn, limit=limit)
+        return int(status.split()[-1])
+
+    async def purge_history(self, epoch: int, before: datetime, batch: int) -> int:
+        """One retention pass: executions finished before ``before``, then those beyond
+        their job's history limits, a fenced batch per transaction; returns how many."""
+        deleted = 0
+        for query, values in ((Q.purge_expired, {"before": before}), (Q.purge_over_limit, {})):
+            while True:
+                async with fenced(self.pool, epoch) as conn:
+                    status = await query.execute(conn, limit=batch, **values)
+                count = int(status.split()[-1])
+                deleted += count
+                if count < batch:
+                    break
+        return deleted

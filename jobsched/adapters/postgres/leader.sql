@@ -1,0 +1,193 @@
+-- The scheduler leader's statements. Every write runs in a transaction that starts with
+-- check_epoch (see fenced() in pool.py): a deposed leader can commit nothing.
+
+-- claim_epoch --
+-- Leadership is claimed only with an epoch higher than any seen before.
+UPDATE leader SET epoch = :epoch, holder = :holder, acquired_at = now()
+WHERE id = 1 AND epoch < :epoch
+RETURNING epoch
+
+-- check_epoch --
+-- The fence: every leader transaction starts here and aborts unless it still holds the
+-- epoch. FOR SHARE makes a concurrent claim_epoch wait for this transaction to finish.
+SELECT epoch FROM leader WHERE id = 1 FOR SHARE
+
+-- claim_lock_timeout --
+-- A new leader's claim waits for every transaction holding the fence FOR SHARE. Those
+-- belong to deposed leaders; one frozen (SIGSTOP, VM pause) or cut off mid-transaction
+-- would hold the claim back for as long as its connection lives. The claim waits this long
+-- (transaction-local lock_timeout) and then ends those sessions (same database only).
+SELECT set_config('lock_timeout', :timeout, true)
+
+-- evict_fence_holders --
+SELECT l.pid, pg_terminate_backend(l.pid) AS terminated
+FROM pg_locks l
+WHERE l.locktype = 'relation' AND l.relation = 'leader'::regclass AND l.granted
+  AND l.mode = 'RowShareLock' AND l.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+
+-- select_due_jobs --
+-- Jobs of concurrency 'allow' due up to :horizon (fired ahead; the worker holds them until
+-- due), others only once due at :now. busy: whether a run of a forbid/replace job is still
+-- active (only those need to know).
+SELECT id, schedule, timezone, next_fire_at, misfire, max_catchup, starting_deadline_s,
+       concurrency, end_at, max_runs, run_count, jitter_s,
+       CASE WHEN concurrency = 'allow' THEN false ELSE EXISTS (
+           SELECT 1 FROM executions e
+           WHERE e.job_id = jobs.id AND e.state IN ('queued', 'running', 'retrying')
+       ) END AS busy
+FROM jobs
+WHERE state = 'active' AND next_fire_at IS NOT NULL AND next_fire_at <= :horizon
+  AND (concurrency = 'allow' OR next_fire_at <= :now)
+ORDER BY next_fire_at
+LIMIT :limit
+FOR UPDATE SKIP LOCKED
+
+-- insert_executions --
+-- One statement creates every execution of the batch; the unique (job_id, scheduled_for)
+-- makes a repeated fire a no-op instead of a duplicate (guarantee 1).
+INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at)
+SELECT f.job_id, f.scheduled_for, :epoch, f.state, f.reason,
+       CASE WHEN f.state = 'queued' THEN NULL ELSE now() END
+FROM unnest(:job_ids::uuid[], :scheduled_for::timestamptz[], :states::text[],
+            :reasons::text[]) AS f(job_id, scheduled_for, state, reason)
+ON CONFLICT (job_id, scheduled_for) DO NOTHING
+RETURNING id, job_id, attempt, state, scheduled_for
+
+-- advance_jobs --
+UPDATE jobs j SET next_fire_at = a.next_fire_at, run_count = j.run_count + a.runs,
+                  updated_at = now()
+FROM unnest(:ids::uuid[], :next_fire_at::timestamptz[], :runs::int[])
+    AS a(id, next_fire_at, runs)
+WHERE j.id = a.id
+
+-- replace_active --
+-- concurrency=replace: the active runs of these jobs give way to the new fire.
+UPDATE executions
+SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+    reason = 'replaced by a newer fire (concurrency=replace)'
+WHERE job_id = ANY(:job_ids::uuid[]) AND state IN ('queued', 'running', 'retrying')
+  AND scheduled_for < :now
+RETURNING id, state
+
+-- notify_cancel --
+SELECT pg_notify(:channel, id::text) FROM unnest(:ids::uuid[]) AS id
+
+-- mark_published --
+-- Only rows still waiting in the outbox: one a worker has already claimed is left alone
+-- (a write saved, and no new row version with all of executions' index entries). The mark
+-- never waits for a row lock (SKIP LOCKED): a row locked now is being claimed, and
+-- waiting deadlocked with the claims (seen as 1 s stalls, PostgreSQL's deadlock_timeout).
+UPDATE executions SET published_at = now()
+WHERE id IN (
+    SELECT id FROM executions
+    WHERE id = ANY(:ids::uuid[]) AND state = 'queued' AND published_at IS NULL
+    FOR UPDATE SKIP LOCKED
+)
+
+-- requeue_retries --
+UPDATE executions e
+SET state = 'queued', attempt = e.attempt + 1, run_after = NULL, published_at = NULL,
+    queued_at = now(), worker = NULL, epoch = :epoch
+WHERE e.id IN (
+    SELECT id FROM executions
+    WHERE state = 'retrying' AND run_after <= :now
+    ORDER BY run_after LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING e.id, e.job_id, e.attempt
+
+-- select_unpublished --
+-- The outbox: committed executions never confirmed by RabbitMQ, oldest first.
+SELECT id, job_id, attempt FROM executions
+WHERE state = 'queued' AND published_at IS NULL AND queued_at <= :queued_before
+ORDER BY queued_at
+LIMIT :limit
+
+-- select_manual_unpublished --
+-- Runs a person asked for (trigger, re-drive): published by the leader on its next tick.
+SELECT id, job_id, attempt FROM executions
+WHERE state = 'queued' AND published_at IS NULL AND epoch = -1
+ORDER BY queued_at
+LIMIT :limit
+
+-- next_wake --
+-- When the leader must act next: allow jobs :lookahead_s ahead of their time, forbid and
+-- replace jobs and retries on time.
+SELECT least(
+    (SELECT min(next_fire_at) FROM jobs
+     WHERE state = 'active' AND next_fire_at IS NOT NULL AND concurrency = 'allow')
+        - make_interval(secs => :lookahead_s),
+    (SELECT min(next_fire_at) FROM jobs
+     WHERE state = 'active' AND next_fire_at IS NOT NULL AND concurrency <> 'allow'),
+    (SELECT min(run_after) FROM executions WHERE state = 'retrying')
+) AS wake_at
+
+-- complete_finished_jobs --
+-- Jobs whose last run ended by another path than a worker's result (reaped, cancelled,
+-- recorded missed or skipped) complete here.
+UPDATE jobs j SET state = 'completed', updated_at = now()
+WHERE j.id IN (
+    SELECT c.id FROM jobs c
+    WHERE c.state = 'active' AND c.next_fire_at IS NULL
+      -- A per-job lookup, not an anti-join (see finish_executions in worker.sql).
+      AND (SELECT 1 FROM executions x
+           WHERE x.job_id = c.id AND x.state IN ('queued', 'running', 'retrying')
+           LIMIT 1) IS NULL
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+
+-- reap_expired --
+-- The reaper: running executions whose lease ran out lose their attempt; they are retried
+-- (run_after = now) or, with no attempt left, dead. Leases are set and compared on the
+-- database's clock alone (now()), never against a leader's own clock.
+WITH expired AS (
+    SELECT e.id FROM executions e
+    WHERE e.state = 'running' AND e.lease_expires_at < now()
+    ORDER BY e.lease_expires_at LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), reaped AS (
+    UPDATE executions e
+    SET state = CASE WHEN e.attempt < j.max_attempts THEN 'retrying' ELSE 'dead' END,
+        run_after = CASE WHEN e.attempt < j.max_attempts THEN now() END,
+        finished_at = CASE WHEN e.attempt < j.max_attempts THEN NULL ELSE now() END,
+        error = 'worker ' || coalesce(e.worker, '?') || ' lost its lease',
+        lease_expires_at = NULL
+    FROM expired x, jobs j
+    WHERE e.id = x.id AND j.id = e.job_id
+    RETURNING e.id, e.job_id, e.attempt, e.state, e.worker
+), attempt_rows AS (
+    UPDATE attempts a SET finished_at = now(), outcome = 'lost',
+                          error = 'worker ' || coalesce(r.worker, '?') || ' lost its lease'
+    FROM reaped r WHERE a.execution_id = r.id AND a.attempt = r.attempt
+      AND a.finished_at IS NULL
+)
+SELECT id, job_id, attempt, state FROM reaped
+
+-- purge_expired --
+-- Retention: finished executions past the retention period, oldest first, a bounded batch
+-- at a time (executions_finished index; attempts go with them by ON DELETE CASCADE).
+DELETE FROM executions WHERE id IN (
+    SELECT id FROM executions
+    WHERE finished_at IS NOT NULL AND finished_at < :before
+    ORDER BY finished_at LIMIT :limit
+)
+
+-- purge_over_limit --
+-- Per-job history limits: succeeded executions beyond keep_succeeded, dead (failed)
+-- ones beyond keep_failed, newest kept. Only jobs that set a limit are scanned.
+DELETE FROM executions WHERE id IN (
+    SELECT id FROM (
+        SELECT e.id,
+               row_number() OVER (PARTITION BY e.job_id, e.state
+                                  ORDER BY e.scheduled_for DESC) AS position,
+               CASE e.state WHEN 'succeeded' THEN j.keep_succeeded ELSE j.keep_failed END
+                   AS keep
+        FROM jobs j JOIN executions e ON e.job_id = j.id
+        WHERE (j.keep_succeeded IS NOT NULL AND e.state = 'succeeded')
+           OR (j.keep_failed IS NOT NULL AND e.state = 'dead')
+    ) ranked
+    WHERE position > keep
+    LIMIT :limit
+)

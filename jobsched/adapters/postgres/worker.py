@@ -1,0 +1,71 @@
+"""The worker's repository on PostgreSQL (``jobsched.ports.WorkerRepository``): claims,
+lease renewals and results, each one statement per batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from jobsched.adapters.postgres.listen import WAKE_CHANNEL
+from jobsched.adapters.postgres.sql import load_queries
+from jobsched.domain.states import AttemptOutcome, ExecutionState
+from jobsched.ports import ClaimedExecution, FinishedAttempt
+
+Q = load_queries("worker.sql")
+
+
+class PostgresWorkerStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def claim_executions(self, claims: Sequence[tuple[uuid.UUID, int]], worker: str,
+                               lease_s: float) -> list[ClaimedExecution]:
+        claims = sorted(claims)  # every multi-row write locks rows in id order: no deadlock
+        rows = await Q.claim_executions.fetch(
+            self.pool, ids=[c[0] for c in claims], attempts=[c[1] for c in claims],
+            worker=worker, lease_s=lease_s)
+        return [ClaimedExecution(**dict(r)) for r in rows]
+
+    async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await Q.hand_back.execute(conn, id=execution_id, attempt=attempt, worker=worker)
+            await Q.wake.execute(conn, channel=WAKE_CHANNEL, payload="retry")
+
+    async def finish_attempts(self, results: Sequence[FinishedAttempt],
+                              worker: str) -> dict[uuid.UUID, ExecutionState]:
+        """Record a batch of results; returns the executions this worker still held."""
+        results = sorted(results, key=lambda r: r.execution_id)  # rows locked in id order
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await Q.finish_executions.fetch(
+                conn,
+                ids=[r.execution_id for r in results],
+                attempts=[r.attempt for r in results],
+                states=[str(r.state) for r in results],
+                outcomes=[str(r.outcome) for r in results],
+                exit_codes=[r.exit_code for r in results],
+                errors=[r.error for r in results],
+                outputs=[r.output for r in results],
+                retry_in_s=[r.retry_in_s for r in results],
+                worker=worker,
+                reasons=[r.reason for r in results],
+                started_at=[r.started_at for r in results],
+            )
+            if any(r.state == ExecutionState.RETRYING for r in results):
+                await Q.wake.execute(conn, channel=WAKE_CHANNEL, payload="retry")
+        return {r["id"]: ExecutionState(r["state"]) for r in rows}
+
+    async def heartbeat(self, execution_ids: Sequence[uuid.UUID], worker: str,
+                        lease_s: float) -> set[uuid.UUID]:
+        """Extend the leases in one statement; returns the ids still held."""
+        rows = await Q.heartbeat.fetch(self.pool, ids=sorted(execution_ids), worker=worker,
+                                       lease_s=lease_s)
+        return {r["id"] for r in rows}
+
+    async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
+                            outcome: AttemptOutcome, error: str | None, output: str | None,
+                            exit_code: int | None) -> None:
+        await Q.close_attempt.execute(self.pool, execution_id=execution_id, attempt=attempt,
+                                      outcome=str(outcome), error=error, output=output,
+                                      exit_code=exit_code)

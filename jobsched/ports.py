@@ -1,0 +1,357 @@
+"""The ports the roles talk to: small ``typing.Protocol`` interfaces, and the records and
+errors that cross them. The adapters (``jobsched/adapters/``) implement them on
+PostgreSQL, RabbitMQ and ZooKeeper; unit tests implement them in memory. Nothing here
+imports an I/O library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from jobsched.domain.firing import DueJob, FireRecord, TickPlan
+from jobsched.domain.states import AttemptOutcome, ExecutionState
+from jobsched.messages import AttemptMessage
+
+#: A row as the api reads it (jobs, executions, attempts): columns by name.
+Row = Mapping[str, Any]
+T = TypeVar("T")
+
+# --- errors ------------------------------------------------------------------------------
+
+
+class StaleEpochError(Exception):
+    """This leader's epoch is no longer the current one: it must stop writing."""
+
+
+class CandidacyLost(Exception):
+    """The election znode went with an earlier ZooKeeper session: stand again."""
+
+
+class QuotaExceeded(Exception):
+    """The namespace already holds its quota of live (active or paused) jobs."""
+
+    def __init__(self, namespace: str, quota: int) -> None:
+        super().__init__(f"namespace {namespace!r} has {quota} live jobs, its quota")
+        self.namespace = namespace
+        self.quota = quota
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key already names a job created from a different body."""
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(f"the key names job {job_id}, created from a different body")
+        self.job_id = job_id
+
+
+# --- records -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobColumns:
+    """The columns of a job that its submitted spec determines (create and PATCH)."""
+
+    name: str
+    kind: str
+    payload: dict[str, Any]
+    schedule: str
+    timezone: str
+    next_fire_at: datetime
+    max_attempts: int
+    backoff_s: float
+    max_backoff_s: float
+    timeout_s: float
+    labels: dict[str, str]
+    spec: dict[str, Any]
+    misfire: str
+    max_catchup: int
+    starting_deadline_s: float | None
+    concurrency: str
+    start_at: datetime | None
+    end_at: datetime | None
+    max_runs: int | None
+    jitter_s: float
+    keep_succeeded: int | None
+    keep_failed: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """An execution attempt to put on the queue."""
+
+    execution_id: uuid.UUID
+    job_id: uuid.UUID
+    attempt: int
+    due: datetime | None = None  # the fire time, for lateness; None for re-sends
+
+    def message(self) -> AttemptMessage:
+        return AttemptMessage(self.execution_id, self.job_id, self.attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedExecution:
+    """An attempt a worker has claimed (``queued → running`` with a lease), with what it
+    needs to run it."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    namespace: str
+    attempt: int
+    scheduled_for: datetime
+    kind: str
+    payload: dict[str, Any]
+    timeout_s: float
+    max_attempts: int
+    backoff_s: float
+    max_backoff_s: float
+    concurrency: str
+    starting_deadline_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedAttempt:
+    execution_id: uuid.UUID
+    attempt: int
+    state: ExecutionState  # the execution's next state
+    outcome: AttemptOutcome
+    exit_code: int | None
+    error: str | None
+    output: str | None
+    retry_in_s: float
+    reason: str | None = None
+    started_at: datetime | None = None  # when the run really began (after any hold)
+
+
+@dataclass(frozen=True, slots=True)
+class ReapedExecution:
+    id: uuid.UUID
+    job_id: uuid.UUID
+    attempt: int
+    state: ExecutionState  # retrying or dead
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderInfo:
+    epoch: int
+    holder: str | None
+    acquired_at: datetime | None
+
+
+@dataclass
+class LeaderTerm:
+    """One uninterrupted leadership: its epoch and an event set when it ends."""
+
+    epoch: int
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    messages: int
+    consumers: int
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerInfo:
+    instance: str
+    sequence: int
+    leader: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    instance: str
+    inflight: int
+    prefetch: int | None
+
+
+# --- PostgreSQL --------------------------------------------------------------------------
+
+
+class JobRepository(Protocol):
+    """What the api reads and writes."""
+
+    async def ping(self) -> None: ...
+
+    async def create_job(self, job_id: uuid.UUID, namespace: str, columns: JobColumns, *,
+                         idempotency_key: str | None = None, digest: bytes | None = None,
+                         idempotency_ttl_s: float = 86_400.0, quota: int = 0,
+                         notify: bool = True) -> tuple[Row, bool]: ...
+
+    async def update_job(self, job_id: uuid.UUID, namespace: str,
+                         change: Callable[[Row], JobColumns]) -> Row | None: ...
+
+    async def pause_job(self, job_id: uuid.UUID, namespace: str) -> bool: ...
+
+    async def resume_job(
+        self, job_id: uuid.UUID, namespace: str,
+        plan: Callable[[Row], tuple[datetime | None, list[tuple[datetime, str]]]],
+    ) -> str: ...
+
+    async def trigger_job(self, job_id: uuid.UUID, now: datetime) -> Row | None: ...
+
+    async def get_job(self, job_id: uuid.UUID, namespace: str) -> Row | None: ...
+
+    async def list_jobs(self, namespace: str, *, state: str | None, name: str | None,
+                        labels: dict[str, str] | None,
+                        after: tuple[datetime, uuid.UUID] | None,
+                        limit: int) -> list[Row]: ...
+
+    async def cancel_job(self, job_id: uuid.UUID, namespace: str) -> bool: ...
+
+    async def job_exists(self, job_id: uuid.UUID, namespace: str) -> bool: ...
+
+    async def list_executions(self, job_id: uuid.UUID, *,
+                              after: tuple[datetime, uuid.UUID] | None,
+                              limit: int) -> list[Row]: ...
+
+    async def list_dead(self, namespace: str, *, after: tuple[datetime, uuid.UUID] | None,
+                        limit: int) -> list[Row]: ...
+
+    async def redrive(self, execution_id: uuid.UUID, namespace: str) -> Row | None: ...
+
+    async def get_execution(self, execution_id: uuid.UUID,
+                            namespace: str) -> tuple[Row, list[Row]] | None: ...
+
+    async def current_leader(self) -> LeaderInfo | None: ...
+
+
+class ReadRouting(Protocol):
+    """Where the api's read-only queries go (a read replica, with the primary behind it)."""
+
+    async def read(self, query: Callable[[JobRepository], Awaitable[T]], *,
+                   confirm_missing: bool = False) -> T: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class TokenRepository(Protocol):
+    async def create(self, digest: bytes, hint: str, namespace: str, role: str,
+                     name: str | None, expires_at: datetime | None) -> Row: ...
+
+    async def authenticate(self, digest: bytes) -> Row | None: ...
+
+    async def list(self, namespace: str | None = None) -> list[Row]: ...
+
+    async def revoke(self, token_id: uuid.UUID) -> Row | None: ...
+
+
+class LeaderRepository(Protocol):
+    """The leader's writes: each fenced by its epoch (``StaleEpochError`` once deposed)."""
+
+    async def claim_epoch(self, epoch: int, holder: str) -> bool: ...
+
+    async def fire_due_jobs(self, epoch: int, now: datetime, limit: int,
+                            plan: Callable[[list[DueJob]], TickPlan],
+                            horizon: datetime | None = None,
+                            ) -> tuple[list[Dispatch], int, list[FireRecord]]: ...
+
+    async def requeue_retries(self, epoch: int, now: datetime,
+                              limit: int) -> list[Dispatch]: ...
+
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None: ...
+
+    async def unpublished(self, queued_before: datetime, limit: int) -> list[Dispatch]: ...
+
+    async def manual_unpublished(self, limit: int) -> list[Dispatch]: ...
+
+    async def next_wake(self, lookahead_s: float = 0.0) -> datetime | None: ...
+
+    async def reap_expired(self, epoch: int, limit: int) -> list[ReapedExecution]: ...
+
+    async def complete_finished_jobs(self, epoch: int, limit: int) -> int: ...
+
+    async def purge_history(self, epoch: int, before: datetime, batch: int) -> int: ...
+
+
+class WorkerRepository(Protocol):
+    async def claim_executions(self, claims: Sequence[tuple[uuid.UUID, int]], worker: str,
+                               lease_s: float) -> list[ClaimedExecution]: ...
+
+    async def finish_attempts(self, results: Sequence[FinishedAttempt],
+                              worker: str) -> dict[uuid.UUID, ExecutionState]: ...
+
+    async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str) -> None: ...
+
+    async def heartbeat(self, execution_ids: Sequence[uuid.UUID], worker: str,
+                        lease_s: float) -> set[uuid.UUID]: ...
+
+    async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
+                            outcome: AttemptOutcome, error: str | None, output: str | None,
+                            exit_code: int | None) -> None: ...
+
+
+# --- RabbitMQ ----------------------------------------------------------------------------
+
+
+class Delivery(Protocol):
+    """One message handed to a consumer; it must be settled exactly once."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    async def ack(self) -> None: ...
+
+    async def reject(self, requeue: bool = False) -> None: ...
+
+    async def nack(self, requeue: bool = True) -> None: ...
+
+
+class Broker(Protocol):
+    @property
+    def is_connected(self) -> bool: ...
+
+    @property
+    def reconnections(self) -> int:
+        """Bumped on every reconnection: the leader re-publishes its outbox then."""
+        ...
+
+    async def publish_many(self, messages: Sequence[AttemptMessage]) -> list[bool]: ...
+
+    async def publish_dead(self, messages: Sequence[AttemptMessage]) -> None: ...
+
+    async def consume(self, on_delivery: Callable[[Delivery], Awaitable[None]],
+                      prefetch: int) -> Callable[[], Awaitable[None]]: ...
+
+    async def queue_stats(self) -> dict[str, QueueStats]: ...
+
+
+# --- ZooKeeper ---------------------------------------------------------------------------
+
+
+class Campaign(Protocol):
+    """One scheduler's place in the leader election."""
+
+    async def elected(self) -> LeaderTerm: ...
+
+    async def resign(self) -> None: ...
+
+
+class JobLock(Protocol):
+    async def release(self) -> None: ...
+
+
+class Coordinator(Protocol):
+    """Ephemeral coordination: the election, per-job locks, the live worker registry."""
+
+    def campaign(self, instance: str) -> Campaign: ...
+
+    async def acquire_job_lock(self, job_id: uuid.UUID, timeout_s: float) -> JobLock | None:
+        """The job's lock, or None if another holder kept it for ``timeout_s``."""
+        ...
+
+    async def stay_registered(self, instance: str, describe: Callable[[], bytes],
+                              changed: Callable[[], bool], until: asyncio.Event) -> None: ...
+
+    async def schedulers(self) -> list[SchedulerInfo]: ...
+
+    async def workers(self) -> list[WorkerInfo]: ...
+
+    async def check(self) -> str:
+        """The session state if usable; raises ConnectionError otherwise (readiness)."""
+        ...

@@ -1,0 +1,125 @@
+"""Python runs: a function registered with ``@task`` on the worker, sync (on the worker's
+thread runner) or async (on its loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import inspect
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from jobsched.domain.states import AttemptOutcome
+from jobsched.tasks import TaskContext, TaskRegistry
+from jobsched.worker.results import AttemptResult, truncate
+
+
+class ThreadRunner:
+    """Threads that run plain-function tasks, cheaper for the event loop than
+    ``run_in_executor``: a start is one put on a queue, and results come back in batches
+    (one loop wake-up for all the runs that ended meanwhile). Runs due at the same instant
+    are started one after another on the loop, so this per-start cost, times their number,
+    is the lateness of the last one (``jobsched bench lateness``).
+
+    The threads are daemons: a run still going when the process exits (after the drain
+    timeout) is abandoned, as a timed-out one is (a thread cannot be killed)."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or min(32, (os.cpu_count() or 1) + 4)
+        self._work: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]]] = \
+            queue.SimpleQueue()
+        self._ended: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] \
+            = collections.deque()
+        self._lock = threading.Lock()
+        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = 0
+
+    def submit(self, function: Callable[[], Any]) -> asyncio.Future[Any]:
+        loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._work.put((function, future))
+        if self._started < self.threads:  # threads start as the work needs them
+            self._started += 1
+            threading.Thread(target=self._serve, name=f"task-{self._started}",
+                             daemon=True).start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            function, future = self._work.get()
+            try:
+                value, error = function(), None
+            except BaseException as exc:  # noqa: BLE001 - the task's failure, handed back
+                value, error = None, exc
+            self._ended.append((future, value, error))
+            with self._lock:
+                if self._wake_pending:
+                    continue
+                self._wake_pending = True
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the loop closed: nobody waits for these any more
+                with self._lock:
+                    self._wake_pending = False
+
+    def _deliver(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        while self._ended:
+            future, value, error = self._ended.popleft()
+            if future.done() or future.get_loop() is not self._loop:
+                continue  # timed out or cancelled meanwhile, or asked for by a closed loop
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+
+
+async def run_python(
+    payload: dict[str, Any],
+    timeout_s: float,
+    output_limit: int,
+    registry: TaskRegistry,
+    context: TaskContext,
+    threads: ThreadRunner | None = None,
+) -> AttemptResult:
+    name = payload["function"]
+    function = registry.get(name)
+    if function is None:
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error=f"function {name!r} is not registered on this worker")
+    kwargs = dict(payload.get("args") or {})
+    if registry.wants_context(function):
+        kwargs["context"] = context
+    try:
+        # asyncio.timeout, not wait_for: no extra task per run (the start of many runs due
+        # at the same instant is this function's cost times their number).
+        async with asyncio.timeout(timeout_s):
+            if inspect.iscoroutinefunction(function):
+                value = await function(**kwargs)
+            else:
+                # A thread cannot be killed: on timeout the attempt ends, the thread runs out.
+                call = functools.partial(function, **kwargs)
+                if threads is not None:
+                    value = await threads.submit(call)
+                else:
+                    value = await asyncio.get_running_loop().run_in_executor(None, call)
+    except TimeoutError:
+        return AttemptResult(AttemptOutcome.TIMED_OUT, error=f"timed out after {timeout_s:g}s")
+    except Exception as exc:  # noqa: BLE001 - the task's failure is the attempt's outcome
+        return AttemptResult(AttemptOutcome.FAILED, error=f"{type(exc).__name__}: {exc}"[:4000])
+    if value is None:
+        return AttemptResult(AttemptOutcome.SUCCEEDED)
+    try:
+        rendered = orjson.dumps(value, default=repr)
+    except TypeError:
+        rendered = repr(value).encode()
+    return AttemptResult(AttemptOutcome.SUCCEEDED, output=truncate(rendered, output_limit))
