@@ -31,6 +31,7 @@ from jobsched.settings import ENV_PREFIX, Settings, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
 COMPOSE_FILE = ROOT / "compose.yaml"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 ALERTS_FILE = ROOT / "config" / "alerts.yml"
 INSTALL_HINT = "scripts/install-test-tools.sh installs it (make test runs that script)"
 
@@ -478,7 +479,7 @@ def _known_env_name(name: str) -> bool:
 
 def test_every_jobsched_variable_is_a_setting() -> None:
     texts = {str(path.relative_to(ROOT)): path.read_text(encoding="utf-8")
-             for path in [*sorted(K8S.rglob("*.yaml")), COMPOSE_FILE]}
+             for path in [*sorted(K8S.rglob("*.yaml")), COMPOSE_FILE, DEPLOY_DOC]}
     texts.update({f"rendered {o}": _render(o) for o in OVERLAYS})
     named = {(where, name) for where, text in texts.items() for name in ENV_NAME.findall(text)}
     assert any(name == "JOBSCHED_DATABASE_URL" for _, name in named)
