@@ -42,10 +42,11 @@ class QuotaExceeded(Exception):
 
 
 class IdempotencyConflict(Exception):
-    """The Idempotency-Key already names a job created from a different body."""
+    """The Idempotency-Key already names a job (or workflow) created from a different
+    body."""
 
     def __init__(self, job_id: uuid.UUID) -> None:
-        super().__init__(f"the key names job {job_id}, created from a different body")
+        super().__init__(f"the key names {job_id}, created from a different body")
         self.job_id = job_id
 
 
@@ -111,6 +112,17 @@ class ClaimedExecution:
     max_backoff_s: float
     concurrency: str
     starting_deadline_s: float | None
+    workflow_run_id: uuid.UUID | None = None  # set for the node of a workflow run
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInputs:
+    """What a workflow node's function may be given: the run's ``input``, its parents'
+    return values by key (``upstream``), and when its trigger rule let it run."""
+
+    input: dict[str, Any]
+    upstream: dict[str, Any]
+    ready_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +137,62 @@ class FinishedAttempt:
     retry_in_s: float
     reason: str | None = None
     started_at: datetime | None = None  # when the run really began (after any hold)
+    result: str | None = None  # a workflow node's return value as JSON text (None: none kept)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowColumns:
+    """The columns of a workflow that its submitted spec determines (create and PATCH)."""
+
+    name: str
+    schedule: str | None
+    timezone: str
+    next_fire_at: datetime | None
+    misfire: str
+    max_catchup: int
+    concurrency: str
+    labels: dict[str, str]
+    spec: dict[str, Any]  # as submitted, without the nodes
+    nodes: list[dict[str, Any]]  # the nodes as submitted
+    node_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowNodeColumns:
+    """One node of a workflow version: its job row and its place in the graph."""
+
+    job_id: uuid.UUID
+    key: str
+    name: str
+    kind: str
+    payload: dict[str, Any]
+    max_attempts: int
+    backoff_s: float
+    max_backoff_s: float
+    timeout_s: float
+    priority: int
+    labels: dict[str, str]
+    spec: dict[str, Any]
+    trigger_rule: str
+    parents: tuple[int, ...]
+    children: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowDefinition:
+    """A workflow to store: its columns, and its nodes when they are new (None: a PATCH
+    that keeps the current version's nodes)."""
+
+    columns: WorkflowColumns
+    nodes: list[WorkflowNodeColumns] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunsFinished:
+    """What the leader counts: runs in flight, and runs that ended in a window by state."""
+
+    in_flight: int
+    by_state: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +289,62 @@ class JobRepository(Protocol):
     async def current_leader(self) -> LeaderInfo | None: ...
 
 
+class WorkflowRepository(Protocol):
+    """What the api reads and writes about workflows and their runs."""
+
+    async def create_workflow(self, workflow_id: uuid.UUID, namespace: str,
+                              definition: WorkflowDefinition, *,
+                              idempotency_key: str | None = None, digest: bytes | None = None,
+                              idempotency_ttl_s: float = 86_400.0) -> tuple[Row, bool]: ...
+
+    async def get_workflow(self, workflow_id: uuid.UUID, namespace: str) -> Row | None: ...
+
+    async def list_workflows(self, namespace: str, *, state: str | None, name: str | None,
+                             labels: dict[str, str] | None,
+                             after: tuple[datetime, uuid.UUID] | None,
+                             limit: int) -> list[Row]: ...
+
+    async def update_workflow(self, workflow_id: uuid.UUID, namespace: str,
+                              change: Callable[[Row], WorkflowDefinition]) -> Row | None: ...
+
+    async def pause_workflow(self, workflow_id: uuid.UUID, namespace: str) -> bool: ...
+
+    async def resume_workflow(
+        self, workflow_id: uuid.UUID, namespace: str,
+        plan: Callable[[Row], tuple[datetime | None, list[tuple[datetime, str]]]],
+    ) -> str: ...
+
+    async def cancel_workflow(self, workflow_id: uuid.UUID, namespace: str) -> bool: ...
+
+    async def start_run(self, workflow_id: uuid.UUID, scheduled_for: datetime,
+                        run_input: dict[str, Any]) -> uuid.UUID | None: ...
+
+    async def get_run(self, run_id: uuid.UUID,
+                      namespace: str) -> tuple[Row, list[Row]] | None: ...
+
+    async def list_runs(self, workflow_id: uuid.UUID, *,
+                        after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Row]: ...
+
+    async def cancel_run(self, run_id: uuid.UUID, namespace: str) -> str | None: ...
+
+    async def retry_run(self, run_id: uuid.UUID, namespace: str) -> str | None: ...
+
+
+class WorkflowLeaderRepository(Protocol):
+    """The leader's part of workflows: scheduled runs (fenced, like a job's fires), and
+    what it counts and purges."""
+
+    async def fire_due_workflows(self, epoch: int, now: datetime, limit: int,
+                                 plan: Callable[[list[DueJob]], TickPlan],
+                                 ) -> tuple[int, int, list[FireRecord]]: ...
+
+    async def next_fire(self) -> datetime | None: ...
+
+    async def runs_finished(self, since: datetime, until: datetime) -> RunsFinished: ...
+
+    async def purge_runs(self, epoch: int, before: datetime, batch: int) -> int: ...
+
+
 class ReadRouting(Protocol):
     """Where the api's read-only queries go (a read replica, with the primary behind it)."""
 
@@ -284,6 +408,9 @@ class WorkerRepository(Protocol):
     async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
                             outcome: AttemptOutcome, error: str | None, output: str | None,
                             exit_code: int | None) -> None: ...
+
+    async def node_inputs(self, execution_ids: Sequence[uuid.UUID],
+                          ) -> dict[uuid.UUID, NodeInputs]: ...
 
 
 # --- RabbitMQ ----------------------------------------------------------------------------

@@ -55,7 +55,10 @@ SELECT count(*) FROM (
 SELECT pg_advisory_xact_lock(hashtextextended('jobsched.ns.' || :namespace, 0))
 
 -- lock_job --
-SELECT * FROM jobs WHERE id = :id AND namespace = :namespace FOR UPDATE
+-- (A workflow's nodes are job rows the jobs API does not show: workflow_id IS NULL here
+-- and below.)
+SELECT * FROM jobs WHERE id = :id AND namespace = :namespace AND workflow_id IS NULL
+FOR UPDATE
 
 -- update_job --
 -- PATCH: the row was locked by lock_job in the same transaction.
@@ -71,7 +74,7 @@ RETURNING *
 
 -- pause_job --
 UPDATE jobs SET state = 'paused', updated_at = now()
-WHERE id = :id AND namespace = :namespace AND state = 'active'
+WHERE id = :id AND namespace = :namespace AND state = 'active' AND workflow_id IS NULL
 RETURNING id
 
 -- resume_job --
@@ -98,18 +101,18 @@ LEFT JOIN LATERAL (
     SELECT to_jsonb(e.*) AS last_execution FROM executions e
     WHERE e.job_id = j.id ORDER BY e.scheduled_for DESC LIMIT 1
 ) le ON true
-WHERE j.id = :id AND j.namespace = :namespace
+WHERE j.id = :id AND j.namespace = :namespace AND j.workflow_id IS NULL
 
 -- list_jobs --
 -- Newest first; the cursor is (created_at, id) of the last row returned; a NULL filter
--- matches everything.
+-- matches everything. Workflow nodes are not listed (nor in the jobs_listing index).
 SELECT j.*, le.last_execution
 FROM jobs j
 LEFT JOIN LATERAL (
     SELECT to_jsonb(e.*) AS last_execution FROM executions e
     WHERE e.job_id = j.id ORDER BY e.scheduled_for DESC LIMIT 1
 ) le ON true
-WHERE j.namespace = :namespace
+WHERE j.namespace = :namespace AND j.workflow_id IS NULL
   AND (:state::text IS NULL OR j.state = :state)
   AND (:name::text IS NULL OR j.name = :name)
   AND (:labels::jsonb IS NULL OR j.labels @> :labels)
@@ -123,6 +126,7 @@ LIMIT :limit
 WITH job AS (
     UPDATE jobs SET state = 'cancelled', next_fire_at = NULL, updated_at = now()
     WHERE id = :id AND namespace = :namespace AND state IN ('active', 'paused')
+      AND workflow_id IS NULL
     RETURNING id
 ), cancelled AS (
     UPDATE executions e SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
@@ -135,7 +139,7 @@ WITH job AS (
 SELECT (SELECT count(*) FROM job) AS jobs, (SELECT count(*) FROM notified) AS executions
 
 -- job_exists --
-SELECT 1 FROM jobs WHERE id = :id AND namespace = :namespace
+SELECT 1 FROM jobs WHERE id = :id AND namespace = :namespace AND workflow_id IS NULL
 
 -- list_executions --
 -- (job_id, scheduled_for) is unique: its index orders a job's executions on its own (the
@@ -162,7 +166,8 @@ LIMIT :limit
 
 -- redrive_dead --
 -- Re-drive a dead execution: one more attempt, published by the leader (epoch -1 rows
--- are the manual ones it publishes every tick).
+-- are the manual ones it publishes every tick). A workflow node's is re-run by a retry of
+-- its run, never alone (its children were decided on its failure).
 WITH redriven AS (
     UPDATE executions e
     SET state = 'queued', attempt = e.attempt + 1, published_at = NULL, queued_at = now(),
@@ -170,6 +175,7 @@ WITH redriven AS (
         reason = 'retried by hand after it was dead'
     FROM jobs j
     WHERE e.id = :id AND j.id = e.job_id AND j.namespace = :namespace AND e.state = 'dead'
+      AND e.workflow_run_id IS NULL
     RETURNING e.*
 )
 SELECT redriven.*, pg_notify(:channel, 'retry') IS NULL AS woke FROM redriven
