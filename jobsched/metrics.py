@@ -63,6 +63,22 @@ class Metrics:
             "jobsched_scheduler_retries_queued_total", "Retry attempts queued by the leader.",
             registry=r)
 
+        # workflows (counted by the leader; node latency by the workers)
+        self.workflow_runs_started = Counter(
+            "jobsched_workflow_runs_started_total",
+            "Workflow runs started by the leader's schedule.", registry=r)
+        self.workflow_runs = Counter(
+            "jobsched_workflow_runs_total",
+            "Workflow runs by outcome (succeeded, failed, cancelled; skipped and missed "
+            "fires), counted by the leader.", registry=r)
+        self.workflow_runs_in_flight = Gauge(
+            "jobsched_workflow_runs_in_flight", "Workflow runs running now (the leader's view).",
+            registry=r)
+        self.workflow_node_start_latency = Histogram(
+            "jobsched_workflow_node_start_latency_seconds",
+            "From the end of a node's last needed parent (when its trigger rule let it run) "
+            "to the start of its first attempt.", registry=r, buckets=LATENCY_BUCKETS)
+
         # worker
         self.executions = Counter(
             "jobsched_worker_executions_total", "Attempts run, by kind and outcome.",

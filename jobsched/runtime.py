@@ -23,6 +23,7 @@ from jobsched.adapters.postgres.listen import CANCEL_CHANNEL, WAKE_CHANNEL, Wake
 from jobsched.adapters.postgres.replica import ReplicaReads
 from jobsched.adapters.postgres.tokens import PostgresTokens
 from jobsched.adapters.postgres.worker import PostgresWorkerStore
+from jobsched.adapters.postgres.workflows import PostgresWorkflowLeader, PostgresWorkflows
 from jobsched.adapters.rabbitmq import RabbitBroker
 from jobsched.adapters.zookeeper import ZooKeeperCoordinator, make_client, start_client
 from jobsched.api.app import build_app
@@ -144,7 +145,8 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             app = build_app(settings, jobs, PostgresTokens(pool), readiness,
                             unavailable=postgres.CONNECTION_ERRORS,
                             token_errors=postgres.DATABASE_ERRORS,
-                            cluster=cluster, replica=replica)
+                            cluster=cluster, replica=replica,
+                            workflows=PostgresWorkflows(pool))
             instrument_api(app, metrics)
             runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
             if coordinator is None or broker is None:
@@ -156,7 +158,9 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
         if "scheduler" in roles:
             assert broker is not None and coordinator is not None
             leader_store = PostgresLeaderStore(pool)
-            scheduler = Scheduler(settings, leader_store, broker, coordinator, metrics)
+            workflow_leader = PostgresWorkflowLeader(pool)
+            scheduler = Scheduler(settings, leader_store, broker, coordinator, metrics,
+                                  workflows=workflow_leader)
             readiness.add_info("scheduler", scheduler.describe)
             wakes = WakeListener(settings.database_url, lambda _: scheduler.wake.set(),
                                  WAKE_CHANNEL)
@@ -164,7 +168,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             tasks.append(_task(scheduler.run(stop), "scheduler", stop))
             tasks.append(_task(run_retention(
                 leader_store, lambda: scheduler.epoch, settings.retention_days,
-                settings.retention_interval_s, stop), "retention", stop))
+                settings.retention_interval_s, stop, workflow_leader), "retention", stop))
 
         if "worker" in roles:
             assert broker is not None

@@ -49,6 +49,8 @@ class Settings(BaseModel):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # A workflow's create or PATCH body: 10,000 nodes take more than max_body_bytes.
+    max_workflow_body_bytes: int = Field(16 * 1_048_576, ge=1024)
     # The health and metrics server of the scheduler and worker roles; 0 picks a free port.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9100, ge=0, le=65535)

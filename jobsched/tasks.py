@@ -43,13 +43,19 @@ class TaskRegistry:
         return sorted(self._tasks)
 
     @staticmethod
-    @functools.lru_cache(maxsize=4096)
     def wants_context(function: Callable[..., Any]) -> bool:
         """Whether the task declares a ``context`` parameter (inspected once per task)."""
+        return "context" in TaskRegistry.parameters(function)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4096)
+    def parameters(function: Callable[..., Any]) -> frozenset[str]:
+        """The parameters a task declares by name (inspected once per task): a workflow
+        node is given ``upstream`` and ``input`` only if it asks for them."""
         try:
-            return "context" in inspect.signature(function).parameters
+            return frozenset(inspect.signature(function).parameters)
         except (TypeError, ValueError):
-            return False
+            return frozenset()
 
 
 registry = TaskRegistry()

@@ -20,6 +20,7 @@ from jobsched.api.context import (
     REPLICA,
     SETTINGS,
     UNAVAILABLE,
+    WORKFLOWS,
     Abort,
     Handler,
     QueryInvalid,
@@ -31,7 +32,7 @@ from jobsched.api.routes import OPERATIONS
 from jobsched.api.security import Authenticator, principal, security_middleware
 from jobsched.domain.auth import Forbidden, RateLimiter, check_access
 from jobsched.health import Readiness
-from jobsched.ports import JobRepository, ReadRouting, TokenRepository
+from jobsched.ports import JobRepository, ReadRouting, TokenRepository, WorkflowRepository
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
               readiness: Readiness, *, unavailable: tuple[type[BaseException], ...] = (),
               token_errors: tuple[type[BaseException], ...] = (),
               cluster: ClusterView | None = None,
-              replica: ReadRouting | None = None) -> web.Application:
+              replica: ReadRouting | None = None,
+              workflows: WorkflowRepository | None = None) -> web.Application:
     """The api. ``unavailable``: the adapters' exceptions that mean a dependency is
     unreachable right now (answered 503 with Retry-After); ``token_errors``: those that
     make a token lookup answer 503 (any database error: e.g. a schema not migrated yet)."""
@@ -125,6 +127,8 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
         app[CLUSTER] = cluster
     if replica is not None:
         app[REPLICA] = replica
+    if workflows is not None:
+        app[WORKFLOWS] = workflows
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, _guarded(op))
     register_dashboard(app)

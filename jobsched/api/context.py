@@ -12,13 +12,14 @@ from pydantic import BaseModel, ValidationError
 
 from jobsched.api.cluster import ClusterView
 from jobsched.health import Readiness
-from jobsched.ports import JobRepository, ReadRouting
+from jobsched.ports import JobRepository, ReadRouting, WorkflowRepository
 from jobsched.settings import Settings
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 JOBS = web.AppKey("jobs", JobRepository)
+WORKFLOWS = web.AppKey("workflows", WorkflowRepository)
 REPLICA = web.AppKey("replica", ReadRouting)
 SETTINGS = web.AppKey("settings", Settings)
 READINESS = web.AppKey("readiness", Readiness)

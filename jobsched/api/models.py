@@ -22,6 +22,14 @@ from pydantic import (
 
 from jobsched.domain.schedule import ScheduleError, parse_schedule
 from jobsched.domain.states import AttemptOutcome, ExecutionState, JobState
+from jobsched.domain.workflows import (
+    GraphError,
+    NodeState,
+    RunState,
+    TriggerRule,
+    WorkflowState,
+    build_graph,
+)
 
 MAX_ARGV = 256
 MAX_LABELS = 32
@@ -249,6 +257,9 @@ class ExecutionOut(BaseModel):
     exit_code: int | None
     error: str | None
     output: str | None
+    # A workflow node's execution: its run, and its return value (JSON).
+    workflow_run_id: uuid.UUID | None = None
+    result: Any = None
     attempts: list[AttemptOut] | None = None
 
 
@@ -333,5 +344,172 @@ class Problem(BaseModel):
 class PageQuery(_Strict):
     model_config = ConfigDict(extra="forbid", strict=False)
 
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+# --- workflows ---------------------------------------------------------------------------
+
+#: The largest workflow accepted (and stored within 2 s: docs/workflows.md).
+MAX_WORKFLOW_NODES = 10_000
+NodeKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+#: Keyword arguments a python node's function is given by the run itself.
+RESERVED_NODE_ARGS = ("upstream", "input")
+
+
+class NodeSpec(_Strict):
+    """A node: everything a job has but its name, schedule and schedule policies."""
+
+    key: NodeKey
+    depends_on: Annotated[list[NodeKey], Field(max_length=MAX_WORKFLOW_NODES)] = []
+    trigger_rule: Literal["all_success", "all_done", "none_failed", "one_success"] = "all_success"
+    kind: Literal["shell", "http", "python"]
+    shell: ShellSpec | None = None
+    http: HttpSpec | None = None
+    python: PythonSpec | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 300.0
+    retry: RetrySpec = RetrySpec()
+    priority: Literal["high", "normal", "low"] = "normal"
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] = {}
+
+    @model_validator(mode="after")
+    def _one_payload_matching_kind(self) -> NodeSpec:
+        given = [k for k in ("shell", "http", "python") if getattr(self, k) is not None]
+        if given != [self.kind]:
+            raise PayloadMismatch(self.kind, given)
+        return self
+
+    @model_validator(mode="after")
+    def _reserved_args(self) -> NodeSpec:
+        if self.python is not None:
+            for name in RESERVED_NODE_ARGS:
+                if name in self.python.args:
+                    raise FieldProblem(f"python.args.{name}",
+                                       f"'{name}' is passed by the workflow run, not by args")
+        return self
+
+    def payload(self) -> dict[str, Any]:
+        spec = getattr(self, self.kind)
+        assert spec is not None
+        return spec.model_dump(mode="json")
+
+
+class WorkflowCreate(_Strict):
+    """A workflow as submitted: a DAG of nodes, run by hand or on a schedule."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"name": "nightly-etl", "schedule": "0 2 * * *", "timezone": "Europe/Berlin",
+         "concurrency": "forbid", "labels": {"team": "data"},
+         "nodes": [
+             {"key": "extract", "kind": "python",
+              "python": {"function": "etl:extract", "args": {}}},
+             {"key": "transform", "depends_on": ["extract"], "kind": "python",
+              "python": {"function": "etl:transform", "args": {}},
+              "retry": {"max_attempts": 3}},
+             {"key": "notify", "depends_on": ["transform"], "trigger_rule": "all_done",
+              "kind": "http", "http": {"method": "POST", "url": "https://example.com/done"}}]},
+    ]})
+
+    name: Name
+    schedule: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
+    misfire: Literal["run_once", "run_all", "skip"] = "run_once"
+    max_catchup: Annotated[int, Field(ge=1, le=1000)] = 10
+    concurrency: Literal["allow", "forbid", "replace"] = "allow"
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] = {}
+    nodes: Annotated[list[NodeSpec], Field(min_length=1, max_length=MAX_WORKFLOW_NODES)]
+
+    @model_validator(mode="after")
+    def _schedule_parses(self) -> WorkflowCreate:
+        if self.schedule is None:
+            return self
+        try:
+            parse_schedule(self.schedule, self.timezone)
+        except ScheduleError as exc:
+            raise FieldProblem(getattr(exc, "field", "schedule"), str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _a_dag(self) -> WorkflowCreate:
+        try:
+            build_graph([n.key for n in self.nodes], [n.depends_on for n in self.nodes])
+        except GraphError as exc:
+            key = self.nodes[exc.index].key
+            raise FieldProblem(f"nodes[{exc.index}].{exc.field}",
+                               exc.reason if exc.reason.startswith("cycle")
+                               else f"node {key!r}: {exc.reason}") from None
+        return self
+
+
+class RunStart(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"input": {"date": "2026-11-27"}}]})
+
+    input: dict[str, Any] = {}
+
+    @field_validator("input")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = unstorable_json(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class NodeRunOut(BaseModel):
+    key: str
+    state: NodeState
+    execution_id: uuid.UUID | None
+    attempt: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    depends_on: list[str]
+    trigger_rule: TriggerRule
+    error: str | None = None
+
+
+class WorkflowRunOut(BaseModel):
+    id: uuid.UUID
+    workflow_id: uuid.UUID
+    workflow_name: str | None = None
+    state: RunState
+    reason: str | None = None
+    scheduled_for: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    input: dict[str, Any]
+    nodes: list[NodeRunOut] | None = None  # left out of lists
+
+
+class WorkflowOut(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the submitted spec is echoed back as given
+
+    id: uuid.UUID
+    namespace: str
+    state: WorkflowState
+    next_fire_at: datetime | None
+    version: int
+    node_count: int
+    created_at: datetime
+    updated_at: datetime
+    last_run: WorkflowRunOut | None
+
+
+class WorkflowList(BaseModel):
+    items: list[WorkflowOut]
+    next_cursor: str | None
+
+
+class WorkflowRunList(BaseModel):
+    items: list[WorkflowRunOut]
+    next_cursor: str | None
+
+
+class ListWorkflowsQuery(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    state: WorkflowState | None = None
+    name: Name | None = None
+    label: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+=[^\x00-\x1f]*$")]] = []
     limit: Annotated[int, Field(ge=1, le=500)] = 50
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None

@@ -27,6 +27,7 @@ from jobsched.ports import (
     LeaderRepository,
     LeaderTerm,
     StaleEpochError,
+    WorkflowLeaderRepository,
 )
 from jobsched.settings import Settings
 
@@ -35,17 +36,22 @@ log = logging.getLogger(__name__)
 REAP_INTERVAL = timedelta(seconds=1)
 COMPLETION_SWEEP_INTERVAL = timedelta(seconds=30)
 OBSERVE_INTERVAL = timedelta(seconds=5)
+#: Runs are counted once they ended this long ago: a run's finished_at is its ending
+#: transaction's start, committed a moment later.
+RUN_COUNT_LAG = timedelta(seconds=5)
 
 
 class Scheduler:
     def __init__(
         self, settings: Settings, store: LeaderRepository, broker: Broker,
         coordinator: Coordinator, metrics: Metrics | None = None,
+        workflows: WorkflowLeaderRepository | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics("scheduler", settings.instance)
         self.coordinator = coordinator
         self.store = store
+        self.workflows = workflows
         self.broker = broker
         self.campaign = coordinator.campaign(settings.instance)
         self.wake = asyncio.Event()
@@ -57,6 +63,7 @@ class Scheduler:
         self._publish_slots = asyncio.Semaphore(settings.scheduler_publish_concurrency)
         self._publishing: set[asyncio.Task[None]] = set()
         self._last_completion_sweep = datetime.min.replace(tzinfo=UTC)
+        self._runs_counted_until: datetime | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -128,6 +135,9 @@ class Scheduler:
                 self._observe_cluster()
             try:
                 await self._fire_due(epoch, now)
+                if self.workflows is not None:
+                    # A run's first nodes are manual-style executions: published next.
+                    await self._fire_due_workflows(self.workflows, epoch, now)
                 await self._publish(
                     await self.store.manual_unpublished(self.settings.scheduler_batch_size))
                 await self._requeue_retries(epoch, now)
@@ -144,6 +154,8 @@ class Scheduler:
                     await self._republish(now - timedelta(seconds=self.settings.republish_after_s))
                     last_republish = now
                 wake_at = await self.store.next_wake(self.settings.scheduler_lookahead_s)
+                if self.workflows is not None:
+                    wake_at = _earliest(wake_at, await self.workflows.next_fire())
                 self.metrics.tick_duration.observe({}, time.perf_counter() - tick_started)
             except StaleEpochError:
                 raise
@@ -172,6 +184,21 @@ class Scheduler:
                 self.metrics.fires.inc({"state": record.state})
                 self.metrics.misfires.inc({"state": record.state,
                                            "reason": _reason_class(record.reason)})
+            if due < batch:
+                return
+
+    async def _fire_due_workflows(self, workflows: WorkflowLeaderRepository, epoch: int,
+                                  now: datetime) -> None:
+        """Scheduled runs of due workflows, with the jobs' misfire and concurrency rules
+        (plan_tick); fired when due, not ahead."""
+        batch = self.settings.scheduler_batch_size
+        while True:
+            started, due, not_run = await workflows.fire_due_workflows(
+                epoch, now, batch, lambda due_workflows: plan_tick(due_workflows, now))
+            if started:
+                self.metrics.workflow_runs_started.add({"trigger": "schedule"}, started)
+            for record in not_run:
+                self.metrics.workflow_runs.inc({"outcome": record.state})
             if due < batch:
                 return
 
@@ -271,6 +298,29 @@ class Scheduler:
             self.metrics.live_workers.set({}, len(workers))
         except Exception as exc:  # noqa: BLE001
             log.debug("worker registry unavailable: %r", exc)
+        if self.workflows is not None:
+            await self._count_runs(self.workflows)
+
+    async def _count_runs(self, workflows: WorkflowLeaderRepository) -> None:
+        """Runs in flight, and runs ended since the last count by outcome (read from the
+        database: a run ends in whichever process ends its last node)."""
+        until = datetime.now(UTC) - RUN_COUNT_LAG
+        since = self._runs_counted_until or until
+        try:
+            counts = await asyncio.wait_for(workflows.runs_finished(since, until), 2)
+        except Exception as exc:  # noqa: BLE001 - counted on the next observation
+            log.debug("workflow run counts unavailable: %r", exc)
+            return
+        self._runs_counted_until = until
+        self.metrics.workflow_runs_in_flight.set({}, counts.in_flight)
+        for outcome, runs in counts.by_state.items():
+            self.metrics.workflow_runs.add({"outcome": outcome}, runs)
+
+
+def _earliest(first: datetime | None, second: datetime | None) -> datetime | None:
+    if first is None or second is None:
+        return first or second
+    return min(first, second)
 
 
 def _reason_class(reason: str | None) -> str:

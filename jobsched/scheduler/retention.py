@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from jobsched.backoff import sleep_unless
-from jobsched.ports import LeaderRepository
+from jobsched.ports import LeaderRepository, WorkflowLeaderRepository
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +19,22 @@ BATCH = 5_000
 
 async def run_retention(store: LeaderRepository, current_epoch: Callable[[], int | None],
                         retention_days: float, interval_s: float,
-                        stop: asyncio.Event) -> None:
-    """While this process leads, purge once per interval."""
+                        stop: asyncio.Event,
+                        workflows: WorkflowLeaderRepository | None = None) -> None:
+    """While this process leads, purge once per interval (workflow runs too)."""
     retention = timedelta(days=retention_days)
     while not stop.is_set():
         epoch = current_epoch()
         if epoch is not None:
             try:
-                deleted = await store.purge_history(epoch, datetime.now(UTC) - retention, BATCH)
+                before = datetime.now(UTC) - retention
+                deleted = await store.purge_history(epoch, before, BATCH)
                 if deleted:
                     log.info("retention purged %d executions", deleted)
+                if workflows is not None:
+                    runs = await workflows.purge_runs(epoch, before, BATCH)
+                    if runs:
+                        log.info("retention purged %d workflow runs", runs)
             except Exception as exc:  # noqa: BLE001 - the next pass tries again
                 log.warning("retention pass failed: %r", exc)
         await sleep_unless(stop, interval_s)

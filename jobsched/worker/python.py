@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from jobsched.domain.states import AttemptOutcome
+from jobsched.ports import NodeInputs
 from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.worker.results import AttemptResult, truncate
 
@@ -90,15 +91,25 @@ async def run_python(
     registry: TaskRegistry,
     context: TaskContext,
     threads: ThreadRunner | None = None,
+    node: NodeInputs | None = None,
 ) -> AttemptResult:
+    """One run of a ``@task``. A workflow node (``node`` given) is also passed ``upstream``
+    and ``input`` if it declares them, and its return value is kept as JSON for its
+    children: a value that is not JSON, or larger than the output limit, fails the run."""
     name = payload["function"]
     function = registry.get(name)
     if function is None:
         return AttemptResult(AttemptOutcome.FAILED,
                              error=f"function {name!r} is not registered on this worker")
     kwargs = dict(payload.get("args") or {})
-    if registry.wants_context(function):
+    declared = registry.parameters(function)
+    if "context" in declared:
         kwargs["context"] = context
+    if node is not None:
+        if "upstream" in declared:
+            kwargs["upstream"] = node.upstream
+        if "input" in declared:
+            kwargs["input"] = node.input
     try:
         # asyncio.timeout, not wait_for: no extra task per run (the start of many runs due
         # at the same instant is this function's cost times their number).
@@ -116,6 +127,8 @@ async def run_python(
         return AttemptResult(AttemptOutcome.TIMED_OUT, error=f"timed out after {timeout_s:g}s")
     except Exception as exc:  # noqa: BLE001 - the task's failure is the attempt's outcome
         return AttemptResult(AttemptOutcome.FAILED, error=f"{type(exc).__name__}: {exc}"[:4000])
+    if node is not None:
+        return node_result(value, output_limit)
     if value is None:
         return AttemptResult(AttemptOutcome.SUCCEEDED)
     try:
@@ -123,3 +136,21 @@ async def run_python(
     except TypeError:
         rendered = repr(value).encode()
     return AttemptResult(AttemptOutcome.SUCCEEDED, output=truncate(rendered, output_limit))
+
+
+def node_result(value: Any, limit: int) -> AttemptResult:
+    """A workflow node's return value: JSON its children can be given, no larger than the
+    output limit (it is stored with the execution, as output is)."""
+    try:
+        encoded = orjson.dumps(value)
+    except TypeError as exc:
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error=f"the return value is not JSON ({exc}): a workflow node "
+                                   "returns what its children are given")
+    if len(encoded) > limit:
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error=f"the return value is {len(encoded)} bytes of JSON, more "
+                                   f"than output_limit_bytes={limit}")
+    text = encoded.decode()
+    return AttemptResult(AttemptOutcome.SUCCEEDED, output=None if value is None else text,
+                         result=text)

@@ -14,6 +14,7 @@ class AttemptResult:
     exit_code: int | None = None
     error: str | None = None
     output: str | None = None
+    result: str | None = None  # a workflow node's return value, as JSON text
 
 
 def truncate(data: bytes, limit: int) -> str:

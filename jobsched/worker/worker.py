@@ -30,6 +30,7 @@ from jobsched.ports import (
     Delivery,
     FinishedAttempt,
     JobLock,
+    NodeInputs,
     WorkerRepository,
 )
 from jobsched.settings import Settings
@@ -382,6 +383,7 @@ class Worker:
             reason=result.error if state in (ExecutionState.MISSED, ExecutionState.SKIPPED)
             else None,
             started_at=self._started_at.pop(claimed.id, None),
+            result=result.result,
         )
         committed = await self._commit(finished)
         if committed is None:
@@ -421,17 +423,46 @@ class Worker:
         early = (claimed.scheduled_for - datetime.now(UTC)).total_seconds()
         if early > 0:
             await asyncio.sleep(early)
+        node: NodeInputs | None = None
+        if claimed.workflow_run_id is not None:
+            try:
+                node = await self._node_inputs(claimed)
+            except Exception as exc:  # noqa: BLE001 - this attempt fails; a retry may not
+                return AttemptResult(AttemptOutcome.FAILED,
+                                     error=f"the node's inputs could not be read: {exc!r}")
         # At most worker_concurrency runs at once, of which shell_concurrency shell runs.
         shell = self._shell_slots if claimed.kind == "shell" else contextlib.nullcontext()
         async with self._run_slots, shell:
             started = datetime.now(UTC)
             self._started_at[claimed.id] = started
             if claimed.attempt == 1:
-                late = (started - claimed.scheduled_for).total_seconds()
-                self.metrics.start_lateness.observe({}, max(0.0, late))
-            return await self._execute(claimed)
+                if node is None:
+                    late = (started - claimed.scheduled_for).total_seconds()
+                    self.metrics.start_lateness.observe({}, max(0.0, late))
+                elif node.ready_at is not None:  # a node is due when its parents let it
+                    latency = (started - node.ready_at).total_seconds()
+                    self.metrics.workflow_node_start_latency.observe({}, max(0.0, latency))
+            return await self._execute(claimed, node)
 
-    async def _execute(self, claimed: ClaimedExecution) -> AttemptResult:
+    async def _node_inputs(self, claimed: ClaimedExecution) -> NodeInputs:
+        """A workflow node's run input and upstream values, read through a short database
+        outage (they are committed: every parent ended before the node was queued)."""
+        delay = 0.1
+        for attempt in range(1, 6):
+            try:
+                inputs = await self.store.node_inputs([claimed.id])
+                return inputs.get(claimed.id) or NodeInputs({}, {}, None)
+            except Exception as exc:
+                if attempt == 5:
+                    raise
+                log.warning("reading the inputs of node execution %s failed (%r); retrying",
+                            claimed.id, exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _execute(self, claimed: ClaimedExecution,
+                       node: NodeInputs | None = None) -> AttemptResult:
         payload = claimed.payload
         limit = self.settings.output_limit_bytes
         timeout = claimed.timeout_s
@@ -448,5 +479,5 @@ class Worker:
             context = TaskContext(claimed.id, claimed.attempt, claimed.job_id,
                                   claimed.scheduled_for)
             return await run_python(payload, timeout, limit, self.registry, context,
-                                    self._threads)
+                                    self._threads, node)
         return AttemptResult(AttemptOutcome.FAILED, error=f"unknown job kind {kind!r}")

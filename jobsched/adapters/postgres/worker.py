@@ -11,9 +11,10 @@ import asyncpg
 from jobsched.adapters.postgres.listen import WAKE_CHANNEL
 from jobsched.adapters.postgres.sql import load_queries
 from jobsched.domain.states import AttemptOutcome, ExecutionState
-from jobsched.ports import ClaimedExecution, FinishedAttempt
+from jobsched.ports import ClaimedExecution, FinishedAttempt, NodeInputs
 
 Q = load_queries("worker.sql")
+WORKFLOWS = load_queries("workflows.sql")
 
 
 class PostgresWorkerStore:
@@ -38,6 +39,11 @@ class PostgresWorkerStore:
         """Record a batch of results; returns the executions this worker still held."""
         results = sorted(results, key=lambda r: r.execution_id)  # rows locked in id order
         async with self.pool.acquire() as conn, conn.transaction():
+            kept = [r for r in results if r.result is not None]
+            if kept:  # workflow nodes' return values, committed with their results
+                await WORKFLOWS.record_results.execute(
+                    conn, ids=[r.execution_id for r in kept], attempts=[r.attempt for r in kept],
+                    results=[r.result for r in kept], worker=worker)
             rows = await Q.finish_executions.fetch(
                 conn,
                 ids=[r.execution_id for r in results],
@@ -69,3 +75,10 @@ class PostgresWorkerStore:
         await Q.close_attempt.execute(self.pool, execution_id=execution_id, attempt=attempt,
                                       outcome=str(outcome), error=error, output=output,
                                       exit_code=exit_code)
+
+    async def node_inputs(self, execution_ids: Sequence[uuid.UUID],
+                          ) -> dict[uuid.UUID, NodeInputs]:
+        """What workflow nodes' functions may ask for (their run's input, their parents'
+        return values), read once the node is claimed: after every parent committed."""
+        rows = await WORKFLOWS.node_inputs.fetch(self.pool, ids=list(execution_ids))
+        return {r["id"]: NodeInputs(r["input"], r["upstream"], r["ready_at"]) for r in rows}

@@ -13,7 +13,7 @@ WITH claimed AS (
     -- Driven by the batch, row by key; `state || ''` keeps the partial indexes on state
     -- out of the plan (see finish_executions).
     WHERE e.id = m.id AND e.attempt = m.attempt AND e.state || '' = 'queued'
-    RETURNING e.id, e.job_id, e.attempt, e.scheduled_for, e.started_at
+    RETURNING e.id, e.job_id, e.attempt, e.scheduled_for, e.started_at, e.workflow_run_id
 ), attempt_rows AS (
     -- started_at: provisional (a run fired ahead starts when due); the worker's result
     -- records when it really began.
@@ -21,7 +21,8 @@ WITH claimed AS (
     SELECT id, attempt, :worker, started_at FROM claimed
 )
 SELECT c.id, c.job_id, j.namespace, c.attempt, c.scheduled_for, j.kind, j.payload, j.timeout_s,
-       j.max_attempts, j.backoff_s, j.max_backoff_s, j.concurrency, j.starting_deadline_s
+       j.max_attempts, j.backoff_s, j.max_backoff_s, j.concurrency, j.starting_deadline_s,
+       c.workflow_run_id
 FROM claimed c JOIN jobs j ON j.id = c.job_id
 
 -- hand_back --

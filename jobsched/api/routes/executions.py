@@ -68,6 +68,10 @@ async def retry_execution(request: web.Request) -> web.Response:
         found = await jobs.get_execution(execution_id, namespace)
         if found is None:
             raise web.HTTPNotFound()
+        run = found[0].get("workflow_run_id")
+        if run is not None:
+            return problem(409, "Execution belongs to a workflow run",
+                           f"retry its run instead: POST /api/v1/workflow-runs/{run}/retry")
         return problem(409, "Execution is not dead", f"execution is {found[0]['state']}")
     return json_response(execution_out(row))
 
