@@ -152,8 +152,7 @@ class WorkflowColumns:
     max_catchup: int
     concurrency: str
     labels: dict[str, str]
-    spec: dict[str, Any]  # as submitted, without the nodes
-    nodes: list[dict[str, Any]]  # the nodes as submitted
+    spec: dict[str, Any]  # as submitted, without the nodes (each is its job row's spec)
     node_count: int
 
 

@@ -64,6 +64,14 @@ async def _insert_version(conn: asyncpg.Connection, workflow_id: uuid.UUID, name
         children=[_int_array(n.children) for n in nodes])
 
 
+async def _with_nodes(conn: asyncpg.Connection, record: Any) -> Row | None:
+    """A workflow row with its current version's node specs, in order, as ``nodes``."""
+    if record is None:
+        return None
+    specs = await Q.node_specs.fetch(conn, workflow_id=record["id"], version=record["version"])
+    return {**dict(record), "nodes": [r["spec"] for r in specs]}
+
+
 async def _cancel_runs(conn: asyncpg.Connection, run_ids: list[uuid.UUID], reason: str) -> int:
     """Cancel running runs inside the caller's transaction (see workflow_cancel_runs)."""
     if not run_ids:
@@ -97,8 +105,7 @@ class PostgresWorkflows:
                 next_fire_at=columns.next_fire_at, misfire=columns.misfire,
                 max_catchup=columns.max_catchup, concurrency=columns.concurrency,
                 node_count=columns.node_count, labels=columns.labels, spec=columns.spec,
-                nodes=columns.nodes, idempotency_key=idempotency_key,
-                idempotency_digest=digest)
+                idempotency_key=idempotency_key, idempotency_digest=digest)
             if row is None:  # a concurrent create with this key won the race
                 assert idempotency_key is not None
                 first = await self._replay(conn, namespace, idempotency_key, digest,
@@ -108,7 +115,8 @@ class PostgresWorkflows:
             await _insert_version(conn, workflow_id, namespace, 1, definition.nodes)
             if columns.next_fire_at is not None:
                 await JOBS.notify.execute(conn, channel=WAKE_CHANNEL, payload="workflow")
-        return {**dict(row), "last_run": None}, False
+        return {**dict(row), "last_run": None,
+                "nodes": [n.spec for n in definition.nodes]}, False
 
     @staticmethod
     async def _replay(conn: asyncpg.Connection, namespace: str, key: str,
@@ -122,11 +130,14 @@ class PostgresWorkflows:
             return None
         if found["idempotency_digest"] != digest:
             raise IdempotencyConflict(found["id"])
-        return _row(await Q.get_workflow.fetchrow(conn, id=found["id"], namespace=namespace))
+        return await _with_nodes(conn, await Q.get_workflow.fetchrow(
+            conn, id=found["id"], namespace=namespace))
 
     async def get_workflow(self, workflow_id: uuid.UUID, namespace: str) -> Row | None:
-        return _row(await Q.get_workflow.fetchrow(self.pool, id=workflow_id,
-                                                  namespace=namespace))
+        """One workflow with the nodes of its current version (``nodes``)."""
+        async with self.pool.acquire() as conn:
+            return await _with_nodes(conn, await Q.get_workflow.fetchrow(
+                conn, id=workflow_id, namespace=namespace))
 
     async def list_workflows(self, namespace: str, *, state: str | None, name: str | None,
                              labels: dict[str, str] | None,
@@ -143,10 +154,11 @@ class PostgresWorkflows:
         """Read-modify-write one workflow under its row lock. New nodes make a new version
         (new runs use it; runs already started keep theirs). None if there is none."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await Q.lock_workflow.fetchrow(conn, id=workflow_id, namespace=namespace)
+            row = await _with_nodes(conn, await Q.lock_workflow.fetchrow(
+                conn, id=workflow_id, namespace=namespace))
             if row is None:
                 return None
-            definition = change(dict(row))
+            definition = change(row)
             columns = definition.columns
             version = row["version"]
             if definition.nodes is not None:
@@ -157,8 +169,7 @@ class PostgresWorkflows:
                 timezone=columns.timezone, next_fire_at=columns.next_fire_at,
                 misfire=columns.misfire, max_catchup=columns.max_catchup,
                 concurrency=columns.concurrency, node_count=columns.node_count,
-                labels=columns.labels, spec=columns.spec, nodes=columns.nodes,
-                version=version)
+                labels=columns.labels, spec=columns.spec, version=version)
             await JOBS.notify.execute(conn, channel=WAKE_CHANNEL, payload="workflow")
         return await self.get_workflow(workflow_id, namespace)
 

@@ -5,11 +5,10 @@
 
 -- insert_workflow --
 INSERT INTO workflows (id, namespace, name, schedule, timezone, next_fire_at, misfire,
-                       max_catchup, concurrency, node_count, labels, spec, nodes,
-                       idempotency_key, idempotency_digest)
+                       max_catchup, concurrency, node_count, labels, spec, idempotency_key,
+                       idempotency_digest)
 VALUES (:id, :namespace, :name, :schedule, :timezone, :next_fire_at, :misfire, :max_catchup,
-        :concurrency, :node_count, :labels, :spec, :nodes, :idempotency_key,
-        :idempotency_digest)
+        :concurrency, :node_count, :labels, :spec, :idempotency_key, :idempotency_digest)
 ON CONFLICT (namespace, idempotency_key) DO NOTHING
 RETURNING *
 
@@ -56,6 +55,12 @@ LEFT JOIN LATERAL (
 ) lr ON true
 WHERE w.id = :id AND w.namespace = :namespace
 
+-- node_specs --
+-- The nodes of a version as submitted, in order: each node's job row keeps its spec.
+SELECT j.spec FROM workflow_nodes d JOIN jobs j ON j.id = d.job_id
+WHERE d.workflow_id = :workflow_id AND d.version = :version
+ORDER BY d.node
+
 -- list_workflows --
 -- Newest first, as jobs; the nodes (up to 10,000 of them) are left out of a list.
 SELECT w.id, w.namespace, w.name, w.state, w.schedule, w.timezone, w.next_fire_at, w.version,
@@ -82,8 +87,8 @@ SELECT * FROM workflows WHERE id = :id AND namespace = :namespace FOR UPDATE
 UPDATE workflows
 SET name = :name, schedule = :schedule, timezone = :timezone, next_fire_at = :next_fire_at,
     misfire = :misfire, max_catchup = :max_catchup, concurrency = :concurrency,
-    node_count = :node_count, labels = :labels, spec = :spec, nodes = :nodes,
-    version = :version, updated_at = now()
+    node_count = :node_count, labels = :labels, spec = :spec, version = :version,
+    updated_at = now()
 WHERE id = :id
 
 -- pause_workflow --

@@ -34,8 +34,9 @@ CREATE TABLE workflows (
     version            integer NOT NULL DEFAULT 1,  -- the node set new runs use
     node_count         integer NOT NULL,
     labels             jsonb NOT NULL DEFAULT '{}'::jsonb,
-    spec               jsonb NOT NULL,  -- as submitted, without its nodes
-    nodes              jsonb NOT NULL,  -- the submitted nodes of the current version
+    -- As submitted, without its nodes: each node's spec is its job row's (the nodes of a
+    -- 10,000-node workflow are not stored twice).
+    spec               jsonb NOT NULL,
     idempotency_key    text,
     idempotency_digest bytea,
     created_at         timestamptz NOT NULL DEFAULT now(),
