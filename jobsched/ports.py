@@ -157,24 +157,13 @@ class WorkflowColumns:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkflowNodeColumns:
-    """One node of a workflow version: its job row and its place in the graph."""
+class WorkflowNodes:
+    """A new version's nodes: their specs as submitted (after validation and defaults: each
+    becomes a node's job row) and the graph, parents and children by position."""
 
-    job_id: uuid.UUID
-    key: str
-    name: str
-    kind: str
-    payload: dict[str, Any]
-    max_attempts: int
-    backoff_s: float
-    max_backoff_s: float
-    timeout_s: float
-    priority: int
-    labels: dict[str, str]
-    spec: dict[str, Any]
-    trigger_rule: str
-    parents: tuple[int, ...]
-    children: tuple[int, ...]
+    specs: list[dict[str, Any]]
+    parents: list[tuple[int, ...]]
+    children: list[tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +172,7 @@ class WorkflowDefinition:
     that keeps the current version's nodes)."""
 
     columns: WorkflowColumns
-    nodes: list[WorkflowNodeColumns] | None
+    nodes: WorkflowNodes | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,3 +33,40 @@ def report(team: str, count: int = 1) -> dict[str, object]:
     """Named explicitly, so the key is the same whether this module is imported as
     ``sample_tasks`` (the worker) or ``tests.e2e.sample_tasks`` (a test scheduling it)."""
     return {"team": team, "count": count}
+
+
+# Workflow nodes (tests/e2e/test_workflows.py): they ask for ``upstream`` and ``input``.
+
+
+@task(name="sample_tasks:numbers")
+def numbers(count: int, input: dict[str, object]) -> list[int]:
+    return list(range(count + int(input.get("extra", 0))))  # type: ignore[call-overload]
+
+
+@task(name="sample_tasks:scale")
+def scale(factor: int, upstream: dict[str, list[int]]) -> int:
+    return sum(upstream["numbers"]) * factor
+
+
+@task(name="sample_tasks:total")
+def total(upstream: dict[str, int | None], input: dict[str, int]) -> dict[str, object]:
+    values = {k: v for k, v in upstream.items() if v is not None}
+    return {"total": sum(values.values()) + input.get("offset", 0), "from": sorted(values)}
+
+
+@task(name="sample_tasks:fails_first_attempt")
+def fails_first_attempt(context: TaskContext, upstream: dict[str, object]) -> dict[str, object]:
+    if context.attempt == 1:
+        raise RuntimeError("the first attempt fails")
+    return {"attempt": context.attempt, "upstream": upstream}
+
+
+@task(name="sample_tasks:nap")
+async def nap(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "rested"
+
+
+@task(name="sample_tasks:upstream_keys")
+def upstream_keys(upstream: dict[str, object]) -> list[str]:
+    return sorted(k for k, v in upstream.items() if v is not None)

@@ -18,12 +18,13 @@ from jobsched.adapters.postgres.pool import fenced
 from jobsched.adapters.postgres.sql import load_queries
 from jobsched.domain.firing import DueJob, FireRecord, TickPlan
 from jobsched.domain.states import ExecutionState
+from jobsched.domain.workflows import PRIORITY_RANKS
 from jobsched.ports import (
     IdempotencyConflict,
     Row,
     RunsFinished,
     WorkflowDefinition,
-    WorkflowNodeColumns,
+    WorkflowNodes,
 )
 
 log = logging.getLogger(__name__)
@@ -46,22 +47,12 @@ def _int_array(values: tuple[int, ...]) -> str:
 
 
 async def _insert_version(conn: asyncpg.Connection, workflow_id: uuid.UUID, namespace: str,
-                          version: int, nodes: list[WorkflowNodeColumns]) -> None:
-    """A version's nodes: their job rows and the graph, two statements whatever the size."""
-    await Q.insert_node_jobs.execute(
-        conn, namespace=namespace, workflow_id=workflow_id,
-        ids=[n.job_id for n in nodes], names=[n.name for n in nodes],
-        kinds=[n.kind for n in nodes], payloads=[n.payload for n in nodes],
-        max_attempts=[n.max_attempts for n in nodes], backoff_s=[n.backoff_s for n in nodes],
-        max_backoff_s=[n.max_backoff_s for n in nodes],
-        timeout_s=[n.timeout_s for n in nodes], priorities=[n.priority for n in nodes],
-        labels=[n.labels for n in nodes], specs=[n.spec for n in nodes])
-    await Q.insert_nodes.execute(
-        conn, workflow_id=workflow_id, version=version, nodes=list(range(len(nodes))),
-        keys=[n.key for n in nodes], job_ids=[n.job_id for n in nodes],
-        trigger_rules=[n.trigger_rule for n in nodes],
-        parents=[_int_array(n.parents) for n in nodes],
-        children=[_int_array(n.children) for n in nodes])
+                          name: str, version: int, nodes: WorkflowNodes) -> None:
+    """A version's nodes: their job rows and the graph, one statement whatever the size."""
+    await Q.insert_version.execute(
+        conn, namespace=namespace, workflow_id=workflow_id, name=name, version=version,
+        specs=nodes.specs, parents=[_int_array(p) for p in nodes.parents],
+        children=[_int_array(c) for c in nodes.children], priority_ranks=PRIORITY_RANKS)
 
 
 async def _with_nodes(conn: asyncpg.Connection, record: Any) -> Row | None:
@@ -112,11 +103,11 @@ class PostgresWorkflows:
                                            idempotency_ttl_s)
                 assert first is not None
                 return first, True
-            await _insert_version(conn, workflow_id, namespace, 1, definition.nodes)
+            await _insert_version(conn, workflow_id, namespace, columns.name, 1,
+                                  definition.nodes)
             if columns.next_fire_at is not None:
                 await JOBS.notify.execute(conn, channel=WAKE_CHANNEL, payload="workflow")
-        return {**dict(row), "last_run": None,
-                "nodes": [n.spec for n in definition.nodes]}, False
+        return {**dict(row), "last_run": None, "nodes": definition.nodes.specs}, False
 
     @staticmethod
     async def _replay(conn: asyncpg.Connection, namespace: str, key: str,
@@ -163,7 +154,8 @@ class PostgresWorkflows:
             version = row["version"]
             if definition.nodes is not None:
                 version += 1
-                await _insert_version(conn, workflow_id, namespace, version, definition.nodes)
+                await _insert_version(conn, workflow_id, namespace, columns.name, version,
+                                      definition.nodes)
             await Q.update_workflow.execute(
                 conn, id=workflow_id, name=columns.name, schedule=columns.schedule,
                 timezone=columns.timezone, next_fire_at=columns.next_fire_at,

@@ -12,31 +12,36 @@ VALUES (:id, :namespace, :name, :schedule, :timezone, :next_fire_at, :misfire, :
 ON CONFLICT (namespace, idempotency_key) DO NOTHING
 RETURNING *
 
--- insert_node_jobs --
--- A version's nodes as job rows, all in one statement (10,000 in a fraction of a second):
--- stored completed, with no fire of their own (see 011_workflows.sql).
-INSERT INTO jobs (id, namespace, name, kind, payload, schedule, timezone, state, next_fire_at,
-                  max_attempts, backoff_s, max_backoff_s, timeout_s, priority, labels, spec,
-                  workflow_id)
-SELECT n.id, :namespace, n.name, n.kind, n.payload, 'immediate', 'UTC', 'completed', NULL,
-       n.max_attempts, n.backoff_s, n.max_backoff_s, n.timeout_s, n.priority, n.labels,
-       n.spec, :workflow_id
-FROM unnest(:ids::uuid[], :names::text[], :kinds::text[], :payloads::jsonb[],
-            :max_attempts::int[], :backoff_s::double precision[],
-            :max_backoff_s::double precision[], :timeout_s::double precision[],
-            :priorities::smallint[], :labels::jsonb[], :specs::jsonb[])
-    AS n(id, name, kind, payload, max_attempts, backoff_s, max_backoff_s, timeout_s, priority,
-         labels, spec)
-
--- insert_nodes --
--- The graph of a version: parents and children as positions ('{1,2}' literals).
+-- insert_version --
+-- A version's nodes, whatever their number, in one statement: a job row per node (stored
+-- completed, with no fire of its own: see 011_workflows.sql) and its place in the graph
+-- (parents, children: positions, as '{1,2}' literals). The specs arrive as one JSON
+-- document and are taken apart here: no per-node work in Python.
+WITH node AS MATERIALIZED (
+    SELECT (e.position - 1)::int AS node, gen_random_uuid() AS job_id, e.spec,
+           g.parents::int[] AS parents, g.children::int[] AS children
+    FROM jsonb_array_elements(:specs::jsonb) WITH ORDINALITY AS e(spec, position)
+    JOIN unnest(:parents::text[], :children::text[]) WITH ORDINALITY
+        AS g(parents, children, position) ON g.position = e.position
+), job AS (
+    INSERT INTO jobs (id, namespace, name, kind, payload, schedule, timezone, state,
+                      next_fire_at, max_attempts, backoff_s, max_backoff_s, timeout_s,
+                      priority, labels, spec, workflow_id)
+    SELECT job_id, :namespace, :name || '/' || (spec ->> 'key'), spec ->> 'kind',
+           spec -> (spec ->> 'kind'), 'immediate', 'UTC', 'completed', NULL,
+           (spec -> 'retry' ->> 'max_attempts')::int,
+           (spec -> 'retry' ->> 'backoff_s')::double precision,
+           (spec -> 'retry' ->> 'max_backoff_s')::double precision,
+           (spec ->> 'timeout_s')::double precision,
+           (:priority_ranks::jsonb ->> (spec ->> 'priority'))::smallint,
+           coalesce(spec -> 'labels', '{}'::jsonb), spec, :workflow_id
+    FROM node
+)
 INSERT INTO workflow_nodes (workflow_id, version, node, key, job_id, trigger_rule, parents,
                             children)
-SELECT :workflow_id, :version, n.node, n.key, n.job_id, n.trigger_rule, n.parents::int[],
-       n.children::int[]
-FROM unnest(:nodes::int[], :keys::text[], :job_ids::uuid[], :trigger_rules::text[],
-            :parents::text[], :children::text[])
-    AS n(node, key, job_id, trigger_rule, parents, children)
+SELECT :workflow_id, :version, node, spec ->> 'key', job_id, spec ->> 'trigger_rule',
+       parents, children
+FROM node
 
 -- workflow_by_idempotency_key --
 SELECT id, idempotency_digest, created_at < now() - make_interval(secs => :ttl_s) AS expired

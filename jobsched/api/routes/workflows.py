@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import os
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +36,6 @@ from jobsched.domain.auth import Forbidden, Principal, check_kind
 from jobsched.domain.firing import initial_fire_at, plan_resume
 from jobsched.domain.schedule import parse_schedule
 from jobsched.domain.workflows import (
-    PRIORITY_RANKS,
     NodeState,
     RunState,
     WorkflowState,
@@ -48,7 +46,7 @@ from jobsched.ports import (
     Row,
     WorkflowColumns,
     WorkflowDefinition,
-    WorkflowNodeColumns,
+    WorkflowNodes,
 )
 
 #: Fields of a workflow that decide when it fires: a PATCH of none keeps the pending fire.
@@ -119,21 +117,10 @@ def workflow_definition(workflow: WorkflowCreate, now: datetime, *,
         node_count=len(workflow.nodes))
     if not new_nodes:
         return WorkflowDefinition(columns, None)
-    nodes = node_specs(workflow)
     graph = build_graph([n.key for n in workflow.nodes],
                         [n.depends_on for n in workflow.nodes])
-    job_ids = _uuid4s(len(workflow.nodes))
-    rows = [
-        WorkflowNodeColumns(
-            job_id=job_ids[i], key=node.key, name=f"{workflow.name}/{node.key}",
-            kind=node.kind, payload=nodes[i][node.kind], max_attempts=node.retry.max_attempts,
-            backoff_s=node.retry.backoff_s, max_backoff_s=node.retry.max_backoff_s,
-            timeout_s=node.timeout_s, priority=PRIORITY_RANKS[node.priority],
-            labels=node.labels, spec=nodes[i], trigger_rule=node.trigger_rule,
-            parents=graph.parents[i], children=graph.children[i])
-        for i, node in enumerate(workflow.nodes)
-    ]
-    return WorkflowDefinition(columns, rows)
+    nodes = WorkflowNodes(node_specs(workflow), list(graph.parents), list(graph.children))
+    return WorkflowDefinition(columns, nodes)
 
 
 _NODE_LIST = TypeAdapter(list[NodeSpec])
@@ -144,13 +131,6 @@ def node_specs(workflow: WorkflowCreate) -> list[dict[str, Any]]:
     specs: list[dict[str, Any]] = _NODE_LIST.dump_python(workflow.nodes, mode="json",
                                                          exclude_none=True)
     return specs
-
-
-def _uuid4s(count: int) -> list[uuid.UUID]:
-    """``count`` random (version 4) UUIDs from one read of the system's random source:
-    uuid.uuid4() reads it once per id, 10,000 reads for the largest workflow."""
-    raw = os.urandom(16 * count)
-    return [uuid.UUID(bytes=raw[i:i + 16], version=4) for i in range(0, 16 * count, 16)]
 
 
 def body_digest(workflow: WorkflowCreate) -> bytes:

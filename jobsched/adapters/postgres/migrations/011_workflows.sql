@@ -51,9 +51,11 @@ CREATE INDEX workflows_listing ON workflows (namespace, created_at DESC, id DESC
 CREATE INDEX workflows_labels ON workflows USING gin (labels jsonb_path_ops);
 
 -- The nodes of each version of a workflow, by position in the submitted list. parents and
--- children are positions too: the graph, read set-wise by the functions below.
+-- children are positions too: the graph, read set-wise by the functions below. No foreign
+-- key to workflows (never deleted: a DELETE cancels): 10,000 key checks were a tenth of
+-- storing a 10,000-node workflow.
 CREATE TABLE workflow_nodes (
-    workflow_id  uuid NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+    workflow_id  uuid NOT NULL,
     version      integer NOT NULL,
     node         integer NOT NULL,
     key          text NOT NULL,
