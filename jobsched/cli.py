@@ -370,6 +370,26 @@ def bench_api(**params: Any) -> None:
     commands.api(services, options, echo=click.echo, **params)
 
 
+@bench.command("workflow")
+@click.option("--chain", "chain_nodes", default=100, show_default=True,
+              type=click.IntRange(2, 10_000), help="Nodes of the chain.")
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="Runs of the chain (after a warm-up run).")
+@click.option("--fanout", default=1000, show_default=True, type=click.IntRange(1, 9_998),
+              help="Children of the fan-out's root (all joined by one node).")
+@click.option("--large", default=10_000, show_default=True, type=click.IntRange(1, 10_000),
+              help="Nodes of the workflow created through the api.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@_bench_options
+def bench_workflow(**params: Any) -> None:
+    """Workflows: parent finished -> child started along a chain, a fan-out and its join
+    (with other jobs' latency beside it), and creating a large workflow."""
+    from jobsched.bench import commands
+
+    services, options = _bench_setup(params)
+    commands.workflow(services, options, echo=click.echo, **params)
+
+
 @bench.command("scale")
 @click.option("--schedules", default=1_000_000, show_default=True, type=click.IntRange(1),
               help="Active schedules COPYed before the runs.")

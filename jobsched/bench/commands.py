@@ -156,3 +156,15 @@ def scale(services: Services, options: Options, *, schedules: int, jobs: int, se
                           api_seconds, clients, options), repeat, echo))
     _finish(result, report.render_scale(result["median"], repeat), json_out, echo)
     return result
+
+
+def workflow(services: Services, options: Options, *, chain_nodes: int, runs: int, fanout: int,
+             large: int, workers: int, repeat: int, json_out: str | None,
+             echo: Echo) -> dict[str, Any]:
+    from jobsched.bench.workflow import run_workflow
+
+    result = asyncio.run(report.repeated(
+        lambda: run_workflow(services, options, chain_nodes=chain_nodes, runs=runs,
+                             fanout=fanout, large=large, workers=workers), repeat, echo))
+    _finish(result, report.render_workflow(result["median"], repeat), json_out, echo)
+    return result

@@ -186,3 +186,27 @@ def render_herd_vs_celery(r: dict[str, Any], repeat: int) -> str:
         ("started", "started"), ("missed", "missed"), ("duplicates", "duplicates"))]
     return "\n\n".join([head, table(("", "jobsched", "Celery beat", "Celery ÷ jobsched"),
                                      rows), cpu_table(theirs["cpu"])])
+
+
+def render_workflow(r: dict[str, Any], repeat: int) -> str:
+    chain, fan, large = r["chain"], r["fan_out"], r["large"]
+    head = _heading(f"workflow: {chain['nodes']}-node chain x{chain['runs']}, "
+                    f"{fan['width']}-wide fan-out + join, {large['nodes']:,}-node create "
+                    f"({_task(r)}), {r['workers']} worker process(es)", repeat)
+    latency = table(LATENCY_HEADERS, latency_rows({
+        "chain: parent finished -> child started": chain["latency_ms"],
+        "immediate jobs alone: submitted -> started": fan["bystanders_alone_ms"],
+        "... during the fan-out": fan["bystanders_during_ms"]}))
+    rows = [["fan-out: root finished -> join finished (s)", fan["all_done_after_root_s"]],
+            ["  first child started (ms after root)", fan["first_child_started_ms"]],
+            ["  last child started (ms after root)", fan["last_child_started_ms"]],
+            ["  last child finished (ms after root)", fan["last_child_finished_ms"]],
+            ["  join started after last child (ms)", fan["join_started_after_last_child_ms"]],
+            [f"create {large['nodes']:,} nodes through the api (s)", large["create_s"]]]
+    targets = table(("target", "value"), [
+        ["chain p50 <= 15 ms", chain["latency_ms"]["p50"] <= 15],
+        ["chain p99 <= 50 ms", chain["latency_ms"]["p99"] <= 50],
+        ["fan-out + join <= 1.5 s", fan["all_done_after_root_s"] <= 1.5],
+        ["10,000 nodes stored <= 2 s", large["create_s"] <= 2.0]])
+    return "\n\n".join([head, latency, table(("", "value"), rows), targets,
+                        cpu_table(r["cpu"])])

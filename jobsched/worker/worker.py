@@ -97,6 +97,10 @@ class Worker:
         self._results: Batcher[FinishedAttempt, ExecutionState | None] = Batcher(
             self._finish_batch, max_size=min(settings.worker_prefetch, 1000)
         )
+        # Workflow nodes' inputs, read together when claimed together (a fan-out's
+        # children): no added wait for a lone one.
+        self._node_inputs_batch: Batcher[uuid.UUID, NodeInputs | None] = Batcher(
+            self._read_node_inputs, max_size=500, max_delay=0.0)
         self._inflight: set[asyncio.Task[None]] = set()
         self._running: dict[uuid.UUID, asyncio.Task[AttemptResult]] = {}
         # Claimed executions -> when (monotonic) their lease was last known to be extended:
@@ -120,6 +124,10 @@ class Worker:
     async def _claim_batch(self, claims: list[Claim]) -> list[ClaimedExecution | None]:
         rows = await self.store.claim_executions(claims, self.name, self.settings.worker_lease_s)
         return assign_claims(claims, rows)
+
+    async def _read_node_inputs(self, ids: list[uuid.UUID]) -> list[NodeInputs | None]:
+        found = await self.store.node_inputs(ids)
+        return [found.get(i) for i in ids]
 
     async def _finish_batch(self, results: list[FinishedAttempt]) -> list[ExecutionState | None]:
         held = await self.store.finish_attempts(results, self.name)
@@ -156,6 +164,7 @@ class Worker:
             await asyncio.gather(*background, return_exceptions=True)
             await self._claims.close()
             await self._results.close()
+            await self._node_inputs_batch.close()
             await self._http.close()
 
     def _describe(self) -> bytes:
@@ -450,8 +459,8 @@ class Worker:
         delay = 0.1
         for attempt in range(1, 6):
             try:
-                inputs = await self.store.node_inputs([claimed.id])
-                return inputs.get(claimed.id) or NodeInputs({}, {}, None)
+                inputs = await self._node_inputs_batch.submit(claimed.id)
+                return inputs or NodeInputs({}, {}, None)
             except Exception as exc:
                 if attempt == 5:
                     raise

@@ -221,19 +221,27 @@ SELECT count(*) FROM gone
 -- node_inputs --
 -- What a node's function may ask for: the run's input and each parent's return value (by
 -- key; null for a parent that returned nothing or did not succeed), and when the node was
--- let run (its start latency).
-SELECT e.id, r.input, rn.ready_at,
-       (SELECT coalesce(jsonb_object_agg(pd.key, pe.result), '{}'::jsonb)
-        FROM unnest(d.parents) AS parent(node)
-        JOIN workflow_nodes pd ON pd.workflow_id = d.workflow_id AND pd.version = d.version
-                              AND pd.node = parent.node
-        LEFT JOIN workflow_run_nodes prn ON prn.run_id = r.id AND prn.node = parent.node
-        LEFT JOIN executions pe ON pe.id = prn.execution_id AND prn.state = 'succeeded'
-       ) AS upstream
+-- let run (its start latency). Every row by key (LATERAL ... LIMIT 1: see
+-- workflow_advance in 011_workflows.sql), whatever the statistics say.
+SELECT e.id, r.input, rn.ready_at, up.upstream
 FROM executions e
-JOIN workflow_runs r ON r.id = e.workflow_run_id
-JOIN workflow_nodes d ON d.job_id = e.job_id
-JOIN workflow_run_nodes rn ON rn.run_id = r.id AND rn.node = d.node
+CROSS JOIN LATERAL (SELECT id, workflow_id, version, input FROM workflow_runs
+                    WHERE id = e.workflow_run_id LIMIT 1) r
+CROSS JOIN LATERAL (SELECT node, parents FROM workflow_nodes WHERE job_id = e.job_id LIMIT 1) d
+CROSS JOIN LATERAL (SELECT ready_at FROM workflow_run_nodes
+                    WHERE run_id = r.id AND node = d.node LIMIT 1) rn
+CROSS JOIN LATERAL (
+    SELECT coalesce(jsonb_object_agg(pd.key, pe.result), '{}'::jsonb) AS upstream
+    FROM unnest(d.parents) AS parent(node)
+    CROSS JOIN LATERAL (SELECT key FROM workflow_nodes
+                        WHERE workflow_id = r.workflow_id AND version = r.version
+                          AND node = parent.node LIMIT 1) pd
+    LEFT JOIN LATERAL (SELECT execution_id FROM workflow_run_nodes
+                       WHERE run_id = r.id AND node = parent.node AND state = 'succeeded'
+                       LIMIT 1) prn ON true
+    LEFT JOIN LATERAL (SELECT result FROM executions WHERE id = prn.execution_id LIMIT 1) pe
+        ON true
+) up
 WHERE e.id = ANY(:ids::uuid[])
 
 -- record_results --

@@ -186,9 +186,17 @@ $$;
 -- already had), end them without running (upstream_failed, skipped: their children are
 -- counted in turn), or let them wait. A run whose last node ended is finished. Every
 -- step is set-based, level by level, never one statement per node or per edge.
+--
+-- Every statement here is driven by a small batch and reaches rows by key. The planner
+-- settings below keep it that way: on a new table's statistics it chose sequential scans,
+-- hash joins over whole tables and a two-column index probe filtered row by row (156 ms
+-- to decide the 1,000 children of one node; 2 ms with key lookups). The definition rows
+-- are looked up in LATERAL ... LIMIT 1 subqueries for the same reason.
 CREATE FUNCTION workflow_advance(ended_runs uuid[], ended_nodes integer[], ended_states text[],
                                  check_runs uuid[], check_nodes integer[]) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
 DECLARE
     e_runs uuid[];
     e_nodes integer[];
@@ -250,9 +258,13 @@ BEGIN
                                                               'cancelled')) AS failed,
                            count(*) FILTER (WHERE x.state = 'skipped') AS skipped
                     FROM unnest(e_runs, e_nodes, e_states) AS x(run_id, node, state)
-                    JOIN workflow_runs r ON r.id = x.run_id AND r.state = 'running'
-                    JOIN workflow_nodes d ON d.workflow_id = r.workflow_id
-                                         AND d.version = r.version AND d.node = x.node
+                    CROSS JOIN LATERAL (
+                        SELECT workflow_id, version FROM workflow_runs
+                        WHERE id = x.run_id AND state = 'running' LIMIT 1) r
+                    CROSS JOIN LATERAL (
+                        SELECT children FROM workflow_nodes
+                        WHERE workflow_id = r.workflow_id AND version = r.version
+                          AND node = x.node LIMIT 1) d
                     CROSS JOIN LATERAL unnest(d.children) AS child(node)
                     GROUP BY x.run_id, child.node
                 ), counted AS (
@@ -274,7 +286,7 @@ BEGIN
         EXIT WHEN coalesce(cardinality(check_runs), 0) = 0;
 
         -- Decide the pending nodes whose parents changed.
-        SELECT array_agg(rn.run_id), array_agg(rn.node), array_agg(d.job_id),
+        SELECT array_agg(c.run_id), array_agg(c.node), array_agg(d.job_id),
                array_agg(r.scheduled_for),
                array_agg(workflow_decide(d.trigger_rule, cardinality(d.parents),
                                          rn.parents_done, rn.parents_succeeded,
@@ -282,21 +294,26 @@ BEGIN
         INTO d_runs, d_nodes, d_jobs, d_times, d_decisions
         FROM (SELECT DISTINCT run_id, node FROM unnest(check_runs, check_nodes)
                                                 AS c(run_id, node)) c
-        JOIN workflow_run_nodes rn ON rn.run_id = c.run_id AND rn.node = c.node
-                                  AND rn.state = 'pending'
-        JOIN workflow_runs r ON r.id = rn.run_id AND r.state = 'running'
-        JOIN workflow_nodes d ON d.workflow_id = r.workflow_id AND d.version = r.version
-                             AND d.node = rn.node;
+        CROSS JOIN LATERAL (
+            SELECT parents_done, parents_succeeded, parents_failed, parents_skipped
+            FROM workflow_run_nodes
+            WHERE run_id = c.run_id AND node = c.node AND state = 'pending' LIMIT 1) rn
+        CROSS JOIN LATERAL (
+            SELECT workflow_id, version, scheduled_for FROM workflow_runs
+            WHERE id = c.run_id AND state = 'running' LIMIT 1) r
+        CROSS JOIN LATERAL (
+            SELECT job_id, trigger_rule, parents FROM workflow_nodes
+            WHERE workflow_id = r.workflow_id AND version = r.version AND node = c.node
+            LIMIT 1) d;
 
         -- Those that run: one execution per node per run, as a job's fire (epoch -1: the
         -- leader publishes it on its next tick; the NOTIFY below wakes it). A retried run
         -- re-drives the execution its node already had: one more attempt.
-        WITH decided AS (
-            SELECT * FROM unnest(d_runs, d_nodes, d_jobs, d_times, d_decisions)
-                AS x(run_id, node, job_id, scheduled_for, decision)
-        ), made AS (
+        WITH made AS (
             INSERT INTO executions (job_id, scheduled_for, epoch, workflow_run_id)
-            SELECT job_id, scheduled_for, -1, run_id FROM decided
+            SELECT job_id, scheduled_for, -1, run_id
+            FROM unnest(d_jobs, d_times, d_runs, d_decisions)
+                AS x(job_id, scheduled_for, run_id, decision)
             WHERE decision = 'run'
             ORDER BY job_id
             ON CONFLICT (job_id, scheduled_for) DO UPDATE
@@ -309,8 +326,10 @@ BEGIN
         ), marked AS (
             UPDATE workflow_run_nodes rn
             SET state = 'queued', execution_id = m.id, ready_at = now()
-            FROM made m JOIN decided x ON x.job_id = m.job_id AND x.run_id = m.workflow_run_id
-            WHERE rn.run_id = x.run_id AND rn.node = x.node
+            FROM made m
+            CROSS JOIN LATERAL (
+                SELECT node FROM workflow_nodes WHERE job_id = m.job_id LIMIT 1) d
+            WHERE rn.run_id = m.workflow_run_id AND rn.node = d.node
             RETURNING 1
         )
         SELECT queued + count(*) INTO queued FROM marked;
@@ -332,9 +351,11 @@ END
 $$;
 
 -- Every path that ends a node's execution (a worker's result, the reaper, a cancel) goes
--- through an UPDATE of executions: this statement-level trigger passes the nodes that
--- ended to workflow_advance in the same transaction. A statement that touches no
--- workflow node costs one pass over its new rows.
+-- through an UPDATE of executions: this statement-level trigger passes the nodes whose
+-- execution is now over to workflow_advance, in the same transaction. Their previous
+-- state is not needed (only the new rows are captured): a node ends once, so a row that
+-- was already over changes nothing there. A statement that touches no workflow node
+-- costs one pass over its new rows.
 CREATE FUNCTION workflow_executions_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -351,10 +372,8 @@ BEGIN
            array_agg(workflow_node_outcome(n.state) ORDER BY n.workflow_run_id, d.node)
     INTO v_runs, v_nodes, v_states
     FROM new_rows n
-    JOIN old_rows o ON o.id = n.id
-    JOIN workflow_nodes d ON d.job_id = n.job_id
+    CROSS JOIN LATERAL (SELECT node FROM workflow_nodes WHERE job_id = n.job_id LIMIT 1) d
     WHERE n.workflow_run_id IS NOT NULL
-      AND o.state IN ('queued', 'running', 'retrying')
       AND n.state NOT IN ('queued', 'running', 'retrying');
     IF v_runs IS NOT NULL THEN
         PERFORM workflow_advance(v_runs, v_nodes, v_states, '{}', '{}');
@@ -365,7 +384,7 @@ $$;
 
 CREATE TRIGGER workflow_executions_changed
     AFTER UPDATE ON executions
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION workflow_executions_changed();
 
 -- Start a run of a workflow's current version: the run, a row per node, and the roots
