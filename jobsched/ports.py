@@ -138,6 +138,7 @@ class FinishedAttempt:
     reason: str | None = None
     started_at: datetime | None = None  # when the run really began (after any hold)
     result: str | None = None  # a workflow node's return value as JSON text (None: none kept)
+    workflow_run_id: uuid.UUID | None = None  # set for the node of a workflow run
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +400,12 @@ class WorkerRepository(Protocol):
 
     async def node_inputs(self, execution_ids: Sequence[uuid.UUID],
                           ) -> dict[uuid.UUID, NodeInputs]: ...
+
+    async def finish_node_attempts(self, results: Sequence[FinishedAttempt], worker: str,
+                                   ) -> tuple[dict[uuid.UUID, ExecutionState],
+                                              list[Dispatch]]: ...
+
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None: ...
 
 
 # --- RabbitMQ ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from jobsched.ports import (
     ClaimedExecution,
     Coordinator,
     Delivery,
+    Dispatch,
     FinishedAttempt,
     JobLock,
     NodeInputs,
@@ -102,6 +103,7 @@ class Worker:
         self._node_inputs_batch: Batcher[uuid.UUID, NodeInputs | None] = Batcher(
             self._read_node_inputs, max_size=500, max_delay=0.0)
         self._inflight: set[asyncio.Task[None]] = set()
+        self._publishing: set[asyncio.Task[None]] = set()  # workflow nodes (see _publish_nodes)
         self._running: dict[uuid.UUID, asyncio.Task[AttemptResult]] = {}
         # Claimed executions -> when (monotonic) their lease was last known to be extended:
         # from the claim until the attempt is recorded, whether it runs, waits or commits.
@@ -130,8 +132,31 @@ class Worker:
         return [found.get(i) for i in ids]
 
     async def _finish_batch(self, results: list[FinishedAttempt]) -> list[ExecutionState | None]:
-        held = await self.store.finish_attempts(results, self.name)
+        if any(r.workflow_run_id is not None for r in results):
+            held, queued = await self.store.finish_node_attempts(results, self.name)
+            if queued:
+                self._publish_nodes(queued)
+        else:
+            held = await self.store.finish_attempts(results, self.name)
         return [held.get(r.execution_id) for r in results]
+
+    def _publish_nodes(self, dispatches: list[Dispatch]) -> None:
+        """Publish the workflow nodes this worker's results queued (committed), without
+        holding up the acks: a node then starts a leader's round trip sooner. If this
+        fails, or the worker dies first, the leader's outbox sweep publishes them."""
+
+        async def publish() -> None:
+            try:
+                confirmed = await self.broker.publish_many([d.message() for d in dispatches])
+                await self.store.mark_published(
+                    [d.execution_id for d, ok in zip(dispatches, confirmed, strict=True) if ok])
+            except Exception as exc:  # noqa: BLE001 - the leader's outbox sweep publishes
+                log.warning("publishing %d workflow nodes failed (%r); the leader will",
+                            len(dispatches), exc)
+
+        task = asyncio.create_task(publish())
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     def take_away(self, execution_id: str | uuid.UUID) -> None:
         """The execution is no longer ours (cancelled, replaced, reaped): kill its run."""
@@ -162,6 +187,8 @@ class Worker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if self._publishing:
+                await asyncio.wait(self._publishing, timeout=5)
             await self._claims.close()
             await self._results.close()
             await self._node_inputs_batch.close()
@@ -393,6 +420,7 @@ class Worker:
             else None,
             started_at=self._started_at.pop(claimed.id, None),
             result=result.result,
+            workflow_run_id=claimed.workflow_run_id,
         )
         committed = await self._commit(finished)
         if committed is None:

@@ -87,7 +87,8 @@ class Flow:
                      worker: str = "w1") -> None:
         """Claim and record the node's execution as the worker does."""
         execution, attempt = await self.claim(run, key, worker)
-        await self.worker.finish_attempts([result_of(execution, attempt, state, result)], worker)
+        await self.worker.finish_node_attempts(
+            [result_of(execution, attempt, state, result, run)], worker)
 
     async def executions(self, run: uuid.UUID) -> list[asyncpg.Record]:
         return await self.pool.fetch(
@@ -96,12 +97,13 @@ class Flow:
 
 
 def result_of(execution: uuid.UUID, attempt: int, state: ExecutionState,
-              result: Any = None) -> FinishedAttempt:
+              result: Any = None, run: uuid.UUID | None = None) -> FinishedAttempt:
     outcome = AttemptOutcome.SUCCEEDED if state == ExecutionState.SUCCEEDED \
         else AttemptOutcome.FAILED
     return FinishedAttempt(execution, attempt, state, outcome, None,
                            None if outcome == AttemptOutcome.SUCCEEDED else "boom", None, 0.0,
-                           result=None if result is None else orjson.dumps(result).decode())
+                           result=None if result is None else orjson.dumps(result).decode(),
+                           workflow_run_id=run)
 
 
 async def test_the_database_decides_as_the_domain_does(pool: asyncpg.Pool) -> None:
@@ -293,9 +295,10 @@ async def test_a_result_is_kept_only_while_the_worker_holds_the_attempt(
     flow = await Flow.create(pool, [node("a")])
     run = await flow.start()
     execution, attempt = await flow.claim(run, "a", "w1")
-    held = await flow.worker.finish_attempts(
-        [result_of(execution, attempt, ExecutionState.SUCCEEDED, {"v": 1})], "someone-else")
-    assert held == {}
+    held, queued = await flow.worker.finish_node_attempts(
+        [result_of(execution, attempt, ExecutionState.SUCCEEDED, {"v": 1}, run)],
+        "someone-else")
+    assert held == {} and queued == []
     assert await pool.fetchval("SELECT result FROM executions WHERE id = $1", execution) is None
 
 
@@ -500,3 +503,30 @@ async def test_retention_purges_old_runs_with_their_nodes(pool: asyncpg.Pool) ->
                                         datetime.now(UTC))
     assert counts.in_flight == 0
 
+
+
+async def test_a_worker_publishes_the_nodes_its_results_queue(pool: asyncpg.Pool) -> None:
+    """Results recorded as a worker records them return the children they queued (for it
+    to publish); those stay in the outbox the leader sweeps until marked published."""
+    flow = await Flow.create(pool, [node("a"), node("b", "a"), node("c", "a")])
+    run = await flow.start()
+    execution, attempt = await flow.claim(run, "a")
+    finished = FinishedAttempt(execution, attempt, ExecutionState.SUCCEEDED,
+                               AttemptOutcome.SUCCEEDED, None, None, None, 0.0, result="7",
+                               workflow_run_id=run)
+    held, queued = await flow.worker.finish_node_attempts([finished], "w1")
+    assert held == {execution: ExecutionState.SUCCEEDED}
+    nodes = await flow.nodes(run)
+    assert {d.execution_id for d in queued} == {nodes["b"]["execution_id"],
+                                                nodes["c"]["execution_id"]}
+    assert {d.attempt for d in queued} == {1}
+    epochs = await pool.fetch("SELECT epoch, published_at FROM executions WHERE id = ANY($1)",
+                              [d.execution_id for d in queued])
+    assert {(r["epoch"], r["published_at"]) for r in epochs} == {(-2, None)}
+    leader = PostgresLeaderStore(pool)
+    assert await leader.manual_unpublished(100) == []  # not the leader's to publish now...
+    swept = await leader.unpublished(datetime.now(UTC) + timedelta(seconds=1), 100)
+    assert {d.execution_id for d in swept} == {d.execution_id for d in queued}  # ...unless
+    await flow.worker.mark_published([d.execution_id for d in queued])
+    assert await leader.unpublished(datetime.now(UTC) + timedelta(seconds=1), 100) == []
+    assert await pool.fetchval("SELECT result FROM executions WHERE id = $1", execution) == 7

@@ -11,10 +11,11 @@ import asyncpg
 from jobsched.adapters.postgres.listen import WAKE_CHANNEL
 from jobsched.adapters.postgres.sql import load_queries
 from jobsched.domain.states import AttemptOutcome, ExecutionState
-from jobsched.ports import ClaimedExecution, FinishedAttempt, NodeInputs
+from jobsched.ports import ClaimedExecution, Dispatch, FinishedAttempt, NodeInputs
 
 Q = load_queries("worker.sql")
 WORKFLOWS = load_queries("workflows.sql")
+LEADER = load_queries("leader.sql")
 
 
 class PostgresWorkerStore:
@@ -39,11 +40,6 @@ class PostgresWorkerStore:
         """Record a batch of results; returns the executions this worker still held."""
         results = sorted(results, key=lambda r: r.execution_id)  # rows locked in id order
         async with self.pool.acquire() as conn, conn.transaction():
-            kept = [r for r in results if r.result is not None]
-            if kept:  # workflow nodes' return values, committed with their results
-                await WORKFLOWS.record_results.execute(
-                    conn, ids=[r.execution_id for r in kept], attempts=[r.attempt for r in kept],
-                    results=[r.result for r in kept], worker=worker)
             rows = await Q.finish_executions.fetch(
                 conn,
                 ids=[r.execution_id for r in results],
@@ -82,3 +78,53 @@ class PostgresWorkerStore:
         return values), read once the node is claimed: after every parent committed."""
         rows = await WORKFLOWS.node_inputs.fetch(self.pool, ids=list(execution_ids))
         return {r["id"]: NodeInputs(r["input"], r["upstream"], r["ready_at"]) for r in rows}
+
+    async def finish_node_attempts(self, results: Sequence[FinishedAttempt], worker: str,
+                                   ) -> tuple[dict[uuid.UUID, ExecutionState], list[Dispatch]]:
+        """Record a batch of results that holds workflow nodes: their return values, then
+        the results as finish_attempts does (the trigger on executions moves their runs
+        on). Returns the executions this worker still held, and the nodes these results
+        queued, for this worker to publish once committed (see workflow_advance)."""
+        results = sorted(results, key=lambda r: r.execution_id)  # rows locked in id order
+        async with self.pool.acquire() as conn, conn.transaction():
+            await WORKFLOWS.publish_nodes_here.execute(conn)
+            kept = [r for r in results if r.result is not None]
+            if kept:
+                await WORKFLOWS.record_results.execute(
+                    conn, ids=[r.execution_id for r in kept], attempts=[r.attempt for r in kept],
+                    results=[r.result for r in kept], worker=worker)
+            rows = await Q.finish_executions.fetch(
+                conn,
+                ids=[r.execution_id for r in results],
+                attempts=[r.attempt for r in results],
+                states=[str(r.state) for r in results],
+                outcomes=[str(r.outcome) for r in results],
+                exit_codes=[r.exit_code for r in results],
+                errors=[r.error for r in results],
+                outputs=[r.output for r in results],
+                retry_in_s=[r.retry_in_s for r in results],
+                worker=worker,
+                reasons=[r.reason for r in results],
+                started_at=[r.started_at for r in results],
+            )
+            if any(r.state == ExecutionState.RETRYING for r in results):
+                await Q.wake.execute(conn, channel=WAKE_CHANNEL, payload="retry")
+            queued = await WORKFLOWS.nodes_queued_here.fetchval(conn)
+        held = {r["id"]: ExecutionState(r["state"]) for r in rows}
+        return held, _queued_nodes(queued)
+
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+        """Nodes this worker published: out of the outbox the leader sweeps."""
+        if execution_ids:
+            await LEADER.mark_published.execute(self.pool, ids=list(execution_ids))
+
+
+def _queued_nodes(listed: str | None) -> list[Dispatch]:
+    """The 'id job_id attempt' items workflow_advance listed, as messages to publish."""
+    dispatches = []
+    for item in (listed or "").split(","):
+        if item:
+            execution_id, job_id, attempt = item.split(" ")
+            dispatches.append(Dispatch(uuid.UUID(execution_id), uuid.UUID(job_id),
+                                       int(attempt)))
+    return dispatches

@@ -251,3 +251,12 @@ UPDATE executions e SET result = r.result::jsonb
 FROM unnest(:ids::uuid[], :attempts::int[], :results::text[]) AS r(id, attempt, result)
 WHERE e.id = r.id AND e.attempt = r.attempt AND e.state || '' = 'running'
   AND e.worker = :worker
+
+-- publish_nodes_here --
+-- This transaction (a worker recording results) publishes the nodes its results queue,
+-- once committed: see workflow_advance.
+SELECT set_config('jobsched.node_publisher', 'caller', true)
+
+-- nodes_queued_here --
+-- The nodes queued by this transaction's results, as 'id job_id attempt' items.
+SELECT current_setting('jobsched.queued_nodes', true)

@@ -207,6 +207,15 @@ DECLARE
     d_times timestamptz[];
     d_decisions text[];
     queued integer := 0;
+    published_here text[] := '{}';
+    -- Who publishes the nodes queued here: a worker ending their parent sets this to
+    -- 'caller' in its transaction and publishes them itself once committed (they get
+    -- epoch -2, and their list in jobsched.queued_nodes); anyone else leaves them to the
+    -- leader (epoch -1, woken by NOTIFY). Either way they sit in the outbox (published_at
+    -- NULL), which the leader re-publishes if their publisher died.
+    by_caller boolean := coalesce(current_setting('jobsched.node_publisher', true), '')
+                         = 'caller';
+    node_epoch bigint := CASE WHEN by_caller THEN -2 ELSE -1 END;
     finished record;
 BEGIN
     -- Each run's nodes change under its row lock, runs locked in id order: transactions
@@ -311,7 +320,7 @@ BEGIN
         -- re-drives the execution its node already had: one more attempt.
         WITH made AS (
             INSERT INTO executions (job_id, scheduled_for, epoch, workflow_run_id)
-            SELECT job_id, scheduled_for, -1, run_id
+            SELECT job_id, scheduled_for, node_epoch, run_id
             FROM unnest(d_jobs, d_times, d_runs, d_decisions)
                 AS x(job_id, scheduled_for, run_id, decision)
             WHERE decision = 'run'
@@ -319,10 +328,10 @@ BEGIN
             ON CONFLICT (job_id, scheduled_for) DO UPDATE
             SET state = 'queued', attempt = executions.attempt + 1, published_at = NULL,
                 queued_at = now(), finished_at = NULL, run_after = NULL, worker = NULL,
-                lease_expires_at = NULL, epoch = -1, result = NULL,
+                lease_expires_at = NULL, epoch = node_epoch, result = NULL,
                 reason = 'run again by a retry of its workflow run'
             WHERE executions.state NOT IN ('queued', 'running', 'retrying')
-            RETURNING id, job_id, workflow_run_id
+            RETURNING id, job_id, workflow_run_id, attempt
         ), marked AS (
             UPDATE workflow_run_nodes rn
             SET state = 'queued', execution_id = m.id, ready_at = now()
@@ -330,9 +339,11 @@ BEGIN
             CROSS JOIN LATERAL (
                 SELECT node FROM workflow_nodes WHERE job_id = m.job_id LIMIT 1) d
             WHERE rn.run_id = m.workflow_run_id AND rn.node = d.node
-            RETURNING 1
+            RETURNING m.id, m.job_id, m.attempt
         )
-        SELECT queued + count(*) INTO queued FROM marked;
+        SELECT queued + count(*),
+               published_here || coalesce(array_agg(id || ' ' || job_id || ' ' || attempt), '{}')
+        INTO queued, published_here FROM marked;
 
         -- Those that end without running are the next level's ended nodes.
         SELECT array_agg(run_id), array_agg(node), array_agg(decision)
@@ -344,7 +355,13 @@ BEGIN
         ended_runs := coalesce(ended_runs, '{}');
     END LOOP;
 
-    IF queued > 0 THEN
+    IF queued > 0 AND by_caller THEN
+        PERFORM set_config('jobsched.queued_nodes',
+                           concat_ws(',', nullif(current_setting('jobsched.queued_nodes', true),
+                                                 ''),
+                                     array_to_string(published_here, ',')),
+                           true);
+    ELSIF queued > 0 THEN
         PERFORM pg_notify('jobsched_wake', 'workflow');
     END IF;
 END
