@@ -21,6 +21,7 @@ from jobsched.ports import (
     Dispatch,
     FinishedAttempt,
     LeaderTerm,
+    NodeInputs,
     QueueStats,
     ReapedExecution,
     SchedulerInfo,
@@ -131,6 +132,8 @@ class StoredExecution:
     state: ExecutionState = ExecutionState.QUEUED
     worker: str | None = None
     epoch: int = -1
+    workflow_run_id: uuid.UUID | None = None
+    result: str | None = None
 
 
 class FakeWorkerStore:
@@ -146,6 +149,10 @@ class FakeWorkerStore:
         self.executions: dict[uuid.UUID, StoredExecution] = {}
         self.commit_gate: asyncio.Event | None = None
         self.fail_commits = 0  # the next N result writes raise (a database outage)
+        # Workflow nodes: what node_inputs answers, and the nodes a result queues.
+        self.inputs: dict[uuid.UUID, NodeInputs] = {}
+        self.queues: dict[uuid.UUID, list[Dispatch]] = {}
+        self.published: list[uuid.UUID] = []
 
     def add(self, execution: StoredExecution) -> StoredExecution:
         self.executions[execution.id] = execution
@@ -163,7 +170,7 @@ class FakeWorkerStore:
             won.append(ClaimedExecution(
                 row.id, row.job_id, "default", row.attempt, row.scheduled_for, self.kind,
                 self.payload,
-                30.0, self.max_attempts, 0.01, 0.01, "allow", None))
+                30.0, self.max_attempts, 0.01, 0.01, "allow", None, row.workflow_run_id))
         return won
 
     async def finish_attempts(self, results: Sequence[FinishedAttempt],
@@ -182,6 +189,27 @@ class FakeWorkerStore:
                 held[row.id] = result.state
                 self.events.add("commit", row.id)
         return held
+
+    async def finish_node_attempts(self, results: Sequence[FinishedAttempt], worker: str,
+                                   ) -> tuple[dict[uuid.UUID, ExecutionState], list[Dispatch]]:
+        held = await self.finish_attempts(results, worker)
+        queued: list[Dispatch] = []
+        for result in results:
+            if result.execution_id in held:
+                self.executions[result.execution_id].result = result.result
+                if result.state == ExecutionState.SUCCEEDED:
+                    queued += self.queues.get(result.execution_id, [])
+        return held, queued
+
+    async def node_inputs(self, execution_ids: Sequence[uuid.UUID],
+                          ) -> dict[uuid.UUID, NodeInputs]:
+        self.events.add("node_inputs", tuple(execution_ids))
+        return {i: self.inputs[i] for i in execution_ids if i in self.inputs}
+
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+        self.published.extend(execution_ids)
+        for execution_id in execution_ids:
+            self.events.add("mark_published", execution_id)
 
     async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str) -> None:
         self.events.add("hand_back", execution_id)
