@@ -214,7 +214,8 @@ class PostgresWorkflows:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await Q.start_runs.fetchrow(conn, workflow_ids=[workflow_id],
                                               scheduled_for=[scheduled_for],
-                                              input=run_input, epoch=-1)
+                                              reasons=["started by hand"], input=run_input,
+                                              epoch=-1)
         run_id: uuid.UUID | None = row["run_id"] if row is not None else None
         return run_id
 
@@ -298,7 +299,8 @@ class PostgresWorkflowLeader:
             if queued:
                 created = await Q.start_runs.fetch(
                     conn, workflow_ids=[f.job_id for f in queued],
-                    scheduled_for=[f.scheduled_for for f in queued], input={}, epoch=epoch)
+                    scheduled_for=[f.scheduled_for for f in queued],
+                    reasons=[f.reason for f in queued], input={}, epoch=epoch)
                 started = sum(1 for r in created if r["run_id"] is not None)
             if not_run:
                 await Q.record_run.execute(

@@ -131,9 +131,10 @@ ON CONFLICT (workflow_id, scheduled_for) DO NOTHING
 
 -- start_runs --
 -- Runs of the workflows' current versions; a time that already has a run starts nothing.
-SELECT f.workflow_id, workflow_start_run(f.workflow_id, f.scheduled_for, :input, :epoch) AS run_id
-FROM unnest(:workflow_ids::uuid[], :scheduled_for::timestamptz[])
-    AS f(workflow_id, scheduled_for)
+SELECT f.workflow_id,
+       workflow_start_run(f.workflow_id, f.scheduled_for, :input, :epoch, f.reason) AS run_id
+FROM unnest(:workflow_ids::uuid[], :scheduled_for::timestamptz[], :reasons::text[])
+    AS f(workflow_id, scheduled_for, reason)
 
 -- get_run --
 SELECT r.*, w.name AS workflow_name, w.namespace

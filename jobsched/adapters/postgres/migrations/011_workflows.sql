@@ -406,8 +406,10 @@ CREATE TRIGGER workflow_executions_changed
 
 -- Start a run of a workflow's current version: the run, a row per node, and the roots
 -- queued. NULL if a run of that time exists already (a repeated fire is a no-op).
+-- p_reason: why this fire runs as it does (e.g. the later fires it coalesced).
 CREATE FUNCTION workflow_start_run(p_workflow uuid, p_scheduled_for timestamptz,
-                                   p_input jsonb, p_epoch bigint) RETURNS uuid
+                                   p_input jsonb, p_epoch bigint, p_reason text)
+RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
     v_run uuid;
@@ -415,9 +417,9 @@ DECLARE
     v_roots integer[];
 BEGIN
     INSERT INTO workflow_runs (workflow_id, version, scheduled_for, state, input, epoch,
-                               nodes_left)
+                               nodes_left, reason)
     SELECT id, version, p_scheduled_for, 'running', coalesce(p_input, '{}'::jsonb), p_epoch,
-           node_count
+           node_count, p_reason
     FROM workflows WHERE id = p_workflow
     ON CONFLICT (workflow_id, scheduled_for) DO NOTHING
     RETURNING id, version INTO v_run, v_version;
