@@ -1,6 +1,6 @@
 """jobsched: a distributed job scheduler on PostgreSQL, RabbitMQ and ZooKeeper."""
 
-from jobsched.client import ApiError, Client, ConnectionFailed, SyncClient
+from jobsched.client import ApiError, Client, ConnectionFailed, SyncClient, Workflow
 from jobsched.tasks import TaskContext, task
 
 __version__ = "0.1.0"
@@ -10,6 +10,7 @@ __all__ = [
     "ConnectionFailed",
     "SyncClient",
     "TaskContext",
+    "Workflow",
     "__version__",
     "task",
 ]

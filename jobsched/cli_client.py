@@ -44,7 +44,7 @@ STATE_COLOURS = {
     "active": "green", "paused": "yellow", "completed": "blue", "cancelled": "bright_black",
     "succeeded": "green", "running": "cyan", "queued": "bright_black", "retrying": "yellow",
     "failed": "red", "timed_out": "red", "dead": "red", "skipped": "bright_black",
-    "missed": "magenta",
+    "missed": "magenta", "pending": "bright_black", "upstream_failed": "red",
 }
 
 
@@ -707,6 +707,9 @@ def cluster_status(conn: Conn) -> None:
 
 def register(main: click.Group) -> None:
     """Add the client commands to the ``jobsched`` command."""
+    from jobsched.cli_workflows import workflows
+
     main.add_command(jobs)
     main.add_command(executions)
+    main.add_command(workflows)
     main.add_command(cluster)

@@ -32,6 +32,7 @@ import aiohttp
 import orjson
 
 from jobsched.domain.states import TERMINAL_EXECUTION_STATES
+from jobsched.domain.workflows import FINISHED_RUN_STATES as FINISHED_RUN_STATE_SET
 
 __all__ = [
     "TERMINAL_STATES",
@@ -45,12 +46,18 @@ __all__ = [
     "FireTime",
     "Job",
     "Page",
+    "RunNode",
+    "StoredWorkflow",
     "SyncClient",
+    "Workflow",
+    "WorkflowRun",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 #: Execution states that are over (the domain's set, as plain strings).
 TERMINAL_STATES: frozenset[str] = frozenset(s.value for s in TERMINAL_EXECUTION_STATES)
+#: Run states that are over.
+FINISHED_RUN_STATES: frozenset[str] = frozenset(s.value for s in FINISHED_RUN_STATE_SET)
 
 T = TypeVar("T")
 
@@ -85,6 +92,8 @@ class Execution(TypedDict):
     exit_code: int | None
     error: str | None
     output: str | None
+    workflow_run_id: NotRequired[str | None]  # a workflow node's execution: its run
+    result: NotRequired[Any]  # a workflow node's return value (JSON)
     attempts: NotRequired[list[Attempt] | None]
 
 
@@ -125,6 +134,100 @@ class ClusterStatus(TypedDict):
     schedulers: list[dict[str, Any]]
     workers: list[dict[str, Any]]
     queues: dict[str, int]
+
+
+class RunNode(TypedDict):
+    key: str
+    state: str  # pending, queued, running, succeeded, failed, upstream_failed, skipped, ...
+    execution_id: str | None
+    attempt: int | None
+    started_at: str | None
+    finished_at: str | None
+    depends_on: list[str]
+    trigger_rule: str
+    error: NotRequired[str | None]
+
+
+class WorkflowRun(TypedDict):
+    id: str
+    workflow_id: str
+    workflow_name: NotRequired[str | None]
+    state: str  # running, succeeded, failed, cancelled (skipped, missed: fires not run)
+    reason: NotRequired[str | None]
+    scheduled_for: str
+    started_at: str
+    finished_at: str | None
+    input: dict[str, Any]
+    nodes: list[RunNode] | None  # None in lists
+
+
+class StoredWorkflow(TypedDict):
+    """A workflow as the API returns it: the submitted spec plus the server's fields."""
+
+    id: str
+    namespace: str
+    name: str
+    state: str
+    schedule: str | None
+    timezone: NotRequired[str]
+    next_fire_at: str | None
+    version: int
+    node_count: int
+    created_at: str
+    updated_at: str
+    last_run: WorkflowRun | None
+    nodes: NotRequired[list[dict[str, Any]]]  # not in lists
+    labels: NotRequired[dict[str, str]]
+
+
+class Workflow:
+    """A workflow defined in code: nodes (``@task`` functions, or any job kind), each
+    naming its parents. ``node()`` returns the node's key, to pass in ``after=``.
+
+        flow = Workflow("nightly-etl", schedule="0 2 * * *", timezone="Europe/Berlin")
+        raw = flow.node(extract)
+        clean = flow.node(transform, after=[raw], retry={"max_attempts": 3})
+        flow.node(report, after=[clean], trigger_rule="all_done", args={"team": "data"})
+        created = await client.create_workflow(flow)
+
+    A function that declares ``upstream`` gets its parents' return values by key, one
+    that declares ``input`` the run's input (``client.start_run(id, input={...})``).
+    """
+
+    def __init__(self, name: str, *, schedule: str | None = None, timezone: str = "UTC",
+                 **fields: Any) -> None:
+        self.name = name
+        self.fields: dict[str, Any] = {"timezone": timezone, **fields}
+        if schedule is not None:
+            self.fields["schedule"] = schedule
+        self.nodes: list[dict[str, Any]] = []
+
+    def node(self, function: Callable[..., Any], *, key: str | None = None,
+             after: list[str] | tuple[str, ...] = (), args: Mapping[str, Any] | None = None,
+             trigger_rule: str | None = None, **fields: Any) -> str:
+        """A python node running a ``@task`` (key: the function's name unless given)."""
+        name = task_name(function)
+        return self.add({
+            "key": key or name.rpartition(":")[2].rpartition(".")[2],
+            "kind": "python", "python": {"function": name, "args": dict(args or {})},
+            **fields}, after=after, trigger_rule=trigger_rule)
+
+    def add(self, node: Mapping[str, Any], *, after: list[str] | tuple[str, ...] = (),
+            trigger_rule: str | None = None) -> str:
+        """Any node as the API takes it (``{"key": …, "kind": "shell", "shell": …}``)."""
+        body = dict(node)
+        if after:
+            body["depends_on"] = [*body.get("depends_on", []), *after]
+        if trigger_rule is not None:
+            body["trigger_rule"] = trigger_rule
+        if any(n["key"] == body["key"] for n in self.nodes):
+            raise ValueError(f"a node with key {body['key']!r} exists already")
+        self.nodes.append(body)
+        return str(body["key"])
+
+    def to_json(self) -> dict[str, Any]:
+        """The body ``POST /api/v1/workflows`` takes."""
+        return {"name": self.name, **self.fields, "nodes": [dict(n) for n in self.nodes]}
 
 
 class ApiError(Exception):
@@ -418,6 +521,90 @@ class Client:
                 raise TimeoutError(f"job {job_id} has not fired")
             await asyncio.sleep(interval)
 
+    # workflows
+
+    async def create_workflow(self, workflow: Workflow | Mapping[str, Any], *,
+                              idempotency_key: str | None = None) -> StoredWorkflow:
+        """Submit a workflow (a ``Workflow`` or the API's JSON body)."""
+        body = workflow.to_json() if isinstance(workflow, Workflow) else dict(workflow)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return cast(StoredWorkflow, await self.request("POST", "/api/v1/workflows", json=body,
+                                                       headers=headers))
+
+    async def list_workflows(self, *, state: str | None = None, name: str | None = None,
+                             labels: Mapping[str, str] | None = None,
+                             limit: int | None = None, cursor: str | None = None) -> Page:
+        """One page of workflows (without their nodes), newest first."""
+        params: dict[str, Any] = {"state": state, "name": name, "limit": limit,
+                                  "cursor": cursor}
+        if labels:
+            params["label"] = [f"{k}={v}" for k, v in labels.items()]
+        return cast(Page, await self.request("GET", "/api/v1/workflows", params=params))
+
+    async def get_workflow(self, workflow_id: str) -> StoredWorkflow:
+        return cast(StoredWorkflow,
+                    await self.request("GET", f"/api/v1/workflows/{_id(workflow_id)}"))
+
+    async def update_workflow(self, workflow_id: str,
+                              changes: Mapping[str, Any]) -> StoredWorkflow:
+        """A JSON merge patch (``nodes`` is replaced whole); new runs use the change."""
+        return cast(StoredWorkflow, await self.request(
+            "PATCH", f"/api/v1/workflows/{_id(workflow_id)}", json=dict(changes)))
+
+    async def cancel_workflow(self, workflow_id: str) -> StoredWorkflow:
+        """No new runs; running runs are cancelled."""
+        return cast(StoredWorkflow,
+                    await self.request("DELETE", f"/api/v1/workflows/{_id(workflow_id)}"))
+
+    async def pause_workflow(self, workflow_id: str) -> StoredWorkflow:
+        return cast(StoredWorkflow, await self.request(
+            "POST", f"/api/v1/workflows/{_id(workflow_id)}/pause"))
+
+    async def resume_workflow(self, workflow_id: str) -> StoredWorkflow:
+        return cast(StoredWorkflow, await self.request(
+            "POST", f"/api/v1/workflows/{_id(workflow_id)}/resume"))
+
+    async def start_run(self, workflow_id: str,
+                        input: Mapping[str, Any] | None = None) -> WorkflowRun:
+        """Start a run now; ``input`` is given to every python node that asks for it."""
+        return cast(WorkflowRun, await self.request(
+            "POST", f"/api/v1/workflows/{_id(workflow_id)}/runs",
+            json={"input": dict(input or {})}))
+
+    async def list_runs(self, workflow_id: str, *, limit: int | None = None,
+                        cursor: str | None = None) -> Page:
+        """One page of a workflow's runs (without their nodes), newest first."""
+        return cast(Page, await self.request(
+            "GET", f"/api/v1/workflows/{_id(workflow_id)}/runs",
+            params={"limit": limit, "cursor": cursor}))
+
+    async def get_run(self, run_id: str) -> WorkflowRun:
+        """One run with every node's state."""
+        return cast(WorkflowRun, await self.request("GET", f"/api/v1/workflow-runs/{_id(run_id)}"))
+
+    async def cancel_run(self, run_id: str) -> WorkflowRun:
+        return cast(WorkflowRun, await self.request(
+            "POST", f"/api/v1/workflow-runs/{_id(run_id)}/cancel"))
+
+    async def retry_run(self, run_id: str) -> WorkflowRun:
+        """Run again the failed, upstream_failed and cancelled nodes (and what depends on
+        them) of a failed or cancelled run; what succeeded is kept."""
+        return cast(WorkflowRun, await self.request(
+            "POST", f"/api/v1/workflow-runs/{_id(run_id)}/retry"))
+
+    async def wait_run(self, run_id: str, *, interval: float = 0.5,
+                       timeout: float | None = None) -> WorkflowRun:
+        """The run once it is over (succeeded, failed, cancelled). ``TimeoutError`` if
+        it is not within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = await self.get_run(run_id)
+            if run["state"] in FINISHED_RUN_STATES:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} still {run['state']}")
+            await asyncio.sleep(interval)
+
     # schedules and cluster
 
     async def preview_schedule(self, schedule: str, timezone: str = "UTC", *,
@@ -551,6 +738,52 @@ class SyncClient:
                              timeout: float | None = None) -> Execution:
         return self._run(self.client.wait_first_execution(job_id, interval=interval,
                                                           timeout=timeout))
+
+    def create_workflow(self, workflow: Workflow | Mapping[str, Any], *,
+                        idempotency_key: str | None = None) -> StoredWorkflow:
+        return self._run(self.client.create_workflow(workflow, idempotency_key=idempotency_key))
+
+    def list_workflows(self, *, state: str | None = None, name: str | None = None,
+                       labels: Mapping[str, str] | None = None, limit: int | None = None,
+                       cursor: str | None = None) -> Page:
+        return self._run(self.client.list_workflows(state=state, name=name, labels=labels,
+                                                    limit=limit, cursor=cursor))
+
+    def get_workflow(self, workflow_id: str) -> StoredWorkflow:
+        return self._run(self.client.get_workflow(workflow_id))
+
+    def update_workflow(self, workflow_id: str, changes: Mapping[str, Any]) -> StoredWorkflow:
+        return self._run(self.client.update_workflow(workflow_id, changes))
+
+    def cancel_workflow(self, workflow_id: str) -> StoredWorkflow:
+        return self._run(self.client.cancel_workflow(workflow_id))
+
+    def pause_workflow(self, workflow_id: str) -> StoredWorkflow:
+        return self._run(self.client.pause_workflow(workflow_id))
+
+    def resume_workflow(self, workflow_id: str) -> StoredWorkflow:
+        return self._run(self.client.resume_workflow(workflow_id))
+
+    def start_run(self, workflow_id: str,
+                  input: Mapping[str, Any] | None = None) -> WorkflowRun:
+        return self._run(self.client.start_run(workflow_id, input))
+
+    def list_runs(self, workflow_id: str, *, limit: int | None = None,
+                  cursor: str | None = None) -> Page:
+        return self._run(self.client.list_runs(workflow_id, limit=limit, cursor=cursor))
+
+    def get_run(self, run_id: str) -> WorkflowRun:
+        return self._run(self.client.get_run(run_id))
+
+    def cancel_run(self, run_id: str) -> WorkflowRun:
+        return self._run(self.client.cancel_run(run_id))
+
+    def retry_run(self, run_id: str) -> WorkflowRun:
+        return self._run(self.client.retry_run(run_id))
+
+    def wait_run(self, run_id: str, *, interval: float = 0.5,
+                 timeout: float | None = None) -> WorkflowRun:
+        return self._run(self.client.wait_run(run_id, interval=interval, timeout=timeout))
 
     def preview_schedule(self, schedule: str, timezone: str = "UTC", *,
                          start: datetime | str | None = None,
