@@ -84,3 +84,16 @@ export const getExecution = (executionId) => request("GET", `/api/v1/executions/
 export const previewSchedule = (schedule, timezone, count = 5) =>
   request("POST", "/api/v1/schedules/preview", { schedule, timezone, count });
 export const getCluster = () => request("GET", "/api/v1/cluster");
+
+export const listWorkflows = (params) => request("GET", `/api/v1/workflows?${new URLSearchParams(params)}`);
+export const getWorkflow = (workflowId) => request("GET", `/api/v1/workflows/${id(workflowId)}`);
+export const cancelWorkflow = (workflowId) => request("DELETE", `/api/v1/workflows/${id(workflowId)}`);
+export const pauseWorkflow = (workflowId) => request("POST", `/api/v1/workflows/${id(workflowId)}/pause`);
+export const resumeWorkflow = (workflowId) => request("POST", `/api/v1/workflows/${id(workflowId)}/resume`);
+export const startRun = (workflowId, input = {}) =>
+  request("POST", `/api/v1/workflows/${id(workflowId)}/runs`, { input });
+export const listRuns = (workflowId, limit = 50) =>
+  request("GET", `/api/v1/workflows/${id(workflowId)}/runs?limit=${limit}`);
+export const getRun = (runId) => request("GET", `/api/v1/workflow-runs/${id(runId)}`);
+export const cancelRun = (runId) => request("POST", `/api/v1/workflow-runs/${id(runId)}/cancel`);
+export const retryRun = (runId) => request("POST", `/api/v1/workflow-runs/${id(runId)}/retry`);

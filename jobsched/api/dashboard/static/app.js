@@ -6,13 +6,18 @@ import { clusterPage } from "./cluster.js";
 import { formPage } from "./form.js";
 import { jobPage } from "./job.js";
 import { jobsPage } from "./jobs.js";
+import { runPage } from "./run.js";
 import { signinPage } from "./signin.js";
+import { workflowPage, workflowsPage } from "./workflows.js";
 
 const ROUTES = [
   [/^\/jobs$/, jobsPage, "jobs"],
   [/^\/new$/, formPage, "new"],
   [/^\/jobs\/([^/]+)\/edit$/, formPage, "jobs"],
   [/^\/jobs\/([^/]+)$/, jobPage, "jobs"],
+  [/^\/workflows$/, workflowsPage, "workflows"],
+  [/^\/workflows\/([^/]+)$/, workflowPage, "workflows"],
+  [/^\/runs\/([^/]+)$/, runPage, "workflows"],
   [/^\/cluster$/, clusterPage, "cluster"],
   [/^\/signin$/, signinPage, ""],
 ];
