@@ -125,6 +125,9 @@ class AwsSecretsManagerBackend:
     or pod role)."""
 
     def __init__(self, region: str | None, endpoint_url: str | None, prefix: str) -> None:
+        # At DEBUG botocore logs whole responses, secret values included: never that.
+        for name in ("boto3", "botocore", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.region = region
         self.endpoint_url = endpoint_url
         self.prefix = prefix

@@ -20,15 +20,28 @@ from jobsched.worker.secrets import MissingSecret, RunSecrets, longest, mask
 Captured = tuple[bytes, int]  # what was kept, and how many bytes there were in all
 
 
-async def _read_capped(stream: asyncio.StreamReader, keep: int) -> Captured:
-    """Read to EOF keeping at most ``keep`` bytes (the rest is counted, not held)."""
+async def _open_pipe(fd: int) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
+    loop = asyncio.get_running_loop()
+    stream = asyncio.StreamReader(loop=loop)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream, loop=loop), os.fdopen(fd, "rb", 0))
+    return stream, transport
+
+
+async def _read_capped(stream: asyncio.StreamReader, transport: asyncio.ReadTransport,
+                       keep: int) -> Captured:
+    """Read the pipe to EOF keeping at most ``keep`` bytes (the rest is counted, not held),
+    then close it."""
     kept = bytearray()
     total = 0
-    while chunk := await stream.read(65_536):
-        total += len(chunk)
-        room = keep - len(kept)
-        if room > 0:
-            kept += chunk[:room]
+    try:
+        while chunk := await stream.read(65_536):
+            total += len(chunk)
+            room = keep - len(kept)
+            if room > 0:
+                kept += chunk[:room]
+    finally:
+        transport.close()
     return bytes(kept), total
 
 
@@ -60,13 +73,16 @@ async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit:
                         sandbox: ShellSandbox, identity: Identity, home: str,
                         job_env: dict[str, str], masked: list[str]) -> AttemptResult:
     program = payload["argv"][0]
+    # Output through a pipe of our own, not the subprocess transport's: its wait() would
+    # also wait for the pipe to close, which a process the run left behind can delay.
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         process = await asyncio.create_subprocess_exec(
             *payload["argv"],
             env=sandbox.environment(home, job_env),
             cwd=home,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=write_end,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group, killed whole on timeout
             preexec_fn=sandbox.child_setup(payload.get("cwd")),
@@ -76,14 +92,18 @@ async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit:
             extra_groups=[],
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        os.close(read_end)
         return AttemptResult(AttemptOutcome.FAILED,
                              error=f"cannot start {program!r}: {exc.strerror}")
     except (OSError, subprocess.SubprocessError) as exc:
+        os.close(read_end)
         return AttemptResult(AttemptOutcome.FAILED, error=f"cannot start {program!r}: {exc}")
-    assert process.stdout is not None
+    finally:
+        os.close(write_end)
     # Past the limit, keep as much as the longest secret: one that straddles the limit is
     # then whole when it is masked, before the cut.
-    reading = asyncio.ensure_future(_read_capped(process.stdout,
+    stream, transport = await _open_pipe(read_end)
+    reading = asyncio.ensure_future(_read_capped(stream, transport,
                                                  output_limit + longest(masked)))
 
     async def kill_all() -> None:
@@ -108,6 +128,7 @@ async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit:
     except asyncio.CancelledError:
         _kill_group(process)
         reading.cancel()
+        transport.close()
         raise  # the sandbox kills the rest of the run's uid on the way out
     # Processes the run left may hold the pipe open after the main one exits: a moment to
     # flush, then the run is over and they are killed (nothing it started outlives it).

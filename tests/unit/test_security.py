@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from jobsched.api.app import openapi
 from jobsched.api.routes import OPERATIONS
 from jobsched.api.security import Authenticator
+from jobsched.crypto import SecretBox, new_key
 from jobsched.domain.auth import (
     ANONYMOUS_ADMIN,
     Forbidden,
@@ -28,7 +29,6 @@ from jobsched.domain.auth import (
     parse_bearer,
     token_digest,
 )
-from jobsched.crypto import SecretBox, new_key
 from jobsched.settings import load_settings
 from jobsched.worker.results import render_output
 from jobsched.worker.sandbox import ShellSandbox
