@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import resource
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +295,28 @@ def test_the_documents_examples_are_accepted_by_the_models() -> None:
         assert examples
         for example in examples:
             model.model_validate_json(json.dumps(example))
+
+
+async def test_python_output_and_errors_are_masked_before_they_are_cut() -> None:
+    from jobsched.tasks import TaskContext, TaskRegistry
+    from jobsched.worker.python import run_python
+
+    credential = "broker-password-123"
+
+    def leak() -> str:
+        return "x" * 90 + credential
+
+    def fail() -> None:
+        raise RuntimeError("y" * 3980 + credential)
+
+    registry = TaskRegistry()
+    registry.register(leak, "t:leak")
+    registry.register(fail, "t:fail")
+    context = TaskContext(uuid.uuid4(), 1, uuid.uuid4(), datetime.now(UTC))
+    leaked = await run_python({"function": "t:leak"}, 5, 100, registry, context,
+                              masked=[credential])
+    failed = await run_python({"function": "t:fail"}, 5, 100, registry, context,
+                              masked=[credential])
+    assert leaked.output is not None and failed.error is not None
+    for shown in (leaked.output, failed.error):
+        assert "broker" not in shown and "123" not in shown, shown
