@@ -18,5 +18,5 @@ test-tools:
 	scripts/install-test-tools.sh
 
 lint:
-	ruff check jobsched tests
-	mypy jobsched
+	ruff check jobsched jobsched_dev tests
+	mypy jobsched jobsched_dev

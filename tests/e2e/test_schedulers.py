@@ -11,7 +11,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
 from tests.e2e.conftest import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,7 +34,7 @@ async def test_two_schedulers_make_exactly_one_execution_per_fire(
     local_cluster.start("worker", extra=("--import", "sample_tasks"))
     local_cluster.start("api")
     async with aiohttp.ClientSession() as session:
-        api = Api(session, local_cluster.api)
+        api = ApiClient(session, local_cluster.api, token=local_cluster.token)
         jobs = [await api.create({
             "name": f"tick-{i}", "schedule": "* * * * * *", "kind": "python",
             "python": {"function": "sample_tasks:noop"},
@@ -62,7 +62,7 @@ async def test_standby_takes_over_after_leader_is_killed(local_cluster: LocalClu
     assert first.readyz()[1]["scheduler"]["leader"] is True
     assert second.readyz()[1]["scheduler"]["leader"] is False
     async with aiohttp.ClientSession() as session:
-        api = Api(session, local_cluster.api)
+        api = ApiClient(session, local_cluster.api, token=local_cluster.token)
         job = await api.create({
             "name": "tick", "schedule": "* * * * * *", "kind": "python",
             "python": {"function": "sample_tasks:noop"},

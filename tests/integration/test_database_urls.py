@@ -13,8 +13,8 @@ import pytest
 
 from jobsched.adapters import postgres
 from jobsched.adapters.postgres import JobStore, ReplicaReads
-from jobsched.devcluster import free_port
 from jobsched.settings import Settings
+from jobsched_dev.processes import free_port
 from tests.integration.test_postgres import _job
 
 

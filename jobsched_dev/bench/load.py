@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 
 from jobsched.adapters import queries as q
-from jobsched.bench.tasks import NOOP
 from jobsched.domain.models import JobCreate
+from jobsched_dev.bench.tasks import NOOP
 
 JOB_COLUMNS = ("id", "name", "kind", "payload", "schedule", "timezone", "next_fire_at",
                "max_attempts", "backoff_s", "max_backoff_s", "timeout_s", "labels", "spec",
