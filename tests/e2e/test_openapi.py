@@ -27,8 +27,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from schemathesis import GenerationMode, checks
 from schemathesis.config import SchemathesisConfig
 
@@ -37,6 +38,7 @@ from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
 pytestmark = pytest.mark.timeout(120)
 
 EXAMPLES_PER_MODE = 40
+HTTP_LINE_LIMIT = 8190  # aiohttp's max_line_size and max_field_size
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,
@@ -127,6 +129,8 @@ def _fuzz(operation: Any, mode: GenerationMode, known_ids: dict[str, str]) -> No
     @settings(max_examples=EXAMPLES_PER_MODE, deadline=None,
               suppress_health_check=list(HealthCheck), database=None)
     def conforms(case: Any) -> None:
+        if not _within_http_line_limits(case):
+            reject()
         path_id = str((case.path_parameters or {}).get("id"))
         if _is_uuid(path_id) and sum(map(ord, path_id)) % 2 == 0:
             # half the valid ids become real ones; an invalid id stays, to be rejected
@@ -140,6 +144,23 @@ def _fuzz(operation: Any, mode: GenerationMode, known_ids: dict[str, str]) -> No
             raise
 
     conforms()
+
+
+def _within_http_line_limits(case: Any) -> bool:
+    """Whether the request line and every header line fit aiohttp's limit. Longer ones are
+    refused by its HTTP parser itself (400, text/plain "Got more than 8190 bytes"), before
+    the application and its document are involved; newer Hypothesis versions generate
+    such query strings (a 9 KB negative ``cursor``)."""
+    sent = case.as_transport_kwargs(base_url="http://api")
+    try:
+        request = requests.Request(sent["method"], sent["url"], params=sent.get("params"),
+                                   headers=sent.get("headers")).prepare()
+    except (ValueError, TypeError, requests.RequestException):
+        return True  # not preparable here: let the call itself show what happens
+    lines = [f"{request.method} {request.path_url} HTTP/1.1",
+             *(f"{name}: {value}" for name, value in request.headers.items())]
+    return all(len(line.encode("utf-8", "surrogatepass")) <= HTTP_LINE_LIMIT
+               for line in lines)
 
 
 def _is_uuid(text: str) -> bool:
