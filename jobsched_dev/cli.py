@@ -1,5 +1,7 @@
 """The ``jobsched bench`` and ``jobsched dev`` commands; ``jobsched.cli`` adds them with
-:func:`register` when this package can be imported (a source checkout)."""
+:func:`register` when this package can be imported (a source checkout). Every ``jobsched``
+command imports this module, role processes included: what the commands need is imported
+when they run."""
 
 from __future__ import annotations
 
@@ -12,9 +14,6 @@ from pathlib import Path
 import click
 
 from jobsched_dev.bench.cli import bench
-from jobsched_dev.devcluster import ClusterError, DevCluster
-from jobsched_dev.processes import ProcessFailed
-from jobsched_dev.zookeeper import ZooKeeperError
 
 
 def register(main: click.Group) -> None:
@@ -58,6 +57,9 @@ def dev_cluster(ctx: click.Context, database_url: str | None, amqp_url: str | No
     """Start ZooKeeper (3 members), then schedulers, api processes and workers as separate
     processes; print where they listen; restart what dies; stop all on Ctrl-C/SIGTERM."""
     from jobsched.settings import ConfigError, load_settings
+    from jobsched_dev.devcluster import ClusterError, DevCluster
+    from jobsched_dev.processes import ProcessFailed
+    from jobsched_dev.zookeeper import ZooKeeperError
 
     root = ctx.find_root()
     try:
