@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
+from jobsched_dev.processes import free_port
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
-from tests.helpers import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -70,7 +70,7 @@ def http_job(url: str, **extra: Any) -> dict[str, Any]:
 async def test_a_literal_refused_address_is_422_at_creation_and_patch(
         default_policy: LocalCluster, session: aiohttp.ClientSession, url: str,
         rule: str) -> None:
-    api = Api(session, default_policy.api)
+    api = ApiClient(session, default_policy.api, token=default_policy.token)
     target = url.format(port=default_policy.api_port)
     status, problem, content_type = await api.request(
         "POST", "/api/v1/jobs", json=http_job(target, method="PUT"))
@@ -90,7 +90,7 @@ async def test_a_name_that_resolves_to_loopback_is_refused_at_run_time(
         default_policy: LocalCluster, session: aiohttp.ClientSession) -> None:
     """The api's own /metrics through "localhost": accepted at creation (a name), refused
     by the worker on the address it resolves to; nothing of /metrics is recorded."""
-    api = Api(session, default_policy.api)
+    api = ApiClient(session, default_policy.api, token=default_policy.token)
     job = await api.create(http_job(f"http://localhost:{default_policy.api_port}/metrics"))
     run = await api.wait_terminal(job["id"], timeout=30)
     assert run["state"] == "dead", run
@@ -101,7 +101,7 @@ async def test_a_name_that_resolves_to_loopback_is_refused_at_run_time(
 
 async def test_an_allowed_range_is_reached(loopback_allowed: LocalCluster,
                                            session: aiohttp.ClientSession) -> None:
-    api = Api(session, loopback_allowed.api)
+    api = ApiClient(session, loopback_allowed.api, token=loopback_allowed.token)
     job = await api.create(http_job(f"http://localhost:{loopback_allowed.api_port}/healthz"))
     run = await api.wait_terminal(job["id"], timeout=30)
     assert run["state"] == "succeeded" and '"ok"' in run["output"], run
@@ -136,9 +136,8 @@ async def test_no_cookie_of_one_run_reaches_another(
         loopback_allowed: LocalCluster, session: aiohttp.ClientSession,
         cookie_server: tuple[str, list[str | None]]) -> None:
     base, got = cookie_server
-    a = Api(session, loopback_allowed.api)
-    b = Api(session, loopback_allowed.api,
-            token=loopback_allowed.create_token(namespace="b", name="b-admin"))
+    a = ApiClient(session, loopback_allowed.api, token=loopback_allowed.token)
+    b = a.with_token(loopback_allowed.create_token(namespace="b", name="b-admin"))
     setter = await a.create(http_job(f"{base}/set"))
     assert (await a.wait_terminal(setter["id"], timeout=30))["state"] == "succeeded"
     for api in (b, a):  # another namespace's run, and the same namespace's next one

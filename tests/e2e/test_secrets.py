@@ -20,9 +20,9 @@ from aiohttp import web
 from moto.server import ThreadedMotoServer
 
 from jobsched.crypto import new_key
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
+from jobsched_dev.processes import free_port
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
-from tests.helpers import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -87,14 +87,14 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def api(secret_cluster: LocalCluster, session: aiohttp.ClientSession) -> Api:
-    return Api(session, secret_cluster.api)
+async def api(secret_cluster: LocalCluster, session: aiohttp.ClientSession) -> ApiClient:
+    return ApiClient(session, secret_cluster.api, token=secret_cluster.token)
 
 
 @pytest.fixture
 async def b_api(secret_cluster: LocalCluster, session: aiohttp.ClientSession,
-                b_token: str) -> Api:
-    b = Api(session, secret_cluster.api, token=b_token)
+                b_token: str) -> ApiClient:
+    b = ApiClient(session, secret_cluster.api, token=b_token)
     status, body, _ = await b.request("PUT", "/api/v1/secrets/B_ONLY",
                                       json={"value": B_SECRET})
     assert status in (200, 201), body
@@ -108,7 +108,7 @@ async def receiver() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
 
     async def record(request: web.Request) -> web.Response:
         seen.append(dict(request.headers))
-        return web.Response(text=f"got key {request.headers.get('X-Api-Key')}")
+        return web.Response(text=f"got key {request.headers.get('X-ApiClient-Key')}")
 
     app = web.Application()
     app.router.add_post("/hook", record)
@@ -129,7 +129,7 @@ def assert_no_secret(text: str, where: str) -> None:
         assert value not in text, f"a secret value is in {where}"
 
 
-async def test_the_secrets_api_never_returns_a_value(api: Api, session: aiohttp.ClientSession,
+async def test_the_secrets_api_never_returns_a_value(api: ApiClient, session: aiohttp.ClientSession,
                                                      secret_cluster: LocalCluster) -> None:
     value = "api-" + secrets.token_urlsafe(16)
     status, created, _ = await api.request("PUT", "/api/v1/secrets/API_CHECK",
@@ -143,8 +143,8 @@ async def test_the_secrets_api_never_returns_a_value(api: Api, session: aiohttp.
     assert set(listed["items"][0]) == {"name", "created_at", "updated_at"}
     assert value not in repr([created, replaced, listed])
     for role in ("editor", "viewer"):
-        other = Api(session, secret_cluster.api,
-                    token=secret_cluster.create_token(role=role, name=role))
+        other = ApiClient(session, secret_cluster.api,
+                          token=secret_cluster.create_token(role=role, name=role))
         status, problem, _ = await other.request("PUT", "/api/v1/secrets/API_CHECK",
                                                  json={"value": "x"})
         assert status == 403, problem
@@ -164,7 +164,7 @@ async def test_the_secrets_api_never_returns_a_value(api: Api, session: aiohttp.
 
 
 async def test_secrets_of_every_backend_reach_the_job_and_nothing_else(
-    api: Api, secret_cluster: LocalCluster, receiver: tuple[str, list[dict[str, str]]]
+    api: ApiClient, secret_cluster: LocalCluster, receiver: tuple[str, list[dict[str, str]]]
 ) -> None:
     url, seen = receiver
     responses: list[str] = []
@@ -187,7 +187,7 @@ async def test_secrets_of_every_backend_reach_the_job_and_nothing_else(
     http = await call("POST", "/api/v1/jobs", json={
         "name": "sends-secrets", "schedule": "immediate", "kind": "http",
         "http": {"method": "POST", "url": url,
-                 "headers": {"X-Api-Key": {"secret": "STORE_ONE"},
+                 "headers": {"X-ApiClient-Key": {"secret": "STORE_ONE"},
                              "Authorization": {"secret": "FILE_ONE"},
                              "X-Aws": {"secret": "AWS_ONE"}, "X-Plain": "p"}}})
     shell_run, http_run = await asyncio.gather(api.wait_terminal(shell["id"], timeout=40),
@@ -201,7 +201,7 @@ async def test_secrets_of_every_backend_reach_the_job_and_nothing_else(
     assert lines[3] == "leak: *** *** ***"  # echoed values are masked in the recorded output
 
     assert http_run["state"] == "succeeded", http_run
-    assert (seen[-1]["X-Api-Key"], seen[-1]["Authorization"], seen[-1]["X-Aws"]) == (
+    assert (seen[-1]["X-ApiClient-Key"], seen[-1]["Authorization"], seen[-1]["X-Aws"]) == (
         STORE_SECRET, FILE_SECRET, AWS_SECRET)
     assert seen[-1]["X-Plain"] == "p"
     assert http_run["output"] == "got key ***"
@@ -230,13 +230,13 @@ async def test_secrets_of_every_backend_reach_the_job_and_nothing_else(
         assert_no_secret(text, log.name)
 
 
-async def _run(api: Api, job: dict[str, Any]) -> dict[str, Any]:
+async def _run(api: ApiClient, job: dict[str, Any]) -> dict[str, Any]:
     created = await api.create({"schedule": "immediate", **job})
     return await api.wait_terminal(created["id"], timeout=40)
 
 
 async def test_a_namespace_cannot_read_another_namespaces_secret(
-        api: Api, b_api: Api, receiver: tuple[str, list[dict[str, str]]]) -> None:
+        api: ApiClient, b_api: ApiClient, receiver: tuple[str, list[dict[str, str]]]) -> None:
     """The attack of issue 13: a job of namespace default names b's secrets, reads them
     raw (od, so masking cannot hide them) or sends them to a server of its own."""
     url, seen = receiver
@@ -253,7 +253,7 @@ async def test_a_namespace_cannot_read_another_namespaces_secret(
         sent_before = len(seen)
         run = await _run(api, {"name": f"send-{name}", "kind": "http",
                                "http": {"method": "POST", "url": url,
-                                        "headers": {"X-Api-Key": {"secret": name}}}})
+                                        "headers": {"X-ApiClient-Key": {"secret": name}}}})
         assert run["state"] == "dead" and len(seen) == sent_before, run  # never sent
         assert run["error"].replace(name, "NAME") == errors[name]
     # A name b owns (in the store or as a file) fails exactly as one nobody has.
@@ -262,7 +262,7 @@ async def test_a_namespace_cannot_read_another_namespaces_secret(
     assert all(B_SECRET not in str(h) and B_FILE_SECRET not in str(h) for h in seen)
 
 
-async def test_the_retired_environment_backend_is_not_read(api: Api,
+async def test_the_retired_environment_backend_is_not_read(api: ApiClient,
                                                            secret_cluster: LocalCluster) -> None:
     run = await _run(api, {"name": "env-secret", "kind": "shell",
                            "shell": {"argv": ["/bin/true"],
@@ -272,7 +272,7 @@ async def test_the_retired_environment_backend_is_not_read(api: Api,
     assert "JOBSCHED_SECRET_* environment variable(s) are ignored" in worker_log
 
 
-async def test_a_missing_secret_fails_the_attempt_naming_it(api: Api) -> None:
+async def test_a_missing_secret_fails_the_attempt_naming_it(api: ApiClient) -> None:
     run = await _run(api, {"name": "missing-secret", "kind": "shell",
                            "shell": {"argv": ["/bin/true"],
                                      "env": {"X": {"secret": "NOT_CONFIGURED"}}}})
@@ -290,7 +290,7 @@ async def test_a_missing_secret_fails_the_attempt_naming_it(api: Api) -> None:
     ({"name": "A"}, "shell.env.X.name"),
     (5, "shell.env.X"),
 ])
-async def test_malformed_references_are_422(api: Api, ref: Any, field: str) -> None:
+async def test_malformed_references_are_422(api: ApiClient, ref: Any, field: str) -> None:
     status, problem, _ = await api.request("POST", "/api/v1/jobs", json={
         "name": "bad-ref", "schedule": "immediate", "kind": "shell",
         "shell": {"argv": ["/bin/true"], "env": {"X": ref}}})
@@ -304,8 +304,7 @@ async def test_an_api_without_a_key_refuses_to_store_secrets(
     proc = secret_cluster.start("api", JOBSCHED_SECRETS_KEY="")
     secret_cluster.api_port = module_api  # the module's api stays the default
     try:
-        keyless = Api(session, f"http://127.0.0.1:{proc.health_port}",
-                      token=secret_cluster.token)
+        keyless = ApiClient(session, proc.url, token=secret_cluster.token)
         status, problem, _ = await keyless.request("PUT", "/api/v1/secrets/X",
                                                    json={"value": "v"})
         assert status == 403 and "JOBSCHED_SECRETS_KEY" in problem["detail"], problem
@@ -315,7 +314,7 @@ async def test_an_api_without_a_key_refuses_to_store_secrets(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="shell runs need a root worker")
 async def test_a_shell_run_cannot_read_the_secrets_directory(
-        api: Api, secret_cluster: LocalCluster) -> None:
+        api: ApiClient, secret_cluster: LocalCluster) -> None:
     folder = secret_cluster.tmp / "secrets"
     run = await _run(api, {"name": "read-dir", "kind": "shell", "shell": {
         "argv": ["/bin/sh", "-c", f"cat {folder}/default/FILE_ONE {folder}/b/B_FILE"]}})

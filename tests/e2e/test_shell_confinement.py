@@ -12,8 +12,6 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,9 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.client import Api
-from tests.e2e.conftest import LocalCluster, RoleProcess, _new_cluster, _teardown
-from tests.helpers import ROOT, free_port
+from jobsched_dev.api_client import ApiClient
+from jobsched_dev.processes import RoleProcess, free_port
+from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
+from tests.helpers import ROOT
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -84,8 +83,8 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def api(confined_cluster: LocalCluster, session: aiohttp.ClientSession) -> Api:
-    return Api(session, confined_cluster.api)
+async def api(confined_cluster: LocalCluster, session: aiohttp.ClientSession) -> ApiClient:
+    return ApiClient(session, confined_cluster.api, token=confined_cluster.token)
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +102,13 @@ def files() -> Iterator[Path]:
     shutil.rmtree(folder)
 
 
-async def run(api: Api, argv: list[str], **shell: Any) -> dict[str, Any]:
+async def run(api: ApiClient, argv: list[str], **shell: Any) -> dict[str, Any]:
     job = await api.create({"name": "confined", "schedule": "immediate", "kind": "shell",
                             "timeout_s": 30, "shell": {"argv": argv, **shell}})
     return await api.wait_terminal(job["id"], timeout=40)
 
 
-async def test_cannot_read_a_root_only_file(api: Api, files: Path) -> None:
+async def test_cannot_read_a_root_only_file(api: ApiClient, files: Path) -> None:
     private, public = await asyncio.gather(
         run(api, ["cat", str(files / "private.txt")]),
         run(api, ["cat", str(files / "public.txt")]))
@@ -118,7 +117,7 @@ async def test_cannot_read_a_root_only_file(api: Api, files: Path) -> None:
 
 
 async def test_runs_as_a_uid_of_its_own_with_a_clean_environment(
-        api: Api, confined_cluster: LocalCluster) -> None:
+        api: ApiClient, confined_cluster: LocalCluster) -> None:
     who, env = await asyncio.gather(
         run(api, ["/bin/sh", "-c", "id -u; id -g; id -G"]),
         run(api, ["/usr/bin/env"], env={"JOB_VAR": "mine"}))
@@ -131,7 +130,7 @@ async def test_runs_as_a_uid_of_its_own_with_a_clean_environment(
     assert variables["TMPDIR"] == variables["HOME"]
 
 
-async def test_a_private_directory_removed_afterwards(api: Api) -> None:
+async def test_a_private_directory_removed_afterwards(api: ApiClient) -> None:
     result = await run(api, ["/bin/sh", "-c", 'pwd; touch made-here; stat -c "%u %a" .; '
                                               "id -u"])
     assert result["state"] == "succeeded", result
@@ -141,7 +140,7 @@ async def test_a_private_directory_removed_afterwards(api: Api) -> None:
     assert not os.path.exists(where)  # noqa: ASYNC240 - one stat, once
 
 
-async def test_cwd_is_entered_as_the_job_user(api: Api, files: Path) -> None:
+async def test_cwd_is_entered_as_the_job_user(api: ApiClient, files: Path) -> None:
     allowed, refused = await asyncio.gather(
         run(api, ["pwd"], cwd=str(files)),
         run(api, ["pwd"], cwd="/root"))
@@ -150,7 +149,7 @@ async def test_cwd_is_entered_as_the_job_user(api: Api, files: Path) -> None:
     assert "cannot enter cwd: Permission denied" in refused["output"]
 
 
-async def test_killed_at_its_memory_limit(api: Api) -> None:
+async def test_killed_at_its_memory_limit(api: ApiClient) -> None:
     allocate = "bytearray({} << 20); print('allocated')"
     big, small = await asyncio.gather(
         run(api, [SYSTEM_PYTHON, "-c", allocate.format(512)]),
@@ -160,7 +159,7 @@ async def test_killed_at_its_memory_limit(api: Api) -> None:
     assert small["state"] == "succeeded" and small["output"] == "allocated\n"  # the control
 
 
-async def test_killed_at_its_cpu_limit(api: Api) -> None:
+async def test_killed_at_its_cpu_limit(api: ApiClient) -> None:
     started = time.monotonic()
     spin = await run(api, ["/bin/sh", "-c", "while :; do :; done"])
     assert spin["state"] == "dead", spin
@@ -168,7 +167,7 @@ async def test_killed_at_its_cpu_limit(api: Api) -> None:
     assert time.monotonic() - started < 20  # long before its 30 s timeout
 
 
-async def test_open_files_and_processes_are_limited(api: Api) -> None:
+async def test_open_files_and_processes_are_limited(api: ApiClient) -> None:
     result = await run(api, ["/bin/sh", "-c", "ulimit -n; ulimit -p; ulimit -c"])
     assert result["output"].split() == ["256", "512", "0"]
 
@@ -193,7 +192,7 @@ def survivors(marker: str) -> list[int]:
     "(sh -c 'sleep 300; : {m}' >/dev/null 2>&1 &)",
     "nohup sh -c 'sleep 300; : {m}' >/dev/null 2>&1 &",
 ], ids=["background", "setsid", "double fork", "nohup"])
-async def test_nothing_it_started_outlives_it(api: Api, escape: str) -> None:
+async def test_nothing_it_started_outlives_it(api: ApiClient, escape: str) -> None:
     marker = "jobsched-e2e-" + secrets.token_hex(8)
     result = await run(api, ["/bin/sh", "-c",
                              escape.format(m=marker) + "\nsleep 0.3\necho $$ started"])
@@ -201,7 +200,7 @@ async def test_nothing_it_started_outlives_it(api: Api, escape: str) -> None:
     assert survivors(marker) == [], f"{escape!r} outlived its run"
 
 
-async def test_a_later_run_cannot_read_an_earlier_runs_environment(api: Api) -> None:
+async def test_a_later_run_cannot_read_an_earlier_runs_environment(api: ApiClient) -> None:
     """Run 1 holds a secret in its environment and leaves a process behind; run 2, on the
     same uid, reads every /proc/*/environ it can (base64: no masking can hide a value)."""
     first = await run(api, ["/bin/sh", "-c", "setsid sleep 300 >/dev/null 2>&1 &\nid -u"],
@@ -216,7 +215,7 @@ async def test_a_later_run_cannot_read_an_earlier_runs_environment(api: Api) -> 
     assert RUN_SECRET.encode() not in seen
 
 
-async def test_a_run_cannot_read_the_workers_environment(api: Api) -> None:
+async def test_a_run_cannot_read_the_workers_environment(api: ApiClient) -> None:
     result = await run(api, ["/bin/sh", "-c", "cat /proc/$PPID/environ; "
                                               "cat /proc/$PPID/cmdline | tr '\\0' ' '; "
                                               "env | base64 -w0"])
@@ -230,13 +229,8 @@ async def test_a_run_cannot_read_the_workers_environment(api: Api) -> None:
 class CapabilityDroppedWorker(RoleProcess):
     """A root worker without CAP_SETUID and CAP_SETGID: root in name, unable to switch."""
 
-    def start(self) -> RoleProcess:
-        args = ["setpriv", "--bounding-set=-setuid,-setgid", sys.executable, "-m",
-                "jobsched", "run", "--role", "worker"]
-        self.log = self.log_path.open("ab")
-        self.process = subprocess.Popen(args, env=self.env, stdout=self.log,
-                                        stderr=self.log, cwd=ROOT)
-        return self
+    def command(self) -> list[str]:
+        return ["setpriv", "--bounding-set=-setuid,-setgid", *super().command()]
 
 
 async def test_a_worker_that_cannot_switch_uid_refuses_shell_runs(
@@ -244,16 +238,16 @@ async def test_a_worker_that_cannot_switch_uid_refuses_shell_runs(
     local_cluster.start("scheduler")
     port = free_port()
     worker = CapabilityDroppedWorker(
-        ("worker",), local_cluster.env(JOBSCHED_METRICS_PORT=str(port),
-                                       JOBSCHED_INSTANCE="no-setuid"),
-        local_cluster.tmp / "no-setuid.log", health_port=port)
+        "no-setuid", ("worker",), port,
+        local_cluster.env(JOBSCHED_METRICS_PORT=str(port), JOBSCHED_INSTANCE="no-setuid"),
+        local_cluster.tmp / "no-setuid.log", cwd=ROOT)
     local_cluster.processes.append(worker.start())
     await asyncio.to_thread(worker.wait_ready)
     report = await asyncio.to_thread(shell_report, worker)
     assert report["shell"]["enabled"] is False
     assert "cannot switch to uid" in report["shell"]["reason"], report
     local_cluster.start("api")
-    api = Api(session, local_cluster.api)
+    api = ApiClient(session, local_cluster.api, token=local_cluster.token)
     result = await run(api, ["/bin/true"])
     assert result["state"] == "dead", result
     assert result["error"].startswith("shell runs are refused on this worker: the worker "

@@ -21,7 +21,7 @@ from jobsched.worker.secrets import (
     SecretResolver,
     StoreBackend,
 )
-from tests.helpers import free_port
+from jobsched_dev.processes import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
