@@ -347,6 +347,12 @@ class ShellSandbox:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
                        check=False)
 
+    async def aclose(self) -> None:
+        """Let the ends of runs finish (their kills and clean-up), then give up the uids."""
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=KILL_WAIT_S + 5)
+        self.close()
+
     def close(self) -> None:
         self._lock.close()
 
@@ -375,30 +381,30 @@ class ShellSandbox:
             cleanup.add_done_callback(self._cleanups.discard)
             await asyncio.shield(cleanup)
 
-    async def kill_run(self, identity: Identity) -> None:
-        """SIGKILL to every process of the run's uid, from a helper that is that uid."""
+    async def kill_run(self, identity: Identity) -> bool:
+        """SIGKILL to every process of the run's uid, from a helper that is that uid;
+        False if none was alive (then none can appear: only a live process of the uid
+        could start one)."""
         if not await asyncio.to_thread(live_processes_of, identity.uid):
-            return  # nothing alive, and only a live process of the uid could start one
+            return False
         helper = await asyncio.create_subprocess_exec(
             self._true, user=identity.uid, group=identity.gid, extra_groups=[],
             preexec_fn=_kill_everything_of_my_uid, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         await helper.wait()
+        return True
 
     async def _end_run(self, identity: Identity, home: str) -> None:
         assert self._free is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + KILL_WAIT_S
-        while True:
-            await self.kill_run(identity)
-            if not await asyncio.to_thread(live_processes_of, identity.uid):
-                break
+        while await self.kill_run(identity):
             if loop.time() > deadline:
                 log.warning("uid %d still has processes %.0fs after its run ended; its slot "
                             "is set aside until they are gone", identity.uid, KILL_WAIT_S)
                 await self._wait_until_gone(identity)
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         await asyncio.to_thread(self._remove_files, identity, home)
         self._free.put_nowait(identity)
 

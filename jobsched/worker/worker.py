@@ -175,7 +175,7 @@ class Worker:
             await self._claims.close()
             await self._results.close()
             await self._http.close()
-            self._sandbox.close()
+            await self._sandbox.aclose()
 
     def _describe(self) -> bytes:
         self._shown_inflight = self.inflight
