@@ -55,7 +55,7 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CPU_GRACE_S = 5  # SIGXCPU at the soft limit, SIGKILL this much later
 CWD_FAILED_EXIT = 126
 #: Blocks tried after shell_uid_base's own, when other workers on the host hold those.
-MAX_BLOCKS = 64
+MAX_BLOCKS = 256
 #: How long the end of a run waits for its uid's processes to be gone before the slot is
 #: set aside (a process in uninterruptible sleep dies only when its I/O returns).
 KILL_WAIT_S = 5.0
