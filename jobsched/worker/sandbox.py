@@ -43,7 +43,7 @@ import signal
 import stat
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,7 +350,9 @@ class ShellSandbox:
     async def aclose(self) -> None:
         """Let the ends of runs finish (their kills and clean-up), then give up the uids."""
         if self._cleanups:
-            await asyncio.wait(set(self._cleanups), timeout=KILL_WAIT_S + 5)
+            _, pending = await asyncio.wait(set(self._cleanups), timeout=KILL_WAIT_S + 5)
+            for task in pending:  # set-aside slots: the next worker kills what is left
+                task.cancel()
         self.close()
 
     def close(self) -> None:
@@ -368,18 +370,15 @@ class ShellSandbox:
         identity = await self._free.get()
         try:
             home = self._make_workdir(identity)
-        except OSError:
+        except OSError as exc:
             self._free.put_nowait(identity)
-            raise
+            raise SandboxError(f"cannot make the run's private directory: {exc}") from None
         try:
             yield identity, home
         finally:
             # Shielded: a second cancellation (the drain giving up) must not leave the
             # run's processes alive or lose the slot.
-            cleanup = asyncio.ensure_future(self._end_run(identity, home))
-            self._cleanups.add(cleanup)
-            cleanup.add_done_callback(self._cleanups.discard)
-            await asyncio.shield(cleanup)
+            await asyncio.shield(self._track(self._end_run(identity, home)))
 
     async def kill_run(self, identity: Identity) -> bool:
         """SIGKILL to every process of the run's uid, from a helper that is that uid;
@@ -395,23 +394,49 @@ class ShellSandbox:
         return True
 
     async def _end_run(self, identity: Identity, home: str) -> None:
-        assert self._free is not None
+        """Kill everything of the run's uid and clear its files; the slot goes back to the
+        pool only once nothing of the uid is alive. A survivor that will not die in
+        KILL_WAIT_S (uninterruptible I/O) sets the slot aside, in the background: the run's
+        result is recorded meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + KILL_WAIT_S
-        while await self.kill_run(identity):
-            if loop.time() > deadline:
-                log.warning("uid %d still has processes %.0fs after its run ended; its slot "
-                            "is set aside until they are gone", identity.uid, KILL_WAIT_S)
-                await self._wait_until_gone(identity)
-                break
-            await asyncio.sleep(0.02)
+        try:
+            while await self.kill_run(identity):
+                if loop.time() > deadline:
+                    log.warning("uid %d still has processes %.0fs after its run ended; its "
+                                "slot is set aside until they are gone", identity.uid,
+                                KILL_WAIT_S)
+                    self._track(self._set_aside(identity, home))
+                    return
+                await asyncio.sleep(0.02)
+        except Exception as exc:  # noqa: BLE001 - e.g. no fork possible now: try again later
+            log.warning("ending the processes of uid %d failed (%r); its slot is set aside",
+                        identity.uid, exc)
+            self._track(self._set_aside(identity, home))
+            return
+        await self._release(identity, home)
+
+    async def _set_aside(self, identity: Identity, home: str) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if not await self.kill_run(identity):
+                    break
+            except Exception as exc:  # noqa: BLE001 - keep trying: the slot must stay out
+                log.warning("ending the processes of uid %d failed (%r)", identity.uid, exc)
+        log.info("uid %d has no process left; its slot is back", identity.uid)
+        await self._release(identity, home)
+
+    async def _release(self, identity: Identity, home: str) -> None:
+        assert self._free is not None
         await asyncio.to_thread(self._remove_files, identity, home)
         self._free.put_nowait(identity)
 
-    async def _wait_until_gone(self, identity: Identity) -> None:
-        while await asyncio.to_thread(live_processes_of, identity.uid):
-            await self.kill_run(identity)
-            await asyncio.sleep(1.0)
+    def _track(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coroutine)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        return task
 
     def _remove_files(self, identity: Identity, home: str) -> None:
         shutil.rmtree(home, ignore_errors=True)

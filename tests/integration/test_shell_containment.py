@@ -197,3 +197,35 @@ async def test_workers_on_one_host_take_different_blocks(tmp_path: Path) -> None
     finally:
         one.close()
         two.close()
+
+
+async def test_a_slot_whose_uid_will_not_die_is_set_aside_not_waited_for(
+        sandbox: ShellSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A survivor stuck in uninterruptible I/O cannot be killed at once: the run's result
+    does not wait for it, and its uid serves no run until nothing of it is alive."""
+    from jobsched.worker import sandbox as module
+
+    monkeypatch.setattr(module, "KILL_WAIT_S", 0.2)
+    stuck = {"uid": -1}
+    real_kill_run = sandbox.kill_run
+
+    async def kill_run(identity: Any) -> bool:
+        if identity.uid == stuck["uid"]:
+            return True  # as if a process of it were still there after every kill
+        return await real_kill_run(identity)
+
+    monkeypatch.setattr(sandbox, "kill_run", kill_run)
+    first = await shell(sandbox, "id -u")
+    stuck["uid"] = int((first.output or "").strip())
+    started = time.monotonic()
+    again = await shell(sandbox, "id -u")  # LIFO: the same uid, which now "will not die"
+    assert again.outcome == AttemptOutcome.SUCCEEDED and time.monotonic() - started < 3
+    others = [await shell(sandbox, "id -u") for _ in range(2)]
+    assert all(int((r.output or "").strip()) != stuck["uid"] for r in others)
+    stuck_uid, stuck["uid"] = stuck["uid"], -1  # the survivor is gone: the slot comes back
+    deadline = time.monotonic() + 5
+    while True:  # two runs at once need both slots
+        both = await asyncio.gather(*(shell(sandbox, "id -u; sleep 0.3") for _ in range(2)))
+        if stuck_uid in {int((r.output or "0").split()[0]) for r in both}:
+            break
+        assert time.monotonic() < deadline, "the set-aside slot never came back"
