@@ -9,6 +9,8 @@ import asyncio
 import hashlib
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -19,10 +21,11 @@ import pytest
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
-from jobsched.crypto import new_key
+from jobsched.crypto import SecretBox, SecretsKeyError, new_key
 from jobsched_dev.api_client import ApiClient
 from jobsched_dev.processes import free_port
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,6 +38,7 @@ RETIRED_ENV_SECRET = "env-" + secrets.token_urlsafe(24)
 ALL_VALUES = (STORE_SECRET, FILE_SECRET, AWS_SECRET, B_SECRET, B_FILE_SECRET,
               RETIRED_ENV_SECRET)
 LOOPBACK = {"JOBSCHED_HTTP_ALLOW_CIDRS": "127.0.0.0/8"}  # the receiver below is local
+STORE_KEY = new_key()
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +65,7 @@ def secret_cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
     (secrets_dir / "b" / "B_FILE").write_text(B_FILE_SECRET + "\n")
     secrets_dir.chmod(0o700)  # root only: shell runs are another uid
     cluster = _new_cluster(tmp, zookeeper, template_db)
-    key = new_key()
-    debug = {"JOBSCHED_LOG_LEVEL": "DEBUG", "JOBSCHED_SECRETS_KEY": key,
+    debug = {"JOBSCHED_LOG_LEVEL": "DEBUG", "JOBSCHED_SECRETS_KEY": STORE_KEY,
              **LOOPBACK}  # the most a log could ever say
     cluster.start("scheduler", **debug)
     cluster.start("worker", JOBSCHED_SECRETS_DIR=str(secrets_dir),
@@ -320,3 +323,37 @@ async def test_a_shell_run_cannot_read_the_secrets_directory(
         "argv": ["/bin/sh", "-c", f"cat {folder}/default/FILE_ONE {folder}/b/B_FILE"]}})
     assert run["state"] == "dead" and "Permission denied" in run["output"], run
     assert FILE_SECRET not in run["output"] and B_FILE_SECRET not in run["output"]
+
+
+def _jobsched(cluster: LocalCluster, *args: str, key: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "jobsched", *args],
+                          env=cluster.env(JOBSCHED_SECRETS_KEY=key), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+async def test_rotate_key_reseals_the_store_under_the_new_key(
+        api: ApiClient, secret_cluster: LocalCluster) -> None:
+    made = _jobsched(secret_cluster, "secrets", "new-key", key="")
+    assert made.returncode == 0, made.stderr
+    new = made.stdout.strip()
+    SecretBox([new])  # a usable key
+    status, _, _ = await api.request("PUT", "/api/v1/secrets/ROTATED",
+                                     json={"value": "rotate-me"})
+    assert status in (200, 201)
+    done = _jobsched(secret_cluster, "secrets", "rotate-key", key=f"{new},{STORE_KEY}")
+    assert done.returncode == 0 and done.stdout.startswith("resealed "), done
+    conn = await asyncpg.connect(secret_cluster.database_url)
+    try:
+        sealed = await conn.fetchval("SELECT sealed FROM secrets WHERE name = 'ROTATED'")
+        assert SecretBox([new]).open(bytes(sealed)) == b"rotate-me"
+        with pytest.raises(SecretsKeyError):
+            SecretBox([STORE_KEY]).open(bytes(sealed))
+        lost = _jobsched(secret_cluster, "secrets", "rotate-key", key=new_key())
+        assert lost.returncode == 1 and "not in JOBSCHED_SECRETS_KEY" in lost.stderr, lost
+        # Back under the module's key, for the worker (it has only that one).
+        back = _jobsched(secret_cluster, "secrets", "rotate-key", key=f"{STORE_KEY},{new}")
+        assert back.returncode == 0, back
+        sealed = await conn.fetchval("SELECT sealed FROM secrets WHERE name = 'ROTATED'")
+        assert SecretBox([STORE_KEY]).open(bytes(sealed)) == b"rotate-me"
+    finally:
+        await conn.close()
