@@ -124,7 +124,7 @@ class _FirstFireMissing(Exception):
 
 def job_values(job: JobCreate, job_id: uuid.UUID, now: datetime) -> tuple[Any, ...]:
     """The job's columns in JOB_COLUMNS order, its first fire computed from ``now``."""
-    schedule = parse_schedule(job.schedule, job.timezone)
+    schedule = parse_schedule(job.schedule, job.timezone, job_id.bytes)
     offset = jitter_offset(job_id, job.jitter_s) if schedule.is_recurring else timedelta(0)
     next_fire_at = initial_fire_at(schedule, now, start_at=job.start_at, end_at=job.end_at,
                                    offset=offset)
@@ -360,7 +360,7 @@ def plan_resume(row: Any, now: datetime) -> tuple[datetime | None, list[tuple[da
     pending = row["next_fire_at"]
     if pending is None or pending > now or row["misfire"] != "skip":
         return pending, []
-    schedule = parse_schedule(row["schedule"], row["timezone"])
+    schedule = parse_schedule(row["schedule"], row["timezone"], row["id"].bytes)
     if not schedule.is_recurring:
         return None, [(pending, "skipped while paused (misfire=skip)")]
     offset = jitter_offset(row["id"], row["jitter_s"])
@@ -444,7 +444,7 @@ async def preview_schedule(request: web.Request) -> web.Response:
         wanted = SchedulePreviewRequest.model_validate_json(body or b"null")
     except ValidationError as exc:
         return invalid(exc, "Invalid schedule preview")
-    schedule = parse_schedule(wanted.schedule, wanted.timezone)
+    schedule = parse_schedule(wanted.schedule, wanted.timezone, wanted.seed_bytes())
     zone = ZoneInfo(wanted.timezone)
     fires = preview_fires(schedule, wanted.start or datetime.now(UTC), wanted.count)
     return _json(SchedulePreview(

@@ -54,7 +54,7 @@ def plan_fires(jobs: list[DueJob], now: datetime, horizon: datetime | None = Non
     tick = TickPlan(fires=[], advances=[], replace=[])
     for job in jobs:
         try:
-            schedule = parse_schedule(job.schedule, job.timezone)
+            schedule = parse_schedule(job.schedule, job.timezone, job.id.bytes)
             policy = FirePolicy(
                 misfire=job.misfire,  # type: ignore[arg-type]
                 max_catchup=job.max_catchup,
