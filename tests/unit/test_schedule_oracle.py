@@ -796,7 +796,7 @@ def dow_item(draw: st.DrawFn, days: list[date]) -> str:
 
 
 @st.composite
-def day_field(draw: st.DrawFn, item: Callable[..., st.SearchStrategy[str]],
+def day_field(draw: st.DrawFn, item: Callable[..., st.SearchStrategy[str]], kind: str,
               days: list[date]) -> str:
     """A day field of 1-3 items, a quarter of them '*' or '?' (so the other field is
     ANDed rather than ORed with it)."""
@@ -806,8 +806,7 @@ def day_field(draw: st.DrawFn, item: Callable[..., st.SearchStrategy[str]],
     # One hashed item per date field at most: the oracle tries every value a job's id can
     # give them, and several items multiply those (the implementation's shortcut for that
     # case has a unit test of its own).
-    hashed = [i for i, text in enumerate(items) if HashedItem.parse(text, "dom") is not None
-              or HashedItem.parse(text, "dow") is not None]
+    hashed = [i for i, text in enumerate(items) if HashedItem.parse(text, kind) is not None]
     return ",".join(text for i, text in enumerate(items) if i not in hashed[1:])
 
 
@@ -820,8 +819,8 @@ def dialect_cases(draw: st.DrawFn) -> Case:
     fixed = at.focus or draw(st.booleans())
     minute = draw(time_field("minute", prefer=(*at.minutes, at.local.minute), fixed=fixed))
     hour = draw(time_field("hour", prefer=at.hour_prefer, fixed=fixed))
-    dom = draw(day_field(dom_item, days))
-    dow = draw(day_field(dow_item, days))
+    dom = draw(day_field(dom_item, "dom", days))
+    dow = draw(day_field(dow_item, "dow", days))
     months = tuple(d.month for d in days)
     dom_hashed = any(HashedItem.parse(i, "dom") is not None for i in dom.split(","))
     month = draw(st.sampled_from(["*", "*", "field"] if dom_hashed else ["*", "*", "field", "H"]))
