@@ -119,7 +119,12 @@ def job_out(row: Any) -> JobOut:
 
 
 class _FirstFireMissing(Exception):
-    """The job's bounds leave no fire at all."""
+    """The job's bounds leave no fire at all (or, without end_at, a year field that is
+    already past); ``field`` is the one to blame."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
 
 
 def job_values(job: JobCreate, job_id: uuid.UUID, now: datetime) -> tuple[Any, ...]:
@@ -129,7 +134,7 @@ def job_values(job: JobCreate, job_id: uuid.UUID, now: datetime) -> tuple[Any, .
     next_fire_at = initial_fire_at(schedule, now, start_at=job.start_at, end_at=job.end_at,
                                    offset=offset)
     if next_fire_at is None:
-        raise _FirstFireMissing()
+        raise _FirstFireMissing("end_at" if job.end_at is not None else "schedule")
     return (
         job.name, job.kind, job.payload(), job.schedule, job.timezone, next_fire_at,
         job.retry.max_attempts, job.retry.backoff_s, job.retry.max_backoff_s, job.timeout_s,
@@ -139,9 +144,14 @@ def job_values(job: JobCreate, job_id: uuid.UUID, now: datetime) -> tuple[Any, .
     )
 
 
-def _no_fire_problem() -> web.Response:
-    return problem(422, "Invalid job", "end_at: the schedule has no fire before end_at",
-                   [{"field": "end_at", "reason": "the schedule has no fire before end_at"}])
+_NO_FIRE = {"end_at": "the schedule has no fire before end_at",
+            "schedule": "the schedule has no fire time from now (or start_at) on"}
+
+
+def _no_fire_problem(missing: _FirstFireMissing) -> web.Response:
+    reason = _NO_FIRE[missing.field]
+    return problem(422, "Invalid job", f"{missing.field}: {reason}",
+                   [{"field": missing.field, "reason": reason}])
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -177,8 +187,8 @@ async def create_job(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     try:
         values = job_values(job, job_id, now)
-    except _FirstFireMissing:
-        return _no_fire_problem()
+    except _FirstFireMissing as missing:
+        return _no_fire_problem(missing)
     # The leader looks at the jobs table at least every scheduler_poll_s (and that far
     # plus its lookahead ahead): only a job due sooner needs to wake it.
     wake_horizon = now + timedelta(
@@ -340,8 +350,8 @@ async def patch_job(request: web.Request) -> web.Response:
 
     try:
         row = await request.app[STORE].update_job(job_id, who.namespace, change)
-    except _FirstFireMissing:
-        return _no_fire_problem()
+    except _FirstFireMissing as missing:
+        return _no_fire_problem(missing)
     if row is None:
         raise web.HTTPNotFound()
     fetched = await request.app[STORE].get_job(job_id, who.namespace)

@@ -479,6 +479,8 @@ def _hashed_item(name: str, value: str, item: str) -> _Hashed | None:
         high = int(m[2]) if m[2] else default_high
         if low > high:
             raise bad("the first number must not be above the second")
+    elif item[:1] in ("H", "h") or "~" in item:  # no month or weekday name starts with H
+        raise bad("a hashed value is a list item of its own: H, H(a-b), H/n, H(a-b)/n or a~b")
     else:
         return None
     if name == "year":

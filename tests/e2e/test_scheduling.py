@@ -91,6 +91,19 @@ async def test_hashed_schedule_fires_when_the_preview_with_its_job_id_says(api: 
     assert {e["scheduled_for"] for e in fired} <= set(times)
 
 
+async def test_quartz_forms_through_the_api(api: Api) -> None:
+    # The 8th or the third Friday (Vixie's OR over Quartz's '#'), and a year field.
+    job = await api.create({"name": "quartz", "schedule": "0 0 12 8 * 5#3 2027",
+                            "timezone": "Europe/Berlin", **NOOP})
+    assert job["next_fire_at"] == "2027-01-08T11:00:00Z"
+    # Only past years: valid (it fired in 2020), but it has no fire left.
+    status, problem, _ = await api.request("POST", "/api/v1/jobs", json={
+        "name": "past", "schedule": "0 0 12 1 1 ? 2020", **NOOP})
+    assert status == 422 and problem["errors"] == [
+        {"field": "schedule", "reason": "the schedule has no fire time from now (or start_at) on"}]
+    await api.request("DELETE", f"/api/v1/jobs/{job['id']}")
+
+
 async def _at_least(api: Api, job_id: str, n: int) -> list[dict[str, Any]] | None:
     items = await api.executions(job_id)
     return items if len(items) >= n else None

@@ -596,6 +596,11 @@ def test_field_count_is_checked(text: str, count: int) -> None:
         ),
         ("H/61 * * * *", "invalid cron minute field 'H/61': the step must be between 1 and 60"),
         (
+            "0 0 * * H(1-5)#2,thu#2",
+            "invalid cron day-of-week field 'H(1-5)#2,thu#2': 'H(1-5)#2': a hashed value is "
+            "a list item of its own: H, H(a-b), H/n, H(a-b)/n or a~b",
+        ),
+        (
             "H(0-9)/11,30 * * * *",
             "invalid cron minute field 'H(0-9)/11,30': 'H(0-9)/11': the step must be "
             "between 1 and 10",
