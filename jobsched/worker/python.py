@@ -10,7 +10,7 @@ import inspect
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -18,7 +18,8 @@ import orjson
 from jobsched.domain.states import AttemptOutcome
 from jobsched.ports import NodeInputs
 from jobsched.tasks import TaskContext, TaskRegistry
-from jobsched.worker.results import AttemptResult, truncate
+from jobsched.worker.results import AttemptResult, render_output
+from jobsched.worker.secrets import mask, mask_bounded
 
 
 class ThreadRunner:
@@ -91,11 +92,14 @@ async def run_python(
     registry: TaskRegistry,
     context: TaskContext,
     threads: ThreadRunner | None = None,
+    masked: Sequence[str] = (),
     node: NodeInputs | None = None,
 ) -> AttemptResult:
-    """One run of a ``@task``. A workflow node (``node`` given) is also passed ``upstream``
-    and ``input`` if it declares them, and its return value is kept as JSON for its
-    children: a value that is not JSON, or larger than the output limit, fails the run."""
+    """``masked``: values no recorded output or error may show (the worker's own
+    credentials), masked before either is cut to its limit. A workflow node (``node``
+    given) is also passed ``upstream`` and ``input`` if it declares them, and its return
+    value is kept as JSON for its children: a value that is not JSON, or larger than the
+    output limit, fails the run."""
     name = payload["function"]
     function = registry.get(name)
     if function is None:
@@ -126,31 +130,39 @@ async def run_python(
     except TimeoutError:
         return AttemptResult(AttemptOutcome.TIMED_OUT, error=f"timed out after {timeout_s:g}s")
     except Exception as exc:  # noqa: BLE001 - the task's failure is the attempt's outcome
-        return AttemptResult(AttemptOutcome.FAILED, error=f"{type(exc).__name__}: {exc}"[:4000])
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error=mask_bounded(f"{type(exc).__name__}: {exc}", masked, 4000))
     if node is not None:
-        return node_result(value, output_limit)
+        return node_result(value, output_limit, masked)
     if value is None:
         return AttemptResult(AttemptOutcome.SUCCEEDED)
     try:
         rendered = orjson.dumps(value, default=repr)
     except TypeError:
         rendered = repr(value).encode()
-    return AttemptResult(AttemptOutcome.SUCCEEDED, output=truncate(rendered, output_limit))
+    return AttemptResult(AttemptOutcome.SUCCEEDED,
+                         output=render_output(rendered, len(rendered), output_limit, masked))
 
 
-def node_result(value: Any, limit: int) -> AttemptResult:
+def node_result(value: Any, limit: int, masked: Sequence[str] = ()) -> AttemptResult:
     """A workflow node's return value: JSON its children can be given, no larger than the
-    output limit (it is stored with the execution, as output is)."""
+    output limit (it is stored with the execution, as output is), masked as output is."""
     try:
         encoded = orjson.dumps(value)
     except TypeError as exc:
         return AttemptResult(AttemptOutcome.FAILED,
                              error=f"the return value is not JSON ({exc}): a workflow node "
                                    "returns what its children are given")
-    if len(encoded) > limit:
+    text = mask(encoded.decode(), masked) or "null"
+    if len(text.encode()) > limit:
         return AttemptResult(AttemptOutcome.FAILED,
-                             error=f"the return value is {len(encoded)} bytes of JSON, more "
-                                   f"than output_limit_bytes={limit}")
-    text = encoded.decode()
+                             error=f"the return value is {len(text.encode())} bytes of JSON, "
+                                   f"more than output_limit_bytes={limit}")
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error="the return value holds a masked secret in a way that "
+                                   "leaves no valid JSON once masked")
     return AttemptResult(AttemptOutcome.SUCCEEDED, output=None if value is None else text,
                          result=text)

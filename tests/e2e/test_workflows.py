@@ -13,7 +13,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient as Api
 from tests.e2e.conftest import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,7 +24,7 @@ RUN_OVER = {"succeeded", "failed", "cancelled"}
 @pytest.fixture
 async def api(running_cluster: LocalCluster) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
-        yield Api(session, running_cluster.api)
+        yield Api(session, running_cluster.api, token=running_cluster.token)
 
 
 def py(key: str, function: str, *parents: str, rule: str | None = None,
@@ -295,7 +295,7 @@ async def test_pause_resume_cancel_and_other_namespaces(api: Api,
     status, resumed, _ = await api.request("POST", f"{path}/resume")
     assert status == 200 and resumed["state"] == "active" and resumed["next_fire_at"]
     assert resumed["last_run"]["id"] == run["id"]
-    other = Api(api.session, api.base, running_cluster.create_token(namespace="other"))
+    other = api.with_token(running_cluster.create_token(namespace="other"))
     for method, url in (("GET", path), ("POST", f"{path}/runs"),
                         ("GET", f"/api/v1/workflow-runs/{run['id']}"),
                         ("POST", f"/api/v1/workflow-runs/{run['id']}/retry")):
@@ -322,11 +322,11 @@ async def test_runs_are_counted_in_the_metrics(api: Api, running_cluster: LocalC
                                    headers={"Accept": "text/plain"}) as response:
             return await response.text()
 
-    text = await metrics(worker.health_port)
+    text = await metrics(worker.port)
     assert "jobsched_workflow_node_start_latency_seconds_count" in text
     deadline = time.monotonic() + 20  # the leader counts runs ended 5 s ago, every 5 s
     while 'jobsched_workflow_runs_total{outcome="succeeded"}' not in (
-            text := await metrics(scheduler.health_port)):
+            text := await metrics(scheduler.port)):
         assert time.monotonic() < deadline, text[-2000:]
         await asyncio.sleep(0.5)
     assert "jobsched_workflow_runs_in_flight" in text

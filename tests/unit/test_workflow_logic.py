@@ -193,11 +193,11 @@ INPUTS = NodeInputs({"day": 1}, {"a": 2, "b": 3}, datetime.now(UTC))
 
 async def test_a_node_gets_upstream_and_input_when_it_asks_for_them() -> None:
     result = await run_python({"function": "t:_asks_for_everything", "args": {"scale": 10}},
-                              5, 1000, REGISTRY, CONTEXT, None, INPUTS)
+                              5, 1000, REGISTRY, CONTEXT, node=INPUTS)
     assert result.outcome == "succeeded", result
     assert orjson.loads(result.result or "") == {"sum": 50, "input": {"day": 1}, "attempt": 1}
     plain = await run_python({"function": "t:_asks_for_nothing"}, 5, 1000, REGISTRY, CONTEXT,
-                             None, INPUTS)
+                             node=INPUTS)
     assert plain.result == '"plain"'
     job = await run_python({"function": "t:_asks_for_nothing"}, 5, 1000, REGISTRY, CONTEXT)
     assert job.result is None and job.output == '"plain"'  # not a node: nothing kept
@@ -205,11 +205,25 @@ async def test_a_node_gets_upstream_and_input_when_it_asks_for_them() -> None:
 
 async def test_a_node_returns_json_within_the_output_limit() -> None:
     not_json = await run_python({"function": "t:_returns_a_set"}, 5, 1000, REGISTRY, CONTEXT,
-                                None, INPUTS)
+                                node=INPUTS)
     assert not_json.outcome == "failed" and "not JSON" in (not_json.error or "")
     too_big = await run_python({"function": "t:_returns_a_lot"}, 5, 1000, REGISTRY, CONTEXT,
-                               None, INPUTS)
+                               node=INPUTS)
     assert too_big.outcome == "failed" and "output_limit_bytes=1000" in (too_big.error or "")
+
+
+def _returns_a_credential() -> dict[str, str]:
+    return {"token": "s3cr3t-value-of-the-worker", "other": "kept"}
+
+
+REGISTRY.register(_returns_a_credential, "t:_returns_a_credential")
+
+
+async def test_a_node_result_is_masked_as_output_is() -> None:
+    result = await run_python({"function": "t:_returns_a_credential"}, 5, 1000, REGISTRY,
+                              CONTEXT, masked=["s3cr3t-value-of-the-worker"], node=INPUTS)
+    assert result.outcome == "succeeded"
+    assert orjson.loads(result.result or "") == {"token": "***", "other": "kept"}
 
 
 # --- one definition of each state ----------------------------------------------------------

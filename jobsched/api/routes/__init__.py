@@ -2,10 +2,11 @@
 router and the OpenAPI document are both built (``jobsched.api.app``)."""
 
 from jobsched.api.openapi import Operation
-from jobsched.api.routes import executions, jobs, schedules, system, workflows
+from jobsched.api.routes import executions, jobs, schedules, secrets, system, workflows
 
 OPERATIONS: tuple[Operation, ...] = (
-    *jobs.OPERATIONS, *executions.OPERATIONS, *schedules.OPERATIONS, *workflows.OPERATIONS,
+    *jobs.OPERATIONS, *executions.OPERATIONS, *schedules.OPERATIONS, *secrets.OPERATIONS,
+    *workflows.OPERATIONS,
     *system.OPERATIONS,
 )
 

@@ -26,10 +26,10 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from jobsched.bench.api import _create_token
-from jobsched.bench.cluster import Services
-from jobsched.bench.common import Options, connect, make_cluster
-from jobsched.bench.stats import distribution_ms
+from jobsched_dev.bench.api import _create_token
+from jobsched_dev.bench.cluster import Services
+from jobsched_dev.bench.common import Options, connect, make_cluster
+from jobsched_dev.bench.stats import distribution_ms
 
 RUN_OVER = {"succeeded", "failed", "cancelled"}
 
