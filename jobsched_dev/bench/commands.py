@@ -161,7 +161,7 @@ def scale(services: Services, options: Options, *, schedules: int, jobs: int, se
 def workflow(services: Services, options: Options, *, chain_nodes: int, runs: int, fanout: int,
              large: int, workers: int, repeat: int, json_out: str | None,
              echo: Echo) -> dict[str, Any]:
-    from jobsched.bench.workflow import run_workflow
+    from jobsched_dev.bench.workflow import run_workflow
 
     result = asyncio.run(report.repeated(
         lambda: run_workflow(services, options, chain_nodes=chain_nodes, runs=runs,

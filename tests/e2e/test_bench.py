@@ -97,3 +97,13 @@ def test_vs_celery_without_celery_fails_in_one_line(monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "Error: --vs celery needs celery: pip install '.[bench]'"]
+
+
+def test_workflow_chain_fan_out_and_large(zookeeper: str, tmp_path: Path) -> None:
+    result = bench(zookeeper, tmp_path, "workflow", "--chain", "5", "--runs", "1",
+                   "--fanout", "10", "--large", "50")["median"]
+    assert result["chain"]["edges"] == 4 and result["chain"]["latency_ms"]["n"] == 4
+    fan = result["fan_out"]
+    assert fan["width"] == 10 and fan["all_done_after_root_s"] > 0
+    assert fan["bystanders_during_ms"]["n"] > 0
+    assert result["large"]["nodes"] == 50 and result["large"]["create_s"] > 0
