@@ -87,12 +87,10 @@ class PostgresWorkerStore:
         queued, for this worker to publish once committed (see workflow_advance)."""
         results = sorted(results, key=lambda r: r.execution_id)  # rows locked in id order
         async with self.pool.acquire() as conn, conn.transaction():
-            await WORKFLOWS.publish_nodes_here.execute(conn)
             kept = [r for r in results if r.result is not None]
-            if kept:
-                await WORKFLOWS.record_results.execute(
-                    conn, ids=[r.execution_id for r in kept], attempts=[r.attempt for r in kept],
-                    results=[r.result for r in kept], worker=worker)
+            await WORKFLOWS.record_results.execute(
+                conn, ids=[r.execution_id for r in kept], attempts=[r.attempt for r in kept],
+                results=[r.result for r in kept], worker=worker)
             rows = await Q.finish_executions.fetch(
                 conn,
                 ids=[r.execution_id for r in results],

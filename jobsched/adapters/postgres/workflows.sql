@@ -247,16 +247,16 @@ WHERE e.id = ANY(:ids::uuid[])
 
 -- record_results --
 -- Node return values, written in the transaction that records the results (before it)
--- and only while this worker still holds the attempt.
-UPDATE executions e SET result = r.result::jsonb
-FROM unnest(:ids::uuid[], :attempts::int[], :results::text[]) AS r(id, attempt, result)
-WHERE e.id = r.id AND e.attempt = r.attempt AND e.state || '' = 'running'
-  AND e.worker = :worker
-
--- publish_nodes_here --
--- This transaction (a worker recording results) publishes the nodes its results queue,
--- once committed: see workflow_advance.
-SELECT set_config('jobsched.node_publisher', 'caller', true)
+-- and only while this worker still holds the attempt; and the mark that this transaction
+-- publishes the nodes its results queue (see workflow_advance), in the same round trip.
+WITH kept AS (
+    UPDATE executions e SET result = r.result::jsonb
+    FROM unnest(:ids::uuid[], :attempts::int[], :results::text[]) AS r(id, attempt, result)
+    WHERE e.id = r.id AND e.attempt = r.attempt AND e.state || '' = 'running'
+      AND e.worker = :worker
+    RETURNING e.id
+)
+SELECT set_config('jobsched.node_publisher', 'caller', true), (SELECT count(*) FROM kept)
 
 -- nodes_queued_here --
 -- The nodes queued by this transaction's results, as 'id job_id attempt' items.
