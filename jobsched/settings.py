@@ -65,6 +65,9 @@ class Settings(BaseModel):
     scheduler_publish_concurrency: int = Field(8, ge=1, le=64)
     scheduler_batch_size: int = Field(1000, ge=1, le=100_000)
     republish_after_s: float = Field(10.0, gt=0)
+    # A fire later than this is a misfire (its job's misfire policy decides it); a fire
+    # late by less runs as a normal fire (Quartz's misfireThreshold).
+    misfire_threshold_s: float = Field(5.0, ge=0, le=3600)
 
     # worker
     # Deliveries a worker holds: runs fired ahead wait here until due, so this is larger

@@ -161,7 +161,9 @@ class Scheduler:
         horizon = now + timedelta(seconds=self.settings.scheduler_lookahead_s)
         while True:
             dispatches, due, not_run = await self.store.fire_due_jobs(
-                epoch, now, batch, lambda jobs: plan_tick(jobs, now, horizon), horizon
+                epoch, now, batch,
+                lambda jobs: plan_tick(jobs, now, horizon, self.settings.misfire_threshold_s),
+                horizon
             )
             await self._publish_in_background(dispatches)
             self.fired += len(dispatches)
