@@ -65,7 +65,7 @@ async def _start_site(app: web.Application, host: str, port: int, label: str) ->
 
 
 def _broker(settings: Settings) -> RabbitBroker:
-    return RabbitBroker(settings.amqp_url, settings.queue_name,
+    return RabbitBroker(settings.amqp_url, settings.queue_names,
                         settings.dead_letter_exchange, settings.dead_letter_queue)
 
 
@@ -132,7 +132,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
                 return 0
 
         if "api" in roles:
-            cluster = ClusterView(jobs, coordinator, broker, settings.queue_name,
+            cluster = ClusterView(jobs, coordinator, broker, settings.queue_names,
                                   settings.dead_letter_queue)
             replica = None
             if settings.database_read_url:

@@ -255,6 +255,8 @@ class DueJob:
     max_runs: int | None = None
     run_count: int = 0
     jitter_s: float = 0.0
+    kind: str = "python"
+    priority: int = 1  # Priority.rank
     busy: bool = False  # a run of this forbid/replace job is still active
 
 

@@ -33,7 +33,6 @@ from jobsched.settings import Settings
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL = timedelta(seconds=1)
-COMPLETION_SWEEP_INTERVAL = timedelta(seconds=30)
 OBSERVE_INTERVAL = timedelta(seconds=5)
 
 
@@ -56,7 +55,6 @@ class Scheduler:
         self._observing: asyncio.Task[None] | None = None
         self._publish_slots = asyncio.Semaphore(settings.scheduler_publish_concurrency)
         self._publishing: set[asyncio.Task[None]] = set()
-        self._last_completion_sweep = datetime.min.replace(tzinfo=UTC)
 
     @property
     def is_leader(self) -> bool:
@@ -109,6 +107,12 @@ class Scheduler:
         epoch = term.epoch
         # A previous leader may have died between commit and publish: re-publish at once.
         await self._republish(datetime.now(UTC))
+        # Every path that ends a job's last run completes the job in the same transaction;
+        # once per term, a sweep completes any a crash left behind (it scans the active
+        # jobs, so it is not periodic: the cost of a periodic pass must follow the work).
+        batch = self.settings.scheduler_batch_size
+        while await self.store.complete_finished_jobs(epoch, batch) == batch:
+            pass
         last_republish = datetime.now(UTC)
         reconnections = self.broker.reconnections
         last_reap = datetime.now(UTC) - REAP_INTERVAL
@@ -188,12 +192,8 @@ class Scheduler:
     async def _reap(self, epoch: int, now: datetime) -> None:
         """Executions whose worker stopped renewing the lease: retried, or dead (and then
         copied to the dead-letter queue, as a worker would have)."""
-        if now - self._last_completion_sweep >= COMPLETION_SWEEP_INTERVAL:
-            # Rare on purpose: it scans active jobs (an index for it cost half the
-            # throughput); workers complete jobs themselves in the common case.
-            self._last_completion_sweep = now
-            await self.store.complete_finished_jobs(epoch, self.settings.scheduler_batch_size)
-        reaped = await self.store.reap_expired(epoch, self.settings.scheduler_batch_size)
+        reaped = await self.store.reap_expired(epoch, self.settings.scheduler_batch_size,
+                                               self.settings.lost_attempts_limit)
         if not reaped:
             return
         self.reaped += len(reaped)
@@ -248,8 +248,8 @@ class Scheduler:
         await self.store.mark_published(done)
         confirmed_at = datetime.now(UTC)
         for dispatch, ok in zip(dispatches, confirmed, strict=True):
-            if ok and dispatch.due is not None:
-                lateness = (confirmed_at - dispatch.due).total_seconds()
+            if ok and dispatch.fresh and dispatch.scheduled_for is not None:
+                lateness = (confirmed_at - dispatch.scheduled_for).total_seconds()
                 self.metrics.fire_lateness.observe({}, max(0.0, lateness))
         return len(done)
 

@@ -41,6 +41,7 @@ from jobsched.worker.results import AttemptResult
 from jobsched.worker.sandbox import ShellSandbox
 from jobsched.worker.secrets import SecretSource
 from jobsched.worker.shell import run_shell
+from jobsched.worker.slots import BandSlots
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ def import_task_modules(modules: tuple[str, ...] | list[str]) -> None:
 
 def next_state(result: AttemptResult, attempt: int,
                policy: RetryPolicy) -> tuple[ExecutionState, float]:
-    """The execution's state after this attempt, and the delay before the next one."""
+    """The execution's state after this attempt, and the delay before the next one.
+    ``attempt`` counts the attempts that count against the policy: those lost with a worker
+    or handed back on a shutdown do not."""
     if result.outcome == AttemptOutcome.SUCCEEDED:
         return ExecutionState.SUCCEEDED, 0.0
     if should_retry(policy, attempt):
@@ -103,7 +106,10 @@ class Worker:
         self._leases: dict[uuid.UUID, float] = {}
         self._taken_away: set[uuid.UUID] = set()
         self._started_at: dict[uuid.UUID, datetime] = {}
-        self._run_slots = asyncio.Semaphore(settings.worker_concurrency)
+        # Deliveries not claimed yet (held until due, or waiting for a slot): on a drain
+        # they go back to the queue at once, unrun and unclaimed.
+        self._unclaimed: set[asyncio.Task[None]] = set()
+        self._run_slots = BandSlots(settings.worker_concurrency)
         self._shell_slots = asyncio.Semaphore(settings.shell_concurrency)
         self._threads = ThreadRunner()  # runs plain-function python tasks
         self._http = HttpRunner()
@@ -204,6 +210,8 @@ class Worker:
         self.take_away(execution_id)
 
     async def _drain(self) -> None:
+        for task in list(self._unclaimed):
+            task.cancel()  # not claimed: back to the queue, for another worker
         if not self._inflight:
             return
         log.info("draining %d in-flight executions", len(self._inflight))
@@ -222,11 +230,12 @@ class Worker:
             await self._handle(delivery)
         finally:
             self._inflight.discard(task)
+            self._unclaimed.discard(task)
             self.metrics.inflight.set({}, len(self._inflight))
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
-            attempt = AttemptMessage.decode(delivery.body)
+            message = AttemptMessage.decode(delivery.body)
         except MessageError as exc:
             # Not ours to run, but not ours to drop either: it goes to the dead-letter queue.
             self.stats["malformed"] += 1
@@ -234,41 +243,91 @@ class Worker:
             log.error("dead-lettering a malformed message: %s", exc)
             await delivery.reject(requeue=False)
             return
-        claimed_at = time.monotonic()
+        task = asyncio.current_task()
+        assert task is not None
+        self._unclaimed.add(task)
         try:
-            claimed = await self._claims.submit((attempt.execution_id, attempt.attempt))
-        except Exception as exc:  # noqa: BLE001 - database trouble: hand the message back
-            log.warning("claim of %s failed (%r); requeueing", attempt.execution_id, exc)
-            await asyncio.sleep(1)
-            await delivery.nack(requeue=True)
-            return
-        if claimed is None:
-            self.stats["lost_claims"] += 1
-            self.metrics.lost_claims.inc({})
-            log.info("execution %s attempt %d not claimable: acked unrun",
-                     attempt.execution_id, attempt.attempt)
-            await delivery.ack()
-            return
-        self._leases[claimed.id] = claimed_at
-        try:
-            await self._attempt(delivery, claimed)
-        finally:
-            self._leases.pop(claimed.id, None)
-            self._started_at.pop(claimed.id, None)
+            await self._hold_until_due(message)
+            outcome = await self._claim_and_run(delivery, message)
+        except asyncio.CancelledError:
+            if task in self._unclaimed:  # draining before the claim: give it back unrun
+                await delivery.nack(requeue=True)
+            raise
+        if outcome is not None:
+            claimed, result, state, delay = outcome
+            try:
+                await self._settle(delivery, claimed, result, state, delay)
+            finally:
+                self._leases.pop(claimed.id, None)
+                self._started_at.pop(claimed.id, None)
 
-    async def _attempt(self, delivery: Delivery, claimed: ClaimedExecution) -> None:
-        """Run a claimed attempt (unless it is too late or its lease is gone) and record
-        it; the delivery is settled in every case."""
+    async def _hold_until_due(self, message: AttemptMessage) -> None:
+        """A fire published ahead of its time (the leader's lookahead) waits here, unclaimed,
+        until it is due."""
+        if message.due is None:
+            return
+        early = (message.due - datetime.now(UTC)).total_seconds()
+        if early > 0:
+            await asyncio.sleep(early)
+
+    async def _claim_and_run(
+        self, delivery: Delivery, message: AttemptMessage,
+    ) -> tuple[ClaimedExecution, AttemptResult, ExecutionState | None, float] | None:
+        """Take a run slot (the band's turn), claim, and run. None when the delivery was
+        settled here (a lost claim, a claim that failed)."""
+        band = message.priority
+        self.metrics.waiting.set({"priority": band}, self._run_slots.waiting(band) + 1)
+        async with self._run_slots.slot(band):
+            self.metrics.waiting.set({"priority": band}, self._run_slots.waiting(band))
+            # A shell run waits for a shell slot before its claim too (its kind is in the
+            # message; a message of an older version says nothing and waits after).
+            shell = self._shell_slots if message.kind == "shell" else contextlib.nullcontext()
+            async with shell:
+                claimed_at = time.monotonic()
+                try:
+                    claimed = await self._claims.submit(
+                        (message.execution_id, message.attempt))
+                except Exception as exc:  # noqa: BLE001 - database trouble: hand it back
+                    log.warning("claim of %s failed (%r); requeueing", message.execution_id,
+                                exc)
+                    await asyncio.sleep(1)
+                    await delivery.nack(requeue=True)
+                    return None
+                finally:
+                    current = asyncio.current_task()
+                    if current is not None:
+                        self._unclaimed.discard(current)
+                if claimed is None:
+                    self.stats["lost_claims"] += 1
+                    self.metrics.lost_claims.inc({})
+                    log.info("execution %s attempt %d not claimable: acked unrun",
+                             message.execution_id, message.attempt)
+                    await delivery.ack()
+                    return None
+                self._leases[claimed.id] = claimed_at
+                late_shell = claimed.kind == "shell" and message.kind != "shell"
+                try:
+                    async with self._shell_slots if late_shell else contextlib.nullcontext():
+                        result, state, delay = await self._attempt(delivery, claimed)
+                except BaseException:
+                    self._leases.pop(claimed.id, None)
+                    self._started_at.pop(claimed.id, None)
+                    raise
+                return claimed, result, state, delay
+
+    async def _attempt(self, delivery: Delivery, claimed: ClaimedExecution,
+                       ) -> tuple[AttemptResult, ExecutionState | None, float]:
+        """Run a claimed attempt (unless it is too late or its lease is gone): its result,
+        the execution's next state (None: taken away) and the delay before a retry. A
+        drain that runs out of time hands the execution back and settles the delivery."""
         lock: JobLock | None = None
-        state: ExecutionState | None
         try:
             early = self._too_late(claimed)
             if early is None:
                 lock, early = await self._take_job_lock(claimed)
             if early is not None:
-                result, state, delay = early, ExecutionState(early.outcome), 0.0
-            else:
-                result, state, delay = await self._run(claimed)
+                return early, ExecutionState(early.outcome), 0.0
+            return await self._run(claimed)
         except asyncio.CancelledError:
             # Draining ran out of time: hand the execution back for another worker. The
             # message is acked, not dead-lettered: the leader publishes the next attempt
@@ -279,6 +338,10 @@ class Worker:
         finally:
             if lock is not None:
                 await lock.release()
+
+    async def _settle(self, delivery: Delivery, claimed: ClaimedExecution,
+                      result: AttemptResult, state: ExecutionState | None,
+                      delay: float) -> None:
         if state is None:  # taken away: its new state is recorded, or the reaper's to set
             await self._close_attempt(claimed, AttemptOutcome.CANCELLED, result)
             await delivery.ack()
@@ -293,7 +356,7 @@ class Worker:
             lost = AttemptResult(AttemptOutcome.CANCELLED,
                                  error="lease lost before the run started")
             return lost, None, 0.0
-        task = asyncio.ensure_future(self._hold_then_execute(claimed))
+        task = asyncio.ensure_future(self._execute_now(claimed))
         self._running[claimed.id] = task
         started = time.perf_counter()
         try:
@@ -315,7 +378,8 @@ class Worker:
             backoff_s=claimed.backoff_s,
             max_backoff_s=claimed.max_backoff_s,
         )
-        state, delay = next_state(result, claimed.attempt, policy)
+        counted = claimed.attempt - claimed.uncounted_attempts
+        state, delay = next_state(result, max(1, counted), policy)
         return result, state, delay
 
     def _too_late(self, claimed: ClaimedExecution) -> AttemptResult | None:
@@ -416,20 +480,13 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def _hold_then_execute(self, claimed: ClaimedExecution) -> AttemptResult:
-        """A fire published ahead of its time (the leader's lookahead) starts when due."""
-        early = (claimed.scheduled_for - datetime.now(UTC)).total_seconds()
-        if early > 0:
-            await asyncio.sleep(early)
-        # At most worker_concurrency runs at once, of which shell_concurrency shell runs.
-        shell = self._shell_slots if claimed.kind == "shell" else contextlib.nullcontext()
-        async with self._run_slots, shell:
-            started = datetime.now(UTC)
-            self._started_at[claimed.id] = started
-            if claimed.attempt == 1:
-                late = (started - claimed.scheduled_for).total_seconds()
-                self.metrics.start_lateness.observe({}, max(0.0, late))
-            return await self._execute(claimed)
+    async def _execute_now(self, claimed: ClaimedExecution) -> AttemptResult:
+        started = datetime.now(UTC)
+        self._started_at[claimed.id] = started
+        if claimed.attempt == 1:
+            late = (started - claimed.scheduled_for).total_seconds()
+            self.metrics.start_lateness.observe({"priority": claimed.band}, max(0.0, late))
+        return await self._execute(claimed)
 
     async def _execute(self, claimed: ClaimedExecution) -> AttemptResult:
         payload = claimed.payload

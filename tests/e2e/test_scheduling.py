@@ -215,7 +215,9 @@ async def test_cluster_view(api: Api) -> None:
     assert view["leader"]["instance"].startswith("scheduler") and view["leader"]["epoch"] >= 0
     assert [s["leader"] for s in view["schedulers"]] == [True]
     assert [w["instance"] for w in view["workers"]] == ["worker-1"]
-    assert set(view["queues"]) == {"executions", "dead"}
+    assert set(view["queues"]) == {"executions", "by_priority", "dead"}
+    assert set(view["queues"]["by_priority"]) == {"high", "normal", "low"}
+    assert view["queues"]["executions"] == sum(view["queues"]["by_priority"].values())
 
 
 def _in(seconds: float) -> str:
