@@ -16,7 +16,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from jobsched.devcluster import RoleProcess
+from jobsched_dev.processes import RoleProcess
 from tests.chaos.conftest import SESSION_TIMEOUT_S, Chaos
 from tests.chaos.harness import (
     Submitter,

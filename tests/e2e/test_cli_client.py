@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 
+from jobsched.client import TERMINAL_STATES
+from jobsched_dev.processes import free_port
 from tests.e2e.conftest import LocalCluster
 from tests.e2e.tokens import admin_token
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.timeout(60)
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "dead", "skipped", "missed"}
 NEVER_SOON = "0 0 1 1 *"  # fires on 1 January only: the job stays put during the test
 _TOKENS: dict[str, str] = {}
 
@@ -63,7 +64,7 @@ def wait_first_execution(cluster: LocalCluster, job_id: str, timeout: float = 15
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         items = as_json(cli(cluster, "executions", "list", job_id, "-o", "json"))["items"]
-        if items and items[-1]["state"] in TERMINAL:
+        if items and items[-1]["state"] in TERMINAL_STATES:
             return items[-1]
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish")

@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
+from jobsched_dev.processes import free_port
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
-from tests.helpers import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -42,9 +42,9 @@ def secret_cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
 
 
 @pytest.fixture
-async def api(secret_cluster: LocalCluster) -> AsyncIterator[Api]:
+async def api(secret_cluster: LocalCluster) -> AsyncIterator[ApiClient]:
     async with aiohttp.ClientSession() as session:
-        yield Api(session, secret_cluster.api)
+        yield ApiClient(session, secret_cluster.api, token=secret_cluster.token)
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def assert_no_secret(text: str, where: str) -> None:
 
 
 async def test_secrets_reach_the_job_and_nothing_else(
-    api: Api, secret_cluster: LocalCluster, receiver: tuple[str, list[dict[str, str]]]
+    api: ApiClient, secret_cluster: LocalCluster, receiver: tuple[str, list[dict[str, str]]]
 ) -> None:
     url, seen = receiver
     responses: list[str] = []
@@ -136,7 +136,7 @@ async def test_secrets_reach_the_job_and_nothing_else(
         assert_no_secret(text, log.name)
 
 
-async def test_a_missing_secret_fails_the_attempt_naming_it(api: Api) -> None:
+async def test_a_missing_secret_fails_the_attempt_naming_it(api: ApiClient) -> None:
     job = await api.create({
         "name": "missing-secret", "schedule": "immediate", "kind": "shell",
         "shell": {"argv": ["/bin/true"], "env": {"X": {"secret": "NOT_CONFIGURED"}}}})
@@ -160,7 +160,7 @@ async def test_a_missing_secret_fails_the_attempt_naming_it(api: Api) -> None:
     ({"name": "A"}, "shell.env.X.name"),
     (5, "shell.env.X"),
 ])
-async def test_malformed_references_are_422(api: Api, ref: Any, field: str) -> None:
+async def test_malformed_references_are_422(api: ApiClient, ref: Any, field: str) -> None:
     status, problem, _ = await api.request("POST", "/api/v1/jobs", json={
         "name": "bad-ref", "schedule": "immediate", "kind": "shell",
         "shell": {"argv": ["/bin/true"], "env": {"X": ref}}})

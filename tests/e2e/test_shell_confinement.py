@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
 
 pytestmark = [
@@ -41,9 +41,9 @@ def confined_cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
 
 
 @pytest.fixture
-async def api(confined_cluster: LocalCluster) -> AsyncIterator[Api]:
+async def api(confined_cluster: LocalCluster) -> AsyncIterator[ApiClient]:
     async with aiohttp.ClientSession() as session:
-        yield Api(session, confined_cluster.api)
+        yield ApiClient(session, confined_cluster.api, token=confined_cluster.token)
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +61,13 @@ def files() -> Iterator[Path]:
     shutil.rmtree(folder)
 
 
-async def run(api: Api, argv: list[str], **shell: Any) -> dict[str, Any]:
+async def run(api: ApiClient, argv: list[str], **shell: Any) -> dict[str, Any]:
     job = await api.create({"name": "confined", "schedule": "immediate", "kind": "shell",
                             "timeout_s": 30, "shell": {"argv": argv, **shell}})
     return await api.wait_terminal(job["id"], timeout=40)
 
 
-async def test_cannot_read_a_root_only_file(api: Api, files: Path) -> None:
+async def test_cannot_read_a_root_only_file(api: ApiClient, files: Path) -> None:
     private, public = await asyncio.gather(
         run(api, ["cat", str(files / "private.txt")]),
         run(api, ["cat", str(files / "public.txt")]))
@@ -75,7 +75,7 @@ async def test_cannot_read_a_root_only_file(api: Api, files: Path) -> None:
     assert public["state"] == "succeeded" and public["output"] == "anyone\n"  # the control
 
 
-async def test_runs_as_nobody_with_a_clean_environment(api: Api) -> None:
+async def test_runs_as_nobody_with_a_clean_environment(api: ApiClient) -> None:
     who, env = await asyncio.gather(
         run(api, ["id", "-un"]),
         run(api, ["/usr/bin/env"], env={"JOB_VAR": "mine"}))
@@ -86,7 +86,7 @@ async def test_runs_as_nobody_with_a_clean_environment(api: Api) -> None:
     assert variables["HOME"].startswith(tempfile.gettempdir() + "/jobsched-run-")
 
 
-async def test_a_private_directory_removed_afterwards(api: Api) -> None:
+async def test_a_private_directory_removed_afterwards(api: ApiClient) -> None:
     result = await run(api, ["/bin/sh", "-c", 'pwd; touch made-here; stat -c "%U %a" .'])
     assert result["state"] == "succeeded", result
     where, owner = result["output"].splitlines()
@@ -95,7 +95,7 @@ async def test_a_private_directory_removed_afterwards(api: Api) -> None:
     assert not os.path.exists(where)  # noqa: ASYNC240 - one stat, once
 
 
-async def test_cwd_is_entered_as_the_job_user(api: Api, files: Path) -> None:
+async def test_cwd_is_entered_as_the_job_user(api: ApiClient, files: Path) -> None:
     allowed, refused = await asyncio.gather(
         run(api, ["pwd"], cwd=str(files)),
         run(api, ["pwd"], cwd="/root"))
@@ -104,7 +104,7 @@ async def test_cwd_is_entered_as_the_job_user(api: Api, files: Path) -> None:
     assert "cannot enter cwd: Permission denied" in refused["output"]
 
 
-async def test_killed_at_its_memory_limit(api: Api) -> None:
+async def test_killed_at_its_memory_limit(api: ApiClient) -> None:
     allocate = "bytearray({} << 20); print('allocated')"
     big, small = await asyncio.gather(
         run(api, [SYSTEM_PYTHON, "-c", allocate.format(512)]),
@@ -114,7 +114,7 @@ async def test_killed_at_its_memory_limit(api: Api) -> None:
     assert small["state"] == "succeeded" and small["output"] == "allocated\n"  # the control
 
 
-async def test_killed_at_its_cpu_limit(api: Api) -> None:
+async def test_killed_at_its_cpu_limit(api: ApiClient) -> None:
     started = time.monotonic()
     spin = await run(api, ["/bin/sh", "-c", "while :; do :; done"])
     assert spin["state"] == "dead", spin
@@ -122,12 +122,12 @@ async def test_killed_at_its_cpu_limit(api: Api) -> None:
     assert time.monotonic() - started < 20  # long before its 30 s timeout
 
 
-async def test_open_files_and_processes_are_limited(api: Api) -> None:
+async def test_open_files_and_processes_are_limited(api: ApiClient) -> None:
     result = await run(api, ["/bin/sh", "-c", "ulimit -n; ulimit -p; ulimit -c"])
     assert result["output"].split() == ["256", "512", "0"]
 
 
-async def test_nothing_it_started_outlives_it(api: Api) -> None:
+async def test_nothing_it_started_outlives_it(api: ApiClient) -> None:
     result = await run(api, ["/bin/sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"])
     assert result["state"] == "succeeded", result
     pid = int(result["output"])
