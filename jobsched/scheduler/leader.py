@@ -28,6 +28,7 @@ from jobsched.ports import (
     LeaderTerm,
     StaleEpochError,
 )
+from jobsched.scheduler.publisher import Publisher
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,7 @@ class Scheduler:
         self.reaped = 0
         self.not_run: dict[str, int] = {}
         self._observing: asyncio.Task[None] | None = None
-        self._publish_slots = asyncio.Semaphore(settings.scheduler_publish_concurrency)
-        self._publishing: set[asyncio.Task[None]] = set()
+        self.publisher: Publisher | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -104,6 +104,18 @@ class Scheduler:
         log.info("scheduler stopped")
 
     async def _lead(self, term: LeaderTerm, stop: asyncio.Event) -> None:
+        self.publisher = Publisher(self.broker, self.store, self.metrics,
+                                   in_flight=self.settings.scheduler_publish_concurrency)
+        publishing = asyncio.create_task(self.publisher.run())
+        try:
+            await self._lead_term(term, stop)
+        finally:
+            publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publishing
+            self.publisher = None
+
+    async def _lead_term(self, term: LeaderTerm, stop: asyncio.Event) -> None:
         epoch = term.epoch
         # A previous leader may have died between commit and publish: re-publish at once.
         await self._republish(datetime.now(UTC))
@@ -169,7 +181,11 @@ class Scheduler:
                 lambda jobs: plan_tick(jobs, now, horizon, self.settings.misfire_threshold_s),
                 horizon
             )
-            await self._publish_in_background(dispatches)
+            # Published while the leader goes on firing; a backlog past a few batches holds
+            # the firing back (what is fired but not yet published waits in the outbox).
+            assert self.publisher is not None
+            self.publisher.submit(dispatches)
+            await self.publisher.wait_below(4 * batch)
             self.fired += len(dispatches)
             if dispatches:
                 self.metrics.fires.add({"state": ExecutionState.QUEUED}, len(dispatches))
@@ -219,39 +235,11 @@ class Scheduler:
             if len(dispatches) < batch or confirmed < len(dispatches):
                 return
 
-    async def _publish_in_background(self, dispatches: list[Dispatch]) -> None:
-        """Publish while the leader goes on firing: up to scheduler_publish_concurrency
-        batches have their confirms in flight at once. A batch that fails stays in the
-        outbox and is re-published by the sweep."""
-        if not dispatches:
-            return
-        await self._publish_slots.acquire()
-
-        async def publish() -> None:
-            try:
-                await self._publish(dispatches)
-            except Exception as exc:  # noqa: BLE001 - the outbox sweep re-publishes
-                log.warning("publishing a batch of %d failed: %r", len(dispatches), exc)
-            finally:
-                self._publish_slots.release()
-
-        task = asyncio.create_task(publish())
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
-
     async def _publish(self, dispatches: list[Dispatch]) -> int:
-        """Publish and mark what was confirmed; returns how many were."""
-        if not dispatches:
-            return 0
-        confirmed = await self.broker.publish_many([d.message() for d in dispatches])
-        done = [d.execution_id for d, ok in zip(dispatches, confirmed, strict=True) if ok]
-        await self.store.mark_published(done)
-        confirmed_at = datetime.now(UTC)
-        for dispatch, ok in zip(dispatches, confirmed, strict=True):
-            if ok and dispatch.fresh and dispatch.scheduled_for is not None:
-                lateness = (confirmed_at - dispatch.scheduled_for).total_seconds()
-                self.metrics.fire_lateness.observe({}, max(0.0, lateness))
-        return len(done)
+        """Publish (in priority order, behind nothing of a lower band) and wait for the
+        confirms; returns how many were confirmed and marked."""
+        assert self.publisher is not None
+        return await self.publisher.submit(dispatches)
 
     def _observe_cluster(self) -> None:
         """Queue depths and live workers, as gauges (in the background: never delays a

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import orjson
 
 from jobsched.batching import Batcher
+from jobsched.domain.priority import Priority
 from jobsched.domain.retry import RetryPolicy, retry_delay, should_retry
 from jobsched.domain.states import AttemptOutcome, ExecutionState
 from jobsched.messages import AttemptMessage, MessageError
@@ -286,7 +287,7 @@ class Worker:
                 claimed_at = time.monotonic()
                 try:
                     claimed = await self._claims.submit(
-                        (message.execution_id, message.attempt))
+                        (message.execution_id, message.attempt), band)
                 except Exception as exc:  # noqa: BLE001 - database trouble: hand it back
                     log.warning("claim of %s failed (%r); requeueing", message.execution_id,
                                 exc)
@@ -447,7 +448,7 @@ class Worker:
             else None,
             started_at=self._started_at.pop(claimed.id, None),
         )
-        committed = await self._commit(finished)
+        committed = await self._commit(finished, claimed.band)
         if committed is None:
             log.warning("execution %s was taken from this worker; its result is dropped",
                         claimed.id)
@@ -466,14 +467,15 @@ class Worker:
         else:
             await delivery.ack()
 
-    async def _commit(self, finished: FinishedAttempt) -> ExecutionState | None:
+    async def _commit(self, finished: FinishedAttempt,
+                      band: Priority) -> ExecutionState | None:
         """Record a result, retrying through database outages: the ack waits for it. The
         retries stay a second apart at most, so the result is in soon after PostgreSQL is
         back (the leader's reaper waits one lease after an outage)."""
         delay = 0.2
         while True:
             try:
-                return await self._results.submit(finished)
+                return await self._results.submit(finished, band)
             except Exception as exc:  # noqa: BLE001
                 log.warning("recording result of %s failed (%r); retrying",
                             finished.execution_id, exc)
@@ -505,5 +507,5 @@ class Worker:
             context = TaskContext(claimed.id, claimed.attempt, claimed.job_id,
                                   claimed.scheduled_for)
             return await run_python(payload, timeout, limit, self.registry, context,
-                                    self._threads)
+                                    self._threads, claimed.band)
         return AttemptResult(AttemptOutcome.FAILED, error=f"unknown job kind {kind!r}")

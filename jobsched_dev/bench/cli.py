@@ -162,6 +162,22 @@ def bench_herd(**params: Any) -> None:
     commands.herd(services, options, echo=click.echo, **params)
 
 
+@bench.command("priority")
+@click.option("--low", default=20_000, show_default=True, type=click.IntRange(1),
+              help="Low-priority no-op jobs loaded at once (the backlog).")
+@click.option("--high", default=200, show_default=True, type=click.IntRange(1),
+              help="High-priority no-op jobs loaded once the backlog saturates the workers.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@_bench_options
+def bench_priority(**params: Any) -> None:
+    """A low backlog, then a high burst: how soon high work starts (p50/p99), the low share
+    during the burst, and burn-down at mixed and at one priority."""
+    from jobsched_dev.bench import commands
+
+    services, options = _bench_setup(params)
+    commands.priority(services, options, echo=click.echo, **params)
+
+
 @bench.command("api")
 @click.option("--url", help="Base URL of a RUNNING api process (else one is started).")
 @click.option("--token", help="Bearer token for --url (also JOBSCHED_TOKEN).")

@@ -130,6 +130,16 @@ def herd(services: Services, options: Options, *, jobs: int, workers: int, vs: s
     return result
 
 
+def priority(services: Services, options: Options, *, low: int, high: int, workers: int,
+             repeat: int, json_out: str | None, echo: Echo) -> dict[str, Any]:
+    from jobsched_dev.bench.priority import run_both
+
+    result = asyncio.run(report.repeated(
+        lambda: run_both(services, low, high, workers, options), repeat, echo))
+    _finish(result, report.render_priority(result["median"], repeat), json_out, echo)
+    return result
+
+
 def api(services: Services, options: Options, *, url: str | None, token: str | None,
         concurrency: int, seconds: float, clients: int, repeat: int, json_out: str | None,
         echo: Echo) -> dict[str, Any]:
