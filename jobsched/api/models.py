@@ -292,13 +292,30 @@ class SchedulePreviewRequest(_Strict):
     timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
     start: AwareDatetime | None = None
     count: Annotated[int, Field(ge=1, le=100)] = 10
+    # Whose hashed values (H) to show: a job's id (the job need not exist: the id is only
+    # the seed), or any text as the seed.
+    job_id: uuid.UUID | None = None
+    seed: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+    def seed_bytes(self) -> bytes | None:
+        if self.job_id is not None:
+            return self.job_id.bytes
+        return self.seed.encode() if self.seed is not None else None
 
     @model_validator(mode="after")
     def _schedule_parses(self) -> SchedulePreviewRequest:
+        if self.job_id is not None and self.seed is not None:
+            raise FieldProblem("seed", "give job_id or seed, not both")
         try:
-            parse_schedule(self.schedule, self.timezone)
+            schedule = parse_schedule(self.schedule, self.timezone, self.seed_bytes())
         except ScheduleError as exc:
             raise FieldProblem(getattr(exc, "field", "schedule"), str(exc)) from None
+        if schedule.needs_seed:
+            raise FieldProblem(
+                "job_id",
+                "the schedule has hashed values (H), which differ from job to job: give "
+                "the job's job_id (or a seed) to preview its fire times",
+            )
         return self
 
 

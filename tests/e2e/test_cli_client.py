@@ -97,6 +97,20 @@ def test_preview_in_a_time_zone_and_dry_run_creates_nothing(
     assert listed["items"] == []
 
 
+def test_a_hashed_schedule_is_created_though_its_times_need_the_job_id(
+    running_cluster: LocalCluster,
+) -> None:
+    # The preview cannot show H values before the job has an id: it says so, and the job
+    # is created (not refused as an invalid schedule).
+    result = cli(running_cluster, "jobs", "create", "--name", "cli-hashed", "-s", "H H * * *",
+                 "--", "/bin/true")
+    out = ok(result)
+    assert "has hashed values (H)" in result.stderr
+    match = re.search(rf"created job ({UUID}) \(cli-hashed\), next fire ", out)
+    assert match, out
+    ok(cli(running_cluster, "jobs", "cancel", match.group(1)))
+
+
 def test_job_lifecycle_through_every_jobs_command(running_cluster: LocalCluster) -> None:
     job = create_json(running_cluster, "--name", "cli-life", "-s", NEVER_SOON,
                       "--python", "sample_tasks:add", "--arg", "a=2", "--arg", "b=3",

@@ -64,6 +64,51 @@ async def test_preview_matches_next_fire(api: ApiClient) -> None:
     assert status == 422 and problem["errors"][0]["field"] == "schedule"
 
 
+async def test_hashed_schedule_fires_when_the_preview_with_its_job_id_says(api: ApiClient) -> None:
+    # "H * * * *": the api computes next_fire_at from the job's id; the preview given that
+    # id shows the same time. Without an id the preview refuses, naming job_id.
+    for i in range(3):
+        job = await api.create({"name": f"hashed-{i}", "schedule": "H * * * *", **NOOP})
+        preview = await post(api, "/api/v1/schedules/preview", {
+            "schedule": "H * * * *", "job_id": job["id"], "start": job["created_at"],
+            "count": 1})
+        # (created_at is the database's clock, a few ms after the api computed the fire)
+        assert preview["items"][0]["utc"] == job["next_fire_at"]
+        await api.request("DELETE", f"/api/v1/jobs/{job['id']}")
+    status, problem, _ = await api.request("POST", "/api/v1/schedules/preview",
+                                           json={"schedule": "H * * * *"})
+    assert status == 422 and problem["errors"][0]["field"] == "job_id"
+    # The leader seeds it alike: every fire of an "H/5" seconds job is one the preview lists.
+    job = await api.create({"name": "hashed-seconds", "schedule": "H/5 * * * * *", **NOOP})
+    start = at(job["created_at"]) - timedelta(seconds=5)
+    preview = await post(api, "/api/v1/schedules/preview", {
+        "schedule": "H/5 * * * * *", "job_id": job["id"],
+        "start": start.isoformat().replace("+00:00", "Z"), "count": 20})
+    times = [i["utc"] for i in preview["items"]]
+    assert job["next_fire_at"] in times[:3]
+    fired = await wait_for(lambda: _at_least(api, job["id"], 3), timeout=30)
+    await api.request("DELETE", f"/api/v1/jobs/{job['id']}")
+    assert {e["scheduled_for"] for e in fired} <= set(times)
+
+
+async def test_quartz_forms_through_the_api(api: ApiClient) -> None:
+    # The 8th or the third Friday (Vixie's OR over Quartz's '#'), and a year field.
+    job = await api.create({"name": "quartz", "schedule": "0 0 12 8 * 5#3 2027",
+                            "timezone": "Europe/Berlin", **NOOP})
+    assert job["next_fire_at"] == "2027-01-08T11:00:00Z"
+    # Only past years: valid (it fired in 2020), but it has no fire left.
+    status, problem, _ = await api.request("POST", "/api/v1/jobs", json={
+        "name": "past", "schedule": "0 0 12 1 1 ? 2020", **NOOP})
+    assert status == 422 and problem["errors"] == [
+        {"field": "schedule", "reason": "the schedule has no fire time from now (or start_at) on"}]
+    await api.request("DELETE", f"/api/v1/jobs/{job['id']}")
+
+
+async def _at_least(api: ApiClient, job_id: str, n: int) -> list[dict[str, Any]] | None:
+    items = await api.executions(job_id)
+    return items if len(items) >= n else None
+
+
 async def test_pause_and_resume_with_skip(api: ApiClient) -> None:
     job = await api.create({"name": "pr", "schedule": "* * * * * *", "misfire": "skip", **NOOP})
     await asyncio.sleep(1.5)

@@ -64,17 +64,22 @@ def job_out(row: Row) -> JobOut:
 
 
 class FirstFireMissing(Exception):
-    """The job's bounds leave no fire at all."""
+    """The job's bounds leave no fire at all (or, without end_at, a year field that is
+    already past); ``field`` is the one to blame."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
 
 
 def job_columns(job: JobCreate, job_id: uuid.UUID, now: datetime) -> JobColumns:
     """The stored columns of a job as submitted, its first fire computed from ``now``."""
-    schedule = parse_schedule(job.schedule, job.timezone)
+    schedule = parse_schedule(job.schedule, job.timezone, job_id.bytes)
     offset = jitter_offset(job_id, job.jitter_s) if schedule.is_recurring else timedelta(0)
     next_fire_at = initial_fire_at(schedule, now, start_at=job.start_at, end_at=job.end_at,
                                    offset=offset)
     if next_fire_at is None:
-        raise FirstFireMissing()
+        raise FirstFireMissing("end_at" if job.end_at is not None else "schedule")
     return JobColumns(
         name=job.name, kind=job.kind, payload=job.payload(), schedule=job.schedule,
         timezone=job.timezone, next_fire_at=next_fire_at,
@@ -88,9 +93,14 @@ def job_columns(job: JobCreate, job_id: uuid.UUID, now: datetime) -> JobColumns:
     )
 
 
-def _no_fire_problem() -> web.Response:
-    return problem(422, "Invalid job", "end_at: the schedule has no fire before end_at",
-                   [{"field": "end_at", "reason": "the schedule has no fire before end_at"}])
+_NO_FIRE = {"end_at": "the schedule has no fire before end_at",
+            "schedule": "the schedule has no fire time from now (or start_at) on"}
+
+
+def _no_fire_problem(missing: FirstFireMissing) -> web.Response:
+    reason = _NO_FIRE[missing.field]
+    return problem(422, "Invalid job", f"{missing.field}: {reason}",
+                   [{"field": missing.field, "reason": reason}])
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -126,8 +136,8 @@ async def create_job(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     try:
         columns = job_columns(job, job_id, now)
-    except FirstFireMissing:
-        return _no_fire_problem()
+    except FirstFireMissing as missing:
+        return _no_fire_problem(missing)
     # The leader looks at the jobs table at least every scheduler_poll_s (and that far
     # plus its lookahead ahead): only a job due sooner needs to wake it.
     wake_horizon = now + timedelta(
@@ -252,8 +262,8 @@ async def patch_job(request: web.Request) -> web.Response:
 
     try:
         row = await request.app[JOBS].update_job(job_id, who.namespace, change)
-    except FirstFireMissing:
-        return _no_fire_problem()
+    except FirstFireMissing as missing:
+        return _no_fire_problem(missing)
     if row is None:
         raise web.HTTPNotFound()
     fetched = await request.app[JOBS].get_job(job_id, who.namespace)
