@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import tracemalloc
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -80,6 +81,8 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if tracemalloc.is_tracing():
+        loop.add_signal_handler(signal.SIGUSR1, MemoryReport().log_growth)
     import_task_modules(settings.imports)  # fail fast on a bad --import
 
     readiness = Readiness()
@@ -234,6 +237,26 @@ def _task(coro: Coroutine[Any, Any, None], name: str, stop: asyncio.Event) -> as
             raise
 
     return asyncio.create_task(guarded(), name=name)
+
+
+class MemoryReport:
+    """With tracemalloc on (PYTHONTRACEMALLOC=25 in the environment), each SIGUSR1 logs the
+    allocation sites that grew most since the previous signal: how a slow leak is found in a
+    long-running role (docs/operations.md)."""
+
+    def __init__(self, top: int = 15) -> None:
+        self.top = top
+        self._last = tracemalloc.take_snapshot()
+
+    def log_growth(self) -> None:
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)])
+        stats = snapshot.compare_to(self._last, "traceback")
+        self._last = snapshot
+        lines = [f"{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks at "
+                 + " <- ".join(f"{f.filename}:{f.lineno}" for f in stat.traceback[:6])
+                 for stat in stats[: self.top]]
+        log.warning("memory growth since the last report:\n%s", "\n".join(lines))
 
 
 def _broker_check(broker: RabbitBroker) -> Callable[[], Awaitable[None]]:
