@@ -82,7 +82,9 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if tracemalloc.is_tracing():
-        loop.add_signal_handler(signal.SIGUSR1, MemoryReport().log_growth)
+        report = MemoryReport()
+        loop.add_signal_handler(
+            signal.SIGUSR1, lambda: loop.run_in_executor(None, report.log_growth))
     import_task_modules(settings.imports)  # fail fast on a bad --import
 
     readiness = Readiness()
@@ -240,17 +242,17 @@ def _task(coro: Coroutine[Any, Any, None], name: str, stop: asyncio.Event) -> as
 
 
 class MemoryReport:
-    """With tracemalloc on (PYTHONTRACEMALLOC=25 in the environment), each SIGUSR1 logs the
-    allocation sites that grew most since the previous signal: how a slow leak is found in a
-    long-running role (docs/operations.md)."""
+    """With tracemalloc on (e.g. PYTHONTRACEMALLOC=8 in the environment), each SIGUSR1 logs
+    the allocation sites that grew most since the previous signal: how a slow leak is found
+    in a long-running role. The comparison runs on a thread, so the role keeps its loop
+    (and a leader its ZooKeeper session) while it is computed."""
 
     def __init__(self, top: int = 15) -> None:
         self.top = top
         self._last = tracemalloc.take_snapshot()
 
     def log_growth(self) -> None:
-        snapshot = tracemalloc.take_snapshot().filter_traces(
-            [tracemalloc.Filter(False, tracemalloc.__file__)])
+        snapshot = tracemalloc.take_snapshot()
         stats = snapshot.compare_to(self._last, "traceback")
         self._last = snapshot
         lines = [f"{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks at "
