@@ -85,6 +85,9 @@ class Settings(BaseModel):
     worker_concurrency: int = Field(1024, ge=1, le=65535)
     shell_concurrency: int = Field(64, ge=1, le=65535)
     worker_lease_s: float = Field(30.0, ge=1)
+    # A run fired ahead of its time is claimed this long before it is due, so the claim's
+    # round trip is not added to its start; it runs when due.
+    worker_claim_ahead_s: float = Field(0.2, ge=0, le=5)
     # Attempts an execution may lose with its worker (lease lapsed) before it is dead:
     # lost attempts do not count against the job's max_attempts, but a task that kills its
     # worker every time must end.
