@@ -8,10 +8,14 @@ answers for every small combination of parent outcomes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from jobsched.domain.firing import FORBID_REASON, FireRecord
+from jobsched.domain.priority import Priority
 from jobsched.domain.states import ExecutionState
 
 
@@ -25,8 +29,8 @@ class WorkflowState(StrEnum):
     CANCELLED = "cancelled"
 
 
-#: A node's priority as stored in its job row's ``priority`` column (jobs default to 1).
-PRIORITY_RANKS = {"low": 0, "normal": 1, "high": 2}
+#: A node's priority as stored in its job row's ``priority`` column: the band's rank.
+PRIORITY_RANKS = {band.value: band.rank for band in Priority}
 
 
 class TriggerRule(StrEnum):
@@ -146,6 +150,30 @@ def run_outcome(node_states: Iterable[NodeState | str]) -> RunState:
     if states & {NodeState.FAILED, NodeState.UPSTREAM_FAILED}:
         return RunState.FAILED
     return RunState.SUCCEEDED
+
+
+def one_run_at_a_time(fires: Sequence[FireRecord],
+                      concurrency: Mapping[uuid.UUID, str]) -> list[FireRecord]:
+    """The fires of a leader's tick for workflows: a ``forbid`` or ``replace`` workflow
+    starts at most one run per tick. (A job's overlapping runs are held apart by its lock
+    on the workers; a workflow run has no single worker.) forbid keeps the first fire and
+    records the later ones skipped; replace keeps the last and records the earlier ones
+    skipped, replaced before they started."""
+    queued: dict[uuid.UUID, list[int]] = {}
+    for index, fire in enumerate(fires):
+        if fire.state == ExecutionState.QUEUED and concurrency.get(fire.job_id) in (
+                "forbid", "replace"):
+            queued.setdefault(fire.job_id, []).append(index)
+    out = list(fires)
+    for workflow_id, indexes in queued.items():
+        forbid = concurrency[workflow_id] == "forbid"
+        dropped = indexes[1:] if forbid else indexes[:-1]
+        reason = (FORBID_REASON if forbid
+                  else "replaced by a newer fire before it started (concurrency=replace)")
+        for index in dropped:
+            out[index] = dataclasses.replace(out[index], state=ExecutionState.SKIPPED,
+                                             reason=reason)
+    return out
 
 
 # --- the graph ---------------------------------------------------------------------------

@@ -35,6 +35,11 @@ def report(team: str, count: int = 1) -> dict[str, object]:
     return {"team": team, "count": count}
 
 
+@task
+async def nap(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
 # Workflow nodes (tests/e2e/test_workflows.py): they ask for ``upstream`` and ``input``.
 
 
@@ -59,12 +64,6 @@ def fails_first_attempt(context: TaskContext, upstream: dict[str, object]) -> di
     if context.attempt == 1:
         raise RuntimeError("the first attempt fails")
     return {"attempt": context.attempt, "upstream": upstream}
-
-
-@task(name="sample_tasks:nap")
-async def nap(seconds: float) -> str:
-    await asyncio.sleep(seconds)
-    return "rested"
 
 
 @task(name="sample_tasks:upstream_keys")

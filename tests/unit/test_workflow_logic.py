@@ -249,3 +249,22 @@ def test_the_schema_allows_exactly_the_workflow_enums() -> None:
     assert allowed("workflow_nodes", "trigger_rule") == {r.value for r in TriggerRule}
     # 'running' is shown, not stored: a node whose execution is running is 'queued'.
     assert allowed("workflow_run_nodes", "state") == {s.value for s in NodeState} - {"running"}
+
+
+def test_a_forbid_or_replace_workflow_starts_one_run_per_tick() -> None:
+    from datetime import timedelta
+
+    from jobsched.domain.firing import FireRecord
+    from jobsched.domain.workflows import one_run_at_a_time
+
+    now = datetime.now(UTC)
+    forbid, replace, allow = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    fires = [FireRecord(w, now + timedelta(seconds=s)) for w in (forbid, replace, allow)
+             for s in range(3)]
+    out = one_run_at_a_time(fires, {forbid: "forbid", replace: "replace", allow: "allow"})
+    states = [(f.job_id, f.state.value) for f in out]
+    assert states == [(forbid, "queued"), (forbid, "skipped"), (forbid, "skipped"),
+                      (replace, "skipped"), (replace, "skipped"), (replace, "queued"),
+                      (allow, "queued"), (allow, "queued"), (allow, "queued")]
+    assert "concurrency=forbid" in (out[1].reason or "")
+    assert "concurrency=replace" in (out[3].reason or "")

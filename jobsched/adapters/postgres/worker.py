@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 
 from jobsched.adapters.postgres.listen import WAKE_CHANNEL
 from jobsched.adapters.postgres.sql import load_queries
+from jobsched.domain.priority import Priority
 from jobsched.domain.states import AttemptOutcome, ExecutionState
 from jobsched.ports import ClaimedExecution, Dispatch, FinishedAttempt, NodeInputs
 
@@ -118,11 +120,14 @@ class PostgresWorkerStore:
 
 
 def _queued_nodes(listed: str | None) -> list[Dispatch]:
-    """The 'id job_id attempt' items workflow_advance listed, as messages to publish."""
+    """The 'id job_id attempt priority kind scheduled_for' items workflow_advance listed,
+    as messages to publish (each to the queue of its node's band)."""
     dispatches = []
     for item in (listed or "").split(","):
         if item:
-            execution_id, job_id, attempt = item.split(" ")
-            dispatches.append(Dispatch(uuid.UUID(execution_id), uuid.UUID(job_id),
-                                       int(attempt)))
+            execution_id, job_id, attempt, rank, kind, scheduled = item.split(" ")
+            dispatches.append(Dispatch(
+                uuid.UUID(execution_id), uuid.UUID(job_id), int(attempt),
+                datetime.fromtimestamp(float(scheduled), UTC), kind,
+                Priority.from_rank(int(rank))))
     return dispatches

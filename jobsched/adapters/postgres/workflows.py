@@ -18,7 +18,7 @@ from jobsched.adapters.postgres.pool import fenced
 from jobsched.adapters.postgres.sql import load_queries
 from jobsched.domain.firing import DueJob, FireRecord, TickPlan
 from jobsched.domain.states import ExecutionState
-from jobsched.domain.workflows import PRIORITY_RANKS
+from jobsched.domain.workflows import PRIORITY_RANKS, one_run_at_a_time
 from jobsched.ports import (
     IdempotencyConflict,
     Row,
@@ -293,8 +293,9 @@ class PostgresWorkflowLeader:
             if tick.replace:
                 runs = await Q.running_runs.fetchval(conn, workflow_ids=tick.replace)
                 await _cancel_runs(conn, list(runs), REPLACED_REASON)
-            queued = [f for f in tick.fires if f.state == ExecutionState.QUEUED]
-            not_run = [f for f in tick.fires if f.state != ExecutionState.QUEUED]
+            fires = one_run_at_a_time(tick.fires, {r["id"]: r["concurrency"] for r in rows})
+            queued = [f for f in fires if f.state == ExecutionState.QUEUED]
+            not_run = [f for f in fires if f.state != ExecutionState.QUEUED]
             started = 0
             if queued:
                 created = await Q.start_runs.fetch(

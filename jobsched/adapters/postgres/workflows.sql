@@ -259,5 +259,6 @@ WITH kept AS (
 SELECT set_config('jobsched.node_publisher', 'caller', true), (SELECT count(*) FROM kept)
 
 -- nodes_queued_here --
--- The nodes queued by this transaction's results, as 'id job_id attempt' items.
+-- The nodes queued by this transaction's results, as 'id job_id attempt priority kind
+-- scheduled_for' items (see workflow_advance).
 SELECT current_setting('jobsched.queued_nodes', true)

@@ -206,6 +206,7 @@ DECLARE
     d_jobs uuid[];
     d_times timestamptz[];
     d_decisions text[];
+    d_priorities smallint[];
     queued integer := 0;
     published_here text[] := '{}';
     -- Who publishes the nodes queued here: a worker ending their parent sets this to
@@ -299,8 +300,9 @@ BEGIN
                array_agg(r.scheduled_for),
                array_agg(workflow_decide(d.trigger_rule, cardinality(d.parents),
                                          rn.parents_done, rn.parents_succeeded,
-                                         rn.parents_failed, rn.parents_skipped))
-        INTO d_runs, d_nodes, d_jobs, d_times, d_decisions
+                                         rn.parents_failed, rn.parents_skipped)),
+               array_agg(j.priority)
+        INTO d_runs, d_nodes, d_jobs, d_times, d_decisions, d_priorities
         FROM (SELECT DISTINCT run_id, node FROM unnest(check_runs, check_nodes)
                                                 AS c(run_id, node)) c
         CROSS JOIN LATERAL (
@@ -313,16 +315,18 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT job_id, trigger_rule, parents FROM workflow_nodes
             WHERE workflow_id = r.workflow_id AND version = r.version AND node = c.node
-            LIMIT 1) d;
+            LIMIT 1) d
+        CROSS JOIN LATERAL (SELECT priority FROM jobs WHERE id = d.job_id LIMIT 1) j;
 
-        -- Those that run: one execution per node per run, as a job's fire (epoch -1: the
-        -- leader publishes it on its next tick; the NOTIFY below wakes it). A retried run
-        -- re-drives the execution its node already had: one more attempt.
+        -- Those that run: one execution per node per run, as a job's fire, with the node's
+        -- priority band (epoch -1: the leader publishes it on its next tick, woken by the
+        -- NOTIFY below; -2: the worker whose result queued it does). A retried run
+        -- re-drives the execution its node already had: one more attempt, same band.
         WITH made AS (
-            INSERT INTO executions (job_id, scheduled_for, epoch, workflow_run_id)
-            SELECT job_id, scheduled_for, node_epoch, run_id
-            FROM unnest(d_jobs, d_times, d_runs, d_decisions)
-                AS x(job_id, scheduled_for, run_id, decision)
+            INSERT INTO executions (job_id, scheduled_for, epoch, workflow_run_id, priority)
+            SELECT job_id, scheduled_for, node_epoch, run_id, priority
+            FROM unnest(d_jobs, d_times, d_runs, d_decisions, d_priorities)
+                AS x(job_id, scheduled_for, run_id, decision, priority)
             WHERE decision = 'run'
             ORDER BY job_id
             ON CONFLICT (job_id, scheduled_for) DO UPDATE
@@ -331,18 +335,24 @@ BEGIN
                 lease_expires_at = NULL, epoch = node_epoch, result = NULL,
                 reason = 'run again by a retry of its workflow run'
             WHERE executions.state NOT IN ('queued', 'running', 'retrying')
-            RETURNING id, job_id, workflow_run_id, attempt
+            RETURNING id, job_id, workflow_run_id, attempt, priority, scheduled_for
         ), marked AS (
             UPDATE workflow_run_nodes rn
             SET state = 'queued', execution_id = m.id, ready_at = now()
             FROM made m
             CROSS JOIN LATERAL (
                 SELECT node FROM workflow_nodes WHERE job_id = m.job_id LIMIT 1) d
+            CROSS JOIN LATERAL (SELECT kind FROM jobs WHERE id = m.job_id LIMIT 1) j
             WHERE rn.run_id = m.workflow_run_id AND rn.node = d.node
-            RETURNING m.id, m.job_id, m.attempt
+            RETURNING m.id, m.job_id, m.attempt, m.priority, m.scheduled_for, j.kind
         )
+        -- 'id job_id attempt priority kind scheduled_for(epoch seconds)': what the
+        -- publisher puts in the message
         SELECT queued + count(*),
-               published_here || coalesce(array_agg(id || ' ' || job_id || ' ' || attempt), '{}')
+               published_here || coalesce(array_agg(concat_ws(' ', id, job_id, attempt,
+                                                              priority, kind,
+                                                              extract(epoch FROM scheduled_for))),
+                                          '{}')
         INTO queued, published_here FROM marked;
 
         -- Those that end without running are the next level's ended nodes.
