@@ -238,6 +238,9 @@ def bench_api(**params: Any) -> None:
               help="Children of the fan-out's root (all joined by one node).")
 @click.option("--large", default=10_000, show_default=True, type=click.IntRange(1, 10_000),
               help="Nodes of the workflow created through the api.")
+@click.option("--fanout-priority", type=click.Choice(["high", "normal", "low"]),
+              default="normal", show_default=True,
+              help="Band of the fan-out's nodes (the jobs beside it are normal).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @_bench_options
 def bench_workflow(**params: Any) -> None:

@@ -264,12 +264,13 @@ def lateness_vs_commit(services: Services, options: Options, *, ref: str, jobs: 
 
 
 def workflow(services: Services, options: Options, *, chain_nodes: int, runs: int, fanout: int,
-             large: int, workers: int, repeat: int, json_out: str | None,
-             echo: Echo) -> dict[str, Any]:
+             large: int, workers: int, fanout_priority: str, repeat: int,
+             json_out: str | None, echo: Echo) -> dict[str, Any]:
     from jobsched_dev.bench.workflow import run_workflow
 
     result = asyncio.run(report.repeated(
         lambda: run_workflow(services, options, chain_nodes=chain_nodes, runs=runs,
-                             fanout=fanout, large=large, workers=workers), repeat, echo))
+                             fanout=fanout, large=large, workers=workers,
+                             fanout_priority=fanout_priority), repeat, echo))
     _finish(result, report.render_workflow(result["median"], repeat), json_out, echo)
     return result

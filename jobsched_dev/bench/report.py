@@ -213,7 +213,8 @@ def render_workflow(r: dict[str, Any], repeat: int) -> str:
     latency = table(LATENCY_HEADERS, latency_rows({
         "chain: parent finished -> child started": chain["latency_ms"],
         "immediate jobs alone: submitted -> started": fan["bystanders_alone_ms"],
-        "... during the fan-out": fan["bystanders_during_ms"]}))
+        f"... during the fan-out ({fan.get('priority', 'normal')} band)":
+            fan["bystanders_during_ms"]}))
     rows = [["fan-out: root finished -> join finished (s)", fan["all_done_after_root_s"]],
             ["  first child started (ms after root)", fan["first_child_started_ms"]],
             ["  last child started (ms after root)", fan["last_child_started_ms"]],

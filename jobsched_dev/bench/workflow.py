@@ -8,6 +8,8 @@ fan-out: a root, FANOUT children and a join of them all; from the root's finish 
 join's finish (target ≤ 1.5 s), with when the children started and the join after the
 last child. Meanwhile, immediate jobs submitted every 50 ms show whether the fan-out slows
 other work (their submit → started latency, against the same jobs before it).
+--fanout-priority low puts the fan-out's nodes in the low band: the other (normal) jobs
+then pass them.
 
 large: a LARGE-node workflow created through the api (target: accepted and stored in
 ≤ 2 s, the client's clock around the POST).
@@ -49,9 +51,10 @@ WHERE j.id = ANY($1::uuid[]) AND e.started_at IS NOT NULL
 """
 
 
-def _node(key: str, function: str, parents: list[str]) -> dict[str, Any]:
+def _node(key: str, function: str, parents: list[str],
+          priority: str = "normal") -> dict[str, Any]:
     node: dict[str, Any] = {"key": key, "kind": "python",
-                            "python": {"function": function, "args": {}}}
+                            "python": {"function": function, "args": {}}, "priority": priority}
     if parents:
         node["depends_on"] = parents
     return node
@@ -61,10 +64,11 @@ def chain(length: int, function: str) -> list[dict[str, Any]]:
     return [_node(f"n{i}", function, [f"n{i - 1}"] if i else []) for i in range(length)]
 
 
-def fan_out(width: int, function: str) -> list[dict[str, Any]]:
+def fan_out(width: int, function: str, priority: str = "normal") -> list[dict[str, Any]]:
     children = [f"c{i}" for i in range(width)]
-    return [_node("root", function, []), *(_node(c, function, ["root"]) for c in children),
-            _node("join", function, children)]
+    return [_node("root", function, [], priority),
+            *(_node(c, function, ["root"], priority) for c in children),
+            _node("join", function, children, priority)]
 
 
 def binary_tree(size: int, function: str) -> list[dict[str, Any]]:
@@ -151,8 +155,8 @@ async def _bystanders(client: Client, conn: asyncpg.Connection, function: str,
 
 
 async def measure_fan_out(client: Client, conn: asyncpg.Connection, width: int,
-                          function: str) -> dict[str, Any]:
-    workflow_id = await client.workflow("bench-fan-out", fan_out(width, function))
+                          function: str, priority: str = "normal") -> dict[str, Any]:
+    workflow_id = await client.workflow("bench-fan-out", fan_out(width, function, priority))
     _, alone = await _bystanders(client, conn, function, asyncio.sleep(3))
     run_id, beside = await _bystanders(client, conn, function, client.run(workflow_id))
     rows = await _edges(conn, run_id)
@@ -161,6 +165,7 @@ async def measure_fan_out(client: Client, conn: asyncpg.Connection, width: int,
     last_child = max(r["finished_at"] for r in children)
     return {
         "width": width,
+        "priority": priority,
         "all_done_after_root_s": _ms(join["finished_at"], root["finished_at"]) / 1000,
         "first_child_started_ms": min(_ms(r["started_at"], root["finished_at"])
                                       for r in children),
@@ -181,7 +186,8 @@ async def measure_large(client: Client, size: int, function: str) -> dict[str, A
 
 
 async def run_workflow(services: Services, options: Options, *, chain_nodes: int, runs: int,
-                       fanout: int, large: int, workers: int) -> dict[str, Any]:
+                       fanout: int, large: int, workers: int,
+                       fanout_priority: str = "normal") -> dict[str, Any]:
     async with make_cluster(services, options) as cluster:
         cluster.settings.setdefault("JOBSCHED_RATE_LIMIT_PER_S", "0")
         token = await asyncio.to_thread(_create_token, cluster)
@@ -195,7 +201,8 @@ async def run_workflow(services: Services, options: Options, *, chain_nodes: int
             result = {
                 "scenario": "workflow", "workers": workers, "task": options.task,
                 "chain": await measure_chain(client, conn, chain_nodes, runs, options.function),
-                "fan_out": await measure_fan_out(client, conn, fanout, options.function),
+                "fan_out": await measure_fan_out(client, conn, fanout, options.function,
+                                                 fanout_priority),
                 "large": await measure_large(client, large, options.function),
             }
             cluster.meter.stop()
