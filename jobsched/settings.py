@@ -6,6 +6,7 @@ so every field maps to exactly one ``JOBSCHED_<FIELD>`` variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -100,6 +101,14 @@ class Settings(BaseModel):
     rate_limit_per_s: float = Field(100.0, ge=0)
     rate_limit_burst: int = Field(200, ge=1)
     max_request_headers: int = Field(64, ge=8, le=128)
+    # Failed authentications (a malformed or unknown token) per client address, in each
+    # api process: sustained per second and burst; past them the address gets 429 without
+    # its tokens being looked up. 0 lifts it.
+    auth_failures_per_s: float = Field(1.0, ge=0)
+    auth_failure_burst: int = Field(20, ge=1)
+    # Addresses or CIDR ranges of the proxies in front of the api (nginx in compose.yaml):
+    # only a request from one of them has its X-Forwarded-For read for the client address.
+    trusted_proxies: tuple[str, ...] = ()
     # An Idempotency-Key is answered with its first job for at least this long.
     idempotency_ttl_s: float = Field(86_400.0, ge=86_400)
     # Secret references ({"secret": "NAME"}) resolve on the worker from
@@ -122,6 +131,16 @@ class Settings(BaseModel):
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
             raise ValueError("must be 1-63 of a-z, 0-9, '_', '-', starting alphanumeric")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+        return tuple(item.strip() for item in value)
 
     @field_validator("database_url")
     @classmethod
@@ -202,7 +221,7 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-_LIST_FIELDS = frozenset({"imports", "disabled_kinds"})
+_LIST_FIELDS = frozenset({"imports", "disabled_kinds", "trusted_proxies"})
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:

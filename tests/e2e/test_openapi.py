@@ -54,10 +54,11 @@ def _post(url: str, token: str, body: Any) -> Any:
 @pytest.fixture(scope="module")
 def openapi_cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
                     template_db: str) -> Iterator[LocalCluster]:
-    """An api alone, so nothing the fuzzer creates ever runs; no rate limit, so that
-    every generated request reaches the handlers."""
+    """An api alone, so nothing the fuzzer creates ever runs; no rate limits, so that
+    every generated request reaches the handlers (and a probe with a bad token gets its
+    401, not the 429 of too many failed authentications)."""
     cluster = _new_cluster(tmp_path_factory.mktemp("openapi"), zookeeper, template_db)
-    cluster.start("api", JOBSCHED_RATE_LIMIT_PER_S="0")
+    cluster.start("api", JOBSCHED_RATE_LIMIT_PER_S="0", JOBSCHED_AUTH_FAILURES_PER_S="0")
     yield cluster
     _teardown(cluster)
     busiest = ", ".join(f"{op}: {n}" for op, n in CASES.most_common(14))
