@@ -162,14 +162,21 @@ LIMIT :limit
 
 -- redrive_dead --
 -- Re-drive a dead execution: one more attempt, published by the leader (epoch -1 rows
--- are the manual ones it publishes every tick).
-WITH redriven AS (
+-- are the manual ones it publishes every tick). Not for a job since cancelled, nor of a
+-- kind this deployment refuses; the job row is held (FOR SHARE) so a cancel waits for
+-- this statement, and one that went first is seen.
+WITH job AS (
+    SELECT j.id FROM jobs j JOIN executions e ON e.job_id = j.id
+    WHERE e.id = :id AND j.namespace = :namespace
+    FOR SHARE OF j
+), redriven AS (
     UPDATE executions e
     SET state = 'queued', attempt = e.attempt + 1, published_at = NULL, queued_at = now(),
         finished_at = NULL, run_after = NULL, worker = NULL, epoch = -1,
         reason = 'retried by hand after it was dead'
-    FROM jobs j
-    WHERE e.id = :id AND j.id = e.job_id AND j.namespace = :namespace AND e.state = 'dead'
+    FROM job, jobs j
+    WHERE e.id = :id AND j.id = job.id AND e.job_id = j.id AND e.state = 'dead'
+      AND j.state <> 'cancelled' AND j.kind <> ALL(:refused_kinds::text[])
     RETURNING e.*
 )
 SELECT redriven.*, pg_notify(:channel, 'retry') IS NULL AS woke FROM redriven
