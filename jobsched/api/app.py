@@ -70,6 +70,14 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                            [{"field": "cursor", "reason": "not a cursor this API returned"}])
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return problem(exc.status, title, headers=headers)
+    except (OverflowError, RecursionError) as exc:
+        # A time past year 9999, a number beyond what a type holds, JSON nested deeper
+        # than Python recurses: the input's fault wherever it surfaced. The named checks
+        # come first (models, routes); this keeps any path they miss from being a 500.
+        log.warning("input out of range in %s %s: %r", request.method, request.path, exc,
+                    exc_info=True)
+        return problem(422, "Unprocessable input",
+                       "a value is out of range or nested too deeply")
     except Exception as exc:
         # A dependency unreachable, restarting or lost mid-request: 503, never 500.
         if isinstance(exc, request.app[UNAVAILABLE]):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -35,6 +36,19 @@ HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=255, patt
 HeaderValue = Annotated[str, StringConstraints(max_length=8192, pattern=r"^[^\x00\r\n]*$")]
 SecretName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _within_utc_range(value: datetime) -> datetime:
+    """Times are stored and computed in UTC: one that has no UTC reading (year 9999 with a
+    negative offset, year 1 with a positive one) is refused here, not by the database."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must lie between 0001-01-01 and 9999-12-31 in UTC") from None
+    return value
+
+
+Moment = Annotated[AwareDatetime, AfterValidator(_within_utc_range)]
 
 
 class _Strict(BaseModel):
@@ -128,6 +142,31 @@ def unstorable_json(value: Any, depth: int = 0) -> str | None:
     return None
 
 
+#: A job document's own nesting (job, payload, args) above its python args' limit: a
+#: merge patch nested deeper cannot make a valid job, and is refused before it is merged.
+MAX_DOCUMENT_DEPTH = MAX_JSON_DEPTH + 8
+
+
+def too_deep(value: Any, limit: int = MAX_DOCUMENT_DEPTH) -> str | None:
+    """The path of the first object or list nested more than ``limit`` levels deep in a
+    parsed JSON value, or None. Iterative: nesting that would exhaust Python's recursion
+    (orjson parses 1024 levels) costs one loop step per level here."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        children = (item.items() if isinstance(item, dict)
+                    else enumerate(item) if isinstance(item, list) else ())
+        for key, child in children:
+            if not isinstance(child, dict | list):
+                continue
+            child_path = f"{path}[{key}]" if isinstance(key, int) else (
+                f"{path}.{key}" if path else str(key))
+            if depth + 1 > limit:
+                return child_path
+            stack.append((child, child_path, depth + 1))
+    return None
+
+
 class RetrySpec(_Strict):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 1
     backoff_s: Annotated[float, Field(ge=0, le=86_400)] = 2.0
@@ -170,8 +209,8 @@ class JobCreate(_Strict):
     max_catchup: Annotated[int, Field(ge=1, le=1000)] = 10
     starting_deadline_s: Annotated[float, Field(gt=0, le=31 * 86_400)] | None = None
     concurrency: Literal["allow", "forbid", "replace"] = "allow"
-    start_at: AwareDatetime | None = None
-    end_at: AwareDatetime | None = None
+    start_at: Moment | None = None
+    end_at: Moment | None = None
     max_runs: Annotated[int, Field(ge=1, le=2_147_483_647)] | None = None
     jitter_s: Annotated[float, Field(ge=0, le=86_400)] = 0.0
     history: HistorySpec = HistorySpec()
@@ -280,7 +319,7 @@ class SchedulePreviewRequest(_Strict):
 
     schedule: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
-    start: AwareDatetime | None = None
+    start: Moment | None = None
     count: Annotated[int, Field(ge=1, le=100)] = 10
 
     @model_validator(mode="after")

@@ -23,11 +23,13 @@ from jobsched.api.context import (
     uuid_param,
 )
 from jobsched.api.models import (
+    MAX_DOCUMENT_DEPTH,
     ExecutionOut,
     JobCreate,
     JobList,
     JobOut,
     ListJobsQuery,
+    too_deep,
 )
 from jobsched.api.openapi import Operation
 from jobsched.api.pagination import decode_cursor, page
@@ -63,7 +65,15 @@ def job_out(row: Row) -> JobOut:
 
 
 class FirstFireMissing(Exception):
-    """The job's bounds leave no fire at all."""
+    """The job's bounds (or the calendar's end, year 9999) leave no fire at all."""
+
+    def __init__(self, job: JobCreate) -> None:
+        if job.end_at is not None:
+            self.field, self.reason = "end_at", "the schedule has no fire before end_at"
+        else:
+            self.field = "start_at" if job.start_at is not None else "schedule"
+            self.reason = "the schedule has no fire before the end of year 9999"
+        super().__init__(self.reason)
 
 
 def job_columns(job: JobCreate, job_id: uuid.UUID, now: datetime) -> JobColumns:
@@ -73,7 +83,7 @@ def job_columns(job: JobCreate, job_id: uuid.UUID, now: datetime) -> JobColumns:
     next_fire_at = initial_fire_at(schedule, now, start_at=job.start_at, end_at=job.end_at,
                                    offset=offset)
     if next_fire_at is None:
-        raise FirstFireMissing()
+        raise FirstFireMissing(job)
     return JobColumns(
         name=job.name, kind=job.kind, payload=job.payload(), schedule=job.schedule,
         timezone=job.timezone, next_fire_at=next_fire_at,
@@ -87,9 +97,9 @@ def job_columns(job: JobCreate, job_id: uuid.UUID, now: datetime) -> JobColumns:
     )
 
 
-def _no_fire_problem() -> web.Response:
-    return problem(422, "Invalid job", "end_at: the schedule has no fire before end_at",
-                   [{"field": "end_at", "reason": "the schedule has no fire before end_at"}])
+def _no_fire_problem(missing: FirstFireMissing) -> web.Response:
+    return problem(422, "Invalid job", f"{missing.field}: {missing.reason}",
+                   [{"field": missing.field, "reason": missing.reason}])
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -125,8 +135,8 @@ async def create_job(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     try:
         columns = job_columns(job, job_id, now)
-    except FirstFireMissing:
-        return _no_fire_problem()
+    except FirstFireMissing as missing:
+        return _no_fire_problem(missing)
     # The leader looks at the jobs table at least every scheduler_poll_s (and that far
     # plus its lookahead ahead): only a job due sooner needs to wake it.
     wake_horizon = now + timedelta(
@@ -227,6 +237,11 @@ async def patch_job(request: web.Request) -> web.Response:
     if not isinstance(patch, dict):
         return problem(422, "Invalid job patch", "the body must be a JSON object",
                        [{"field": "body", "reason": "must be a JSON object"}])
+    deep = too_deep(patch)
+    if deep is not None:
+        reason = f"nested deeper than {MAX_DOCUMENT_DEPTH} levels"
+        return problem(422, "Invalid job patch", f"{deep}: {reason}",
+                       [{"field": deep, "reason": reason}])
     if "kind" in patch and patch["kind"] is not None:
         # A new kind replaces the payload: drop the old kind's object unless re-given.
         patch = {**{k: None for k in ("shell", "http", "python") if k not in patch}, **patch}
@@ -251,8 +266,8 @@ async def patch_job(request: web.Request) -> web.Response:
 
     try:
         row = await request.app[JOBS].update_job(job_id, who.namespace, change)
-    except FirstFireMissing:
-        return _no_fire_problem()
+    except FirstFireMissing as missing:
+        return _no_fire_problem(missing)
     if row is None:
         raise web.HTTPNotFound()
     fetched = await request.app[JOBS].get_job(job_id, who.namespace)
