@@ -12,6 +12,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -27,10 +28,26 @@ from jobsched.domain.states import AttemptOutcome, ExecutionState, JobState
 MAX_ARGV = 256
 MAX_LABELS = 32
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+# What a name or label may not contain: C0 and C1 control characters (a terminal escape
+# starts with one) and the characters that reorder text on display (bidirectional
+# formatting U+061C, U+200E-U+200F, U+202A-U+202E, U+2066-U+2069, and the line and
+# paragraph separators U+2028-U+2029), so a name shows as what it is, everywhere.
+UNSAFE_TEXT = r"\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
+UNSAFE_TEXT_RE = re.compile(f"[{UNSAFE_TEXT}]")
+
+
+def _displayable(value: Any) -> Any:
+    """Named reason for the pattern below (pydantic would only say which pattern)."""
+    if isinstance(value, str) and UNSAFE_TEXT_RE.search(value):
+        raise ValueError("must not contain control characters or bidirectional formatting "
+                         "characters")
+    return value
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=f"^[^{UNSAFE_TEXT}]+$"), BeforeValidator(_displayable)]
 ShortText = Annotated[str, StringConstraints(max_length=4096, pattern=r"^[^\x00]*$")]
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.\-/]+$")]
-LabelValue = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f]*$")]
+LabelValue = Annotated[str, StringConstraints(max_length=200, pattern=f"^[^{UNSAFE_TEXT}]*$"), BeforeValidator(_displayable)]
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")]
 HeaderValue = Annotated[str, StringConstraints(max_length=8192, pattern=r"^[^\x00\r\n]*$")]
@@ -347,7 +364,7 @@ class ListJobsQuery(_Strict):
 
     state: JobState | None = None
     name: Name | None = None
-    label: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+=[^\x00-\x1f]*$")]] = []
+    label: list[Annotated[str, StringConstraints(pattern=f"^[A-Za-z0-9_.\\-/]+=[^{UNSAFE_TEXT}]*$"), BeforeValidator(_displayable)]] = []
     limit: Annotated[int, Field(ge=1, le=500)] = 50
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
 
