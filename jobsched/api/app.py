@@ -29,7 +29,12 @@ from jobsched.api.openapi import Operation, build_openapi
 from jobsched.api.problems import invalid, problem
 from jobsched.api.routes import OPERATIONS
 from jobsched.api.routes.schedules import install_previews
-from jobsched.api.security import Authenticator, principal, security_middleware
+from jobsched.api.security import (
+    Authenticator,
+    principal,
+    security_headers,
+    security_middleware,
+)
 from jobsched.domain.auth import Forbidden, RateLimiter, check_access
 from jobsched.health import Readiness
 from jobsched.ports import JobRepository, ReadRouting, TokenRepository
@@ -134,6 +139,7 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
         app[CLUSTER] = cluster
     if replica is not None:
         app[REPLICA] = replica
+    app.on_response_prepare.append(security_headers)
     install_previews(app)
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, _guarded(op))

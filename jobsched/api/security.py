@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from jobsched.api.dashboard import DASHBOARD_CSP, is_dashboard
 from jobsched.api.problems import problem
 from jobsched.domain.auth import (
     ANONYMOUS_ADMIN,
@@ -124,6 +125,22 @@ def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
         networks: Sequence[IpNetwork]) -> bool:
     return any(address in network for network in networks)
+
+
+#: Everything that is not the dashboard is data: it loads nothing and is framed by no one.
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response (on_response_prepare): the Content-Security-Policy of what it
+    is, no framing (X-Frame-Options for browsers that predate frame-ancestors), no MIME
+    sniffing, and no Referer (a URL may hold a job id)."""
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy",
+                       DASHBOARD_CSP if is_dashboard(request.path) else API_CSP)
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
 
 
 def unauthorized(detail: str) -> web.Response:

@@ -103,5 +103,4 @@ window.addEventListener("jobsched:unauthorized", () => {
   const { path } = parseHash();
   if (path !== "/signin") location.hash = `#/signin?next=${encodeURIComponent(`#${path}`)}&expired=1`;
 });
-window.addEventListener("storage", drawAuth);
 render();
