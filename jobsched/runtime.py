@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.leader import PostgresLeaderStore
 from jobsched.adapters.postgres.listen import CANCEL_CHANNEL, WAKE_CHANNEL, WakeListener
 from jobsched.adapters.postgres.replica import ReplicaReads
+from jobsched.adapters.postgres.secrets import PostgresSecrets
 from jobsched.adapters.postgres.tokens import PostgresTokens
 from jobsched.adapters.postgres.worker import PostgresWorkerStore
 from jobsched.adapters.rabbitmq import RabbitBroker
@@ -33,6 +35,7 @@ from jobsched.metrics import Metrics, instrument_api
 from jobsched.scheduler.leader import Scheduler
 from jobsched.scheduler.retention import run_retention
 from jobsched.settings import Settings
+from jobsched.worker.secrets import SecretResolver, warn_about_retired_sources
 from jobsched.worker.worker import Worker, import_task_modules
 
 log = logging.getLogger(__name__)
@@ -144,7 +147,8 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             app = build_app(settings, jobs, PostgresTokens(pool), readiness,
                             unavailable=postgres.CONNECTION_ERRORS,
                             token_errors=postgres.DATABASE_ERRORS,
-                            cluster=cluster, replica=replica)
+                            cluster=cluster, replica=replica,
+                            secrets=PostgresSecrets(pool))
             instrument_api(app, metrics)
             runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
             if coordinator is None or broker is None:
@@ -168,9 +172,12 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
 
         if "worker" in roles:
             assert broker is not None
+            warn_about_retired_sources(settings, os.environ)
+            secrets = SecretResolver.from_settings(settings, store=PostgresSecrets(pool))
             worker = Worker(settings, PostgresWorkerStore(pool), broker,
-                            coordinator=coordinator, metrics=metrics)
+                            coordinator=coordinator, metrics=metrics, secrets=secrets)
             readiness.add_info("worker", lambda: {"inflight": worker.inflight, **worker.stats})
+            readiness.add_info("shell", worker.shell_status)
             # Cancellations serve the runs that are draining too: until the drain is over.
             cancels = WakeListener(settings.database_url, worker.take_away, CANCEL_CHANNEL)
             tasks.append(_task(cancels.run(worker.drained), "cancel-listener", stop))

@@ -74,8 +74,8 @@ def test_compose_trusts_exactly_its_nginx() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
     services = compose["services"]
     nginx = services["nginx"]["networks"]["default"]["ipv4_address"]
-    trusted = load_settings(environ={k: str(v) for k, v in
-                                     services["api"]["environment"].items()}).trusted_proxies
+    given = services["api"]["environment"]["JOBSCHED_TRUSTED_PROXIES"]
+    trusted = load_settings(environ={"JOBSCHED_TRUSTED_PROXIES": given}).trusted_proxies
     assert trusted == (nginx,)
     pool = compose["networks"]["default"]["ipam"]["config"][0]
     address = ipaddress.ip_address(nginx)

@@ -90,7 +90,7 @@ async def preview_schedule(request: web.Request) -> web.Response:
 def _fires(wanted: SchedulePreviewRequest) -> list[PreviewFire]:
     """The fires with their wall-clock reading; they stop where either would leave year
     9999 (a fire late on 9999-12-31 UTC may already be year 10000 east of Greenwich)."""
-    schedule = parse_schedule(wanted.schedule, wanted.timezone)
+    schedule = parse_schedule(wanted.schedule, wanted.timezone, wanted.seed_bytes())
     zone = ZoneInfo(wanted.timezone)
     items = []
     for fire in preview_fires(schedule, wanted.start or datetime.now(UTC), wanted.count):
