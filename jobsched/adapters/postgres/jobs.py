@@ -170,10 +170,12 @@ class PostgresJobs:
 
     async def cancel_job(self, job_id: uuid.UUID, namespace: str) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await Q.cancel_job.fetchrow(conn, id=job_id, namespace=namespace,
-                                              cancel_channel=CANCEL_CHANNEL)
+            if await Q.cancel_job.fetchval(conn, id=job_id, namespace=namespace) is None:
+                return False
+            await Q.cancel_job_runs.execute(conn, job_id=job_id,
+                                            cancel_channel=CANCEL_CHANNEL)
             await Q.notify.execute(conn, channel=WAKE_CHANNEL, payload="job")
-        return bool(row and row["jobs"])
+        return True
 
     async def job_exists(self, job_id: uuid.UUID, namespace: str) -> bool:
         return bool(await Q.job_exists.fetchval(self.pool, id=job_id, namespace=namespace))

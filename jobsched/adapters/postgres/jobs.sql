@@ -120,21 +120,23 @@ ORDER BY j.created_at DESC, j.id DESC
 LIMIT :limit
 
 -- cancel_job --
+-- The job first, in a statement of its own: it waits for a re-drive holding the job row
+-- (FOR SHARE) to commit, and cancel_job_runs, a new statement, then sees that run too
+-- (in one statement, its snapshot was taken before the re-drive committed).
+UPDATE jobs SET state = 'cancelled', next_fire_at = NULL, updated_at = now()
+WHERE id = :id AND namespace = :namespace AND state IN ('active', 'paused')
+RETURNING id
+
+-- cancel_job_runs --
 -- Queued and retrying runs are cancelled; running ones too, and their workers are told
 -- (on :cancel_channel) to kill them.
-WITH job AS (
-    UPDATE jobs SET state = 'cancelled', next_fire_at = NULL, updated_at = now()
-    WHERE id = :id AND namespace = :namespace AND state IN ('active', 'paused')
-    RETURNING id
-), cancelled AS (
+WITH cancelled AS (
     UPDATE executions e SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
                             reason = 'job cancelled'
-    FROM job WHERE e.job_id = job.id AND e.state IN ('queued', 'retrying', 'running')
+    WHERE e.job_id = :job_id AND e.state IN ('queued', 'retrying', 'running')
     RETURNING e.id
-), notified AS (
-    SELECT pg_notify(:cancel_channel, id::text) FROM cancelled
 )
-SELECT (SELECT count(*) FROM job) AS jobs, (SELECT count(*) FROM notified) AS executions
+SELECT count(pg_notify(:cancel_channel, id::text)) FROM cancelled
 
 -- job_exists --
 SELECT 1 FROM jobs WHERE id = :id AND namespace = :namespace
