@@ -19,20 +19,29 @@ from aiohttp import web
 from jobsched.adapters import postgres
 from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.leader import PostgresLeaderStore
-from jobsched.adapters.postgres.listen import CANCEL_CHANNEL, WAKE_CHANNEL, WakeListener
+from jobsched.adapters.postgres.listen import (
+    CANCEL_CHANNEL,
+    WAKE_CHANNEL,
+    WEBHOOK_CHANNEL,
+    WakeListener,
+)
 from jobsched.adapters.postgres.replica import ReplicaReads
 from jobsched.adapters.postgres.tokens import PostgresTokens
+from jobsched.adapters.postgres.webhooks import PostgresWebhooks
 from jobsched.adapters.postgres.worker import PostgresWorkerStore
 from jobsched.adapters.rabbitmq import RabbitBroker
 from jobsched.adapters.zookeeper import ZooKeeperCoordinator, make_client, start_client
 from jobsched.api.app import build_app
 from jobsched.api.cluster import ClusterView
 from jobsched.backoff import Backoff
+from jobsched.crypto import SecretBox
+from jobsched.domain.egress import EgressPolicy
 from jobsched.health import Readiness, health_app
 from jobsched.metrics import Metrics, instrument_api
 from jobsched.scheduler.leader import Scheduler
 from jobsched.scheduler.retention import run_retention
 from jobsched.settings import Settings
+from jobsched.worker.webhooks import WebhookDeliverer
 from jobsched.worker.worker import Worker, import_task_modules
 
 log = logging.getLogger(__name__)
@@ -144,7 +153,8 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             app = build_app(settings, jobs, PostgresTokens(pool), readiness,
                             unavailable=postgres.CONNECTION_ERRORS,
                             token_errors=postgres.DATABASE_ERRORS,
-                            cluster=cluster, replica=replica)
+                            cluster=cluster, replica=replica,
+                            webhooks=PostgresWebhooks(pool))
             instrument_api(app, metrics)
             runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
             if coordinator is None or broker is None:
@@ -175,6 +185,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             cancels = WakeListener(settings.database_url, worker.take_away, CANCEL_CHANNEL)
             tasks.append(_task(cancels.run(worker.drained), "cancel-listener", stop))
             tasks.append(_task(worker.run(stop), "worker", stop))
+            tasks += _webhook_tasks(settings, pool, metrics, readiness, stop)
 
         log.info("roles %s running as %s", ",".join(sorted(roles)), settings.instance)
         await stop.wait()
@@ -218,6 +229,25 @@ async def _connect_cluster_view(settings: Settings, cluster: ClusterView,
         if await _retrying("connecting to RabbitMQ", broker.connect, stop):
             state["broker"] = broker
             cluster.broker = broker
+
+
+def _webhook_tasks(settings: Settings, pool: Any, metrics: Metrics, readiness: Readiness,
+                   stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """The worker role delivers webhooks too (no fourth role): a delivery loop woken by
+    NOTIFY. Without JOBSCHED_SECRETS_KEY it cannot sign, so it sends nothing (and says so)."""
+    if not settings.secrets_key:
+        log.warning("webhook deliveries are not sent by this worker: JOBSCHED_SECRETS_KEY "
+                    "is not set, so it cannot sign them")
+        readiness.add_info("webhooks", lambda: {"enabled": False,
+                                                "reason": "JOBSCHED_SECRETS_KEY is not set"})
+        return []
+    deliverer = WebhookDeliverer(
+        settings, PostgresWebhooks(pool), SecretBox.from_setting(settings.secrets_key),
+        EgressPolicy.from_lists(settings.http_allow_cidrs, settings.http_deny_cidrs), metrics)
+    readiness.add_info("webhooks", deliverer.describe)
+    wakes = WakeListener(settings.database_url, deliverer.on_notify, WEBHOOK_CHANNEL)
+    return [_task(wakes.run(stop), "webhook-listener", stop),
+            _task(deliverer.run(stop), "webhooks", stop)]
 
 
 def _task(coro: Coroutine[Any, Any, None], name: str, stop: asyncio.Event) -> asyncio.Task[None]:

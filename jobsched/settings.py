@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_PREFIX = "JOBSCHED_"
 DEFAULT_CONFIG_PATH = Path("config/jobsched.toml")
 SECRET_FIELDS = frozenset({"database_url", "database_read_url", "amqp_url"})
+#: Settings that are secrets themselves (not URLs with a password): never shown.
+SECRET_VALUES = frozenset({"secrets_key"})
 
 
 class ConfigError(Exception):
@@ -115,6 +117,23 @@ class Settings(BaseModel):
     shell_max_processes: int = Field(512, ge=0)
     # Where each run's private working directory is made (unset: the system temp dir).
     shell_work_root: str | None = None
+    # Fernet key(s) sealing stored secrets (webhook signing secrets, ...), comma-separated:
+    # the first encrypts, every one decrypts (rotation). Make one: `jobsched secrets new-key`.
+    secrets_key: str | None = None
+    # Egress of http jobs and webhooks (DESIGN.md "Egress"): ranges allowed although refused
+    # by default (loopback, link-local, ...) and ranges refused besides.
+    http_allow_cidrs: tuple[str, ...] = ()
+    http_deny_cidrs: tuple[str, ...] = ()
+
+    # webhooks (docs/webhooks.md): delivered by the worker role
+    # No answer within this long is a failed attempt.
+    webhook_timeout_s: float = Field(15.0, gt=0, le=120)
+    # Deliveries in flight per worker, and per endpoint per worker: a slow or dead receiver
+    # holds at most webhook_endpoint_concurrency of a worker's slots.
+    webhook_concurrency: int = Field(64, ge=1, le=4096)
+    webhook_endpoint_concurrency: int = Field(8, ge=1, le=1024)
+    # The bounded poll behind the NOTIFY wake-up (retries fall due without one).
+    webhook_poll_s: float = Field(1.0, gt=0, le=60)
 
     @field_validator("cluster")
     @classmethod
@@ -172,6 +191,9 @@ class Settings(BaseModel):
         for key in SECRET_FIELDS:
             if shown[key] is not None:
                 shown[key] = mask_url(shown[key])
+        for key in SECRET_VALUES:
+            if shown[key] is not None:
+                shown[key] = "***"
         return shown
 
 
@@ -202,7 +224,7 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-_LIST_FIELDS = frozenset({"imports", "disabled_kinds"})
+_LIST_FIELDS = frozenset({"imports", "disabled_kinds", "http_allow_cidrs", "http_deny_cidrs"})
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -252,7 +274,7 @@ def load_settings(
         key = ".".join(str(part) for part in error["loc"]) or "settings"
         env_name = ENV_PREFIX + key.upper()
         given = error.get("input")
-        shown = "" if key in SECRET_FIELDS else f" (got {given!r})"
+        shown = "" if key in SECRET_FIELDS | SECRET_VALUES else f" (got {given!r})"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting"

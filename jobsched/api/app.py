@@ -14,12 +14,15 @@ from jobsched import __version__
 from jobsched.api.cluster import ClusterView
 from jobsched.api.context import (
     CLUSTER,
+    EGRESS,
     JOBS,
     OPENAPI,
     READINESS,
     REPLICA,
+    SECRET_BOX,
     SETTINGS,
     UNAVAILABLE,
+    WEBHOOKS,
     Abort,
     Handler,
     QueryInvalid,
@@ -29,9 +32,11 @@ from jobsched.api.openapi import Operation, build_openapi
 from jobsched.api.problems import invalid, problem
 from jobsched.api.routes import OPERATIONS
 from jobsched.api.security import Authenticator, principal, security_middleware
+from jobsched.crypto import SecretBox
 from jobsched.domain.auth import Forbidden, RateLimiter, check_access
+from jobsched.domain.egress import EgressPolicy
 from jobsched.health import Readiness
-from jobsched.ports import JobRepository, ReadRouting, TokenRepository
+from jobsched.ports import JobRepository, ReadRouting, TokenRepository, WebhookRepository
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,7 +110,8 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
               readiness: Readiness, *, unavailable: tuple[type[BaseException], ...] = (),
               token_errors: tuple[type[BaseException], ...] = (),
               cluster: ClusterView | None = None,
-              replica: ReadRouting | None = None) -> web.Application:
+              replica: ReadRouting | None = None,
+              webhooks: WebhookRepository | None = None) -> web.Application:
     """The api. ``unavailable``: the adapters' exceptions that mean a dependency is
     unreachable right now (answered 503 with Retry-After); ``token_errors``: those that
     make a token lookup answer 503 (any database error: e.g. a schema not migrated yet)."""
@@ -125,6 +131,11 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
         app[CLUSTER] = cluster
     if replica is not None:
         app[REPLICA] = replica
+    if webhooks is not None:
+        app[WEBHOOKS] = webhooks
+    if settings.secrets_key:
+        app[SECRET_BOX] = SecretBox.from_setting(settings.secrets_key)  # a bad key: no start
+    app[EGRESS] = EgressPolicy.from_lists(settings.http_allow_cidrs, settings.http_deny_cidrs)
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, _guarded(op))
     register_dashboard(app)

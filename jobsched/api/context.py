@@ -11,8 +11,10 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from jobsched.api.cluster import ClusterView
+from jobsched.crypto import SecretBox
+from jobsched.domain.egress import EgressPolicy
 from jobsched.health import Readiness
-from jobsched.ports import JobRepository, ReadRouting
+from jobsched.ports import JobRepository, ReadRouting, WebhookRepository
 from jobsched.settings import Settings
 
 T = TypeVar("T")
@@ -24,6 +26,11 @@ SETTINGS = web.AppKey("settings", Settings)
 READINESS = web.AppKey("readiness", Readiness)
 CLUSTER = web.AppKey("cluster", ClusterView)
 OPENAPI = web.AppKey("openapi", bytes)
+WEBHOOKS = web.AppKey("webhooks", WebhookRepository)
+#: Seals webhook secrets; absent on a deployment without JOBSCHED_SECRETS_KEY.
+SECRET_BOX = web.AppKey("secret_box", SecretBox)
+#: Where outbound HTTP (webhooks) may connect: literal addresses are checked at creation.
+EGRESS = web.AppKey("egress", EgressPolicy)
 #: The exceptions that mean "a dependency is unreachable now": answered 503, not 500.
 UNAVAILABLE = web.AppKey("unavailable", tuple)
 

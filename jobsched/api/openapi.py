@@ -179,6 +179,8 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str,
             schema = ref(model, "serialization") if model else {"type": "object"}
             response: dict[str, Any] = {"description": "OK",
                                         "content": {op.ok_content_type: {"schema": schema}}}
+            if status == 204:
+                response = {"description": "Done; no content"}
             if op.links_to:
                 response["links"] = {target: {"operationId": target,
                                               "parameters": {"id": "$response.body#/id"}}
