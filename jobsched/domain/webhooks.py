@@ -61,7 +61,7 @@ class DeliveryState(StrEnum):
 
 #: Seconds before each attempt after the one before it failed: Standard Webhooks' schedule.
 #: Entry n (0-based) is the wait before attempt n + 1, so the first attempt goes at once
-#: and the tenth and last 24 h after the ninth; about 3 days 8 hours in all.
+#: and the tenth and last 24 h after the ninth: 3 days 3.5 hours from first to last.
 RETRY_SCHEDULE_S: tuple[float, ...] = (
     0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 3600, 20 * 3600, 24 * 3600)
 MAX_ATTEMPTS = len(RETRY_SCHEDULE_S)
