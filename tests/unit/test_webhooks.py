@@ -5,6 +5,7 @@ the event types and states being the same in the schema, the API and the domain.
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 import typing
 import uuid
@@ -76,7 +77,7 @@ def test_a_delivery_failing_every_time_is_tried_at_the_scheduled_times() -> None
         assert due is not None
         clock = due
     assert attempts == MAX_ATTEMPTS == 10
-    gaps = [(b - a).total_seconds() for a, b in zip(tried, tried[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(tried)]
     assert gaps == list(RETRY_SCHEDULE_S[1:])
     assert tried[-1] - tried[0] == timedelta(days=3, hours=3, minutes=35, seconds=5)
 
