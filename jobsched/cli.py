@@ -195,6 +195,9 @@ def token_revoke(ctx: click.Context, token_id: str, database_url: str | None) ->
 from jobsched.cli_client import register as register_client_commands  # noqa: E402
 
 register_client_commands(main)
+from jobsched.cli_webhooks import register as register_webhook_commands  # noqa: E402
+
+register_webhook_commands(main)
 from jobsched.devcluster import register as register_dev_commands  # noqa: E402
 
 register_dev_commands(main)
