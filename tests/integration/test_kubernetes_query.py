@@ -12,19 +12,17 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import orjson
 import yaml
 
-from jobsched.adapters.postgres import JobStore
-from jobsched.api.app import job_values
-from jobsched.domain.models import JobCreate
+from jobsched.domain.states import ACTIVE_EXECUTION_STATES, ExecutionState
 from tests.helpers import ROOT
+from tests.integration.test_postgres import _job as _due_job
 
 SCALED_OBJECT = ROOT / "deploy/kubernetes/components/keda-workers/scaledobject.yaml"
 # What the workers have to do now or are doing: the count the pool is sized by.
-COUNTED = {"queued", "running"}
-STATES = ("queued", "running", "retrying", "succeeded", "failed", "timed_out", "cancelled",
-          "dead", "skipped", "missed")
+COUNTED = {ExecutionState.QUEUED, ExecutionState.RUNNING}
+STATES = tuple(ExecutionState)
+assert COUNTED <= ACTIVE_EXECUTION_STATES
 
 
 def _query() -> str:
@@ -35,17 +33,12 @@ def _query() -> str:
     return str(trigger["metadata"]["query"])
 
 
-async def _job(store: JobStore) -> uuid.UUID:
-    job = JobCreate.model_validate_json(orjson.dumps({
-        "name": "k", "schedule": "* * * * * *", "kind": "python",
-        "python": {"function": "m:f"}}))
-    job_id = uuid.uuid4()
-    await store.insert_job((job_id, "default", *job_values(job, job_id, datetime.now(UTC))))
-    return job_id
+async def _job(pool: asyncpg.Pool) -> uuid.UUID:
+    return await _due_job(pool, datetime.now(UTC))
 
 
 async def test_scaling_query_counts_queued_and_running(pool: asyncpg.Pool) -> None:
-    job_id = await _job(JobStore(pool))
+    job_id = await _job(pool)
     now = datetime.now(UTC).replace(microsecond=0)
     expected = 0
     for i, state in enumerate(STATES):
