@@ -156,3 +156,15 @@ def scale(services: Services, options: Options, *, schedules: int, jobs: int, se
                           api_seconds, clients, options), repeat, echo))
     _finish(result, report.render_scale(result["median"], repeat), json_out, echo)
     return result
+
+
+def webhooks(services: Services, options: Options, *, rate: int, seconds: float, events: int,
+             jobs: int, workers: int, repeat: int, json_out: str | None,
+             echo: Echo) -> dict[str, Any]:
+    from jobsched.bench.webhooks import render, run_webhooks
+
+    result = asyncio.run(report.repeated(
+        lambda: run_webhooks(services, options, rate=rate, seconds=seconds, events=events,
+                             jobs=jobs, workers=workers), repeat, echo))
+    _finish(result, render(result["median"], repeat), json_out, echo)
+    return result

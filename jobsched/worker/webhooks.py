@@ -108,8 +108,9 @@ class WebhookDeliverer:
                     log.warning("claiming webhook deliveries failed (%r)", exc)
                     await sleep_unless(stop, 1.0)
                     continue
-                if self._more_due and self._free_slots() > 0:
-                    continue  # a full claim: more may be waiting
+                # A claim takes all that this worker has slots for: the next one waits
+                # for a slot to free (which wakes it if more may be due), a NOTIFY, or
+                # the poll.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._woken(stop), self.settings.webhook_poll_s)
         finally:
@@ -133,7 +134,6 @@ class WebhookDeliverer:
     async def claim_and_send(self) -> int:
         """Lease what this worker has slots for and start sending it; returns how many."""
         slots = self._free_slots()
-        self._more_due = False
         if slots <= 0:
             self._more_due = True
             return 0
@@ -143,8 +143,12 @@ class WebhookDeliverer:
         claimed = await self.store.claim_deliveries(self.name, self.lease_s, limit=slots,
                                                     per_endpoint=per_endpoint, free=free)
         taken = Counter(d.endpoint_id for d in claimed)
-        self._more_due = len(claimed) >= slots or any(
-            count >= free.get(endpoint, per_endpoint) for endpoint, count in taken.items())
+        # More may be due than this claim could take: it used every free slot, or every
+        # slot of an endpoint (those with none free were not even asked about).
+        self._more_due = (len(claimed) >= slots
+                          or any(slots_left <= 0 for slots_left in free.values())
+                          or any(count >= free.get(endpoint, per_endpoint)
+                                 for endpoint, count in taken.items()))
         for delivery in claimed:
             key = (delivery.endpoint_id, delivery.event_id)
             self._per_endpoint[delivery.endpoint_id] += 1

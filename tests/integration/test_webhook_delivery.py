@@ -186,3 +186,17 @@ async def test_two_deliverers_share_the_work_without_sending_twice(pool: asyncpg
     rows = await _rows(pool)
     assert {r["state"] for r in rows} == {"succeeded"}
     assert all(r["delivered_at"] <= datetime.now(UTC) for r in rows)
+
+
+async def test_a_backlog_to_one_endpoint_flows_at_its_concurrency(pool: asyncpg.Pool) -> None:
+    """Each freed slot is taken again at once (not at the next poll): 400 deliveries to
+    one endpoint, 8 at a time, take well under a second each poll would allow."""
+    secret = new_secret()
+    async with Receiver(secrets=[secret]) as receiver:
+        await _endpoint(pool, receiver.url(), secret)
+        await _events(pool, 400)
+        started = time.monotonic()
+        async with _delivering(pool, webhook_endpoint_concurrency=8, webhook_poll_s=5):
+            await receiver.wait_for(400, timeout=30)
+            took = time.monotonic() - started
+    assert took < 8, took  # at the 5 s poll alone it would take 250 s
