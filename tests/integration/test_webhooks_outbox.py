@@ -313,8 +313,11 @@ async def test_deleting_an_endpoint_deletes_its_log_and_purge_keeps_recent(
         pool: asyncpg.Pool) -> None:
     kept, deleted = await _endpoint(pool), await _endpoint(pool)
     await _enqueue(pool, 3)
-    await pool.execute("UPDATE webhook_deliveries SET created_at = now() - interval '40 days' "
-                       "WHERE event_id IN (SELECT event_id FROM webhook_deliveries LIMIT 1)")
+    # an event of 40 days ago (its id, time-ordered, says so too)
+    await pool.execute("UPDATE webhook_deliveries SET created_at = now() - interval '40 days', "
+                       "event_id = webhook_event_id_floor(now() - interval '40 days') "
+                       "WHERE (endpoint_id, event_id) IN (SELECT endpoint_id, event_id "
+                       "FROM webhook_deliveries WHERE endpoint_id = $1 LIMIT 1)", kept)
     store = PostgresWebhooks(pool)
     assert not await store.delete_endpoint(deleted, "another-namespace")
     assert await store.delete_endpoint(deleted, "default")

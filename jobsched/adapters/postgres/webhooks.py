@@ -87,9 +87,9 @@ class PostgresWebhooks:
     async def list_deliveries(self, endpoint_id: uuid.UUID, *, state: str | None,
                               after: tuple[datetime, uuid.UUID] | None,
                               limit: int) -> list[Row]:
-        after_at, after_id = after if after else (None, None)
+        # Event ids are time-ordered: the cursor's id alone places it.
         rows = await Q.list_deliveries.fetch(self.pool, endpoint_id=endpoint_id, state=state,
-                                             after_at=after_at, after_id=after_id,
+                                             after_id=after[1] if after else None,
                                              limit=limit)
         return [dict(r) for r in rows]
 

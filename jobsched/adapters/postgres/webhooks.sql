@@ -66,13 +66,13 @@ WHERE id = :id AND namespace = :namespace
 RETURNING *
 
 -- list_deliveries --
--- Newest first; the cursor is (created_at, event_id) of the last row returned.
+-- Newest first, on the primary key (event ids are time-ordered); the cursor is the event
+-- id of the last row returned.
 SELECT * FROM webhook_deliveries
 WHERE endpoint_id = :endpoint_id
   AND (:state::text IS NULL OR state = :state)
-  AND (:after_at::timestamptz IS NULL
-       OR (created_at, event_id) < (:after_at, :after_id::uuid))
-ORDER BY created_at DESC, event_id DESC
+  AND (:after_id::uuid IS NULL OR event_id < :after_id)
+ORDER BY event_id DESC
 LIMIT :limit
 
 -- get_delivery --
@@ -95,10 +95,10 @@ SELECT again.*, pg_notify(:channel, '') IS NULL AS woke FROM again
 -- claim_deliveries --
 -- Each enabled endpoint's due deliveries, oldest due first, at most as many as this worker
 -- has free slots for that endpoint (:free_ids/:free, else :per_endpoint): one endpoint's
--- backlog never takes the slots of another's. The lease pushes next_attempt_at to its end,
--- so a delivery whose worker dies falls due again then, and leased ones leave the index
--- range the next claim walks. An attempt left unrecorded by a worker that lost its lease
--- is noted on the delivery.
+-- backlog never takes the slots of another's. A leased delivery is claimable again once
+-- its lease lapses (its worker died); the leased ones the walk steps over are at most
+-- those in flight to the endpoint. Only unindexed columns change (a HOT update). An
+-- attempt left unrecorded by a worker that lost its lease is noted on the delivery.
 WITH picked AS (
     SELECT d.endpoint_id, d.event_id
     FROM webhook_endpoints w
@@ -107,6 +107,7 @@ WITH picked AS (
         SELECT x.endpoint_id, x.event_id FROM webhook_deliveries x
         WHERE x.endpoint_id = w.id AND x.state IN ('pending', 'failed')
           AND x.next_attempt_at <= now()
+          AND (x.lease_expires_at IS NULL OR x.lease_expires_at < now())
         ORDER BY x.next_attempt_at
         LIMIT coalesce(f.slots, :per_endpoint)
         FOR UPDATE SKIP LOCKED
@@ -117,7 +118,6 @@ WITH picked AS (
 UPDATE webhook_deliveries d
 SET attempts = d.attempts + 1, leased_by = :worker,
     lease_expires_at = now() + make_interval(secs => :lease_s),
-    next_attempt_at = now() + make_interval(secs => :lease_s),
     last_error = CASE WHEN d.leased_by IS NULL THEN d.last_error
                       ELSE 'attempt ' || d.attempts || ': worker ' || d.leased_by
                            || ' stopped before recording it' END
@@ -174,14 +174,15 @@ CROSS JOIN LATERAL (
 WHERE w.enabled
 
 -- purge_deliveries --
--- Retention: deliveries recorded before :before, a bounded batch per endpoint, on the
--- listing index. SKIP LOCKED: rows being leased or recorded now are left for next time.
+-- Retention: deliveries of events before :before, a bounded batch per endpoint, oldest
+-- first on the primary key (time-ordered event ids). SKIP LOCKED: rows being leased or
+-- recorded now are left for next time.
 DELETE FROM webhook_deliveries WHERE ctid IN (
     SELECT x.ctid FROM (SELECT id FROM webhook_endpoints) w
     CROSS JOIN LATERAL (
         SELECT ctid FROM webhook_deliveries
-        WHERE endpoint_id = w.id AND created_at < :before
-        ORDER BY created_at LIMIT :limit
+        WHERE endpoint_id = w.id AND event_id < webhook_event_id_floor(:before)
+        ORDER BY event_id LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ) x
     LIMIT :limit
