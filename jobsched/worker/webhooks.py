@@ -77,7 +77,11 @@ class WebhookDeliverer:
         self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
         #: Set by NOTIFY (and when a slot frees while more may be due): claim now.
         self.wake = asyncio.Event()
-        self._inflight: dict[tuple[uuid.UUID, uuid.UUID], asyncio.Task[None]] = {}
+        #: Every delivery of this worker until its attempt is recorded (what a drain waits
+        #: for); a slot is held only while its request is out (``_sending``), so recording
+        #: never keeps the next request to an endpoint waiting.
+        self._tasks: dict[tuple[uuid.UUID, uuid.UUID], asyncio.Task[None]] = {}
+        self._sending: set[tuple[uuid.UUID, uuid.UUID]] = set()
         self._per_endpoint: Counter[uuid.UUID] = Counter()
         self._more_due = False
         self._secrets: dict[bytes, str] = {}
@@ -90,7 +94,7 @@ class WebhookDeliverer:
         self.wake.set()
 
     def describe(self) -> dict[str, object]:
-        return {"inflight": len(self._inflight), **self.stats}
+        return {"inflight": len(self._sending), **self.stats}
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -129,7 +133,7 @@ class WebhookDeliverer:
                 waiting.cancel()
 
     def _free_slots(self) -> int:
-        return self.settings.webhook_concurrency - len(self._inflight)
+        return self.settings.webhook_concurrency - len(self._sending)
 
     async def claim_and_send(self) -> int:
         """Lease what this worker has slots for and start sending it; returns how many."""
@@ -152,29 +156,37 @@ class WebhookDeliverer:
         for delivery in claimed:
             key = (delivery.endpoint_id, delivery.event_id)
             self._per_endpoint[delivery.endpoint_id] += 1
-            task = asyncio.create_task(self._deliver(delivery))
-            self._inflight[key] = task
-            task.add_done_callback(functools.partial(self._done, key))
-        self.metrics.webhook_inflight.set({}, len(self._inflight))
+            self._sending.add(key)
+            task = asyncio.create_task(self._deliver(delivery, key))
+            self._tasks[key] = task
+            task.add_done_callback(functools.partial(self._forget, key))
+        self.metrics.webhook_inflight.set({}, len(self._sending))
         return len(claimed)
 
-    def _done(self, key: tuple[uuid.UUID, uuid.UUID], _task: asyncio.Task[None]) -> None:
+    def _release(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
+        """The request is over: its slot is free (more may be claimed at once)."""
+        if key not in self._sending:
+            return
+        self._sending.discard(key)
         endpoint = key[0]
-        self._inflight.pop(key, None)
         self._per_endpoint[endpoint] -= 1
         if self._per_endpoint[endpoint] <= 0:
             del self._per_endpoint[endpoint]
-        self.metrics.webhook_inflight.set({}, len(self._inflight))
+        self.metrics.webhook_inflight.set({}, len(self._sending))
         if self._more_due:
             self.wake.set()
+
+    def _forget(self, key: tuple[uuid.UUID, uuid.UUID], _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(key, None)
+        self._release(key)
 
     async def _drain(self) -> None:
         """Deliveries in flight finish (or time out) and are recorded; any still going
         after that are abandoned to their leases."""
-        if not self._inflight:
+        if not self._tasks:
             return
-        log.info("finishing %d webhook deliveries in flight", len(self._inflight))
-        tasks = list(self._inflight.values())
+        log.info("finishing %d webhook deliveries in flight", len(self._tasks))
+        tasks = list(self._tasks.values())
         _, pending = await asyncio.wait(tasks, timeout=self.settings.webhook_timeout_s + 5)
         for task in pending:
             task.cancel()
@@ -183,13 +195,15 @@ class WebhookDeliverer:
 
     # --- one attempt -------------------------------------------------------------------
 
-    async def _deliver(self, delivery: DueDelivery) -> None:
+    async def _deliver(self, delivery: DueDelivery, key: tuple[uuid.UUID, uuid.UUID]) -> None:
         try:
             result = await self.attempt(delivery)
         except Exception:  # never lose the loop to one delivery
             log.exception("webhook delivery %s to %s failed unexpectedly", delivery.event_id,
                           delivery.url)
             return
+        finally:
+            self._release(key)
         await self._record(result)
 
     def _secret(self, sealed: bytes) -> str:
