@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 from schemathesis.config import SchemathesisConfig
 
+from jobsched.crypto import new_key
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
 
 pytestmark = pytest.mark.timeout(120)
@@ -57,7 +58,8 @@ def openapi_cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
     """An api alone, so nothing the fuzzer creates ever runs; no rate limit, so that
     every generated request reaches the handlers."""
     cluster = _new_cluster(tmp_path_factory.mktemp("openapi"), zookeeper, template_db)
-    cluster.start("api", JOBSCHED_RATE_LIMIT_PER_S="0")
+    # A secrets key: webhook endpoints can be created, and their routes fuzzed past 403.
+    cluster.start("api", JOBSCHED_RATE_LIMIT_PER_S="0", JOBSCHED_SECRETS_KEY=new_key())
     yield cluster
     _teardown(cluster)
     busiest = ", ".join(f"{op}: {n}" for op, n in CASES.most_common(14))

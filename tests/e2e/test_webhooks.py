@@ -353,6 +353,6 @@ async def test_without_a_secrets_key_endpoints_cannot_be_created(
         api = Api(session, local_cluster.api)
         status, problem, _ = await api.request("POST", "/api/v1/webhooks", json={
             "url": "https://example.com/x", "events": ["job.completed"]})
-    assert status == 503, problem
+    assert status == 403, problem
     assert problem["title"] == "Webhooks not configured"
     assert "JOBSCHED_SECRETS_KEY" in problem["detail"]

@@ -61,11 +61,13 @@ def _repository(request: web.Request) -> WebhookRepository:
 
 
 def _box(request: web.Request) -> SecretBox:
-    """Webhook secrets are stored sealed: a deployment without a key can keep none."""
+    """Webhook secrets are stored sealed: a deployment without a key can keep none. A 403,
+    like a job kind disabled on the deployment: retrying does not help, an operator must
+    configure it."""
     box = request.app.get(SECRET_BOX)
     if box is None:
         raise Abort(problem(
-            503, "Webhooks not configured",
+            403, "Webhooks not configured",
             "this deployment has no JOBSCHED_SECRETS_KEY, so it cannot store webhook "
             "signing secrets; an operator sets one (`jobsched secrets new-key` makes it)"))
     return box
@@ -234,7 +236,7 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=(404,)),
     Operation("POST", "/api/v1/webhooks/{id}/rotate-secret", rotate_webhook_secret,
               "A new signing secret (shown once); the old one also signs for 24 h", "write",
-              ok={200: WebhookWithSecret}, errors=(404,),
+              ok={200: WebhookWithSecret}, errors=(403, 404),
               response_headers={200: _NO_STORE}),
     Operation("GET", "/api/v1/webhooks/{id}/deliveries", list_webhook_deliveries,
               "An endpoint's deliveries, newest first", "read", ok={200: DeliveryList},
