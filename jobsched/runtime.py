@@ -27,7 +27,7 @@ from jobsched.adapters.postgres.listen import (
 )
 from jobsched.adapters.postgres.replica import ReplicaReads
 from jobsched.adapters.postgres.tokens import PostgresTokens
-from jobsched.adapters.postgres.webhooks import PostgresWebhooks
+from jobsched.adapters.postgres.webhooks import DELIVERY_SESSION, PostgresWebhooks
 from jobsched.adapters.postgres.worker import PostgresWorkerStore
 from jobsched.adapters.rabbitmq import RabbitBroker
 from jobsched.adapters.zookeeper import ZooKeeperCoordinator, make_client, start_client
@@ -185,7 +185,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             cancels = WakeListener(settings.database_url, worker.take_away, CANCEL_CHANNEL)
             tasks.append(_task(cancels.run(worker.drained), "cancel-listener", stop))
             tasks.append(_task(worker.run(stop), "worker", stop))
-            tasks += _webhook_tasks(settings, pool, metrics, readiness, stop)
+            tasks += await _webhook_tasks(settings, state, metrics, readiness, stop)
 
         log.info("roles %s running as %s", ",".join(sorted(roles)), settings.instance)
         await stop.wait()
@@ -209,7 +209,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
         if "zk" in state:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(state["zk"].close(), 5)
-        for name in ("read_pool", "pool"):
+        for name in ("webhook_pool", "read_pool", "pool"):
             if name in state:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(state[name].close(), 5)
@@ -231,16 +231,22 @@ async def _connect_cluster_view(settings: Settings, cluster: ClusterView,
             cluster.broker = broker
 
 
-def _webhook_tasks(settings: Settings, pool: Any, metrics: Metrics, readiness: Readiness,
-                   stop: asyncio.Event) -> list[asyncio.Task[None]]:
+async def _webhook_tasks(settings: Settings, state: dict[str, Any], metrics: Metrics,
+                         readiness: Readiness,
+                         stop: asyncio.Event) -> list[asyncio.Task[None]]:
     """The worker role delivers webhooks too (no fourth role): a delivery loop woken by
-    NOTIFY. Without JOBSCHED_SECRETS_KEY it cannot sign, so it sends nothing (and says so)."""
+    NOTIFY, on a small pool of its own (its commits do not wait for the WAL flush: see
+    adapters/postgres/webhooks.py). Without JOBSCHED_SECRETS_KEY it cannot sign, so it sends
+    nothing (and says so)."""
     if not settings.secrets_key:
         log.warning("webhook deliveries are not sent by this worker: JOBSCHED_SECRETS_KEY "
                     "is not set, so it cannot sign them")
         readiness.add_info("webhooks", lambda: {"enabled": False,
                                                 "reason": "JOBSCHED_SECRETS_KEY is not set"})
         return []
+    pool = await postgres.create_pool(settings.database_url, min_size=0, max_size=4,
+                                      server_settings=DELIVERY_SESSION)
+    state["webhook_pool"] = pool
     deliverer = WebhookDeliverer(
         settings, PostgresWebhooks(pool), SecretBox.from_setting(settings.secrets_key),
         EgressPolicy.from_lists(settings.http_allow_cidrs, settings.http_deny_cidrs), metrics)

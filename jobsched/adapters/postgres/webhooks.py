@@ -31,6 +31,14 @@ def _columns(columns: EndpointColumns) -> dict[str, Any]:
     return {f.name: getattr(columns, f.name) for f in dataclasses.fields(columns)}
 
 
+#: The delivering workers' connections commit without waiting for the WAL flush: a claim
+#: or a result lost to a crash of PostgreSQL only means the delivery is sent again, which
+#: at-least-once allows; and each claim and each batch of results would otherwise wait
+#: for an fsync (the outbox row itself is written by the ending transaction, with the
+#: durability of the execution's own commit).
+DELIVERY_SESSION = {"synchronous_commit": "off"}
+
+
 class PostgresWebhooks:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
