@@ -108,4 +108,6 @@ def test_webhooks_latency_rate_and_burn_down_ratio(zookeeper: str, tmp_path: Pat
     assert latency["burst_delivered"] == 30 and latency["deliveries_per_s"] > 0
     burn = result["burn_down"]
     assert burn["without"]["states"] == burn["with_endpoint"]["states"] == {"succeeded": 30}
+    assert burn["outbox_only"]["states"] == {"succeeded": 30}
+    assert burn["outbox_only"]["outbox_rows"] == 30 and burn["without"]["outbox_rows"] == 0
     assert burn["with_endpoint"]["all_delivered"] and burn["ratio"] > 0
