@@ -52,6 +52,12 @@ USER_AGENT = f"jobsched-webhooks/{__version__}"
 LEASE_MARGIN_S = 10.0
 #: How often the oldest-pending gauge is read, and old deliveries purged.
 GAUGE_INTERVAL_S = 15.0
+#: The event loop's lag is sampled this often; above SATURATED_LAG_S (smoothed) the
+#: process is out of CPU, and each endpoint gets one delivery at a time until it is not:
+#: the jobs this worker runs come first, webhooks (asynchronous anyway) never stop, and a
+#: hung receiver still holds only its own slot.
+LAG_PROBE_S = 0.1
+SATURATED_LAG_S = 0.025
 PURGE_INTERVAL_S = 300.0
 PURGE_BATCH = 1000
 
@@ -88,19 +94,26 @@ class WebhookDeliverer:
         self._results: Batcher[DeliveryResult, None] = Batcher(self._record_batch,
                                                                max_size=500)
         self._session: aiohttp.ClientSession | None = None
+        self._lag = 0.0  # smoothed event-loop lag, seconds
         self.stats = {"succeeded": 0, "failed": 0, "exhausted": 0, "gone": 0, "dropped": 0}
 
     def on_notify(self, _payload: str = "") -> None:
         self.wake.set()
 
     def describe(self) -> dict[str, object]:
-        return {"inflight": len(self._sending), **self.stats}
+        return {"inflight": len(self._sending), "throttled": self.throttled, **self.stats}
+
+    @property
+    def throttled(self) -> bool:
+        """The process is out of CPU (its loop lags): one delivery per endpoint at a time."""
+        return self._lag > SATURATED_LAG_S
 
     # --- the loop ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         self._session = egress_session(self.policy, limit=self.settings.webhook_concurrency)
         housekeeping = asyncio.create_task(self._housekeeping(stop))
+        lag = asyncio.create_task(self._watch_lag(stop))
         log.info("webhook deliveries: up to %d at once, %d per endpoint",
                  self.settings.webhook_concurrency, self.settings.webhook_endpoint_concurrency)
         try:
@@ -119,8 +132,9 @@ class WebhookDeliverer:
                     await asyncio.wait_for(self._woken(stop), self.settings.webhook_poll_s)
         finally:
             housekeeping.cancel()
+            lag.cancel()
             await self._drain()
-            await asyncio.gather(housekeeping, return_exceptions=True)
+            await asyncio.gather(housekeeping, lag, return_exceptions=True)
             await self._results.close()
             await self._session.close()
 
@@ -135,13 +149,23 @@ class WebhookDeliverer:
     def _free_slots(self) -> int:
         return self.settings.webhook_concurrency - len(self._sending)
 
+    async def _watch_lag(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            began = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            was = self.throttled
+            self._lag = 0.7 * self._lag + 0.3 * max(0.0, loop.time() - began - LAG_PROBE_S)
+            if was and not self.throttled:
+                self.wake.set()  # full speed again: claim what waited
+
     async def claim_and_send(self) -> int:
         """Lease what this worker has slots for and start sending it; returns how many."""
         slots = self._free_slots()
         if slots <= 0:
             self._more_due = True
             return 0
-        per_endpoint = self.settings.webhook_endpoint_concurrency
+        per_endpoint = 1 if self.throttled else self.settings.webhook_endpoint_concurrency
         free = {endpoint: per_endpoint - busy for endpoint, busy in self._per_endpoint.items()
                 if busy > 0}
         claimed = await self.store.claim_deliveries(self.name, self.lease_s, limit=slots,

@@ -68,3 +68,30 @@ async def test_each_endpoint_gets_its_share_and_a_freed_slot_is_taken_at_once() 
         gate.set()
     await asyncio.wait_for(task, 5)
     assert len(store.recorded) == 5  # the drain recorded every attempt in flight
+
+
+async def test_a_process_out_of_cpu_sends_one_at_a_time_then_resumes() -> None:
+    """While the event loop lags (the jobs of this worker take the CPU) each endpoint gets
+    one delivery at a time (a hung one still holds only its own); once the loop keeps up
+    again, the full share is claimed at once."""
+    store = FakeWebhookStore()
+    endpoint, other = uuid.uuid4(), uuid.uuid4()
+    for _ in range(10):
+        store.add(_due(endpoint))
+    store.add(_due(other))
+    deliverer = Gated(store, webhook_concurrency=6, webhook_endpoint_concurrency=6)
+    deliverer._lag = 1.0  # as if the loop had lagged a second
+    stop = asyncio.Event()
+    task = asyncio.create_task(deliverer.run(stop))
+    await _settle()
+    assert deliverer.throttled
+    assert sorted(d.endpoint_id == other for d, _ in deliverer.open) == [False, True]
+    for _ in range(40):  # the smoothed lag decays below the threshold within ~1.5 s
+        await asyncio.sleep(0.1)
+        if len(deliverer.open) == 6:
+            break
+    assert not deliverer.throttled and len(deliverer.open) == 6
+    stop.set()
+    for _, gate in deliverer.open:
+        gate.set()
+    await asyncio.wait_for(task, 5)
