@@ -1,4 +1,4 @@
-.PHONY: run test lint install services test-tools
+.PHONY: run test lint install lock services test-tools
 
 # Everything a fresh machine needs, then all roles with a demo job firing every 5 s.
 run:
@@ -8,8 +8,14 @@ run:
 test: install services test-tools
 	python3 -m pytest -q
 
+# The development and test dependencies at the versions the suite last passed with.
 install:
-	python3 -m pip install -q -e '.[dev]'
+	python3 -m pip install -q -c requirements/dev.lock -e '.[dev]'
+
+# On purpose only: re-resolve them (the newest the bounds allow), rewrite the lock, then
+# run the suite and commit the lock with whatever the new versions needed.
+lock:
+	scripts/lock.sh
 
 services:
 	scripts/services.sh
@@ -18,5 +24,5 @@ test-tools:
 	scripts/install-test-tools.sh
 
 lint:
-	ruff check jobsched tests
-	mypy jobsched
+	ruff check jobsched jobsched_dev tests
+	mypy jobsched jobsched_dev

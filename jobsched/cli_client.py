@@ -420,12 +420,19 @@ def _preview(conn: Conn, schedule: str, timezone: str) -> list[FireTime] | None:
         except ApiError as exc:
             if exc.status in (404, 405) and not exc.errors:  # an api without the endpoint
                 return None
+            if [e.get("field") for e in exc.errors] == ["job_id"]:
+                hashed.append(True)  # valid, but its H values come from the new job's id
+                return None
             raise
 
+    hashed: list[bool] = []
     items = call(conn, fetch)
     if conn.json:
         return items
-    if items is None:
+    if hashed:
+        click.echo(f"schedule {schedule!r} has hashed values (H): its fire times depend on "
+                   "the job's id, shown once it is created", err=True)
+    elif items is None:
         click.echo("(this api offers no schedule preview)", err=True)
     else:
         print_preview(schedule, timezone, items)

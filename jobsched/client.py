@@ -422,14 +422,20 @@ class Client:
 
     async def preview_schedule(self, schedule: str, timezone: str = "UTC", *,
                                start: datetime | str | None = None,
-                               count: int | None = None) -> list[FireTime]:
+                               count: int | None = None, job_id: str | None = None,
+                               seed: str | None = None) -> list[FireTime]:
         """The next fire times of a schedule, without creating anything; an invalid
-        schedule is an ``ApiError`` (422) naming the field, like on create."""
+        schedule is an ``ApiError`` (422) naming the field, like on create. A schedule
+        with hashed values (``H``) needs ``job_id`` (whose values) or a ``seed``."""
         body: dict[str, Any] = {"schedule": schedule, "timezone": timezone}
         if start is not None:
             body["start"] = _when(start)
         if count is not None:
             body["count"] = count
+        if job_id is not None:
+            body["job_id"] = str(job_id)
+        if seed is not None:
+            body["seed"] = seed
         result = await self.request("POST", "/api/v1/schedules/preview", json=body)
         return cast(list[FireTime], result["items"])
 
@@ -554,9 +560,10 @@ class SyncClient:
 
     def preview_schedule(self, schedule: str, timezone: str = "UTC", *,
                          start: datetime | str | None = None,
-                         count: int | None = None) -> list[FireTime]:
+                         count: int | None = None, job_id: str | None = None,
+                         seed: str | None = None) -> list[FireTime]:
         return self._run(self.client.preview_schedule(schedule, timezone, start=start,
-                                                      count=count))
+                                                      count=count, job_id=job_id, seed=seed))
 
     def cluster(self) -> ClusterStatus:
         return self._run(self.client.cluster())

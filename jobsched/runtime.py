@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from jobsched.adapters.postgres.listen import (
     WakeListener,
 )
 from jobsched.adapters.postgres.replica import ReplicaReads
+from jobsched.adapters.postgres.secrets import PostgresSecrets
 from jobsched.adapters.postgres.tokens import PostgresTokens
 from jobsched.adapters.postgres.webhooks import DELIVERY_SESSION, PostgresWebhooks
 from jobsched.adapters.postgres.worker import PostgresWorkerStore
@@ -35,12 +37,12 @@ from jobsched.api.app import build_app
 from jobsched.api.cluster import ClusterView
 from jobsched.backoff import Backoff
 from jobsched.crypto import SecretBox
-from jobsched.domain.egress import EgressPolicy
 from jobsched.health import Readiness, health_app
 from jobsched.metrics import Metrics, instrument_api
 from jobsched.scheduler.leader import Scheduler
 from jobsched.scheduler.retention import run_retention
 from jobsched.settings import Settings
+from jobsched.worker.secrets import SecretResolver, warn_about_retired_sources
 from jobsched.worker.webhooks import WebhookDeliverer
 from jobsched.worker.worker import Worker, import_task_modules
 
@@ -154,6 +156,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
                             unavailable=postgres.CONNECTION_ERRORS,
                             token_errors=postgres.DATABASE_ERRORS,
                             cluster=cluster, replica=replica,
+                            secrets=PostgresSecrets(pool),
                             webhooks=PostgresWebhooks(pool))
             instrument_api(app, metrics)
             runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
@@ -178,9 +181,12 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
 
         if "worker" in roles:
             assert broker is not None
+            warn_about_retired_sources(settings, os.environ)
+            secrets = SecretResolver.from_settings(settings, store=PostgresSecrets(pool))
             worker = Worker(settings, PostgresWorkerStore(pool), broker,
-                            coordinator=coordinator, metrics=metrics)
+                            coordinator=coordinator, metrics=metrics, secrets=secrets)
             readiness.add_info("worker", lambda: {"inflight": worker.inflight, **worker.stats})
+            readiness.add_info("shell", worker.shell_status)
             # Cancellations serve the runs that are draining too: until the drain is over.
             cancels = WakeListener(settings.database_url, worker.take_away, CANCEL_CHANNEL)
             tasks.append(_task(cancels.run(worker.drained), "cancel-listener", stop))
@@ -249,7 +255,7 @@ async def _webhook_tasks(settings: Settings, state: dict[str, Any], metrics: Met
     state["webhook_pool"] = pool
     deliverer = WebhookDeliverer(
         settings, PostgresWebhooks(pool), SecretBox.from_setting(settings.secrets_key),
-        EgressPolicy.from_lists(settings.http_allow_cidrs, settings.http_deny_cidrs), metrics)
+        settings.egress_policy(), metrics)
     readiness.add_info("webhooks", deliverer.describe)
     wakes = WakeListener(settings.database_url, deliverer.on_notify, WEBHOOK_CHANNEL)
     return [_task(wakes.run(stop), "webhook-listener", stop),

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -c 'import jobsched' 2>/dev/null || python3 -m pip install -q -e '.[dev]'
+python3 -c 'import jobsched' 2>/dev/null || python3 -m pip install -q -c requirements/dev.lock -e '.[dev]'
 scripts/services.sh
 
 export JOBSCHED_DATABASE_URL="${JOBSCHED_DATABASE_URL:-postgresql://postgres@127.0.0.1/jobsched}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -14,25 +13,21 @@ import pytest
 
 from jobsched.adapters import postgres
 from jobsched.settings import Settings
+from jobsched_dev.zookeeper import ensure_zookeeper
 from tests.helpers import (
     AMQP_URL,
     PG_ADMIN_URL,
-    ROOT,
     ZK_HOSTS,
-    ZK_PORT,
     clone_database,
     db_url,
     delete_queues,
     drop_database,
-    zookeeper_answers,
 )
 
 
 @pytest.fixture(scope="session")
 def zookeeper() -> str:
-    if not zookeeper_answers():
-        subprocess.run([str(ROOT / "scripts/zookeeper.sh"), "start", "--port", str(ZK_PORT)],
-                       check=True)
+    ensure_zookeeper(ZK_HOSTS)  # scripts/zookeeper.sh start, if nothing answers there
     return ZK_HOSTS
 
 
@@ -52,13 +47,6 @@ def template_db() -> Iterator[str]:
     asyncio.run(create())
     yield name
     asyncio.run(drop_database(name))
-
-
-
-
-
-
-
 
 @pytest.fixture
 async def database_url(template_db: str) -> AsyncIterator[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -24,21 +23,6 @@ ZK_HOSTS = f"127.0.0.1:{ZK_PORT}"
 
 def db_url(name: str) -> str:
     return urlunsplit(urlsplit(PG_ADMIN_URL)._replace(path=f"/{name}"))
-
-
-def zookeeper_answers(port: int = ZK_PORT) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"srvr")
-            return b"Mode:" in sock.recv(4096)
-    except OSError:
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def drop_database(name: str) -> None:

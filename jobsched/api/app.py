@@ -20,6 +20,7 @@ from jobsched.api.context import (
     READINESS,
     REPLICA,
     SECRET_BOX,
+    SECRETS,
     SETTINGS,
     UNAVAILABLE,
     WEBHOOKS,
@@ -34,9 +35,14 @@ from jobsched.api.routes import OPERATIONS
 from jobsched.api.security import Authenticator, principal, security_middleware
 from jobsched.crypto import SecretBox
 from jobsched.domain.auth import Forbidden, RateLimiter, check_access
-from jobsched.domain.egress import EgressPolicy
 from jobsched.health import Readiness
-from jobsched.ports import JobRepository, ReadRouting, TokenRepository, WebhookRepository
+from jobsched.ports import (
+    JobRepository,
+    ReadRouting,
+    SecretRepository,
+    TokenRepository,
+    WebhookRepository,
+)
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,6 +117,7 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
               token_errors: tuple[type[BaseException], ...] = (),
               cluster: ClusterView | None = None,
               replica: ReadRouting | None = None,
+              secrets: SecretRepository | None = None,
               webhooks: WebhookRepository | None = None) -> web.Application:
     """The api. ``unavailable``: the adapters' exceptions that mean a dependency is
     unreachable right now (answered 503 with Retry-After); ``token_errors``: those that
@@ -131,11 +138,16 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
         app[CLUSTER] = cluster
     if replica is not None:
         app[REPLICA] = replica
+    if secrets is not None:
+        app[SECRETS] = secrets
+        if not settings.secrets_key:
+            log.warning("no JOBSCHED_SECRETS_KEY: PUT /api/v1/secrets is refused (403) "
+                        "until one is set (make one with `jobsched secrets new-key`)")
     if webhooks is not None:
         app[WEBHOOKS] = webhooks
-    if settings.secrets_key:
-        app[SECRET_BOX] = SecretBox.from_setting(settings.secrets_key)  # a bad key: no start
-    app[EGRESS] = EgressPolicy.from_lists(settings.http_allow_cidrs, settings.http_deny_cidrs)
+    if settings.secrets_key:  # seals namespace secrets and webhook signing secrets
+        app[SECRET_BOX] = SecretBox.from_setting(settings.secrets_key)
+    app[EGRESS] = settings.egress_policy()
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, _guarded(op))
     register_dashboard(app)

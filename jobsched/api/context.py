@@ -14,7 +14,7 @@ from jobsched.api.cluster import ClusterView
 from jobsched.crypto import SecretBox
 from jobsched.domain.egress import EgressPolicy
 from jobsched.health import Readiness
-from jobsched.ports import JobRepository, ReadRouting, WebhookRepository
+from jobsched.ports import JobRepository, ReadRouting, SecretRepository, WebhookRepository
 from jobsched.settings import Settings
 
 T = TypeVar("T")
@@ -26,9 +26,10 @@ SETTINGS = web.AppKey("settings", Settings)
 READINESS = web.AppKey("readiness", Readiness)
 CLUSTER = web.AppKey("cluster", ClusterView)
 OPENAPI = web.AppKey("openapi", bytes)
-WEBHOOKS = web.AppKey("webhooks", WebhookRepository)
-#: Seals webhook secrets; absent on a deployment without JOBSCHED_SECRETS_KEY.
+SECRETS = web.AppKey("secrets", SecretRepository)
+#: Seals secret values (absent: no JOBSCHED_SECRETS_KEY, the store refuses writes).
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
+WEBHOOKS = web.AppKey("webhooks", WebhookRepository)
 #: Where outbound HTTP (webhooks) may connect: literal addresses are checked at creation.
 EGRESS = web.AppKey("egress", EgressPolicy)
 #: The exceptions that mean "a dependency is unreachable now": answered 503, not 500.

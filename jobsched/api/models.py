@@ -282,13 +282,30 @@ class SchedulePreviewRequest(_Strict):
     timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
     start: AwareDatetime | None = None
     count: Annotated[int, Field(ge=1, le=100)] = 10
+    # Whose hashed values (H) to show: a job's id (the job need not exist: the id is only
+    # the seed), or any text as the seed.
+    job_id: uuid.UUID | None = None
+    seed: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+    def seed_bytes(self) -> bytes | None:
+        if self.job_id is not None:
+            return self.job_id.bytes
+        return self.seed.encode() if self.seed is not None else None
 
     @model_validator(mode="after")
     def _schedule_parses(self) -> SchedulePreviewRequest:
+        if self.job_id is not None and self.seed is not None:
+            raise FieldProblem("seed", "give job_id or seed, not both")
         try:
-            parse_schedule(self.schedule, self.timezone)
+            schedule = parse_schedule(self.schedule, self.timezone, self.seed_bytes())
         except ScheduleError as exc:
             raise FieldProblem(getattr(exc, "field", "schedule"), str(exc)) from None
+        if schedule.needs_seed:
+            raise FieldProblem(
+                "job_id",
+                "the schedule has hashed values (H), which differ from job to job: give "
+                "the job's job_id (or a seed) to preview its fire times",
+            )
         return self
 
 
@@ -311,6 +328,45 @@ class ListJobsQuery(_Strict):
     label: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+=[^\x00-\x1f]*$")]] = []
     limit: Annotated[int, Field(ge=1, le=500)] = 50
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+MAX_SECRET_BYTES = 65_536
+
+
+class SecretValue(_Strict):
+    """The body of PUT /api/v1/secrets/{name}: the value, stored sealed, never returned."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"value": "s3cr3t-t0ken"}]})
+
+    value: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SECRET_BYTES, pattern=r"^[^\x00]*$")]
+
+    @field_validator("value")
+    @classmethod
+    def _bounded_bytes(cls, value: str) -> str:
+        if len(value.encode("utf-8", errors="surrogatepass")) > MAX_SECRET_BYTES:
+            raise ValueError(f"must be at most {MAX_SECRET_BYTES} bytes of UTF-8")
+        return value
+
+
+class SecretOut(BaseModel):
+    """A secret as the API shows it: its name and times, never its value."""
+
+    name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class SecretList(BaseModel):
+    items: list[SecretOut]
+    next_cursor: str | None
+
+
+class ListSecretsQuery(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    limit: Annotated[int, Field(ge=1, le=500)] = 100
+    cursor: SecretName | None = None
 
 
 class FieldError(BaseModel):

@@ -283,7 +283,7 @@ def plan_tick(jobs: list[DueJob], now: datetime, horizon: datetime | None = None
     tick = TickPlan()
     for job in jobs:
         try:
-            schedule = parse_schedule(job.schedule, job.timezone)
+            schedule = parse_schedule(job.schedule, job.timezone, job.id.bytes)
             policy = FirePolicy(
                 misfire=job.misfire,  # type: ignore[arg-type]
                 max_catchup=job.max_catchup,
@@ -327,7 +327,7 @@ def plan_resume(job: Any, now: datetime) -> tuple[datetime | None, list[tuple[da
     pending = job["next_fire_at"]
     if pending is None or pending > now or job["misfire"] != "skip":
         return pending, []
-    schedule = parse_schedule(job["schedule"], job["timezone"])
+    schedule = parse_schedule(job["schedule"], job["timezone"], job["id"].bytes)
     if not schedule.is_recurring:
         return None, [(pending, "skipped while paused (misfire=skip)")]
     offset = jitter_offset(job["id"], job["jitter_s"])

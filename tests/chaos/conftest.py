@@ -21,10 +21,12 @@ import aiohttp
 import asyncpg
 import pytest
 
-from jobsched.devcluster import DevCluster, RoleProcess, free_port, free_zookeeper_base
+from jobsched_dev.api_client import ApiClient
+from jobsched_dev.devcluster import DevCluster
+from jobsched_dev.processes import RoleProcess, free_port
+from jobsched_dev.zookeeper import free_zookeeper_base
 from tests.chaos.harness import (
     PG_BIN,
-    ApiClient,
     Fire,
     PrivatePostgres,
     RunLog,
@@ -194,7 +196,8 @@ async def chaos(chaos_cluster: DevCluster,
     runlog.mark()
     async with aiohttp.ClientSession() as session:
         helper = Chaos(chaos_cluster, private_postgres,
-                       ApiClient(session, chaos_cluster.api_urls), session, runlog)
+                       ApiClient(session, chaos_cluster.api_urls, timeout_s=10), session,
+                       runlog)
         try:
             yield helper
         finally:

@@ -1,6 +1,6 @@
-"""The chaos suite's tools: a private PostgreSQL, the machine's RabbitMQ app switch, an API
-client that fails over between api processes, and the invariants, computed from the
-executions table (counted per (job, scheduled_for)) and from the tasks' run log."""
+"""The chaos suite's tools: a private PostgreSQL, the machine's RabbitMQ app switch, a
+submitter that keeps posting through every api process, and the invariants, computed from
+the executions table (counted per (job, scheduled_for)) and from the tasks' run log."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from jobsched.client import TERMINAL_STATES
+from jobsched_dev.api_client import ApiClient
+
 PG_BIN = Path(os.environ.get("JOBSCHED_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
-TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "dead", "skipped", "missed"}
 COALESCED = re.compile(r"coalesced (\d+) later missed fires")
 
 
@@ -129,42 +131,6 @@ def start_rabbitmq_app() -> None:
 
 
 # --- the API, from the outside ------------------------------------------------------------
-
-
-class ApiClient:
-    """Round-robin over the api processes; an api that does not answer is skipped."""
-
-    def __init__(self, session: aiohttp.ClientSession, urls: Sequence[str]) -> None:
-        self.session = session
-        self.urls = list(urls)
-        self._next = itertools.cycle(range(len(self.urls)))
-
-    async def request(self, method: str, path: str, *, url: str | None = None,
-                      **kwargs: Any) -> tuple[int, Any, str]:
-        """(status, body, content type) from one api (the given one, or the next)."""
-        base = url or self.urls[next(self._next)]
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with self.session.request(method, base + path, timeout=timeout,
-                                        **kwargs) as response:
-            text = await response.text()
-            try:
-                body = json.loads(text) if text else None
-            except ValueError:
-                body = text  # not JSON: kept as it came, for the assertion to show
-            return response.status, body, response.headers.get("Content-Type", "")
-
-    async def create(self, job: dict[str, Any]) -> dict[str, Any]:
-        last: Any = None
-        for _ in range(2 * len(self.urls)):
-            try:
-                status, body, _ = await self.request("POST", "/api/v1/jobs", json=job)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = exc
-                continue
-            if status == 201:
-                return body
-            last = (status, body)
-        raise AssertionError(f"job not created: {last}")
 
 
 class Submitter:
@@ -280,7 +246,7 @@ async def wait_terminal(database_url: str, job_ids: Sequence[str],
     deadline = time.monotonic() + timeout
     while True:
         fires = await fetch_fires(database_url, job_ids)
-        open_ = [f for f in fires if f.state not in TERMINAL]
+        open_ = [f for f in fires if f.state not in TERMINAL_STATES]
         if not open_:
             return fires
         if time.monotonic() > deadline:
@@ -325,7 +291,7 @@ def assert_no_missed_fire(fires: Sequence[Fire], period: timedelta = timedelta(s
 
 def assert_all_terminal(fires: Sequence[Fire], allowed: set[str] | None = None) -> None:
     states = Counter(f.state for f in fires)
-    assert set(states) <= (allowed or TERMINAL), dict(states)
+    assert set(states) <= (allowed or TERMINAL_STATES), dict(states)
 
 
 # --- what the tasks say they did -----------------------------------------------------------

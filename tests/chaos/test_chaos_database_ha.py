@@ -20,11 +20,12 @@ import aiohttp
 import asyncpg
 import pytest
 
-from jobsched.devcluster import DevCluster, free_port
+from jobsched_dev.api_client import ApiClient
+from jobsched_dev.devcluster import DevCluster
+from jobsched_dev.processes import free_port
 from tests.chaos.conftest import chaos_deployment
 from tests.chaos.harness import (
     PG_BIN,
-    ApiClient,
     PrivatePostgres,
     RunLog,
     Submitter,
@@ -97,7 +98,7 @@ def ha_cluster(pair: Pair, request: pytest.FixtureRequest) -> Iterator[DevCluste
 @pytest.fixture
 async def api(ha_cluster: DevCluster) -> AsyncIterator[ApiClient]:
     async with aiohttp.ClientSession() as session:
-        yield ApiClient(session, ha_cluster.api_urls)
+        yield ApiClient(session, ha_cluster.api_urls, timeout_s=10)
 
 
 async def _read_stats(api: ApiClient, url: str) -> dict[str, Any]:

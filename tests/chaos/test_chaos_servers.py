@@ -16,7 +16,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from jobsched.devcluster import RoleProcess
+from jobsched_dev.processes import RoleProcess
 from tests.chaos.conftest import SESSION_TIMEOUT_S, Chaos
 from tests.chaos.harness import (
     Submitter,
@@ -87,7 +87,7 @@ async def test_rabbitmq_restart_under_load(chaos: Chaos) -> None:
     late = [f.started_at.timestamp() - back_at for f in during if f.started_at]
     statuses = Counter(status for _, status, _, _ in submitter.answers)
     assert set(statuses) <= {201}, statuses  # the api does not need RabbitMQ
-    assert not_ready == {p.name: p.role != "api" for p in chaos.cluster.processes.values()}
+    assert not_ready == {p.name: "api" not in p.roles for p in chaos.cluster.processes.values()}
     record("rabbitmq_restart", outage_s=round(back_at - stopped_at, 1),
            ready_after_s=round(ready_after, 2), executions=len(fires),
            due_during_outage=len(during), coalesced_fires=coalesced,

@@ -18,9 +18,10 @@ import asyncpg
 import pytest
 
 from jobsched.crypto import new_key
-from jobsched.devcluster import DevCluster
+from jobsched_dev.api_client import ApiClient
+from jobsched_dev.devcluster import DevCluster
 from tests.chaos.conftest import chaos_deployment
-from tests.chaos.harness import ApiClient, PrivatePostgres, immediate, record
+from tests.chaos.harness import PrivatePostgres, immediate, record
 from tests.receiver import Receiver
 
 TIMEOUT_S = 2.0

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.e2e.client import CLUSTER_TOKENS
+from jobsched_dev.processes import RoleProcess, free_port
 from tests.helpers import (
     AMQP_URL,
     ROOT,
@@ -29,73 +23,9 @@ from tests.helpers import (
     db_url,
     delete_queues,
     drop_database,
-    free_port,
 )
 
 TASKS_DIR = Path(__file__).resolve().parent
-
-
-@dataclass
-class RoleProcess:
-    roles: tuple[str, ...]
-    env: dict[str, str]
-    log_path: Path
-    extra: tuple[str, ...] = ()
-    process: subprocess.Popen[bytes] | None = None
-    health_port: int = 0
-
-    def start(self) -> RoleProcess:
-        args = [sys.executable, "-m", "jobsched", "run"]
-        for role in self.roles:
-            args += ["--role", role]
-        args += list(self.extra)
-        self.log = self.log_path.open("ab")
-        self.process = subprocess.Popen(args, env=self.env, stdout=self.log, stderr=self.log,
-                                        cwd=ROOT)
-        return self
-
-    def readyz(self) -> tuple[int, dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.health_port}/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-
-    def wait_ready(self, timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.roles} exited {self.process.returncode}:\n"
-                                     + self.log_path.read_text()[-3000:])
-            try:
-                status, body = self.readyz()
-                if status == 200:
-                    return body
-                last = body
-            except (OSError, ValueError) as exc:
-                last = exc
-            time.sleep(0.1)
-        raise AssertionError(f"{self.roles} not ready: {last}\n"
-                             + self.log_path.read_text()[-3000:])
-
-    def terminate(self, timeout: float = 30) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @dataclass
@@ -150,18 +80,16 @@ class LocalCluster:
         port = free_port()
         name = f"{'+'.join(roles)}-{len(self.processes)}"
         overrides = {"JOBSCHED_INSTANCE": name, **env}
-        if "api" in roles or "all" in roles:
+        hosts_api = "api" in roles or "all" in roles
+        if hosts_api:
             self.api_port = port
-            overrides["JOBSCHED_API_PORT"] = str(port)
-            CLUSTER_TOKENS[self.api] = self.token
-        else:
-            overrides["JOBSCHED_METRICS_PORT"] = str(port)
-        proc = RoleProcess(roles, self.env(**overrides), self.tmp / f"{name}.log", extra,
-                           health_port=port)
+        overrides["JOBSCHED_API_PORT" if hosts_api else "JOBSCHED_METRICS_PORT"] = str(port)
+        proc = RoleProcess(name, roles, port, self.env(**overrides), self.tmp / f"{name}.log",
+                           args=extra, cwd=ROOT)
         self.processes.append(proc.start())
         if wait:
-            proc.wait_ready()
-            if "api" in roles or "all" in roles:
+            proc.wait_ready(30)
+            if hosts_api:
                 # start() is called from async tests too: run the query on a thread.
                 with ThreadPoolExecutor(1) as pool:
                     pool.submit(asyncio.run, self._keep_token()).result()
@@ -193,7 +121,6 @@ def _new_cluster(tmp: Path, zookeeper: str, template: str) -> LocalCluster:
 
 def _teardown(cluster: LocalCluster) -> None:
     cluster.stop_all()
-    CLUSTER_TOKENS.pop(cluster.api, None)
     asyncio.run(drop_database(cluster.database))
     asyncio.run(delete_queues(cluster.cluster))
 

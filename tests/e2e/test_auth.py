@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
 
 pytestmark = pytest.mark.timeout(90)
@@ -55,11 +55,11 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def as_(session: aiohttp.ClientSession, cluster: LocalCluster, token: str | None) -> Api:
-    return Api(session, cluster.api, token=token)
+def as_(session: aiohttp.ClientSession, cluster: LocalCluster, token: str | None) -> ApiClient:
+    return ApiClient(session, cluster.api, token=token)
 
 
-async def operations(api: Api) -> list[tuple[str, str, str]]:
+async def operations(api: ApiClient) -> list[tuple[str, str, str]]:
     """(method, path template, x-access) of every operation the served document lists."""
     status, document, _ = await api.request("GET", "/api/v1/openapi.json")
     assert status == 200, document
@@ -254,8 +254,8 @@ async def test_too_many_headers_is_431(
 
 def _second_api(cluster: LocalCluster, **env: str) -> str:
     proc = cluster.start("api", **env)
-    url = f"http://127.0.0.1:{proc.health_port}"
-    cluster.api_port = cluster.processes[0].health_port  # the module's api stays the default
+    url = proc.url
+    cluster.api_port = cluster.processes[0].port  # the module's api stays the default
     return url
 
 
@@ -265,11 +265,11 @@ async def test_disabled_kinds_are_refused_with_the_reason(
     admin_default = as_(session, auth_cluster, tokens.admin)
     http_job = await admin_default.create({
         "name": "h", "schedule": "0 0 1 1 *", "kind": "http",
-        "http": {"url": "http://127.0.0.1:9/"}})
+        "http": {"url": "https://example.com/"}})
     url = _second_api(auth_cluster, JOBSCHED_DISABLED_KINDS="shell,http")
-    admin = Api(session, url, token=tokens.admin)
+    admin = ApiClient(session, url, token=tokens.admin)
     for job in (SHELL_JOB, {**PYTHON_JOB, "kind": "http", "python": None,
-                            "http": {"url": "http://127.0.0.1:9/"}}):
+                            "http": {"url": "https://example.com/"}}):
         status, problem, _ = await admin.request("POST", "/api/v1/jobs", json=job)
         assert status == 403, problem
         assert f"job kind '{job['kind']}' is disabled" in problem["detail"]

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
 from tests.e2e.conftest import LocalCluster
 
 GOOD: dict[str, Any] = {
@@ -18,9 +18,9 @@ GOOD: dict[str, Any] = {
 
 
 @pytest.fixture
-async def api(running_cluster: LocalCluster) -> AsyncIterator[Api]:
+async def api(running_cluster: LocalCluster) -> AsyncIterator[ApiClient]:
     async with aiohttp.ClientSession() as session:
-        yield Api(session, running_cluster.api)
+        yield ApiClient(session, running_cluster.api, token=running_cluster.token)
 
 
 def with_(**changes: Any) -> dict[str, Any]:
@@ -67,7 +67,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("body", "status", "field", "reason"), CASES)
-async def test_bad_job_is_a_problem(api: Api, body: Any, status: int, field: str,
+async def test_bad_job_is_a_problem(api: ApiClient, body: Any, status: int, field: str,
                                     reason: str) -> None:
     kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
     got, problem, content_type = await api.request("POST", "/api/v1/jobs", **kwargs)
@@ -79,7 +79,7 @@ async def test_bad_job_is_a_problem(api: Api, body: Any, status: int, field: str
     assert reason.lower() in fields[field].lower(), problem
 
 
-async def test_body_over_the_limit_is_413(api: Api) -> None:
+async def test_body_over_the_limit_is_413(api: ApiClient) -> None:
     huge = with_(shell={"argv": ["x" * 4000] * 300})
     status, problem, content_type = await api.request("POST", "/api/v1/jobs", json=huge)
     assert status == 413 and content_type == "application/problem+json"
@@ -102,14 +102,15 @@ async def test_body_over_the_limit_is_413(api: Api) -> None:
     ("GET", "/api/v1/jobs?cursor=%%%", 400),
     ("GET", "/api/v1/jobs?cursor=bm9wZQ", 400),
 ])
-async def test_bad_requests_are_problems(api: Api, method: str, path: str, status: int) -> None:
+async def test_bad_requests_are_problems(api: ApiClient, method: str, path: str,
+                                         status: int) -> None:
     got, problem, content_type = await api.request(method, path)
     assert got == status, problem
     assert content_type == "application/problem+json"
     assert problem["status"] == status
 
 
-async def test_api_still_serves_after_bad_input(api: Api) -> None:
+async def test_api_still_serves_after_bad_input(api: ApiClient) -> None:
     for body in (b"\xff\xfe", b"{" * 10_000, b'{"name": "' + b"\\ud800" + b'"}'):
         status, _, content_type = await api.request("POST", "/api/v1/jobs", data=body)
         assert 400 <= status < 500 and content_type == "application/problem+json"

@@ -90,7 +90,7 @@ def test_scale_compares_both_cases(zookeeper: str, tmp_path: Path) -> None:
 
 
 def test_vs_celery_without_celery_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from jobsched.bench import commands
+    from jobsched_dev.bench import commands
 
     monkeypatch.setattr(commands, "find_spec", lambda name: None)
     result = CliRunner().invoke(main, ["bench", "herd", "--jobs", "1", "--vs", "celery"])

@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 
+from jobsched.client import TERMINAL_STATES
+from jobsched_dev.processes import free_port
 from tests.e2e.conftest import LocalCluster
 from tests.e2e.tokens import admin_token
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.timeout(60)
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "dead", "skipped", "missed"}
 NEVER_SOON = "0 0 1 1 *"  # fires on 1 January only: the job stays put during the test
 _TOKENS: dict[str, str] = {}
 
@@ -63,7 +64,7 @@ def wait_first_execution(cluster: LocalCluster, job_id: str, timeout: float = 15
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         items = as_json(cli(cluster, "executions", "list", job_id, "-o", "json"))["items"]
-        if items and items[-1]["state"] in TERMINAL:
+        if items and items[-1]["state"] in TERMINAL_STATES:
             return items[-1]
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish")
@@ -94,6 +95,20 @@ def test_preview_in_a_time_zone_and_dry_run_creates_nothing(
     assert len(re.findall(r"^  \d{4}-\d\d-\d\d 09:00:00 \+0[12]:00  \(", out, re.M)) == 5, out
     listed = as_json(cli(running_cluster, "jobs", "list", "--name", "cli-dry", "-o", "json"))
     assert listed["items"] == []
+
+
+def test_a_hashed_schedule_is_created_though_its_times_need_the_job_id(
+    running_cluster: LocalCluster,
+) -> None:
+    # The preview cannot show H values before the job has an id: it says so, and the job
+    # is created (not refused as an invalid schedule).
+    result = cli(running_cluster, "jobs", "create", "--name", "cli-hashed", "-s", "H H * * *",
+                 "--", "/bin/true")
+    out = ok(result)
+    assert "has hashed values (H)" in result.stderr
+    match = re.search(rf"created job ({UUID}) \(cli-hashed\), next fire ", out)
+    assert match, out
+    ok(cli(running_cluster, "jobs", "cancel", match.group(1)))
 
 
 def test_job_lifecycle_through_every_jobs_command(running_cluster: LocalCluster) -> None:
@@ -167,7 +182,7 @@ def test_watch_of_a_failing_run_exits_5_and_logs_show_every_attempt(
 
 def test_create_from_a_json_file_on_stdin(running_cluster: LocalCluster) -> None:
     body = {"name": "cli-file", "schedule": NEVER_SOON, "kind": "http",
-            "http": {"url": "http://127.0.0.1:9/never", "method": "POST"}}
+            "http": {"url": "https://example.com/never", "method": "POST"}}
     job = as_json(cli(running_cluster, "jobs", "create", "-f", "-", "-o", "json",
                       stdin=json.dumps(body)))
     assert job["name"] == "cli-file" and job["http"]["method"] == "POST"

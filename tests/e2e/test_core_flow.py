@@ -12,7 +12,7 @@ import aio_pika
 import aiohttp
 import pytest
 
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
 from tests.e2e.conftest import LocalCluster
 from tests.helpers import AMQP_URL
 
@@ -20,16 +20,16 @@ pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
-async def api(running_cluster: LocalCluster) -> AsyncIterator[Api]:
+async def api(running_cluster: LocalCluster) -> AsyncIterator[ApiClient]:
     async with aiohttp.ClientSession() as session:
-        yield Api(session, running_cluster.api)
+        yield ApiClient(session, running_cluster.api, token=running_cluster.token)
 
 
 def parse(ts: str) -> datetime:
     return datetime.fromisoformat(ts)
 
 
-async def test_immediate_shell_job_succeeds_with_output(api: Api) -> None:
+async def test_immediate_shell_job_succeeds_with_output(api: ApiClient) -> None:
     job = await api.create({
         "name": "hello", "schedule": "immediate", "kind": "shell",
         "shell": {"argv": ["/bin/sh", "-c", "echo hello $WHO; echo oops >&2"],
@@ -48,7 +48,7 @@ async def test_immediate_shell_job_succeeds_with_output(api: Api) -> None:
     assert fetched["last_execution"]["id"] == execution["id"]
 
 
-async def test_every_second_cron_fires_repeatedly(api: Api) -> None:
+async def test_every_second_cron_fires_repeatedly(api: ApiClient) -> None:
     job = await api.create({
         "name": "tick", "schedule": "* * * * * *", "kind": "python",
         "python": {"function": "sample_tasks:noop"},
@@ -63,7 +63,7 @@ async def test_every_second_cron_fires_repeatedly(api: Api) -> None:
     assert all(f.microsecond == 0 for f in fires)
 
 
-async def test_job_at_a_time_starts_on_time(api: Api) -> None:
+async def test_job_at_a_time_starts_on_time(api: ApiClient) -> None:
     due = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0) + timedelta(seconds=1)
     job = await api.create({
         "name": "at", "schedule": due.isoformat().replace("+00:00", "Z"), "kind": "python",
@@ -78,7 +78,7 @@ async def test_job_at_a_time_starts_on_time(api: Api) -> None:
     assert started - due < timedelta(seconds=1), started - due
 
 
-async def test_python_task_runs_with_its_args(api: Api) -> None:
+async def test_python_task_runs_with_its_args(api: ApiClient) -> None:
     job = await api.create({
         "name": "add", "schedule": "immediate", "kind": "python",
         "python": {"function": "sample_tasks:add", "args": {"a": 2, "b": 40}},
@@ -95,7 +95,7 @@ async def test_python_task_runs_with_its_args(api: Api) -> None:
 
 
 async def test_failing_job_is_retried_then_dead_lettered(
-    api: Api, running_cluster: LocalCluster
+    api: ApiClient, running_cluster: LocalCluster
 ) -> None:
     job = await api.create({
         "name": "fails", "schedule": "immediate", "kind": "shell",
@@ -129,7 +129,7 @@ async def test_failing_job_is_retried_then_dead_lettered(
         await connection.close()
 
 
-async def test_timeout_kills_the_process_group(api: Api) -> None:
+async def test_timeout_kills_the_process_group(api: ApiClient) -> None:
     job = await api.create({
         "name": "slow", "schedule": "immediate", "kind": "shell", "timeout_s": 0.5,
         "shell": {"argv": ["/bin/sh", "-c", "sleep 30 & sleep 30; echo never"]},
@@ -142,7 +142,7 @@ async def test_timeout_kills_the_process_group(api: Api) -> None:
     assert "timed out after 0.5s" in execution["error"]
 
 
-async def test_delete_stops_further_fires(api: Api) -> None:
+async def test_delete_stops_further_fires(api: ApiClient) -> None:
     job = await api.create({
         "name": "stopme", "schedule": "* * * * * *", "kind": "python",
         "python": {"function": "sample_tasks:noop"},
@@ -159,7 +159,7 @@ async def test_delete_stops_further_fires(api: Api) -> None:
     assert status == 200 and again["state"] == "cancelled"  # idempotent
 
 
-async def test_list_filters_and_paginates(api: Api) -> None:
+async def test_list_filters_and_paginates(api: ApiClient) -> None:
     created = []
     for i in range(5):
         created.append(await api.create({
@@ -182,7 +182,7 @@ async def test_list_filters_and_paginates(api: Api) -> None:
     assert page["items"] == []
 
 
-async def test_dead_executions_are_listed_and_can_be_retried(api: Api) -> None:
+async def test_dead_executions_are_listed_and_can_be_retried(api: ApiClient) -> None:
     job = await api.create({
         "name": "dies", "schedule": "immediate", "kind": "python",
         "python": {"function": "sample_tasks:always_fails"},

@@ -12,7 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
 
 pytestmark = pytest.mark.timeout(90)
@@ -23,15 +23,13 @@ QUOTA = 5
 
 
 class Apis:
-    def __init__(self, cluster: LocalCluster) -> None:
-        self.cluster = cluster
-        self.main = cluster.start("api").health_port
-        self.quota = cluster.start("api", JOBSCHED_MAX_ACTIVE_JOBS=str(QUOTA)).health_port
-        self.limited = cluster.start("api", JOBSCHED_RATE_LIMIT_PER_S="2",
-                                     JOBSCHED_RATE_LIMIT_BURST="4").health_port
+    """Three api processes on one database: the defaults, a quota, a rate limit."""
 
-    def url(self, port: int) -> str:
-        return f"http://127.0.0.1:{port}"
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.main = cluster.start("api").url
+        self.quota = cluster.start("api", JOBSCHED_MAX_ACTIVE_JOBS=str(QUOTA)).url
+        self.limited = cluster.start("api", JOBSCHED_RATE_LIMIT_PER_S="2",
+                                     JOBSCHED_RATE_LIMIT_BURST="4").url
 
 
 @pytest.fixture(scope="module")
@@ -44,20 +42,20 @@ def limits_cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
 
 
 @pytest.fixture
-async def api(limits_cluster: tuple[LocalCluster, Apis]) -> AsyncIterator[Api]:
+async def api(limits_cluster: tuple[LocalCluster, Apis]) -> AsyncIterator[ApiClient]:
     cluster, apis = limits_cluster
     async with aiohttp.ClientSession() as session:
-        yield Api(session, apis.url(apis.main), token=cluster.token)
+        yield ApiClient(session, apis.main, token=cluster.token)
 
 
-async def create(api: Api, job: Any, key: str | None, **kwargs: Any) -> tuple[int, Any, Any]:
-    headers = {"Idempotency-Key": key} if key else {}
-    async with api.session.post(api.base + "/api/v1/jobs", json=job, headers={
-            **headers, "Authorization": f"Bearer {api.token}"}, **kwargs) as response:
-        return response.status, await response.json(content_type=None), response.headers
+async def create(api: ApiClient, job: Any, key: str | None) -> tuple[int, Any, Any]:
+    """POST the job with an Idempotency-Key (if given): status, body, headers."""
+    reply = await api.call("POST", "/api/v1/jobs", json=job,
+                           headers={"Idempotency-Key": key} if key else {})
+    return reply.status, reply.body, reply.headers
 
 
-async def test_same_key_and_body_answer_the_first_job(api: Api) -> None:
+async def test_same_key_and_body_answer_the_first_job(api: ApiClient) -> None:
     status, first, headers = await create(api, JOB, "order-1")
     assert status == 201 and "Idempotent-Replayed" not in headers
     # the same job spelled differently (key order, an explicit default) is the same body
@@ -73,7 +71,7 @@ async def test_same_key_and_body_answer_the_first_job(api: Api) -> None:
     assert [j["id"] for j in page["items"]] == [first["id"]]
 
 
-async def test_same_key_with_another_body_is_409(api: Api) -> None:
+async def test_same_key_with_another_body_is_409(api: ApiClient) -> None:
     status, first, _ = await create(api, JOB, "order-2")
     assert status == 201
     changed = {**JOB, "python": {"function": "sample_tasks:add", "args": {"a": 1, "b": 3}}}
@@ -87,17 +85,17 @@ async def test_same_key_with_another_body_is_409(api: Api) -> None:
 
 
 async def test_keys_are_per_namespace(
-    api: Api, limits_cluster: tuple[LocalCluster, Apis]
+    api: ApiClient, limits_cluster: tuple[LocalCluster, Apis]
 ) -> None:
     cluster, _ = limits_cluster
     status, mine, _ = await create(api, JOB, "shared-key")
     assert status == 201
-    other = Api(api.session, api.base, token=cluster.create_token(namespace="elsewhere"))
+    other = ApiClient(api.session, api.base, token=cluster.create_token(namespace="elsewhere"))
     status, theirs, _ = await create(other, JOB, "shared-key")
     assert status == 201 and theirs["id"] != mine["id"]
 
 
-async def test_concurrent_creates_with_one_key_make_one_job(api: Api) -> None:
+async def test_concurrent_creates_with_one_key_make_one_job(api: ApiClient) -> None:
     results = await asyncio.gather(*(create(api, JOB, "race-1") for _ in range(12)))
     statuses = sorted(status for status, _, _ in results)
     assert statuses == [200] * 11 + [201], [r[1] for r in results]
@@ -105,7 +103,7 @@ async def test_concurrent_creates_with_one_key_make_one_job(api: Api) -> None:
 
 
 async def test_a_key_is_kept_24h_then_released(
-    api: Api, limits_cluster: tuple[LocalCluster, Apis]
+    api: ApiClient, limits_cluster: tuple[LocalCluster, Apis]
 ) -> None:
     cluster, _ = limits_cluster
     status, first, _ = await create(api, JOB, "aging")
@@ -124,13 +122,10 @@ async def test_a_key_is_kept_24h_then_released(
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "has space", "caf\u00e9"])
-async def test_malformed_keys_are_400(api: Api, key: str) -> None:
-    headers = {"Idempotency-Key": key, "Authorization": f"Bearer {api.token}"}
-    async with api.session.post(api.base + "/api/v1/jobs", json=JOB,
-                                headers=headers) as response:
-        body = await response.json(content_type=None)
-        assert response.status == 400, body
-        assert body["errors"][0]["field"] == "Idempotency-Key"
+async def test_malformed_keys_are_400(api: ApiClient, key: str) -> None:
+    reply = await api.call("POST", "/api/v1/jobs", json=JOB, headers={"Idempotency-Key": key})
+    assert reply.status == 400, reply.body
+    assert reply.body["errors"][0]["field"] == "Idempotency-Key"
 
 
 async def test_quota_of_live_jobs_per_namespace(
@@ -138,7 +133,7 @@ async def test_quota_of_live_jobs_per_namespace(
 ) -> None:
     cluster, apis = limits_cluster
     async with aiohttp.ClientSession() as session:
-        api = Api(session, apis.url(apis.quota),
+        api = ApiClient(session, apis.quota,
                   token=cluster.create_token(namespace="quota"))
         status, keyed, _ = await create(api, JOB, "quota-key")
         assert status == 201
@@ -157,7 +152,7 @@ async def test_quota_of_live_jobs_per_namespace(
         status, again, _ = await create(api, JOB, "quota-key")
         assert status == 200 and again["id"] == keyed["id"]
         # another namespace has a quota of its own
-        other = Api(session, api.base, token=cluster.create_token(namespace="quota2"))
+        other = ApiClient(session, api.base, token=cluster.create_token(namespace="quota2"))
         await other.create(JOB)
 
 
@@ -166,7 +161,7 @@ async def test_concurrent_creates_respect_the_quota(
 ) -> None:
     cluster, apis = limits_cluster
     async with aiohttp.ClientSession() as session:
-        api = Api(session, apis.url(apis.quota),
+        api = ApiClient(session, apis.quota,
                   token=cluster.create_token(namespace="quota-race"))
         results = await asyncio.gather(*(
             api.request("POST", "/api/v1/jobs", json=JOB) for _ in range(20)))
@@ -177,13 +172,12 @@ async def test_rate_limit_per_token_with_retry_after(
     limits_cluster: tuple[LocalCluster, Apis]
 ) -> None:
     cluster, apis = limits_cluster
-    url = apis.url(apis.limited) + "/api/v1/jobs?limit=1"
     first, second = cluster.token, cluster.create_token(name="second")
     async with aiohttp.ClientSession() as session:
         async def get(token: str) -> tuple[int, Any]:
-            async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
-                return r.status, (r.headers.get("Retry-After"),
-                                  await r.json(content_type=None))
+            reply = await ApiClient(session, apis.limited, token=token).call(
+                "GET", "/api/v1/jobs?limit=1")
+            return reply.status, (reply.headers.get("Retry-After"), reply.body)
 
         statuses = [(await get(first))[0] for _ in range(4)]  # the burst
         assert statuses == [200] * 4

@@ -18,9 +18,10 @@ import pytest
 import yaml
 
 from jobsched.metrics import Metrics
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
+from jobsched_dev.processes import free_port
 from tests.e2e.conftest import LocalCluster
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.timeout(120)
 CONFIG = ROOT / "config"
@@ -78,7 +79,7 @@ def prometheus(tmp_path: Path, local_cluster: LocalCluster) -> Iterator[tuple[st
     local_cluster.start("scheduler")
     local_cluster.start("worker", extra=("--import", "sample_tasks"))
     local_cluster.start("api")
-    targets = [f"127.0.0.1:{p.health_port}" for p in local_cluster.processes]
+    targets = [f"127.0.0.1:{p.port}" for p in local_cluster.processes]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(CONFIG / "alerts.yml")],
@@ -102,7 +103,7 @@ def prometheus(tmp_path: Path, local_cluster: LocalCluster) -> Iterator[tuple[st
 async def test_prometheus_scrapes_the_cluster(prometheus: tuple[str, LocalCluster]) -> None:
     url, cluster = prometheus
     async with aiohttp.ClientSession() as session:
-        api = Api(session, cluster.api)
+        api = ApiClient(session, cluster.api, token=cluster.token)
         job = await api.create({"name": "tick", "schedule": "* * * * * *", "kind": "python",
                                 "python": {"function": "sample_tasks:noop"}})
         query = "sum(jobsched_scheduler_fire_lateness_seconds_count)"

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
 from tests.e2e.conftest import LocalCluster, RoleProcess
 
 pytestmark = pytest.mark.timeout(90)
@@ -51,11 +51,11 @@ async def observed(local_cluster: LocalCluster) -> AsyncIterator[Observed]:
 
 async def test_metrics_parse_and_move(observed: Observed) -> None:
     cluster, procs = observed
-    before = {role: scrape(p.health_port) for role, p in procs.items()}
+    before = {role: scrape(p.port) for role, p in procs.items()}
     assert total(before["scheduler"], "jobsched_scheduler_is_leader") == 1
     assert total(before["worker"], "jobsched_worker_executions_total") == 0
     async with aiohttp.ClientSession() as session:
-        api = Api(session, cluster.api)
+        api = ApiClient(session, cluster.api, token=cluster.token)
         ok = await api.create({"name": "m", "schedule": "immediate", "kind": "python",
                                "python": {"function": "sample_tasks:noop"}})
         bad = await api.create({"name": "f", "schedule": "immediate", "kind": "python",
@@ -64,7 +64,7 @@ async def test_metrics_parse_and_move(observed: Observed) -> None:
         await api.wait_terminal(bad["id"])
         await api.request("GET", "/api/v1/jobs/not-a-uuid")
     await asyncio.sleep(0.2)
-    after = {role: scrape(p.health_port) for role, p in procs.items()}
+    after = {role: scrape(p.port) for role, p in procs.items()}
     assert total(after["scheduler"], "jobsched_scheduler_fires_total", state="queued") >= 2
     assert total(after["scheduler"], "jobsched_scheduler_fire_lateness_seconds_count") >= 2
     assert total(after["worker"], "jobsched_worker_executions_total", kind="python",
@@ -85,7 +85,7 @@ async def test_logs_are_json_lines_with_the_execution_id(
 ) -> None:
     cluster, procs = observed
     async with aiohttp.ClientSession() as session:
-        api = Api(session, cluster.api)
+        api = ApiClient(session, cluster.api, token=cluster.token)
         job = await api.create({"name": "l", "schedule": "immediate", "kind": "shell",
                                 "shell": {"argv": ["/bin/true"],
                                           "env": {"SECRETISH": "env-value-must-not-leak"}}})

@@ -3,6 +3,14 @@ bounded number of generated requests per operation, valid and invalid, no respon
 server error and every response conforms to the document (status, content type,
 headers, body schema), and no /api/ route answers without a token.
 
+Driven through schemathesis' public Hypothesis API (``APIOperation.as_strategy`` with
+``@given``), one pytest subtest per operation and generation mode, not through
+``schemathesis.pytest.from_fixture``: that integration renames pytest's node through the
+private ``Node._nodeid``, which pytest 9.2 removed (``AttributeError: 'Function' object has
+no attribute '_nodeid'``). What it ran besides, its deterministic "coverage" phase, has no
+public API; the fuzzing budget per operation is doubled instead (positive and negative
+each get EXAMPLES_PER_MODE).
+
 Not checked, on purpose: positive_data_acceptance (a schedule's cron syntax or the
 kind/payload pairing are rules a JSON Schema cannot state, so schema-valid bodies may
 rightly be 422) and use_after_free (DELETE cancels: the job stays readable, as
@@ -19,9 +27,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
-from schemathesis import checks
+from hypothesis import HealthCheck, given, reject, settings
+from schemathesis import GenerationMode, checks
 from schemathesis.config import SchemathesisConfig
 
 from jobsched.crypto import new_key
@@ -29,7 +38,8 @@ from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
 
 pytestmark = pytest.mark.timeout(120)
 
-EXAMPLES_PER_OPERATION = 40
+EXAMPLES_PER_MODE = 40
+HTTP_LINE_LIMIT = 8190  # aiohttp's max_line_size and max_field_size
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,
@@ -93,26 +103,66 @@ def api_schema(openapi_cluster: LocalCluster) -> Any:
         headers={"Authorization": f"Bearer {openapi_cluster.token}"})
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
-@schema.parametrize()
-@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None,
-          suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_openapi_document(
-    case: Any, openapi_cluster: LocalCluster, known_ids: dict[str, str]
+    api_schema: Any, known_ids: dict[str, str], subtests: pytest.Subtests
 ) -> None:
-    path_id = str((case.path_parameters or {}).get("id"))
-    if _is_uuid(path_id) and sum(map(ord, path_id)) % 2 == 0:
-        # half the valid ids become real ones; an invalid id stays, to be rejected
-        kind = "execution" if case.path.startswith("/api/v1/executions") else "job"
-        case.path_parameters["id"] = known_ids[kind]
-    CASES[f"{case.method} {case.path}"] += 1
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert {"POST /api/v1/jobs", "PATCH /api/v1/jobs/{id}"} <= {op.label for op in operations}
+    for operation in operations:
+        for mode in _modes(operation):
+            with subtests.test(msg=f"{operation.label} {mode.value}"):
+                _fuzz(operation, mode, known_ids)
+
+
+def _modes(operation: Any) -> list[GenerationMode]:
+    """Negative data needs something to break: an operation without parameters or body
+    (GET /healthz) has no invalid request, and Hypothesis would find it unsatisfiable."""
+    inputs = (operation.path_parameters, operation.query, operation.headers,
+              operation.cookies, operation.body)
+    if any(len(part) for part in inputs):
+        return [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+    return [GenerationMode.POSITIVE]
+
+
+def _fuzz(operation: Any, mode: GenerationMode, known_ids: dict[str, str]) -> None:
+    # database=None: every operation shares this inner function's name, so a stored
+    # failing example of one would be replayed against the others.
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES_PER_MODE, deadline=None,
+              suppress_health_check=list(HealthCheck), database=None)
+    def conforms(case: Any) -> None:
+        if not _within_http_line_limits(case):
+            reject()
+        path_id = str((case.path_parameters or {}).get("id"))
+        if _is_uuid(path_id) and sum(map(ord, path_id)) % 2 == 0:
+            # half the valid ids become real ones; an invalid id stays, to be rejected
+            kind = "execution" if case.path.startswith("/api/v1/executions") else "job"
+            case.path_parameters["id"] = known_ids[kind]
+        CASES[f"{case.method} {case.path}"] += 1
+        try:
+            case.call_and_validate(checks=CHECKS, timeout=10)
+        except BaseException:  # checks fail as a FailureGroup, not an Exception
+            FAILED["cases"] += 1
+            raise
+
+    conforms()
+
+
+def _within_http_line_limits(case: Any) -> bool:
+    """Whether the request line and every header line fit aiohttp's limit. Longer ones are
+    refused by its HTTP parser itself (400, text/plain "Got more than 8190 bytes"), before
+    the application and its document are involved; newer Hypothesis versions generate
+    such query strings (a 9 KB negative ``cursor``)."""
+    sent = case.as_transport_kwargs(base_url="http://api")
     try:
-        case.call_and_validate(checks=CHECKS, timeout=10)
-    except Exception:
-        FAILED["cases"] += 1
-        raise
+        request = requests.Request(sent["method"], sent["url"], params=sent.get("params"),
+                                   headers=sent.get("headers")).prepare()
+    except (ValueError, TypeError, requests.RequestException):
+        return True  # not preparable here: let the call itself show what happens
+    lines = [f"{request.method} {request.path_url} HTTP/1.1",
+             *(f"{name}: {value}" for name, value in request.headers.items())]
+    return all(len(line.encode("utf-8", "surrogatepass")) <= HTTP_LINE_LIMIT
+               for line in lines)
 
 
 def _is_uuid(text: str) -> bool:

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from jobsched.adapters.postgres import create_database
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
 from tests.e2e.conftest import LocalCluster
 from tests.helpers import ROOT, db_url, drop_database
 
@@ -86,7 +86,7 @@ async def test_run_with_migrate_on_an_empty_database(local_cluster: LocalCluster
     await create_database(local_cluster.database_url)  # empty: no schema at all
     proc = local_cluster.start("all", extra=("--migrate", "--import", "sample_tasks"))
     async with aiohttp.ClientSession() as session:
-        api = Api(session, local_cluster.api)
+        api = ApiClient(session, local_cluster.api, token=local_cluster.token)
         job = await api.create({"name": "m", "schedule": "immediate", "kind": "python",
                                 "python": {"function": "sample_tasks:add",
                                            "args": {"a": 1, "b": 1}}})
@@ -100,7 +100,7 @@ async def test_sigterm_drains_running_work_and_exits_zero(local_cluster: LocalCl
     worker = local_cluster.start("worker")
     local_cluster.start("api")
     async with aiohttp.ClientSession() as session:
-        api = Api(session, local_cluster.api)
+        api = ApiClient(session, local_cluster.api, token=local_cluster.token)
         job = await api.create({"name": "slow", "schedule": "immediate", "kind": "shell",
                                 "shell": {"argv": ["/bin/sh", "-c", "sleep 1.5; echo done"]}})
         for _ in range(100):
@@ -124,7 +124,7 @@ async def test_shell_runs_are_limited_by_shell_concurrency(local_cluster: LocalC
                         JOBSCHED_SHELL_CONCURRENCY="1")
     local_cluster.start("api")
     async with aiohttp.ClientSession() as session:
-        api = Api(session, local_cluster.api)
+        api = ApiClient(session, local_cluster.api, token=local_cluster.token)
         shell = {"kind": "shell", "schedule": "immediate",
                  "shell": {"argv": ["/bin/sh", "-c", "sleep 1"]}}
         jobs = [await api.create({"name": f"slow-{i}", **shell}) for i in range(2)]

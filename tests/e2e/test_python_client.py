@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from jobsched import ApiError, Client, ConnectionFailed, SyncClient, task
+from jobsched_dev.processes import free_port
 from tests.e2e import sample_tasks
 from tests.e2e.conftest import LocalCluster
 from tests.e2e.tokens import admin_token
-from tests.helpers import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

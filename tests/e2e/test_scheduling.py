@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient
 from tests.e2e.conftest import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,16 +22,16 @@ NOOP: dict[str, Any] = {"kind": "python", "python": {"function": "sample_tasks:n
 
 
 @pytest.fixture
-async def api(running_cluster: LocalCluster) -> AsyncIterator[Api]:
+async def api(running_cluster: LocalCluster) -> AsyncIterator[ApiClient]:
     async with aiohttp.ClientSession() as session:
-        yield Api(session, running_cluster.api)
+        yield ApiClient(session, running_cluster.api, token=running_cluster.token)
 
 
 def at(ts: str) -> datetime:
     return datetime.fromisoformat(ts)
 
 
-async def post(api: Api, path: str, body: Any = None, expect: int = 200) -> Any:
+async def post(api: ApiClient, path: str, body: Any = None, expect: int = 200) -> Any:
     status, got, _ = await api.request("POST", path, json=body)
     assert status == expect, got
     return got
@@ -47,7 +47,7 @@ async def wait_for(check: Any, timeout: float = 10) -> Any:
     raise AssertionError("condition not met in time")
 
 
-async def test_preview_matches_next_fire(api: Api) -> None:
+async def test_preview_matches_next_fire(api: ApiClient) -> None:
     preview = await post(api, "/api/v1/schedules/preview", {
         "schedule": "30 2 * * *", "timezone": "Europe/Berlin",
         "start": "2026-03-28T00:00:00Z", "count": 3})
@@ -64,7 +64,52 @@ async def test_preview_matches_next_fire(api: Api) -> None:
     assert status == 422 and problem["errors"][0]["field"] == "schedule"
 
 
-async def test_pause_and_resume_with_skip(api: Api) -> None:
+async def test_hashed_schedule_fires_when_the_preview_with_its_job_id_says(api: ApiClient) -> None:
+    # "H * * * *": the api computes next_fire_at from the job's id; the preview given that
+    # id shows the same time. Without an id the preview refuses, naming job_id.
+    for i in range(3):
+        job = await api.create({"name": f"hashed-{i}", "schedule": "H * * * *", **NOOP})
+        preview = await post(api, "/api/v1/schedules/preview", {
+            "schedule": "H * * * *", "job_id": job["id"], "start": job["created_at"],
+            "count": 1})
+        # (created_at is the database's clock, a few ms after the api computed the fire)
+        assert preview["items"][0]["utc"] == job["next_fire_at"]
+        await api.request("DELETE", f"/api/v1/jobs/{job['id']}")
+    status, problem, _ = await api.request("POST", "/api/v1/schedules/preview",
+                                           json={"schedule": "H * * * *"})
+    assert status == 422 and problem["errors"][0]["field"] == "job_id"
+    # The leader seeds it alike: every fire of an "H/5" seconds job is one the preview lists.
+    job = await api.create({"name": "hashed-seconds", "schedule": "H/5 * * * * *", **NOOP})
+    start = at(job["created_at"]) - timedelta(seconds=5)
+    preview = await post(api, "/api/v1/schedules/preview", {
+        "schedule": "H/5 * * * * *", "job_id": job["id"],
+        "start": start.isoformat().replace("+00:00", "Z"), "count": 20})
+    times = [i["utc"] for i in preview["items"]]
+    assert job["next_fire_at"] in times[:3]
+    fired = await wait_for(lambda: _at_least(api, job["id"], 3), timeout=30)
+    await api.request("DELETE", f"/api/v1/jobs/{job['id']}")
+    assert {e["scheduled_for"] for e in fired} <= set(times)
+
+
+async def test_quartz_forms_through_the_api(api: ApiClient) -> None:
+    # The 8th or the third Friday (Vixie's OR over Quartz's '#'), and a year field.
+    job = await api.create({"name": "quartz", "schedule": "0 0 12 8 * 5#3 2027",
+                            "timezone": "Europe/Berlin", **NOOP})
+    assert job["next_fire_at"] == "2027-01-08T11:00:00Z"
+    # Only past years: valid (it fired in 2020), but it has no fire left.
+    status, problem, _ = await api.request("POST", "/api/v1/jobs", json={
+        "name": "past", "schedule": "0 0 12 1 1 ? 2020", **NOOP})
+    assert status == 422 and problem["errors"] == [
+        {"field": "schedule", "reason": "the schedule has no fire time from now (or start_at) on"}]
+    await api.request("DELETE", f"/api/v1/jobs/{job['id']}")
+
+
+async def _at_least(api: ApiClient, job_id: str, n: int) -> list[dict[str, Any]] | None:
+    items = await api.executions(job_id)
+    return items if len(items) >= n else None
+
+
+async def test_pause_and_resume_with_skip(api: ApiClient) -> None:
     job = await api.create({"name": "pr", "schedule": "* * * * * *", "misfire": "skip", **NOOP})
     await asyncio.sleep(1.5)
     paused = await post(api, f"/api/v1/jobs/{job['id']}/pause")
@@ -85,7 +130,7 @@ async def test_pause_and_resume_with_skip(api: Api) -> None:
     assert status == 409  # a cancelled job stays cancelled
 
 
-async def test_resume_with_run_all_catches_up_to_the_cap(api: Api) -> None:
+async def test_resume_with_run_all_catches_up_to_the_cap(api: ApiClient) -> None:
     job = await api.create({"name": "ra", "schedule": "* * * * * *", "misfire": "run_all",
                             "max_catchup": 2, "start_at": _in(1.0), **NOOP})
     await post(api, f"/api/v1/jobs/{job['id']}/pause")
@@ -98,7 +143,7 @@ async def test_resume_with_run_all_catches_up_to_the_cap(api: Api) -> None:
     assert "beyond max_catchup=2" in first[2]["reason"]
 
 
-async def test_trigger_runs_once_now(api: Api) -> None:
+async def test_trigger_runs_once_now(api: ApiClient) -> None:
     job = await api.create({"name": "tr", "schedule": "0 0 1 1 *", **NOOP})
     execution = await post(api, f"/api/v1/jobs/{job['id']}/trigger", expect=201)
     assert execution["state"] == "queued" and execution["reason"] == "triggered"
@@ -108,7 +153,7 @@ async def test_trigger_runs_once_now(api: Api) -> None:
     assert got["next_fire_at"] == job["next_fire_at"]  # the schedule itself is untouched
 
 
-async def test_patch_reschedules_atomically(api: Api) -> None:
+async def test_patch_reschedules_atomically(api: ApiClient) -> None:
     job = await api.create({"name": "pa", "schedule": "0 0 1 1 *", "labels": {"a": "1"}, **NOOP})
     status, renamed, _ = await api.request("PATCH", f"/api/v1/jobs/{job['id']}",
                                            json={"name": "renamed", "labels": {"b": "2"}})
@@ -133,7 +178,7 @@ async def test_patch_reschedules_atomically(api: Api) -> None:
     assert status == 409
 
 
-async def test_max_runs_and_end_at_complete_the_job(api: Api) -> None:
+async def test_max_runs_and_end_at_complete_the_job(api: ApiClient) -> None:
     capped = await api.create({"name": "mr", "schedule": "* * * * * *", "max_runs": 3, **NOOP})
     ending = await api.create({"name": "ea", "schedule": "* * * * * *", "end_at": _in(2.2),
                                **NOOP})
@@ -151,7 +196,7 @@ async def test_max_runs_and_end_at_complete_the_job(api: Api) -> None:
     assert status == 422 and problem["errors"][0]["field"] == "end_at"
 
 
-async def test_forbid_skips_overlapping_fires(api: Api) -> None:
+async def test_forbid_skips_overlapping_fires(api: ApiClient) -> None:
     job = await api.create({"name": "fb", "schedule": "* * * * * *", "concurrency": "forbid",
                             "kind": "shell", "shell": {"argv": ["sleep", "2.2"]}})
     await asyncio.sleep(5.5)
@@ -165,7 +210,7 @@ async def test_forbid_skips_overlapping_fires(api: Api) -> None:
     _assert_no_overlap(ran)
 
 
-async def test_replace_cancels_the_running_one(api: Api) -> None:
+async def test_replace_cancels_the_running_one(api: ApiClient) -> None:
     job = await api.create({"name": "rp", "schedule": "*/2 * * * * *", "concurrency": "replace",
                             "kind": "shell", "shell": {"argv": ["sleep", "30"]}})
     await asyncio.sleep(5.2)
@@ -186,7 +231,7 @@ async def test_replace_cancels_the_running_one(api: Api) -> None:
     await wait_for(every_attempt_closed, timeout=10)
 
 
-async def test_cancel_kills_a_running_execution_quickly(api: Api) -> None:
+async def test_cancel_kills_a_running_execution_quickly(api: ApiClient) -> None:
     job = await api.create({"name": "kill", "schedule": "immediate", "kind": "shell",
                             "shell": {"argv": ["/bin/sh", "-c", "sleep 60 & sleep 60"]}})
 
@@ -209,7 +254,7 @@ async def test_cancel_kills_a_running_execution_quickly(api: Api) -> None:
     assert detail["state"] == "cancelled" and detail["attempts"][0]["outcome"] == "cancelled"
 
 
-async def test_cluster_view(api: Api) -> None:
+async def test_cluster_view(api: ApiClient) -> None:
     status, view, _ = await api.request("GET", "/api/v1/cluster")
     assert status == 200
     assert view["leader"]["instance"].startswith("scheduler") and view["leader"]["epoch"] >= 0
@@ -222,13 +267,13 @@ def _in(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
 
-async def _settled(api: Api, job_id: str, count: int) -> list[dict[str, Any]] | None:
+async def _settled(api: ApiClient, job_id: str, count: int) -> list[dict[str, Any]] | None:
     items = await api.executions(job_id)
     done = [e for e in items if e["state"] not in ("queued", "running", "retrying")]
     return items if len(done) >= count else None
 
 
-async def _all_settled(api: Api, job_id: str) -> list[dict[str, Any]] | None:
+async def _all_settled(api: ApiClient, job_id: str) -> list[dict[str, Any]] | None:
     items = await api.executions(job_id)
     active = [e for e in items if e["state"] in ("queued", "running", "retrying")]
     return items if items and not active else None
@@ -245,7 +290,7 @@ async def test_history_limit_is_applied_by_the_leader(local_cluster: LocalCluste
     local_cluster.start("worker", extra=("--import", "sample_tasks"))
     local_cluster.start("api")
     async with aiohttp.ClientSession() as session:
-        api = Api(session, local_cluster.api)
+        api = ApiClient(session, local_cluster.api, token=local_cluster.token)
         job = await api.create({"name": "h", "schedule": "* * * * * *",
                                 "history": {"succeeded": 2}, **NOOP})
         await asyncio.sleep(5.5)
@@ -261,7 +306,7 @@ async def test_history_limit_is_applied_by_the_leader(local_cluster: LocalCluste
     assert len(items) == 2
 
 
-async def test_a_one_shot_job_whose_fire_was_missed_completes(api: Api) -> None:
+async def test_a_one_shot_job_whose_fire_was_missed_completes(api: ApiClient) -> None:
     past = (datetime.now(UTC) - timedelta(seconds=30)).isoformat()
     job = await api.create({"name": "late", "schedule": past, "starting_deadline_s": 1,
                             **NOOP})

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from jobsched.crypto import new_key
-from tests.e2e.client import Api
+from jobsched_dev.api_client import ApiClient as Api
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
 from tests.e2e.tokens import admin_token
 from tests.helpers import ROOT, free_port
@@ -46,7 +46,7 @@ def webhook_cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
 @pytest.fixture
 async def api(webhook_cluster: LocalCluster) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
-        yield Api(session, webhook_cluster.api)
+        yield Api(session, webhook_cluster.api, token=webhook_cluster.token)
 
 
 def _run_label() -> dict[str, str]:
@@ -202,7 +202,7 @@ async def test_a_rotated_secret_and_the_old_one_both_sign_for_a_day(api: Api) ->
 async def test_a_namespace_never_sees_another_namespaces_webhooks(
         api: Api, webhook_cluster: LocalCluster) -> None:
     labels = _run_label()
-    other = Api(api.session, api.base, admin_token(webhook_cluster, namespace="other"))
+    other = api.with_token(admin_token(webhook_cluster, namespace="other"))
     async with Receiver() as mine, Receiver() as theirs:
         endpoint = await _endpoint(api, mine.url(), ["execution.succeeded"], labels)
         path = f"/api/v1/webhooks/{endpoint['id']}"
@@ -249,7 +249,7 @@ async def test_bad_input_is_a_clear_4xx(api: Api, webhook_cluster: LocalCluster)
     assert (await api.request("GET", "/api/v1/webhooks/not-a-uuid"))[0] == 404
     assert (await api.request("GET", f"/api/v1/webhooks/{uuid.uuid4()}"))[0] == 404
     viewer = webhook_cluster.create_token(role="viewer")
-    as_viewer = Api(api.session, api.base, viewer)
+    as_viewer = api.with_token(viewer)
     status, problem, _ = await as_viewer.request("POST", "/api/v1/webhooks", json={
         "url": "https://example.com/x", "events": ["job.completed"]})
     assert status == 403
@@ -350,7 +350,7 @@ async def test_without_a_secrets_key_endpoints_cannot_be_created(
         local_cluster: LocalCluster) -> None:
     local_cluster.start("api")
     async with aiohttp.ClientSession() as session:
-        api = Api(session, local_cluster.api)
+        api = Api(session, local_cluster.api, token=local_cluster.token)
         status, problem, _ = await api.request("POST", "/api/v1/webhooks", json={
             "url": "https://example.com/x", "events": ["job.completed"]})
     assert status == 403, problem

@@ -14,9 +14,9 @@ import pytest
 from jobsched.adapters import postgres
 from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.replica import ReplicaReads
-from jobsched.devcluster import free_port
 from jobsched.ports import JobRepository, Row
 from jobsched.settings import Settings
+from jobsched_dev.processes import free_port
 from tests.integration.test_postgres import _job
 
 

@@ -12,6 +12,7 @@ from jobsched.batching import Batcher
 from jobsched.domain.firing import DueJob, JobAdvance
 from jobsched.domain.firing import plan_tick as plan_fires
 from jobsched.domain.retry import RetryPolicy
+from jobsched.domain.schedule import next_fire_after, parse_schedule
 from jobsched.ports import ClaimedExecution
 from jobsched.worker.results import AttemptResult
 from jobsched.worker.worker import assign_claims, next_state
@@ -73,6 +74,17 @@ def test_plan_fires_applies_concurrency_policies() -> None:
     assert tick.fires[0].reason == "previous run still active (concurrency=forbid)"
     assert tick.replace == [replace.id]
     assert [a.runs for a in tick.advances] == [0, 1, 1]
+
+
+def test_plan_fires_seeds_hashed_values_with_the_job_id() -> None:
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    jobs = [DueJob(uuid.UUID(int=i), "H/20 * * * *", "UTC", now) for i in range(40)]
+    tick = plan_fires(jobs, now)
+    assert [f.state for f in tick.fires] == ["queued"] * 40
+    for job, advance in zip(jobs, tick.advances, strict=True):
+        own = parse_schedule("H/20 * * * *", "UTC", job.id.bytes)
+        assert advance.next_fire_at == next_fire_after(own, now)
+    assert len({a.next_fire_at for a in tick.advances}) > 10  # spread, not all at :20
 
 
 def test_plan_fires_stops_a_job_whose_schedule_cannot_be_read() -> None:

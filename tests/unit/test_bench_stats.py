@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import os
 
-from jobsched.bench.procstat import CpuMeter, read_times
-from jobsched.bench.stats import distribution_ms, median_of_runs, percentile, table
+from jobsched_dev.bench.procstat import CpuMeter, read_times
+from jobsched_dev.bench.stats import distribution_ms, median_of_runs, percentile, table
 
 
 def test_nearest_rank_percentiles() -> None:

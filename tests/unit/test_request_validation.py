@@ -229,3 +229,33 @@ def test_digest_ignores_spelling_but_not_meaning() -> None:
         b' "schedule": "0 9 * * *", "name": "n", "timeout_s": 300}')
     changed = JobCreate.model_validate_json(orjson.dumps({**GOOD, "name": "m"}))
     assert body_digest(one) == body_digest(reordered) != body_digest(changed)
+
+
+def preview_problem(body: dict[str, Any]) -> list[dict[str, str]]:
+    with pytest.raises(ValidationError) as info:
+        SchedulePreviewRequest.model_validate_json(orjson.dumps(body))
+    response = invalid(info.value, "Invalid schedule preview")
+    assert response.status == 422
+    return orjson.loads(response.body)["errors"]  # type: ignore[arg-type, no-any-return]
+
+
+def test_a_hashed_schedule_validates_on_create_without_a_job_id() -> None:
+    job = JobCreate.model_validate_json(orjson.dumps({**GOOD, "schedule": "H H(0-5) * * *"}))
+    assert job.schedule == "H H(0-5) * * *"
+
+
+def test_preview_of_a_hashed_schedule_needs_a_job_id_or_a_seed() -> None:
+    errors = preview_problem({"schedule": "H * * * *"})
+    assert [e["field"] for e in errors] == ["job_id"]
+    assert "hashed values (H)" in errors[0]["reason"]
+    job_id = "6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b"
+    by_id = SchedulePreviewRequest.model_validate_json(
+        orjson.dumps({"schedule": "H * * * *", "job_id": job_id}))
+    assert by_id.seed_bytes() == bytes.fromhex(job_id.replace("-", ""))
+    by_seed = SchedulePreviewRequest.model_validate_json(
+        orjson.dumps({"schedule": "H * * * *", "seed": "team-a"}))
+    assert by_seed.seed_bytes() == b"team-a"
+    errors = preview_problem({"schedule": "H * * * *", "job_id": job_id, "seed": "x"})
+    assert [e["field"] for e in errors] == ["seed"]
+    errors = preview_problem({"schedule": "H * * * *", "job_id": "not-a-uuid"})
+    assert [e["field"] for e in errors] == ["job_id"]

@@ -10,7 +10,10 @@ Daylight-saving dates used below:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
+import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -282,6 +285,247 @@ def test_tabs_and_runs_of_spaces_separate_fields() -> None:
     assert fires("0\t9   * * *", utc(2026, 1, 15, 12), 1) == [utc(2026, 1, 16, 9)]
 
 
+# ------------------------------------------------------------------ dialects: day forms
+
+
+def test_both_day_fields_restricted_with_quartz_forms_fire_on_either() -> None:
+    # Vixie's OR: the 8th, or the third Friday (16 Jan, 20 Feb 2026).
+    assert fires("0 0 8 * 5#3", utc(2026, 1, 1), 4) == [
+        utc(2026, 1, 8),
+        utc(2026, 1, 16),
+        utc(2026, 2, 8),
+        utc(2026, 2, 20),
+    ]
+    # The last day, or a Monday, or the first Friday.
+    assert fires("0 0 L * MON,5#1", utc(2026, 1, 25), 5) == [
+        utc(2026, 1, 26),
+        utc(2026, 1, 31),
+        utc(2026, 2, 2),
+        utc(2026, 2, 6),
+        utc(2026, 2, 9),
+    ]
+
+
+def test_a_star_led_day_field_still_intersects_with_quartz_forms() -> None:
+    # '*/2' starts with '*': odd days that are also the third Friday (17 Apr 2026).
+    assert fires("0 0 */2 * 5#3", utc(2026, 1, 1), 2) == [utc(2026, 4, 17), utc(2026, 5, 15)]
+
+
+@pytest.mark.parametrize(
+    ("expr", "after", "want"),
+    [
+        # L-3: the third-to-last day (28 Jan, 25 Feb, 28 Mar 2026).
+        ("0 0 L-3 * *", utc(2026, 1, 1), [utc(2026, 1, 28), utc(2026, 2, 25), utc(2026, 3, 28)]),
+        # LW: the last weekday (31 Jan 2026 is a Saturday, 31 May a Sunday).
+        ("0 0 LW * *", utc(2026, 1, 1), [utc(2026, 1, 30), utc(2026, 2, 27), utc(2026, 3, 31)]),
+        ("0 0 LW 5 *", utc(2026, 1, 1), [utc(2026, 5, 29), utc(2027, 5, 31), utc(2028, 5, 31)]),
+        # L-2W: the weekday nearest the second-to-last day (29 Mar 2026 is a Sunday).
+        ("0 0 L-2W 3 *", utc(2026, 1, 1), [utc(2026, 3, 30), utc(2027, 3, 29), utc(2028, 3, 29)]),
+        # 5L, FRIL, L5: the last Friday.
+        ("0 0 * * 5L", utc(2026, 1, 1), [utc(2026, 1, 30), utc(2026, 2, 27), utc(2026, 3, 27)]),
+        ("0 0 * * FRIL", utc(2026, 1, 1), [utc(2026, 1, 30), utc(2026, 2, 27), utc(2026, 3, 27)]),
+        ("0 0 * * L5", utc(2026, 1, 1), [utc(2026, 1, 30), utc(2026, 2, 27), utc(2026, 3, 27)]),
+        # A lone L in the day of week is Quartz's last day of the week: Saturday.
+        ("0 0 ? * L", utc(2026, 1, 1), [utc(2026, 1, 3), utc(2026, 1, 10), utc(2026, 1, 17)]),
+        # 15W: 15 Feb and 15 Mar 2026 are Sundays -> Monday the 16th.
+        ("0 0 15W * *", utc(2026, 2, 1), [utc(2026, 2, 16), utc(2026, 3, 16), utc(2026, 4, 15)]),
+        # 1W never leaves the month: 1 Aug 2026 is a Saturday -> Monday the 3rd.
+        ("0 0 1W 8 *", utc(2026, 1, 1), [utc(2026, 8, 3), utc(2027, 8, 2), utc(2028, 8, 1)]),
+        # 31W: 31 Jan 2027 is a Sunday, the last day -> Friday the 29th.
+        ("0 0 31W 1 *", utc(2026, 6, 1), [utc(2027, 1, 29), utc(2028, 1, 31), utc(2029, 1, 31)]),
+        # #: ranges and names of weekdays; each gets its n-th.
+        ("0 0 * 1 mon-wed#2", utc(2026, 1, 1), [utc(2026, 1, 12), utc(2026, 1, 13),
+                                                utc(2026, 1, 14)]),
+        # Lists mixing the forms (croniter refuses '1#1,fri').
+        ("0 0 * 1 1#1,fri", utc(2026, 1, 1), [utc(2026, 1, 2), utc(2026, 1, 5), utc(2026, 1, 9)]),
+        ("0 0 1,15W,L * *", utc(2026, 1, 31),
+         [utc(2026, 2, 1), utc(2026, 2, 16), utc(2026, 2, 28)]),
+        # Quartz's year field (seconds first, year last).
+        ("0 0 12 1 1 ? 2027,2030-2032/2", utc(2026, 1, 1),
+         [utc(2027, 1, 1, 12), utc(2030, 1, 1, 12), utc(2032, 1, 1, 12)]),
+    ],
+)
+def test_quartz_day_forms(expr: str, after: datetime, want: list[datetime]) -> None:
+    assert fires(expr, after, len(want)) == want
+
+
+def test_nearest_weekday_does_not_fire_in_a_month_without_that_day() -> None:
+    # Quartz: 30W has no 30th to be near in February, so February has no fire (croniter
+    # alone would fire on the 27th).
+    assert fires("0 0 30W * *", utc(2026, 1, 15), 3) == [
+        utc(2026, 1, 30),
+        utc(2026, 3, 30),
+        utc(2026, 4, 30),
+    ]
+    # L-30 exists only in 31-day months (the 1st).
+    assert fires("0 0 L-30 * *", utc(2026, 1, 2), 2) == [utc(2026, 3, 1), utc(2026, 5, 1)]
+
+
+def test_an_nth_weekday_that_a_month_lacks_skips_that_month() -> None:
+    # A fifth Friday: May 2026 (1, 8, 15, 22, 29), then July (3 ... 31).
+    assert fires("0 0 * * 5#5", utc(2026, 5, 1), 2) == [utc(2026, 5, 29), utc(2026, 7, 31)]
+
+
+def test_quartz_forms_keep_the_debian_dst_rules() -> None:
+    # Berlin's spring-forward day 2026 is the last Sunday of March: 02:30 does not exist,
+    # the fixed-time job runs once at 03:00 CEST; the */20 job skips the gap.
+    assert fires("30 2 * * SUNL", utc(2026, 3, 1), 2, "Europe/Berlin") == [
+        utc(2026, 3, 29, 1, 0),
+        utc(2026, 4, 26, 0, 30),
+    ]
+    # Fall-back day (the last Sunday of October, 25 Oct 2026 = L-6): a fixed-time job
+    # runs once, at the first 02:30; "*/20" runs in both passes through 02:xx.
+    assert fires("30 2 L-6 10 *", utc(2026, 10, 1), 2, "Europe/Berlin") == [
+        utc(2026, 10, 25, 0, 30),
+        utc(2027, 10, 25, 0, 30),  # 25 Oct 2027 is still summer time
+    ]
+    assert fires("30 2 * 10 7L", utc(2026, 10, 1), 2, "Europe/Berlin") == [
+        utc(2026, 10, 25, 0, 30),
+        utc(2027, 10, 31, 0, 30),  # fall-back day too: the first pass
+    ]
+    assert fires("*/20 2 * 10 0L", utc(2026, 10, 1), 6, "Europe/Berlin") == [
+        utc(2026, 10, 25, 0, 0) + timedelta(minutes=20 * k) for k in range(6)
+    ]
+
+
+# ------------------------------------------------------------------ dialects: hashed values
+
+JOB = uuid.UUID("6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b").bytes
+
+
+def seeded(expr: str, seed: bytes, tz: str = "UTC") -> Schedule:
+    schedule = parse_schedule(expr, tz, seed)
+    assert not schedule.needs_seed
+    return schedule
+
+
+def test_hashed_values_are_pinned_to_sha256_of_the_seed_and_field() -> None:
+    # Changing the hash would move every H job's fires: these values are the contract.
+    s = seeded("H H H H *", JOB)
+    assert first_fire_at(s, utc(2026, 1, 1)) == utc(2026, 12, 15, 16, 56)
+    assert fires_of(seeded("H/15 * * * *", JOB), utc(2026, 1, 1), 4) == [
+        utc(2026, 1, 1, 0, 11), utc(2026, 1, 1, 0, 26), utc(2026, 1, 1, 0, 41),
+        utc(2026, 1, 1, 0, 56),
+    ]
+    digest = hashlib.sha256(b"jobsched cron H\x00" + JOB + b"\x00minute").digest()
+    assert int.from_bytes(digest[:8], "big") % 60 == 56
+
+
+def fires_of(schedule: Schedule, start: datetime, n: int) -> list[datetime]:
+    out: list[datetime] = []
+    t = first_fire_at(schedule, start)
+    while t is not None and len(out) < n:
+        out.append(t)
+        t = next_fire_after(schedule, t)
+    return out
+
+
+def test_a_hashed_value_does_not_move_when_other_fields_change() -> None:
+    minute_of = {
+        expr: first_fire_at(seeded(expr, JOB), utc(2026, 1, 1)).minute  # type: ignore[union-attr]
+        for expr in ("H * * * *", "H 9 * * *", "H 10 * * 1-5", "0 H * * * *", "0 H 3 1 * ? 2027")
+    }
+    assert set(minute_of.values()) == {56}
+    # A 6-field expression's second is a field of its own, hashed apart from the minute.
+    assert first_fire_at(seeded("H 0 * * * *", JOB), utc(2026, 1, 1)) == utc(2026, 1, 1, 0, 0, 17)
+
+
+def test_hashed_values_spread_jobs_evenly() -> None:
+    counts = Counter(
+        first_fire_at(seeded("H * * * *", uuid.UUID(int=i * 7919).bytes), utc(2026, 1, 1))
+        .minute  # type: ignore[union-attr]
+        for i in range(6000)
+    )
+    # 100 expected per minute; a fair hash stays well within +-40 (over 10 sigma apart).
+    assert len(counts) == 60
+    assert min(counts.values()) > 60 and max(counts.values()) < 140
+    hours = Counter(
+        first_fire_at(seeded("0 H * * *", uuid.UUID(int=i).bytes), utc(2026, 1, 1))
+        .hour  # type: ignore[union-attr]
+        for i in range(2400)
+    )
+    assert len(hours) == 24 and min(hours.values()) > 60 and max(hours.values()) < 140
+
+
+def test_hashed_forms() -> None:
+    start = utc(2026, 1, 1)
+    for i in range(200):
+        seed = i.to_bytes(2, "big")
+        # H(0-29): one minute in the first half hour.
+        first = first_fire_at(seeded("H(0-29) * * * *", seed), start)
+        assert first is not None and first.minute < 30
+        # H/15: four minutes, 15 apart, the first in 0-14.
+        quarter = [f.minute for f in fires_of(seeded("H/15 * * * *", seed), start, 4)]
+        assert quarter[0] < 15 and quarter == [quarter[0] + 15 * k for k in range(4)]
+        # H(22-2) in hours wraps past midnight (Jenkins).
+        hour = first_fire_at(seeded("0 H(22-2) * * *", seed), start).hour  # type: ignore[union-attr]
+        assert hour in (22, 23, 0, 1, 2)
+        # A bare H in the day of month is 1-28 (Jenkins: every month has it), in the day of
+        # week 0-6.
+        day = first_fire_at(seeded("0 0 H * *", seed), start).day  # type: ignore[union-attr]
+        assert 1 <= day <= 28
+        # cronie: a~b and ~ pick one value of the range.
+        minute = first_fire_at(seeded("10~20 * * * *", seed), start).minute  # type: ignore[union-attr]
+        assert 10 <= minute <= 20
+
+
+def test_h_slash_one_is_h_as_in_jenkins() -> None:
+    assert fires_of(seeded("H/1 * * * *", JOB), utc(2026, 1, 1), 2) == fires_of(
+        seeded("H * * * *", JOB), utc(2026, 1, 1), 2
+    )
+
+
+def test_without_a_seed_a_hashed_schedule_validates_but_has_no_fire_times() -> None:
+    s = parse_schedule("H H * * *")
+    assert s.kind == "cron" and s.needs_seed
+    with pytest.raises(ValueError, match="hashed values"):
+        first_fire_at(s, utc(2026, 1, 1))
+    # Expressions without hashed values ignore the seed: one cached parse for every job.
+    assert parse_schedule("0 9 * * *", "UTC", JOB) is parse_schedule("0 9 * * *")
+    assert parse_schedule("H H * * *", "UTC", JOB) is parse_schedule("H H * * *", "UTC", JOB)
+    with pytest.raises(TypeError):
+        parse_schedule("H H * * *", "UTC", "not bytes")  # type: ignore[arg-type]
+
+
+def test_validity_of_a_hashed_expression_does_not_depend_on_the_seed() -> None:
+    # Some job ids would pick the 30th or 31st, which February never has: refused for all.
+    for seed in (None, JOB, b"", b"x"):
+        with pytest.raises(ScheduleError, match="can never fire for a job whose hashed values"):
+            parse_schedule("0 0 H(29-31) 2 *", "UTC", seed)
+    # 28 or 29: every job fires (the 29th in leap years).
+    for i in range(50):
+        s = parse_schedule("0 0 H(28-29) 2 *", "UTC", bytes([i]))
+        assert first_fire_at(s, utc(2026, 3, 1)) in (utc(2027, 2, 28), utc(2028, 2, 29))
+
+
+def test_hashed_fixed_time_job_follows_the_debian_dst_rules() -> None:
+    # "H(20-40) 2 * * *" is fixed-time (H is one value): on Berlin's spring-forward day it
+    # runs once at 03:00 CEST; on fall-back day once, in the first pass. "H/30 2 * * *" is
+    # a step: it follows elapsed time.
+    for seed in (JOB, b"a", b"b"):
+        fixed = seeded("H(20-40) 2 * * *", seed, "Europe/Berlin")
+        assert next_fire_after(fixed, utc(2026, 3, 28, 12)) == utc(2026, 3, 29, 1)
+        fall = fires_of(fixed, utc(2026, 10, 24, 12), 2)
+        assert fall[0].hour == 0 and fall[1].date() == utc(2026, 10, 26).date()
+        stepped = seeded("H/30 2 * * *", seed, "Europe/Berlin")
+        assert fires_of(stepped, utc(2026, 3, 28, 12), 2)[1].date() == utc(2026, 3, 30).date()
+        assert len([f for f in fires_of(stepped, utc(2026, 10, 24, 12), 6)
+                    if f.date() == utc(2026, 10, 25).date()]) == 4
+
+
+def test_macros_keep_vixie_meaning() -> None:
+    # Jenkins hashes @hourly and friends; jobsched keeps Vixie's fixed times (write
+    # "H * * * *" for Jenkins' meaning).
+    hourly = parse_schedule("@hourly", "UTC", JOB)
+    assert not hourly.needs_seed
+    assert first_fire_at(hourly, utc(2026, 1, 1, 0, 1)) == utc(2026, 1, 1, 1)
+
+
+def test_reboot_and_random_values_are_refused_with_the_reason() -> None:
+    assert "no meaning for a scheduler cluster" in str(rejected("@reboot"))
+    assert "random (R) values are not supported" in str(rejected("R * * * *"))
+
+
 # ------------------------------------------------------------------ rejections
 
 
@@ -310,10 +554,10 @@ def test_too_long_is_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("text", "count"),
-    [("* * * *", 4), ("0 0 0 * * * 2026", 7), ("immediately", 1), ("0", 1)],
+    [("* * * *", 4), ("0 0 0 * * * 2026 1", 8), ("immediately", 1), ("0", 1)],
 )
 def test_field_count_is_checked(text: str, count: int) -> None:
-    assert str(rejected(text)) == f"cron expression must have 5 or 6 fields, got {count}"
+    assert str(rejected(text)) == f"cron expression must have 5, 6 or 7 fields, got {count}"
 
 
 @pytest.mark.parametrize(
@@ -334,13 +578,52 @@ def test_field_count_is_checked(text: str, count: int) -> None:
             "and day-of-week fields",
         ),
         (
-            "H * * * *",
-            "cron minute field 'H': hashed (H) and random (R) values are not supported",
+            "0 R * * *",
+            "cron hour field 'R': random (R) values are not supported (they would change "
+            "each time the schedule is read); H picks a value per job and keeps it",
         ),
         (
-            "0 R * * *",
-            "cron hour field 'R': hashed (H) and random (R) values are not supported",
+            "R(0-9) * * * *",
+            "cron minute field 'R(0-9)': random (R) values are not supported (they would "
+            "change each time the schedule is read); H picks a value per job and keeps it",
         ),
+        ("H(0-60) * * * *", "invalid cron minute field 'H(0-60)': out of range 0-59"),
+        ("0 0 H(0-5) * *", "invalid cron day-of-month field 'H(0-5)': out of range 1-31"),
+        (
+            "H(30-10) * * * *",
+            "invalid cron minute field 'H(30-10)': the range must not run backwards "
+            "(only hours wrap)",
+        ),
+        ("H/61 * * * *", "invalid cron minute field 'H/61': the step must be between 1 and 60"),
+        (
+            "0 0 * * H(1-5)#2,thu#2",
+            "invalid cron day-of-week field 'H(1-5)#2,thu#2': 'H(1-5)#2': a hashed value is "
+            "a list item of its own: H, H(a-b), H/n, H(a-b)/n or a~b",
+        ),
+        (
+            "H(0-9)/11,30 * * * *",
+            "invalid cron minute field 'H(0-9)/11,30': 'H(0-9)/11': the step must be "
+            "between 1 and 10",
+        ),
+        (
+            "9~5 * * * *",
+            "invalid cron minute field '9~5': the first number must not be above the second",
+        ),
+        (
+            "0 0 0 * * ? H",
+            "invalid cron year field 'H': hashed values are not supported in the year field",
+        ),
+        ("0 0 L-31 * *", "invalid cron day-of-month field 'L-31': at most L-30"),
+        ("0 0 1,32W * *", "invalid cron day-of-month field '1,32W': '32W': the day must be 1-31"),
+        ("0 0 1-15W * *", "invalid cron day-of-month field '1-15W': 'W' takes one day, e.g. "
+                          "15W or LW"),
+        ("0 0 * * 5#6", "invalid cron day-of-week field '5#6': '#' takes 1 to 5"),
+        ("0 0 * * 5#0", "invalid cron day-of-week field '5#0': '#' takes 1 to 5"),
+        ("0 0 * * FOO#1", "invalid cron day-of-week field 'FOO#1': not a valid value"),
+        ("0 0 * * 8L", "invalid cron day-of-week field '8L': out of range"),
+        ("0 0 0 1 1 ? 2100", "invalid cron year field '2100': out of range"),
+        ("0 0 0 1 1 ? 2030-2026", "invalid cron year field '2030-2026': the range runs backwards"),
+        ("0 61 0 L * *", "invalid cron minute field '61': out of range"),
     ],
 )
 def test_invalid_cron_fields_are_named(text: str, reason: str) -> None:
@@ -348,7 +631,18 @@ def test_invalid_cron_fields_are_named(text: str, reason: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6,9,11 *", "0 0 0 30 2 *", "0 0 30 2 ?"]
+    "text",
+    [
+        "0 0 30 2 *",
+        "0 0 31 4 *",
+        "0 0 31 2,4,6,9,11 *",
+        "0 0 0 30 2 *",
+        "0 0 30 2 ?",
+        "0 0 30W 2 *",
+        "0 0 L-29 2 *",
+        "0 0 L-29,30W 2 ?",
+        "0 0 0 29 2 ? 2025-2027",
+    ],
 )
 def test_cron_that_can_never_fire_is_rejected(text: str) -> None:
     assert str(rejected(text)) == "cron expression can never fire"
@@ -707,3 +1001,14 @@ def test_remembered_answers_match_a_fresh_computation() -> None:
             fresh = _croniter(expr).get_next(datetime, start_time=wall)
             assert _wall_next(expr, wall) == fresh, (expr, wall)
             assert _wall_next(expr, wall) == fresh, (expr, wall)  # the remembered answer
+
+
+def test_many_hashed_items_in_the_date_fields_are_validated_by_their_smallest_part() -> None:
+    # 868 x 11 combinations: too many to try each, but a day of month among 6-9 exists in
+    # every month, so every job fires whatever its other hashed days are.
+    assert parse_schedule("0 0 6~9,H,~ 2~ *").needs_seed
+    assert parse_schedule("0 0 29~31,H(1-30),H(1-29) H *").needs_seed  # 1-29: in every month
+    # Without such a part the question is refused rather than guessed (here some ids do
+    # pick 30 and 31 in February).
+    with pytest.raises(ScheduleError, match="too many hashed combinations"):
+        parse_schedule("0 0 H(1-31),H(1-30) H *")

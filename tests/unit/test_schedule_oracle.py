@@ -30,10 +30,15 @@ croniter bug, collapsed by parse_schedule and pinned by a test at the end).
 from __future__ import annotations
 
 import calendar
+import hashlib
+import itertools
+import math
+import os
 import re
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from itertools import islice
@@ -74,6 +79,9 @@ YEARS = (2024, 2025, 2026)
 WINDOW_S = 3 * 86_400
 #: Fires compared per example (first_fire_at, then chained next_fire_after).
 CHAIN = 24
+#: Examples per property test; JOBSCHED_ORACLE_EXAMPLES raises both for a long local run.
+EXAMPLES = int(os.environ.get("JOBSCHED_ORACLE_EXAMPLES", "600"))
+DIALECT_EXAMPLES = int(os.environ.get("JOBSCHED_ORACLE_EXAMPLES", "300"))
 
 _US = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -163,7 +171,25 @@ BOUNDS = {
     "dom": (1, 31),
     "month": (1, 12),
     "dow": (0, 7),
+    "year": (1970, 2099),
 }
+#: (first value, length) of the cycle a wrapping range ("22-2", "fri-mon") runs around.
+CYCLES = {"second": (0, 60), "minute": (0, 60), "hour": (0, 24), "dom": (1, 31),
+          "month": (1, 12), "dow": (0, 7)}
+#: docs/scheduling.md: a bare H ranges over these (Jenkins: days 1-28, weekdays 0-6).
+H_BOUNDS = {**BOUNDS, "dom": (1, 28), "dow": (0, 6)}
+#: The field names the documented hash is keyed on.
+FIELD_NAMES = {
+    "second": "second",
+    "minute": "minute",
+    "hour": "hour",
+    "dom": "day-of-month",
+    "month": "month",
+    "dow": "day-of-week",
+}
+DATE_KINDS = ("dom", "month", "dow")
+_H_ITEM = re.compile(r"[Hh](?:\((\d+)-(\d+)\))?(?:/(\d+))?")
+_TILDE_ITEM = re.compile(r"(\d*)~(\d*)")
 
 
 def _value(text: str, kind: str) -> int:
@@ -191,11 +217,83 @@ def expand(text: str, kind: str) -> frozenset[int]:
         else:
             a = _value(base, kind)
             b = hi if slash else a
-        assert a <= b, item
-        out.update(range(a, b + 1, step))
+        if a <= b:
+            out.update(range(a, b + 1, step))
+        else:  # Quartz: the range wraps past the end of the cycle, the step runs on
+            first, size = CYCLES[kind]
+            out.update((v - first) % size + first for v in range(a, b + size + 1, step))
     if kind == "dow":
         out = {0 if v == 7 else v for v in out}
     return frozenset(out)
+
+
+# ----------------------------------------------------------- hashed values (Jenkins, cronie)
+
+
+def oracle_hash(seed: bytes, kind: str) -> int:
+    """The documented per-job number of one field: the first 8 bytes (big-endian) of
+    SHA-256 over b"jobsched cron H", NUL, the seed, NUL, the field's name."""
+    digest = hashlib.sha256(b"jobsched cron H\0" + seed + b"\0" + FIELD_NAMES[kind].encode())
+    return int.from_bytes(digest.digest()[:8], "big")
+
+
+@dataclass(frozen=True)
+class HashedItem:
+    candidates: tuple[int, ...]  # in order; the hours of H(22-2) wrap past midnight
+    step: int  # 1: one value, candidates[h % len]; n: candidates[h % n :: n]
+
+    @classmethod
+    def parse(cls, item: str, kind: str) -> HashedItem | None:
+        if m := _H_ITEM.fullmatch(item):
+            a, b = (int(m[1]), int(m[2])) if m[1] else H_BOUNDS[kind]
+            step = int(m[3]) if m[3] else 1
+        elif m := _TILDE_ITEM.fullmatch(item):
+            lo, hi = H_BOUNDS[kind] if kind == "dow" else BOUNDS[kind]
+            a, b = int(m[1]) if m[1] else lo, int(m[2]) if m[2] else hi
+            step = 1
+        else:
+            return None
+        if a <= b:
+            candidates = tuple(range(a, b + 1))
+        else:
+            assert kind == "hour", item
+            candidates = (*range(a, 24), *range(0, b + 1))
+        return cls(candidates, step)
+
+    @property
+    def period(self) -> int:
+        """How many different picks there are (the pick is the hash modulo this)."""
+        return len(self.candidates) if self.step == 1 else self.step
+
+    def pick(self, h: int) -> tuple[int, ...]:
+        if self.step == 1:
+            return (self.candidates[h % len(self.candidates)],)
+        return self.candidates[h % self.step :: self.step]
+
+
+def resolve(text: str, kind: str, h: int) -> str:
+    """``text`` with each hashed item replaced by the values the number ``h`` picks."""
+    items = []
+    for item in text.split(","):
+        hashed = HashedItem.parse(item, kind)
+        items.append(item if hashed is None else ",".join(map(str, hashed.pick(h))))
+    return ",".join(items)
+
+
+def _periodic(text: str, kind: str) -> bool:
+    """Whether a time field is a wildcard or a step (not fixed-time): H and a~b count as
+    values, H/n (n > 1) as a step."""
+    for item in text.split(","):
+        hashed = HashedItem.parse(item, kind)
+        if hashed is not None:
+            if hashed.step > 1:
+                return True
+        elif "*" in item or "/" in item:
+            return True
+    return False
+
+
+# ----------------------------------------------------------- day forms (Quartz, Vixie)
 
 
 def _cron_weekday(d: date) -> int:
@@ -206,10 +304,12 @@ def _last_day(d: date) -> int:
     return calendar.monthrange(d.year, d.month)[1]
 
 
-def _nearest_weekday(d: date, day: int) -> int:
-    """Quartz ``<day>W``: the weekday nearest ``day`` without leaving the month."""
+def _nearest_weekday(d: date, day: int) -> int | None:
+    """Quartz ``<day>W``: the weekday nearest ``day`` without leaving the month; a month
+    without that day has none (``30W`` in February never fires)."""
     last = _last_day(d)
-    day = min(day, last)
+    if not 1 <= day <= last:
+        return None
     wd = date(d.year, d.month, day).weekday()  # Monday = 0
     if wd == 5:  # Saturday -> Friday, or Monday the 3rd if the 1st
         return day - 1 if day > 1 else day + 2
@@ -218,13 +318,28 @@ def _nearest_weekday(d: date, day: int) -> int:
     return day
 
 
+def _weekdays(text: str) -> frozenset[int]:
+    """A weekday, name or range of them (the part before '#' or around 'L')."""
+    return expand(text, "dow")
+
+
 def _dom_matches(text: str, d: date) -> bool:
+    last = _last_day(d)
     for item in text.split(","):
-        if item.upper() == "L":
-            if d.day == _last_day(d):
+        upper = item.upper()
+        if upper.startswith("L") and not upper.startswith("L-") and upper not in ("L", "LW"):
+            raise AssertionError(item)
+        if upper.startswith("L"):  # L, L-n, LW, L-nW
+            body = upper[1:]
+            weekday = body.endswith("W")
+            offset = int(body.rstrip("W")[1:] or 0) if body.startswith("-") else 0
+            target = last - offset
+            if weekday:
+                target = _nearest_weekday(d, target) if target >= 1 else None
+            if d.day == target:
                 return True
-        elif item.upper().endswith("W"):
-            if d.day == _nearest_weekday(d, int(item[:-1])):
+        elif upper.endswith("W") or upper.startswith("W"):
+            if d.day == _nearest_weekday(d, int(upper.strip("W"))):
                 return True
         elif d.day in expand(item, "dom"):
             return True
@@ -234,12 +349,17 @@ def _dom_matches(text: str, d: date) -> bool:
 def _dow_matches(text: str, d: date) -> bool:
     wd = _cron_weekday(d)
     for item in text.split(","):
-        if "#" in item:  # n#k: the k-th such weekday of the month
-            day_text, nth = item.split("#")
-            if _value(day_text, "dow") % 7 == wd and (d.day - 1) // 7 + 1 == int(nth):
+        upper = item.upper()
+        if upper == "L":  # Quartz: the last day of the week, Saturday
+            if wd == 6:
                 return True
-        elif item.upper().startswith("L"):  # Ln: the last such weekday of the month
-            if _value(item[1:], "dow") % 7 == wd and d.day + 7 > _last_day(d):
+        elif "#" in item:  # d#k: the k-th such weekday of the month
+            day_text, nth = item.split("#")
+            if wd in _weekdays(day_text) and (d.day - 1) // 7 + 1 == int(nth):
+                return True
+        elif upper.startswith("L") or upper.endswith("L"):  # Ld, dL: the last such weekday
+            day_text = item[1:] if upper.startswith("L") else item[:-1]
+            if wd in _weekdays(day_text) and d.day + 7 > _last_day(d):
                 return True
         elif wd in expand(item, "dow"):
             return True
@@ -253,31 +373,54 @@ class OracleCron:
     minutes: frozenset[int]
     hours: frozenset[int]
     months: frozenset[int]
+    years: frozenset[int] | None
     dom: str
     dow: str
     fixed: bool
+    _days: dict[date, bool] = dataclass_field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def parse(cls, text: str) -> OracleCron:
+    def parse(
+        cls, text: str, seed: bytes | None = None, *, hashes: dict[str, int] | None = None
+    ) -> OracleCron:
+        """``seed`` picks the hashed values; ``hashes`` (kind -> number) overrides it."""
         fields = text.split()
-        assert len(fields) in (5, 6)
+        assert len(fields) in (5, 6, 7)
         if len(fields) == 5:
             fields = ["0", *fields]
-        sec, minute, hour, dom, month, dow = fields
-        return cls(
-            text,
-            expand(sec, "second"),
-            expand(minute, "minute"),
-            expand(hour, "hour"),
-            expand(month, "month"),
-            dom,
-            dow,
-            fixed=not any(c in f for f in (sec, minute, hour) for c in "*/"),
+        sec, minute, hour, dom, month, dow, *year = fields
+        fixed = not any(
+            _periodic(f, kind) for f, kind in ((sec, "second"), (minute, "minute"), (hour, "hour"))
         )
 
-    @cache  # noqa: B019 - a handful of instances, each kept alive by the test anyway
+        def field(f: str, kind: str) -> str:
+            if hashes is not None and kind in hashes:
+                return resolve(f, kind, hashes[kind])
+            if seed is not None:
+                return resolve(f, kind, oracle_hash(seed, kind))
+            assert all(HashedItem.parse(i, kind) is None for i in f.split(",")), (f, "no seed")
+            return f
+
+        return cls(
+            text,
+            expand(field(sec, "second"), "second"),
+            expand(field(minute, "minute"), "minute"),
+            expand(field(hour, "hour"), "hour"),
+            expand(field(month, "month"), "month"),
+            expand(year[0], "year") if year and year[0] != "*" else None,
+            "*" if dom == "?" else field(dom, "dom"),
+            "*" if dow == "?" else field(dow, "dow"),
+            fixed=fixed,
+        )
+
     def day_matches(self, d: date) -> bool:
-        if d.month not in self.months:
+        known = self._days.get(d)
+        if known is None:
+            known = self._days[d] = self._day_matches(d)
+        return known
+
+    def _day_matches(self, d: date) -> bool:
+        if d.month not in self.months or (self.years is not None and d.year not in self.years):
             return False
         dom_any = self.dom.startswith(("*", "?"))
         dow_any = self.dow.startswith(("*", "?"))
@@ -299,7 +442,8 @@ def oracle_fires(
     cron: OracleCron, zone_name: str, after_us: int, *, inclusive: bool, until_s: int
 ) -> Iterator[int]:
     """Fire instants (UTC epoch seconds) at/after ``after_us`` (epoch microseconds) and
-    before ``until_s``, in order, by walking every UTC minute."""
+    before ``until_s``, in order, by walking the UTC minutes (skipping those whose wall
+    clock cannot match, never across a change of UTC offset)."""
     zone = zoneinfo.ZoneInfo(zone_name)
     minute = after_us // (60 * _US) * 60
     prev_off = _offset(zone, minute - 60)
@@ -326,7 +470,28 @@ def oracle_fires(
             if (f_us >= after_us if inclusive else f_us > after_us) and f < until_s:
                 yield f
         prev_off = off
-        minute += 60
+        step = _minutes_to_candidate(cron, wall)
+        # Wall minutes are real minutes only while the offset stays: never jump over a
+        # change (offsets change at most once in a few days), walk up to it instead.
+        while step > 1 and _offset(zone, minute + step * 60) != off:
+            step = 1 if step <= 60 else 60
+        minute += step * 60
+
+
+def _minutes_to_candidate(cron: OracleCron, wall: datetime) -> int:
+    """Wall minutes from ``wall`` to the next one that could match (at least 1)."""
+    nxt = wall + timedelta(minutes=1)
+    if not cron.day_matches(nxt.date()):
+        target = datetime.combine(nxt.date() + timedelta(days=1), datetime.min.time())
+    elif nxt.hour not in cron.hours:
+        target = nxt.replace(minute=0) + timedelta(hours=1)
+    else:
+        later = [m for m in cron.minutes if m >= nxt.minute]
+        target = (
+            nxt.replace(minute=min(later)) if later
+            else nxt.replace(minute=0) + timedelta(hours=1)
+        )
+    return max(1, int((target - wall) / timedelta(minutes=1)))
 
 
 def _walls(cron: OracleCron, local: datetime) -> set[datetime]:
@@ -339,13 +504,35 @@ def _walls(cron: OracleCron, local: datetime) -> set[datetime]:
 
 def oracle_can_fire(cron: OracleCron) -> bool:
     """Whether any date matches: 2000-2027 holds every combination of month length, leap
-    year and weekday (the calendar repeats every 28 years between 1901 and 2099)."""
-    d, end = date(2000, 1, 1), date(2028, 1, 1)
-    while d < end:
-        if cron.day_matches(d):
-            return True
-        d += timedelta(days=1)
+    year and weekday (the calendar repeats every 28 years between 1901 and 2099); a year
+    field names its own years."""
+    years = sorted(cron.years) if cron.years is not None else range(2000, 2028)
+    for year in years:
+        d, end = date(year, 1, 1), date(year + 1, 1, 1)
+        while d < end:
+            if cron.day_matches(d):
+                return True
+            d += timedelta(days=1)
     return False
+
+
+def oracle_fires_for_every_seed(text: str) -> bool:
+    """Whether every job can fire, whatever numbers its id gives the hashed values of the
+    date fields (the time fields only move the time of day)."""
+    fields = text.split()
+    if len(fields) == 5:
+        fields = ["0", *fields]
+    kinds = ("second", "minute", "hour", "dom", "month", "dow")
+    options: dict[str, range] = {}
+    for f, kind in zip(fields, kinds, strict=False):
+        hashed = [h for i in f.split(",") if (h := HashedItem.parse(i, kind)) is not None]
+        if hashed and kind in DATE_KINDS:
+            options[kind] = range(math.lcm(*(h.period for h in hashed)))
+    for numbers in itertools.product(*options.values()):
+        hashes = dict.fromkeys(kinds, 0) | dict(zip(options, numbers, strict=True))
+        if not oracle_can_fire(OracleCron.parse(text, hashes=hashes)):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------- generators
@@ -357,10 +544,14 @@ class Case:
     zone: str
     start: datetime
     lag_s: int  # for coalesce_next_fire: "now" = first fire + lag
+    seed: bytes | None = None  # picks the hashed values
 
     def __repr__(self) -> str:
         local = self.start.astimezone(zoneinfo.ZoneInfo(self.zone))
-        return f"Case({self.expr!r}, {self.zone!r}, {self.start.isoformat()} = {local})"
+        seed = "" if self.seed is None else f", seed={self.seed!r}"
+        return (
+            f"Case({self.expr!r}, {self.zone!r}, {self.start.isoformat()} = {local}{seed})"
+        )
 
 
 def _name(draw: st.DrawFn, v: int, kind: str) -> str:
@@ -416,8 +607,28 @@ def field(draw: st.DrawFn, kind: str, *, prefer: tuple[int, ...] = (), plain: bo
     return ",".join(items)
 
 
+@dataclass(frozen=True)
+class Moment:
+    """Where an example starts, and the values worth aiming at from there."""
+
+    zone: str
+    start: datetime
+    local: datetime
+    hours: tuple[int, ...]  # of a nearby DST transition's skipped or repeated span
+    minutes: tuple[int, ...]
+    focus: bool  # aim a fixed-time job at that span
+
+    @property
+    def days(self) -> list[date]:
+        return [self.local.date() + timedelta(days=i) for i in range(3)]
+
+    @property
+    def hour_prefer(self) -> tuple[int, ...]:
+        return self.hours or tuple(h.hour for h in (self.local, self.local + timedelta(hours=1)))
+
+
 @st.composite
-def cases(draw: st.DrawFn) -> Case:
+def moments(draw: st.DrawFn) -> Moment:
     zone_name = draw(st.sampled_from(ZONES))
     zone = zoneinfo.ZoneInfo(zone_name)
     found = transitions(zone_name)
@@ -453,13 +664,16 @@ def cases(draw: st.DrawFn) -> Case:
         )
     micro = draw(st.sampled_from([0, 0, 0, 1, 500_000, 999_999]))
     start = _dt(start_s) + timedelta(microseconds=micro)
-    local = start.astimezone(zone)
-    days = [local.date() + timedelta(days=i) for i in range(3)]
+    return Moment(zone_name, start, start.astimezone(zone), hours, minutes, focus)
 
-    fixed = focus or draw(st.booleans())
-    hour_prefer = hours or tuple(h.hour for h in (local, local + timedelta(hours=1)))
-    minute = draw(field("minute", prefer=(*minutes, local.minute), plain=fixed))
-    hour = draw(field("hour", prefer=hour_prefer, plain=fixed))
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    at = draw(moments())
+    days = at.days
+    fixed = at.focus or draw(st.booleans())
+    minute = draw(field("minute", prefer=(*at.minutes, at.local.minute), plain=fixed))
+    hour = draw(field("hour", prefer=at.hour_prefer, plain=fixed))
     dom = draw(field("dom", prefer=tuple(d.day for d in days)))
     month = (
         "*" if draw(st.booleans()) else draw(field("month", prefer=tuple(d.month for d in days)))
@@ -469,7 +683,162 @@ def cases(draw: st.DrawFn) -> Case:
     if draw(st.booleans()):
         fields.insert(0, draw(field("second", prefer=(0, 30, 59), plain=fixed)))
     lag = draw(st.sampled_from([0, 1, 59, 3600, 86_400]))
-    return Case(" ".join(fields), zone_name, start, lag)
+    return Case(" ".join(fields), at.zone, at.start, lag)
+
+
+# ------------------------------------------------------- generators: the dialects' forms
+
+
+@st.composite
+def hashed_item(draw: st.DrawFn, kind: str, *, prefer: tuple[int, ...], periodic: bool) -> str:
+    """Jenkins' H forms and cronie's a~b, aimed at ``prefer`` (a narrow range around one
+    of them picks it often, whatever the seed)."""
+    lo, hi = H_BOUNDS[kind]
+    v = draw(st.sampled_from(prefer)) if prefer else draw(st.integers(lo, hi))
+    a = max(BOUNDS[kind][0], v - draw(st.integers(0, 2)))
+    b = min(BOUNDS[kind][1], v + draw(st.integers(0, 2)))
+    shapes = ["H", "H(a-b)", "a~b", "~", "a~", "H/1"]
+    if periodic:
+        shapes += ["H/n", "H(a-b)/n"]
+    if kind == "hour":
+        shapes.append("wrap")
+    shape = draw(st.sampled_from(shapes))
+    if shape == "H":
+        return draw(st.sampled_from(["H", "h"]))
+    if shape == "H/1":
+        return "H/1"
+    if shape == "H(a-b)":
+        return f"H({a}-{b})"
+    if shape == "a~b":
+        return f"{a}~{b}"
+    if shape == "~":
+        return "~"
+    if shape == "a~":
+        return f"{a}~" if draw(st.booleans()) else f"~{b}"
+    if shape == "wrap":  # Jenkins: H(22-2) wraps past midnight
+        return f"H({draw(st.integers(20, 23))}-{draw(st.integers(0, 3))})"
+    if shape == "H/n":
+        return f"H/{draw(st.integers(2, hi - lo + 1))}"
+    wide_a = max(lo, v - draw(st.integers(0, 20)))
+    wide_b = min(hi, v + draw(st.integers(0, 20)))
+    return f"H({wide_a}-{wide_b})/{draw(st.integers(1, wide_b - wide_a + 1))}"
+
+
+@st.composite
+def wrapped_range(draw: st.DrawFn, kind: str, *, prefer: tuple[int, ...], step: bool) -> str:
+    """Quartz's overflowing range, e.g. hours 22-2 or NOV-FEB, through a preferred value."""
+    first, size = CYCLES[kind]
+    v = draw(st.sampled_from(prefer))
+    a = draw(st.integers(max(first + 1, v - size // 2), first + size - 1)) if v > first + 1 \
+        else first + size - 1
+    b = draw(st.integers(first, a - 1))
+    text = f"{_name(draw, a, kind)}-{_name(draw, b, kind)}"
+    return text + (f"/{draw(st.integers(1, size // 2))}" if step else "")
+
+
+@st.composite
+def time_field(draw: st.DrawFn, kind: str, *, prefer: tuple[int, ...], fixed: bool) -> str:
+    if draw(st.integers(0, 5)) == 0:
+        return draw(wrapped_range(kind, prefer=prefer, step=not fixed))
+    if draw(st.booleans()):
+        return draw(field(kind, prefer=prefer, plain=fixed))
+    items = [draw(hashed_item(kind, prefer=prefer, periodic=not fixed))]
+    if draw(st.integers(0, 3)) == 0:
+        items.append(str(draw(st.sampled_from(prefer))))
+    return ",".join(items)
+
+
+@st.composite
+def dom_item(draw: st.DrawFn, days: list[date]) -> str:
+    d = draw(st.sampled_from(days))
+    to_last = _last_day(d) - d.day
+    shape = draw(st.sampled_from(["plain", "L", "L-n", "LW", "L-nW", "nW", "nW", "H"]))
+    if shape == "plain":
+        if draw(st.integers(0, 4)) == 0:
+            return draw(wrapped_range("dom", prefer=(d.day,), step=draw(st.booleans())))
+        return draw(field("dom", prefer=(d.day,), plain=True))
+    if shape == "L":
+        return "L"
+    if shape == "LW":
+        return "LW"
+    if shape in ("L-n", "L-nW"):
+        n = draw(st.one_of(st.integers(max(0, to_last - 2), min(30, to_last + 2)),
+                           st.integers(0, 30)))
+        return f"L-{n}" + ("W" if shape == "L-nW" else "")
+    if shape == "nW":
+        n = draw(st.one_of(st.integers(max(1, d.day - 2), min(31, d.day + 2)),
+                           st.integers(28, 31), st.integers(1, 3)))
+        return f"W{n}" if draw(st.integers(0, 5)) == 0 else f"{n}W"
+    return draw(hashed_item("dom", prefer=(d.day,), periodic=False))
+
+
+@st.composite
+def dow_item(draw: st.DrawFn, days: list[date]) -> str:
+    d = draw(st.sampled_from(days))
+    wd = _cron_weekday(d)
+    shape = draw(st.sampled_from(["plain", "#", "#", "#range", "dL", "Ld", "L", "H"]))
+    if shape == "plain":
+        if draw(st.integers(0, 4)) == 0:
+            return draw(wrapped_range("dow", prefer=(wd,), step=draw(st.booleans())))
+        return draw(field("dow", prefer=(wd,), plain=True))
+    if shape == "L":
+        return "L"
+    if shape == "H":
+        return draw(hashed_item("dow", prefer=(wd,), periodic=False))
+    day = _name(draw, wd, "dow")
+    if shape == "#":
+        nth = draw(st.one_of(st.just((d.day - 1) // 7 + 1), st.integers(1, 5)))
+        return f"{day}#{nth}"
+    if shape == "#range":
+        a = draw(st.integers(0, wd))
+        return f"{a}-{draw(st.integers(max(a, wd), 6))}#{(d.day - 1) // 7 + 1}"
+    return f"{day}L" if shape == "dL" else f"L{day}"
+
+
+@st.composite
+def day_field(draw: st.DrawFn, item: Callable[..., st.SearchStrategy[str]], kind: str,
+              days: list[date]) -> str:
+    """A day field of 1-3 items, a quarter of them '*' or '?' (so the other field is
+    ANDed rather than ORed with it)."""
+    if draw(st.integers(0, 3)) == 0:
+        return draw(st.sampled_from(["*", "?", "*/2"]))
+    items = [draw(item(days)) for _ in range(draw(st.integers(1, 3)))]
+    # One hashed item per date field at most: the oracle tries every value a job's id can
+    # give them, and several items multiply those (the implementation's shortcut for that
+    # case has a unit test of its own).
+    hashed = [i for i, text in enumerate(items) if HashedItem.parse(text, kind) is not None]
+    return ",".join(text for i, text in enumerate(items) if i not in hashed[1:])
+
+
+@st.composite
+def dialect_cases(draw: st.DrawFn) -> Case:
+    """Expressions with the forms Quartz, Jenkins and cronie add to Vixie cron: L, W, #
+    and hashed values in any combination, a year field, and a seed."""
+    at = draw(moments())
+    days = at.days
+    fixed = at.focus or draw(st.booleans())
+    minute = draw(time_field("minute", prefer=(*at.minutes, at.local.minute), fixed=fixed))
+    hour = draw(time_field("hour", prefer=at.hour_prefer, fixed=fixed))
+    dom = draw(day_field(dom_item, "dom", days))
+    dow = draw(day_field(dow_item, "dow", days))
+    months = tuple(d.month for d in days)
+    dom_hashed = any(HashedItem.parse(i, "dom") is not None for i in dom.split(","))
+    month = draw(st.sampled_from(["*", "*", "field"] if dom_hashed else ["*", "*", "field", "H"]))
+    if month == "field":
+        month = draw(st.one_of(field("month", prefer=months),
+                               wrapped_range("month", prefer=months, step=draw(st.booleans()))))
+    elif month == "H":
+        month = draw(hashed_item("month", prefer=months, periodic=False))
+    fields = [minute, hour, dom, month, dow]
+    if at.focus or draw(st.booleans()):
+        fields.insert(0, draw(time_field("second", prefer=(0, 30, 59), fixed=fixed)))
+        if draw(st.integers(0, 3)) == 0:  # Quartz's year field
+            y = at.local.year
+            fields.append(draw(st.sampled_from(
+                ["*", str(y), f"{y}-{y + 2}", f"{y - 1},{y}", str(y + 1), f"{y - 2}-2099/2"])))
+    seed = draw(st.binary(max_size=16))
+    lag = draw(st.sampled_from([0, 1, 59, 3600, 86_400]))
+    return Case(" ".join(fields), at.zone, at.start, lag, seed)
 
 
 # --------------------------------------------------------------------------- checks
@@ -481,13 +850,20 @@ def _show(fires: list[datetime], zone: str) -> list[str]:
 
 
 def check_against_oracle(
-    expr: str, zone: str, start: datetime, *, window_s: int, lag_s: int = 0, chain: int = CHAIN
+    expr: str,
+    zone: str,
+    start: datetime,
+    *,
+    window_s: int,
+    lag_s: int = 0,
+    chain: int = CHAIN,
+    seed: bytes | None = None,
 ) -> list[datetime]:
     """first_fire_at(start) and the next_fire_after chain from it equal the oracle's fires
     in [start, start + window); the one after them lies beyond the window. Also checks
     next_fire_after(start) and coalesce_next_fire(first, first + lag). Returns the fires."""
-    schedule = parse_schedule(expr, zone)
-    cron = OracleCron.parse(expr)
+    schedule = parse_schedule(expr, zone, seed)
+    cron = OracleCron.parse(expr, seed)
     start_us = _us(start)
     until = start_us // _US + window_s
     horizon = _dt(until)
@@ -529,7 +905,7 @@ def check_against_oracle(
 
 
 @settings(
-    max_examples=600,
+    max_examples=EXAMPLES,
     deadline=None,
     derandomize=True,
     database=None,
@@ -567,6 +943,45 @@ def test_fire_times_match_brute_force_oracle(case: Case) -> None:
             event(f"{kind}: fire in the first pass of a fall-back overlap")
 
 
+@settings(
+    max_examples=DIALECT_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(case=dialect_cases())
+def test_dialect_forms_match_brute_force_oracle(case: Case) -> None:
+    """Quartz's L, W, # and year, Jenkins' H and cronie's ~, in lists, in both day fields
+    at once (Vixie's OR), around DST transitions, for a random job seed."""
+    cron = OracleCron.parse(case.expr, case.seed)
+    event(f"{len(case.expr.split())}-field")
+    event("fixed-time" if cron.fixed else "elapsed-time")
+    event("days: either field (OR)" if not (cron.dom.startswith("*") or cron.dow.startswith("*"))
+          else "days: both fields (AND)")
+    try:
+        parse_schedule(case.expr, case.zone, case.seed)
+    except ScheduleError as exc:
+        # Refused: only acceptable when some job (some seed) could never fire.
+        event("refused: some job could never fire")
+        assert not oracle_fires_for_every_seed(case.expr), (
+            f"{case.expr!r} refused ({exc}) but every job can fire"
+        )
+        return
+    assert oracle_fires_for_every_seed(case.expr), f"{case.expr!r} accepted but cannot fire"
+    fires = check_against_oracle(
+        case.expr, case.zone, case.start, window_s=WINDOW_S, lag_s=case.lag_s, seed=case.seed
+    )
+    event("fires in window" if fires else "oracle: no fire in window")
+    zone = zoneinfo.ZoneInfo(case.zone)
+    for f in fires:
+        local = f.astimezone(zone)
+        if local.fold == 1:
+            event("fire in the second pass of a fall-back overlap")
+        if _ts(f) in {t.ts for t in transitions(case.zone)}:
+            event("fire at a UTC-offset transition")
+
+
 # --------------------------------------------------------------------------- the oracle itself
 
 
@@ -576,7 +991,7 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> date
 
 def _oracle(expr: str, zone: str, start: datetime, n: int) -> list[datetime]:
     it = oracle_fires(
-        OracleCron.parse(expr), zone, _us(start), inclusive=True, until_s=_ts(start) + 40 * 86_400
+        OracleCron.parse(expr), zone, _us(start), inclusive=True, until_s=_ts(start) + 1200 * 86_400
     )
     return [_dt(f) for f in islice(it, n)]
 
@@ -634,6 +1049,35 @@ def _oracle(expr: str, zone: str, start: datetime, n: int) -> list[datetime]:
         ),
         ("0 12 */1 * mon", "UTC", utc(2026, 1, 1), [utc(2026, 1, 5, 12)]),
         ("0 12 ? * 7", "UTC", utc(2026, 1, 1), [utc(2026, 1, 4, 12)]),
+        # The 8th or the third Friday (Vixie's OR with a Quartz '#').
+        (
+            "0 12 8 * 5#3",
+            "UTC",
+            utc(2026, 1, 1),
+            [utc(2026, 1, 8, 12), utc(2026, 1, 16, 12), utc(2026, 2, 8, 12), utc(2026, 2, 20, 12)],
+        ),
+        # Quartz: no 30th in February, so no fire there; 2026-05-30 is a Saturday.
+        (
+            "0 12 30W * *",
+            "UTC",
+            utc(2026, 1, 15),
+            [
+                utc(2026, 1, 30, 12),
+                utc(2026, 3, 30, 12),
+                utc(2026, 4, 30, 12),
+                utc(2026, 5, 29, 12),
+            ],
+        ),
+        ("0 12 L-3 * *", "UTC", utc(2026, 2, 1), [utc(2026, 2, 25, 12), utc(2026, 3, 28, 12)]),
+        # 2026-05-31 is a Sunday: the last weekday is Friday the 29th.
+        ("0 12 LW * *", "UTC", utc(2026, 5, 1), [utc(2026, 5, 29, 12), utc(2026, 6, 30, 12)]),
+        # 2026-03-29 (L-2) is a Sunday: the nearest weekday is Monday the 30th.
+        ("0 12 L-2W 3 *", "UTC", utc(2026, 3, 1), [utc(2026, 3, 30, 12)]),
+        # 2026-08-01 is a Saturday: 1W does not leave the month, it is Monday the 3rd.
+        ("0 12 1W 8 *", "UTC", utc(2026, 8, 1), [utc(2026, 8, 3, 12)]),
+        ("0 12 * * 5L", "UTC", utc(2026, 1, 1), [utc(2026, 1, 30, 12), utc(2026, 2, 27, 12)]),
+        ("0 12 * * L", "UTC", utc(2026, 1, 1), [utc(2026, 1, 3, 12), utc(2026, 1, 10, 12)]),
+        ("0 0 0 1 1 ? 2027,2029", "UTC", utc(2026, 1, 1), [utc(2027, 1, 1), utc(2029, 1, 1)]),
     ],
 )
 def test_oracle_agrees_with_hand_computed_times(
@@ -664,6 +1108,17 @@ def test_oracle_agrees_with_hand_computed_times(
         ("30 1 15W * *", "America/St_Johns", utc(2026, 2, 1)),  # 2026-03-15 is a Sunday
         ("0 0 0 L * *", "America/Santiago", utc(2025, 8, 1)),
         ("0 23 * * fri#2", "Asia/Kathmandu", utc(2025, 5, 1)),
+        # Quartz's last-weekday forms on DST days: Berlin's last Sundays of March and
+        # October 2024 (gap at 02:00-03:00, overlap at 02:00-03:00).
+        ("30 2 * * SUNL", "Europe/Berlin", utc(2024, 3, 1)),
+        ("30 2 * 10 7L", "Europe/Berlin", utc(2024, 10, 1)),
+        ("*/20 2 * * 0L", "Europe/Berlin", utc(2024, 10, 1)),
+        # The 5th, the 6th (L-24 in April) or the first Sunday: 2025-04-06 is Adelaide's
+        # fall-back day.
+        ("30 2 5,L-24 4 0#1", "Australia/Adelaide", utc(2025, 3, 20)),
+        # Santiago springs forward at midnight on the first Sunday of September 2025.
+        ("30 0 LW,W1 9 0#1", "America/Santiago", utc(2025, 8, 25)),
+        ("0 30 0 L-23W 9 ? 2025", "America/Santiago", utc(2025, 8, 25)),
     ],
 )
 def test_last_weekday_and_nth_forms_match_oracle(expr: str, zone: str, start: datetime) -> None:
@@ -705,10 +1160,20 @@ def test_one_value_range_means_that_value(expr: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "expr", ["0 0 1 * 0#1", "0 0 1,15 * sun#1", "0 0 15W * mon", "0 0 1 * L0", "0 0 1 * fri#2"]
+    "expr",
+    [
+        "0 0 1 * 0#1",
+        "0 0 1,15 * sun#1",
+        "0 0 15W * mon",
+        "0 0 1 * L0",
+        "0 0 1 * fri#2",
+        "0 0 L * 1#1,fri",
+        "0 0 LW,15 * 5L,mon#2",
+        "0 0 L-3W,1W * L",
+    ],
 )
-def test_day_forms_croniter_cannot_or_are_refused(expr: str) -> None:
-    # croniter intersects the day fields when one uses '#', 'L<n>' or 'W', where Vixie
-    # cron ORs them: rather than fire on the wrong days, such expressions are refused.
-    with pytest.raises(ScheduleError, match="neither may use 'W', '#' or 'L'"):
-        parse_schedule(expr, "UTC")
+def test_day_forms_in_both_day_fields_fire_on_the_union(expr: str) -> None:
+    # croniter intersects the day fields when one uses '#', 'L' or 'W', where Vixie cron
+    # ORs them: the union is computed by jobsched's own day rule, checked here.
+    fires = check_against_oracle(expr, "Europe/Berlin", utc(2026, 1, 20), window_s=70 * 86_400)
+    assert len(fires) >= 2

@@ -39,6 +39,7 @@ from jobsched.domain.firing import initial_fire_at, jitter_offset, plan_resume
 from jobsched.domain.schedule import parse_schedule
 from jobsched.domain.states import JobState
 from jobsched.ports import IdempotencyConflict, JobColumns, QuotaExceeded, Row
+from jobsched.settings import Settings
 
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 #: The fields of a job that decide when it fires: a PATCH of none of them keeps the
@@ -63,17 +64,22 @@ def job_out(row: Row) -> JobOut:
 
 
 class FirstFireMissing(Exception):
-    """The job's bounds leave no fire at all."""
+    """The job's bounds leave no fire at all (or, without end_at, a year field that is
+    already past); ``field`` is the one to blame."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
 
 
 def job_columns(job: JobCreate, job_id: uuid.UUID, now: datetime) -> JobColumns:
     """The stored columns of a job as submitted, its first fire computed from ``now``."""
-    schedule = parse_schedule(job.schedule, job.timezone)
+    schedule = parse_schedule(job.schedule, job.timezone, job_id.bytes)
     offset = jitter_offset(job_id, job.jitter_s) if schedule.is_recurring else timedelta(0)
     next_fire_at = initial_fire_at(schedule, now, start_at=job.start_at, end_at=job.end_at,
                                    offset=offset)
     if next_fire_at is None:
-        raise FirstFireMissing()
+        raise FirstFireMissing("end_at" if job.end_at is not None else "schedule")
     return JobColumns(
         name=job.name, kind=job.kind, payload=job.payload(), schedule=job.schedule,
         timezone=job.timezone, next_fire_at=next_fire_at,
@@ -87,9 +93,26 @@ def job_columns(job: JobCreate, job_id: uuid.UUID, now: datetime) -> JobColumns:
     )
 
 
-def _no_fire_problem() -> web.Response:
-    return problem(422, "Invalid job", "end_at: the schedule has no fire before end_at",
-                   [{"field": "end_at", "reason": "the schedule has no fire before end_at"}])
+def _egress_problem(job: JobCreate, settings: Settings, title: str) -> web.Response | None:
+    """An http job whose URL is a literal address the workers would refuse (DESIGN.md
+    "Egress"): a 422 now rather than a failed run later. A host name is checked on the
+    worker, on the address it resolves to."""
+    if job.http is None:
+        return None
+    reason = settings.egress_policy().literal_refusal(job.http.url)
+    if reason is None:
+        return None
+    return problem(422, title, f"http.url: {reason}", [{"field": "http.url", "reason": reason}])
+
+
+_NO_FIRE = {"end_at": "the schedule has no fire before end_at",
+            "schedule": "the schedule has no fire time from now (or start_at) on"}
+
+
+def _no_fire_problem(missing: FirstFireMissing) -> web.Response:
+    reason = _NO_FIRE[missing.field]
+    return problem(422, "Invalid job", f"{missing.field}: {reason}",
+                   [{"field": missing.field, "reason": reason}])
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -120,13 +143,16 @@ async def create_job(request: web.Request) -> web.Response:
     who = principal(request)
     settings = request.app[SETTINGS]
     check_kind(who, job.kind, settings.disabled_kinds)
+    refused = _egress_problem(job, settings, "Invalid job")
+    if refused is not None:
+        return refused
     key = _idempotency_key(request)
     job_id = uuid.uuid4()
     now = datetime.now(UTC)
     try:
         columns = job_columns(job, job_id, now)
-    except FirstFireMissing:
-        return _no_fire_problem()
+    except FirstFireMissing as missing:
+        return _no_fire_problem(missing)
     # The leader looks at the jobs table at least every scheduler_poll_s (and that far
     # plus its lookahead ahead): only a job due sooner needs to wake it.
     wake_horizon = now + timedelta(
@@ -232,7 +258,8 @@ async def patch_job(request: web.Request) -> web.Response:
         patch = {**{k: None for k in ("shell", "http", "python") if k not in patch}, **patch}
 
     who = principal(request)
-    disabled = request.app[SETTINGS].disabled_kinds
+    settings = request.app[SETTINGS]
+    disabled = settings.disabled_kinds
 
     def change(row: Row) -> JobColumns:
         check_kind(who, row["kind"], disabled)
@@ -244,6 +271,9 @@ async def patch_job(request: web.Request) -> web.Response:
         except ValidationError as exc:
             raise Abort(invalid(exc, "Invalid job patch")) from None
         check_kind(who, job.kind, disabled)
+        refused = _egress_problem(job, settings, "Invalid job patch")
+        if refused is not None:
+            raise Abort(refused)
         columns = job_columns(job, row["id"], datetime.now(UTC))
         if not any(k in patch for k in TIMING_FIELDS):
             columns = dataclasses.replace(columns, next_fire_at=row["next_fire_at"])
@@ -251,8 +281,8 @@ async def patch_job(request: web.Request) -> web.Response:
 
     try:
         row = await request.app[JOBS].update_job(job_id, who.namespace, change)
-    except FirstFireMissing:
-        return _no_fire_problem()
+    except FirstFireMissing as missing:
+        return _no_fire_problem(missing)
     if row is None:
         raise web.HTTPNotFound()
     fetched = await request.app[JOBS].get_job(job_id, who.namespace)

@@ -22,7 +22,7 @@ async def preview_schedule(request: web.Request) -> web.Response:
         wanted = SchedulePreviewRequest.model_validate_json(body or b"null")
     except ValidationError as exc:
         return invalid(exc, "Invalid schedule preview")
-    schedule = parse_schedule(wanted.schedule, wanted.timezone)
+    schedule = parse_schedule(wanted.schedule, wanted.timezone, wanted.seed_bytes())
     zone = ZoneInfo(wanted.timezone)
     fires = preview_fires(schedule, wanted.start or datetime.now(UTC), wanted.count)
     return json_response(SchedulePreview(

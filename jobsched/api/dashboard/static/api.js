@@ -81,8 +81,10 @@ export const triggerJob = (jobId) => request("POST", `/api/v1/jobs/${id(jobId)}/
 export const listExecutions = (jobId, limit = 50) =>
   request("GET", `/api/v1/jobs/${id(jobId)}/executions?limit=${limit}`);
 export const getExecution = (executionId) => request("GET", `/api/v1/executions/${id(executionId)}`);
-export const previewSchedule = (schedule, timezone, count = 5) =>
-  request("POST", "/api/v1/schedules/preview", { schedule, timezone, count });
+// job_id: whose hashed values (H) to show; a new job has none yet.
+export const previewSchedule = (schedule, timezone, count = 5, jobId = null) =>
+  request("POST", "/api/v1/schedules/preview",
+    jobId ? { schedule, timezone, count, job_id: jobId } : { schedule, timezone, count });
 export const getCluster = () => request("GET", "/api/v1/cluster");
 
 export const listWebhooks = (params) => request("GET", `/api/v1/webhooks?${new URLSearchParams(params)}`);

@@ -320,7 +320,7 @@ export async function formPage(ctx, jobId) {
       return;
     }
     try {
-      const result = await previewSchedule(schedule, timezone, 5);
+      const result = await previewSchedule(schedule, timezone, 5, editing ? jobId : null);
       if (seq !== previewSeq) return;
       serverErrors = serverErrors.filter((e) => !["schedule", "timezone"].includes(e.field));
       preview.replaceChildren(result.items.length
@@ -329,7 +329,12 @@ export async function formPage(ctx, jobId) {
         : h("p", { class: "muted", text: "This schedule does not fire again." }));
     } catch (error) {
       if (seq !== previewSeq) return;
-      if (error.errors.length) {
+      if (error.errors.length === 1 && error.errors[0].field === "job_id") {
+        // A valid schedule with hashed values (H): its times depend on the new job's id.
+        serverErrors = serverErrors.filter((e) => !["schedule", "timezone"].includes(e.field));
+        preview.replaceChildren(h("p", { class: "muted",
+          text: "H values are picked from the job's id: the fire times show once it is created." }));
+      } else if (error.errors.length) {
         serverErrors = [...serverErrors.filter((e) => !["schedule", "timezone"].includes(e.field)),
           ...error.errors.map((e) => ({ ...e, field: e.field === "body" ? "schedule" : e.field }))];
         for (const e of error.errors) touched.add(e.field);

@@ -127,7 +127,7 @@ export async function jobPage(ctx, jobId) {
     if (key === previewKey && Date.now() < previewStale) return;
     previewKey = key;
     try {
-      const preview = await previewSchedule(job.schedule, job.timezone || "UTC", 5);
+      const preview = await previewSchedule(job.schedule, job.timezone || "UTC", 5, job.id);
       // Fetched again once the first listed time has passed (or after a minute).
       const first = preview.items.length ? new Date(preview.items[0].utc).getTime() : Infinity;
       previewStale = Math.min(first, Date.now() + 60_000);

@@ -12,7 +12,7 @@ import asyncpg
 
 from jobsched.adapters.postgres.listen import WAKE_CHANNEL
 from jobsched.api.models import JobCreate
-from jobsched.bench.tasks import NOOP
+from jobsched_dev.bench.tasks import NOOP
 
 JOB_COLUMNS = ("id", "name", "kind", "payload", "schedule", "timezone", "next_fire_at",
                "max_attempts", "backoff_s", "max_backoff_s", "timeout_s", "labels", "spec",

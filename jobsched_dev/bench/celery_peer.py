@@ -35,10 +35,11 @@ import aio_pika
 import asyncpg
 
 from jobsched.adapters import postgres
-from jobsched.bench.cluster import Services
-from jobsched.bench.common import summary_of_cpu
-from jobsched.bench.procstat import CpuMeter
-from jobsched.bench.stats import distribution_ms
+from jobsched_dev.bench.cluster import Services
+from jobsched_dev.bench.common import summary_of_cpu
+from jobsched_dev.bench.procstat import CpuMeter
+from jobsched_dev.bench.stats import distribution_ms
+from jobsched_dev.processes import source_env
 
 RESULT_TABLE = "celery_taskmeta"
 BEAT_LEAD_S = 15.0  # beat starts at least this long before the boundary it is measured at
@@ -69,7 +70,7 @@ async def _queue_depth(connection: aio_pika.abc.AbstractConnection, queue: str) 
 
 
 def _publish(count: int) -> float:
-    from jobsched.bench.celery_app import noop
+    from jobsched_dev.bench.celery_app import noop
 
     began = time.perf_counter()
     for _ in range(count):
@@ -89,7 +90,7 @@ async def run_celery_burn_down(services: Services, jobs: int, with_results: bool
     env = _celery_env(services, queue, CELERY_BENCH_BACKEND=backend)
     os.environ.update({k: env[k] for k in ("CELERY_BENCH_BROKER", "CELERY_BENCH_BACKEND",
                                            "CELERY_BENCH_QUEUE")})
-    sys.modules.pop("jobsched.bench.celery_app", None)  # re-read the environment
+    sys.modules.pop("jobsched_dev.bench.celery_app", None)  # re-read the environment
     if with_results:
         await postgres.create_database(database_url)
     concurrency = concurrency or os.cpu_count() or 2
@@ -227,18 +228,19 @@ def _queue_name(run: str) -> str:
 
 
 def _celery_env(services: Services, queue: str, **extra: str) -> dict[str, str]:
-    """The environment ``jobsched.bench.celery_app`` is configured from (see there)."""
+    """The environment ``jobsched_dev.bench.celery_app`` is configured from (see there)."""
     broker = services.amqp_url.rstrip("/") + "//" if services.amqp_url.endswith(":5672/") \
         else services.amqp_url
-    return {**os.environ, "CELERY_BENCH_BROKER": broker, "CELERY_BENCH_QUEUE": queue, **extra}
+    return source_env({**os.environ, "CELERY_BENCH_BROKER": broker,
+                       "CELERY_BENCH_QUEUE": queue, **extra})
 
 
 def _start_celery(arguments: list[str], env: dict[str, str],
                   log_path: Path) -> subprocess.Popen[bytes]:
-    """``celery -A jobsched.bench.celery_app ARGUMENTS``, its output to ``log_path``."""
+    """``celery -A jobsched_dev.bench.celery_app ARGUMENTS``, its output to ``log_path``."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "jobsched.bench.celery_app", *arguments],
+            [sys.executable, "-m", "celery", "-A", "jobsched_dev.bench.celery_app", *arguments],
             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -293,7 +295,7 @@ def _stop(worker: subprocess.Popen[bytes]) -> None:
 
 def _warm_backend() -> None:
     """One task through the backend, so its table exists before the clock starts."""
-    from jobsched.bench.celery_app import noop
+    from jobsched_dev.bench.celery_app import noop
 
     noop.apply_async().get(timeout=30)
 

@@ -39,7 +39,7 @@ app.conf.update(
 
 @app.task(name="jobsched_bench.noop")
 def noop() -> None:
-    """Does nothing, like ``jobsched.bench.tasks:noop``."""
+    """Does nothing, like ``jobsched_dev.bench.tasks:noop``."""
 
 
 @app.task(name="jobsched_bench.stamp")

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobsched.bench.api import run_api
-from jobsched.bench.cluster import Services
-from jobsched.bench.common import Options
-from jobsched.bench.lateness import run_lateness
+from jobsched_dev.bench.api import run_api
+from jobsched_dev.bench.cluster import Services
+from jobsched_dev.bench.common import Options
+from jobsched_dev.bench.lateness import run_lateness
 
 
 def _pick(result: dict[str, Any], *path: str) -> float:

@@ -15,30 +15,27 @@ from typing import Any
 
 import aiohttp
 
+from jobsched_dev.api_client import TERMINAL_STATES, ApiClient
+from jobsched_dev.bench.tasks import NOOP
+
 JOBS = {
-    "python": {"kind": "python", "python": {"function": "jobsched.bench.tasks:noop"}},
+    "python": {"kind": "python", "python": {"function": NOOP}},
     "shell": {"kind": "shell", "shell": {"argv": ["/bin/true"]}},
 }
 
 
-async def _one(session: aiohttp.ClientSession, url: str, kind: str,
-               poll_s: float) -> tuple[float, float]:
+async def _one(api: ApiClient, kind: str, poll_s: float) -> tuple[float, float]:
     body = {"name": f"bench-immediate-{kind}", "schedule": "immediate", **JOBS[kind]}
     sent = time.perf_counter()
-    async with session.post(f"{url}/api/v1/jobs", json=body) as response:
-        job = await response.json()
-        if response.status != 201:
-            raise RuntimeError(f"submit failed: {response.status} {job}")
+    job = await api.create(body)
     while True:
-        async with session.get(f"{url}/api/v1/jobs/{job['id']}") as response:
-            current = await response.json()
-        last = current.get("last_execution")
+        last = (await api.job(job["id"])).get("last_execution")
         if last and last["state"] == "succeeded":
             client = time.perf_counter() - sent
             server = (datetime.fromisoformat(last["finished_at"])
                       - datetime.fromisoformat(job["created_at"])).total_seconds()
             return client, server
-        if last and last["state"] in ("dead", "failed", "cancelled"):
+        if last and last["state"] in TERMINAL_STATES:
             raise RuntimeError(f"bench job ended {last['state']}: {last.get('error')}")
         if time.perf_counter() - sent > 30:
             raise RuntimeError("bench job did not finish in 30 s")
@@ -57,10 +54,10 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 async def run_immediate(url: str, count: int, kind: str, poll_s: float = 0.002,
                         token: str | None = None) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    async with aiohttp.ClientSession(headers=headers) as session:
-        await _one(session, url, kind, poll_s)  # warm-up: connections, caches
-        samples = [await _one(session, url, kind, poll_s) for _ in range(count)]
+    async with aiohttp.ClientSession() as session:
+        api = ApiClient(session, url, token=token)
+        await _one(api, kind, poll_s)  # warm-up: connections, caches
+        samples = [await _one(api, kind, poll_s) for _ in range(count)]
     return {
         "scenario": "immediate",
         "kind": kind,

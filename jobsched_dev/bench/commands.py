@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from jobsched.bench import report
-from jobsched.bench.cluster import Services
-from jobsched.bench.common import Options
+from jobsched_dev.bench import report
+from jobsched_dev.bench.cluster import Services
+from jobsched_dev.bench.common import Options
 
 Echo = Callable[[str], None]
 
@@ -38,8 +38,8 @@ def _require_celery(*modules: str) -> None:
 async def _burn_down_vs_celery(services: Services, options: Options, jobs: int,
                               workers: int) -> dict[str, Any]:
     """One burn-down by jobsched, then the same by Celery without and with results."""
-    from jobsched.bench import throughput as scenario
-    from jobsched.bench.celery_peer import run_celery_burn_down
+    from jobsched_dev.bench import throughput as scenario
+    from jobsched_dev.bench.celery_peer import run_celery_burn_down
 
     ours = await scenario.burn_down(services, jobs, workers, options)
     bare = await run_celery_burn_down(services, jobs, with_results=False)
@@ -53,7 +53,7 @@ async def _burn_down_vs_celery(services: Services, options: Options, jobs: int,
 def throughput(services: Services, options: Options, *, mode: str, jobs: int, workers: int,
                rates: list[int], step_s: float, vs: str | None, repeat: int,
                json_out: str | None, echo: Echo) -> dict[str, Any]:
-    from jobsched.bench import throughput as scenario
+    from jobsched_dev.bench import throughput as scenario
 
     if vs == "celery" and mode in ("burn-down", "both"):
         _require_celery("sqlalchemy", "psycopg2")
@@ -80,7 +80,7 @@ def throughput(services: Services, options: Options, *, mode: str, jobs: int, wo
 
 def lateness(services: Services, options: Options, *, jobs: int, seconds: int, workers: int,
              repeat: int, json_out: str | None, echo: Echo) -> dict[str, Any]:
-    from jobsched.bench.lateness import run_lateness
+    from jobsched_dev.bench.lateness import run_lateness
 
     result = asyncio.run(report.repeated(
         lambda: run_lateness(services, jobs, seconds, workers, options), repeat, echo))
@@ -97,8 +97,8 @@ def _ratio(numerator: float | None, denominator: float | None) -> float:
 async def _herd_vs_celery(services: Services, options: Options, jobs: int,
                           workers: int) -> dict[str, Any]:
     """The herd by jobsched, then the same herd fired by Celery beat; celery ÷ jobsched."""
-    from jobsched.bench.celery_peer import run_celery_herd
-    from jobsched.bench.lateness import run_herd
+    from jobsched_dev.bench.celery_peer import run_celery_herd
+    from jobsched_dev.bench.lateness import run_herd
 
     ours = await run_herd(services, jobs, workers, options)
     theirs = await run_celery_herd(services, jobs)
@@ -112,7 +112,7 @@ async def _herd_vs_celery(services: Services, options: Options, jobs: int,
 
 def herd(services: Services, options: Options, *, jobs: int, workers: int, vs: str | None,
          repeat: int, json_out: str | None, echo: Echo) -> dict[str, Any]:
-    from jobsched.bench.lateness import run_herd
+    from jobsched_dev.bench.lateness import run_herd
 
     if vs == "celery":
         _require_celery()
@@ -133,7 +133,7 @@ def herd(services: Services, options: Options, *, jobs: int, workers: int, vs: s
 def api(services: Services, options: Options, *, url: str | None, token: str | None,
         concurrency: int, seconds: float, clients: int, repeat: int, json_out: str | None,
         echo: Echo) -> dict[str, Any]:
-    from jobsched.bench.api import run_api, run_api_at
+    from jobsched_dev.bench.api import run_api, run_api_at
 
     if url:
         def run() -> Any:
@@ -149,7 +149,7 @@ def api(services: Services, options: Options, *, url: str | None, token: str | N
 def scale(services: Services, options: Options, *, schedules: int, jobs: int, seconds: int,
           workers: int, concurrency: int, api_seconds: float, clients: int, repeat: int,
           json_out: str | None, echo: Echo) -> dict[str, Any]:
-    from jobsched.bench.scale import run_scale
+    from jobsched_dev.bench.scale import run_scale
 
     result = asyncio.run(report.repeated(
         lambda: run_scale(services, schedules, jobs, seconds, workers, concurrency,
@@ -161,7 +161,7 @@ def scale(services: Services, options: Options, *, schedules: int, jobs: int, se
 def webhooks(services: Services, options: Options, *, rate: int, seconds: float, events: int,
              jobs: int, workers: int, repeat: int, json_out: str | None,
              echo: Echo) -> dict[str, Any]:
-    from jobsched.bench.webhooks import render, run_webhooks
+    from jobsched_dev.bench.webhooks import render, run_webhooks
 
     result = asyncio.run(report.repeated(
         lambda: run_webhooks(services, options, rate=rate, seconds=seconds, events=events,

@@ -18,8 +18,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from jobsched.bench.cluster import Services
-from jobsched.bench.common import (
+from jobsched_dev.bench.cluster import Services
+from jobsched_dev.bench.common import (
     Options,
     connect,
     lateness,
@@ -31,8 +31,8 @@ from jobsched.bench.common import (
     summary_of_cpu,
     wait_finished,
 )
-from jobsched.bench.load import copy_jobs, insert_immediate, job_rows
-from jobsched.bench.stats import distribution_ms
+from jobsched_dev.bench.load import copy_jobs, insert_immediate, job_rows
+from jobsched_dev.bench.stats import distribution_ms
 
 TICK_S = 0.02
 

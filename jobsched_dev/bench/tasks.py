@@ -1,11 +1,11 @@
-"""Tasks the benchmark's workers run (``--import jobsched.bench.tasks``)."""
+"""Tasks the benchmark's workers run (``--import jobsched_dev.bench.tasks``)."""
 
 from __future__ import annotations
 
 from jobsched.tasks import task
 
-NOOP = "jobsched.bench.tasks:noop"
-NOOP_ASYNC = "jobsched.bench.tasks:noop_async"
+NOOP = "jobsched_dev.bench.tasks:noop"
+NOOP_ASYNC = "jobsched_dev.bench.tasks:noop_async"
 NOOPS = {"sync": NOOP, "async": NOOP_ASYNC}
 
 

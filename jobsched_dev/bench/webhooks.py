@@ -28,8 +28,11 @@ import orjson
 from aiohttp import web
 
 from jobsched.adapters.postgres.webhooks import Q as WEBHOOK_SQL
-from jobsched.bench.cluster import Services, free_port
-from jobsched.bench.common import (
+from jobsched.crypto import SecretBox, new_key
+from jobsched.domain.webhooks import new_secret
+from jobsched.ports import EndpointColumns
+from jobsched_dev.bench.cluster import Services, free_port
+from jobsched_dev.bench.common import (
     Options,
     connect,
     make_cluster,
@@ -38,11 +41,8 @@ from jobsched.bench.common import (
     state_counts,
     wait_finished,
 )
-from jobsched.bench.load import copy_jobs, insert_immediate, job_rows
-from jobsched.bench.stats import distribution_ms, fmt, table
-from jobsched.crypto import SecretBox, new_key
-from jobsched.domain.webhooks import new_secret
-from jobsched.ports import EndpointColumns
+from jobsched_dev.bench.load import copy_jobs, insert_immediate, job_rows
+from jobsched_dev.bench.stats import distribution_ms, fmt, table
 
 ENQUEUE_MANY = """
 SELECT sum(webhook_enqueue('default', 'execution.succeeded', '{}'::jsonb,

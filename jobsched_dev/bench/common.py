@@ -13,10 +13,11 @@ from typing import Any
 import asyncpg
 
 from jobsched.adapters import postgres
-from jobsched.bench.cluster import BenchCluster, RoleProcess, Services
-from jobsched.bench.load import COUNT_FINISHED, SELECT_FIRES
-from jobsched.bench.stats import distribution_ms
-from jobsched.bench.tasks import NOOPS
+from jobsched_dev.bench.cluster import BenchCluster, Services
+from jobsched_dev.bench.load import COUNT_FINISHED, SELECT_FIRES
+from jobsched_dev.bench.stats import distribution_ms
+from jobsched_dev.bench.tasks import NOOPS
+from jobsched_dev.processes import RoleProcess
 
 
 @dataclass(frozen=True)

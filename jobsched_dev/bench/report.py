@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from jobsched.bench.stats import (
+from jobsched_dev.bench.stats import (
     LATENCY_HEADERS,
     cpu_table,
     fmt,

@@ -6,30 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import asyncpg
 
 from jobsched.adapters import postgres
-from jobsched.bench.procstat import CpuMeter
 from jobsched.settings import Settings
+from jobsched_dev.bench.procstat import CpuMeter
+from jobsched_dev.processes import RoleProcess, free_port
+from jobsched_dev.zookeeper import ensure_zookeeper
 
-TASK_MODULE = "jobsched.bench.tasks"
+TASK_MODULE = "jobsched_dev.bench.tasks"
 
 
 @dataclass(frozen=True)
@@ -42,74 +37,6 @@ class Services:
 
     def database_url(self, name: str) -> str:
         return urlunsplit(urlsplit(self.postgres_url)._replace(path=f"/{name}"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def zookeeper_answers(hosts: str) -> bool:
-    host, _, port = hosts.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1) as sock:
-            sock.sendall(b"srvr")
-            return b"Mode:" in sock.recv(4096)
-    except OSError:
-        return False
-
-
-def ensure_zookeeper(hosts: str) -> None:
-    """Start the repository's local ZooKeeper when nothing answers (development only)."""
-    if zookeeper_answers(hosts):
-        return
-    script = Path(__file__).resolve().parents[2] / "scripts" / "zookeeper.sh"
-    if not script.exists():
-        raise RuntimeError(f"ZooKeeper does not answer at {hosts}; start it first")
-    port = hosts.split(",")[0].rpartition(":")[2]
-    subprocess.run([str(script), "start", "--port", port], check=True)
-
-
-@dataclass
-class RoleProcess:
-    name: str
-    roles: tuple[str, ...]
-    port: int  # the api port for an api, else the health/metrics port
-    log_path: Path
-    process: subprocess.Popen[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def readyz(self) -> tuple[int, dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.port}/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} exited {self.process.returncode}:\n"
-                               + self.log_tail())
-
-    def terminate(self, timeout: float = 20) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
 
 
 @dataclass
@@ -142,8 +69,8 @@ class BenchCluster:
     @property
     def api_url(self) -> str:
         for proc in self.processes:
-            if "api" in proc.roles:
-                return f"http://127.0.0.1:{proc.port}"
+            if proc.hosts("api"):
+                return proc.url
         raise RuntimeError("no api process started")
 
     async def __aenter__(self) -> BenchCluster:
@@ -178,21 +105,14 @@ class BenchCluster:
         port = free_port()
         name = f"{'+'.join(roles)}-{sum(1 for p in self.processes if p.roles == roles) + 1}"
         overrides = {"JOBSCHED_INSTANCE": name}
-        if "api" in roles or "all" in roles:
-            overrides["JOBSCHED_API_PORT"] = str(port)
-        else:
-            overrides["JOBSCHED_METRICS_PORT"] = str(port)
-        args = [sys.executable, "-m", "jobsched", "run"]
-        for role in roles:
-            args += ["--role", role]
-        if "worker" in roles or "all" in roles:
-            args += ["--import", TASK_MODULE]
-        log_path = self.log_dir / f"{name}.log"
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(args, env=self.env(**overrides), stdout=log,
-                                       stderr=subprocess.STDOUT)
-        proc = RoleProcess(name, roles, port, log_path, process)
+        hosts_api = "api" in roles or "all" in roles
+        overrides["JOBSCHED_API_PORT" if hosts_api else "JOBSCHED_METRICS_PORT"] = str(port)
+        runs_tasks = "worker" in roles or "all" in roles
+        proc = RoleProcess(name, roles, port, self.env(**overrides),
+                           self.log_dir / f"{name}.log",
+                           args=("--import", TASK_MODULE) if runs_tasks else ()).start()
         self.processes.append(proc)
+        assert proc.pid is not None
         self.meter.add(name, proc.pid)
         return proc
 
@@ -200,17 +120,8 @@ class BenchCluster:
         """Until each answers /readyz 200, and a scheduler process holds the leadership."""
         deadline = time.monotonic() + timeout
         for proc in procs:
-            while True:
-                proc.check_alive()
-                with contextlib.suppress(OSError, ValueError):
-                    status, body = await asyncio.to_thread(proc.readyz)
-                    leading = body.get("scheduler", {}).get("leader", True)
-                    if status == 200 and leading:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{proc.name} not ready in {timeout:.0f}s:\n"
-                                       + proc.log_tail())
-                await asyncio.sleep(0.05)
+            await asyncio.to_thread(proc.wait_ready, max(0.0, deadline - time.monotonic()),
+                                    leader=True)
 
     async def start_ready(self, *roles: str, count: int = 1) -> list[RoleProcess]:
         """Start ``count`` processes of ``roles`` and wait for them (none on a running
@@ -230,11 +141,11 @@ class BenchCluster:
         return procs
 
     def stop_all(self) -> None:
+        """SIGTERM to all at once (they drain in parallel), then wait for each."""
         for proc in self.processes:
-            if proc.process.poll() is None:
-                proc.process.send_signal(signal.SIGTERM)
+            proc.signal(signal.SIGTERM)
         for proc in self.processes:
-            proc.terminate()
+            proc.terminate(timeout=20)
 
     async def destroy(self) -> None:
         conn = await asyncpg.connect(self.services.database_url("postgres"), timeout=10)

@@ -18,8 +18,8 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobsched.bench.cluster import BenchCluster, Services
-from jobsched.bench.common import (
+from jobsched_dev.bench.cluster import BenchCluster, Services
+from jobsched_dev.bench.common import (
     Options,
     connect,
     lateness,
@@ -29,7 +29,7 @@ from jobsched.bench.common import (
     summary_of_cpu,
     wait_finished,
 )
-from jobsched.bench.load import (
+from jobsched_dev.bench.load import (
     COUNT_FINISHED_BETWEEN,
     DUPLICATE_FIRES,
     copy_jobs,

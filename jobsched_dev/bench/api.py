@@ -20,13 +20,14 @@ from typing import Any
 import aiohttp
 import orjson
 
-from jobsched.bench.cluster import BenchCluster, Services
-from jobsched.bench.common import Options, connect, make_cluster, summary_of_cpu
-from jobsched.bench.lateness import preload_idle
-from jobsched.bench.procstat import CpuMeter
-from jobsched.bench.stats import distribution_ms
-from jobsched.bench.tasks import NOOP
 from jobsched.settings import Settings
+from jobsched_dev.bench.cluster import BenchCluster, Services
+from jobsched_dev.bench.common import Options, connect, make_cluster, summary_of_cpu
+from jobsched_dev.bench.lateness import preload_idle
+from jobsched_dev.bench.procstat import CpuMeter
+from jobsched_dev.bench.stats import distribution_ms
+from jobsched_dev.bench.tasks import NOOP
+from jobsched_dev.processes import source_env
 
 JOB = {"name": "bench-api", "schedule": "0 0 1 1 *", "kind": "python",
        "python": {"function": NOOP}}
@@ -34,6 +35,8 @@ JOB = {"name": "bench-api", "schedule": "0 0 1 1 *", "kind": "python",
 
 async def _phase(url: str, phase: str, concurrency: int, seconds: float, token: str | None,
                  ids: list[str]) -> dict[str, Any]:
+    # Plain aiohttp, not jobsched_dev.api_client: this is the load generator, on the same
+    # cores as the api it measures, so it reads GET bodies without parsing them.
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     latencies: list[float] = []
     created: list[str] = []
@@ -126,7 +129,7 @@ def _create_token(cluster: BenchCluster) -> str | None:
     result = subprocess.run(
         [sys.executable, "-m", "jobsched", "token", "create", "--namespace", "default",
          "--role", "admin"],
-        env=cluster.env(), capture_output=True, text=True, timeout=30, check=False)
+        env=source_env(cluster.env()), capture_output=True, text=True, timeout=30, check=False)
     lines = result.stdout.strip().splitlines()
     return lines[-1].strip() if result.returncode == 0 and lines else None
 

@@ -1,0 +1,218 @@
+"""``jobsched bench``: options parsed here, each scenario run by
+:mod:`jobsched_dev.bench.commands`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+
+
+@click.group()
+def bench() -> None:
+    """Benchmark scenarios; each starts the processes it needs on a fresh database, or
+    uses a running deployment (see docs/benchmarks.md)."""
+
+
+@bench.command("immediate")
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True,
+              help="Base URL of an api process.")
+@click.option("--count", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--kind", type=click.Choice(["python", "shell"]), default="python",
+              show_default=True, help="python needs workers started with "
+              "--import jobsched_dev.bench.tasks.")
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the result here.")
+@click.option("--token", envvar="JOBSCHED_TOKEN", help="API token (JOBSCHED_TOKEN).")
+def bench_immediate(url: str, count: int, kind: str, json_out: str | None,
+                    token: str | None) -> None:
+    """Submit -> succeeded latency of `immediate` jobs, one at a time (median of COUNT)."""
+    import orjson
+
+    from jobsched_dev.bench.immediate import run_immediate
+
+    result = asyncio.run(run_immediate(url.rstrip("/"), count, kind, token=token))
+    click.echo(f"immediate {kind} jobs, n={count}: submit -> succeeded")
+    click.echo(f"{'clock':<8}{'median':>10}{'p90':>10}{'min':>10}{'max':>10}  (ms)")
+    for clock in ("client", "server"):
+        s = result[clock]
+        click.echo(f"{clock:<8}{s['median_ms']:>10.1f}{s['p90_ms']:>10.1f}"
+                   f"{s['min_ms']:>10.1f}{s['max_ms']:>10.1f}")
+    if json_out:
+        with open(json_out, "wb") as handle:
+            handle.write(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+
+
+def _bench_options(function: Any) -> Any:
+    """Options every scenario that starts its own deployment shares."""
+    options = [
+        click.option("--postgres-url", default="postgresql://postgres@127.0.0.1/",
+                     show_default=True, help="PostgreSQL server; each run creates and drops "
+                     "a database of its own there."),
+        click.option("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/",
+                     show_default=True),
+        click.option("--zookeeper-hosts", default="127.0.0.1:2181", show_default=True),
+        click.option("--database-url", help="Database of a RUNNING deployment: load the jobs "
+                     "there and start no process (its own scheduler and workers do the work)."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="A setting for the started roles, e.g. worker_prefetch=512 "
+                     "(passed as JOBSCHED_KEY; repeatable)."),
+        click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+                     default="INFO", show_default=True, help="Of the started roles."),
+        click.option("--keep", is_flag=True, help="Keep the database (for a post-mortem)."),
+        click.option("--task", type=click.Choice(["sync", "async"]), default="sync",
+                     show_default=True, help="The no-op task: a plain function (run in the "
+                     "worker's thread pool) or a coroutine function (on the worker's loop)."),
+        click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 50),
+                     help="Runs, each on a fresh deployment; the tables show medians."),
+        click.option("--json-out", type=click.Path(dir_okay=False),
+                     help="Also write every run and the medians here."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _bench_setup(params: dict[str, Any]) -> tuple[Any, Any]:
+    from jobsched_dev.bench.cluster import Services
+    from jobsched_dev.bench.common import Options
+
+    services = Services(params.pop("postgres_url"), params.pop("amqp_url"),
+                        params.pop("zookeeper_hosts"))
+    settings = []
+    for item in params.pop("overrides"):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        settings.append((f"JOBSCHED_{key.upper()}", value))
+    options = Options(log_level=params.pop("log_level"), keep=params.pop("keep"),
+                      settings=tuple(settings), database_url=params.pop("database_url"),
+                      task=params.pop("task"))
+    return services, options
+
+
+@bench.command("throughput")
+@click.option("--mode", type=click.Choice(["burn-down", "steady", "both"]), default="both",
+              show_default=True)
+@click.option("--jobs", default=20_000, show_default=True, type=click.IntRange(1),
+              help="burn-down: jobs loaded at once.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes.")
+@click.option("--rates", default="250,500,1000,2000,4000", show_default=True,
+              help="steady: offered jobs/s, one step each, until one cannot be kept up.")
+@click.option("--step-seconds", "step_s", default=10.0, show_default=True,
+              type=click.FloatRange(0.5))
+@click.option("--vs", type=click.Choice(["celery"]),
+              help="Also run the burn-down with Celery (needs the 'bench' extra), without "
+              "and with a PostgreSQL result backend, and report the ratios.")
+@_bench_options
+def bench_throughput(**params: Any) -> None:
+    """No-op python jobs end to end: burn-down and steady offered load.
+
+    burn-down: a scheduler and WORKERS workers ready, JOBS immediate jobs COPYed into
+    PostgreSQL in one transaction (a NOTIFY wakes the scheduler); executions/s until the
+    last one finished. steady: RATES jobs/s offered for STEP-SECONDS each. Reports
+    submit -> started/finished percentiles and CPU seconds per process. --vs celery runs
+    each burn-down again with Celery on the same RabbitMQ, in the same run.
+    """
+    from jobsched_dev.bench import commands
+
+    services, options = _bench_setup(params)
+    try:
+        rates = [int(r) for r in params.pop("rates").split(",") if r.strip()]
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of integers",
+                                 param_hint="--rates") from None
+    commands.throughput(services, options, rates=rates, echo=click.echo, **params)
+
+
+@bench.command("lateness")
+@click.option("--jobs", default=1000, show_default=True, type=click.IntRange(1),
+              help="Cron jobs firing every second.")
+@click.option("--seconds", default=30, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@_bench_options
+def bench_lateness(**params: Any) -> None:
+    """Fire lateness (due -> published, due -> started) of JOBS every-second cron jobs over
+    SECONDS seconds; missed and duplicate fires from the executions table."""
+    from jobsched_dev.bench import commands
+
+    services, options = _bench_setup(params)
+    commands.lateness(services, options, echo=click.echo, **params)
+
+
+@bench.command("herd")
+@click.option("--jobs", default=10_000, show_default=True, type=click.IntRange(1),
+              help="One-shot jobs due in the same second.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--vs", type=click.Choice(["celery"]),
+              help="Also fire the same herd with Celery beat (needs the 'bench' extra): "
+              "JOBS crontab() entries due at the next minute boundary; ratios.")
+@_bench_options
+def bench_herd(**params: Any) -> None:
+    """JOBS jobs due in the same second: time until all started, lateness spread.
+
+    --vs celery then runs one celery beat with JOBS entries on crontab() (every minute) and
+    a prefork Celery worker on the same RabbitMQ, waits for the first minute boundary after
+    beat started (up to ~75 s) and reports both sides and the ratios celery ÷ jobsched.
+    """
+    from jobsched_dev.bench import commands
+
+    services, options = _bench_setup(params)
+    commands.herd(services, options, echo=click.echo, **params)
+
+
+@bench.command("api")
+@click.option("--url", help="Base URL of a RUNNING api process (else one is started).")
+@click.option("--token", help="Bearer token for --url (also JOBSCHED_TOKEN).")
+@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(0.5),
+              help="Length of each phase (POST, then GET).")
+@click.option("--clients", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="Client processes sharing the concurrency.")
+@_bench_options
+def bench_api(**params: Any) -> None:
+    """Job submits/s and GET p50/p99 through one api process at CONCURRENCY."""
+    from jobsched_dev.bench import commands
+
+    services, options = _bench_setup(params)
+    commands.api(services, options, echo=click.echo, **params)
+
+
+@bench.command("scale")
+@click.option("--schedules", default=1_000_000, show_default=True, type=click.IntRange(1),
+              help="Active schedules COPYed before the runs.")
+@click.option("--jobs", default=1000, show_default=True, type=click.IntRange(1),
+              help="lateness: every-second cron jobs.")
+@click.option("--seconds", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--api-seconds", default=10.0, show_default=True, type=click.FloatRange(0.5))
+@click.option("--clients", default=1, show_default=True, type=click.IntRange(1, 16))
+@_bench_options
+def bench_scale(**params: Any) -> None:
+    """lateness and api on an empty database and with SCHEDULES active schedules stored."""
+    from jobsched_dev.bench import commands
+
+    services, options = _bench_setup(params)
+    commands.scale(services, options, echo=click.echo, **params)
+
+
+@bench.command("webhooks")
+@click.option("--rate", default=200, show_default=True, type=click.IntRange(1),
+              help="latency: immediate jobs/s offered, each delivered to the endpoint.")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(1))
+@click.option("--events", default=5000, show_default=True, type=click.IntRange(1),
+              help="deliveries/s: events recorded at once.")
+@click.option("--jobs", default=20_000, show_default=True, type=click.IntRange(0),
+              help="burn-down without an endpoint, with one but nothing sent, and with one "
+              "delivering (0: skip).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@_bench_options
+def bench_webhooks(**params: Any) -> None:
+    """Webhooks: commit -> delivery latency, deliveries/s, and burn-down throughput with one
+    subscribed endpoint as a ratio of burn-down without (docs/webhooks.md)."""
+    from jobsched_dev.bench import commands
+
+    services, options = _bench_setup(params)
+    commands.webhooks(services, options, echo=click.echo, **params)
