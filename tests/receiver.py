@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.helpers import free_port
+from jobsched_dev.processes import free_port
 
 
 @dataclass

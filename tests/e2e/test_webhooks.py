@@ -20,9 +20,10 @@ import pytest
 
 from jobsched.crypto import new_key
 from jobsched_dev.api_client import ApiClient as Api
+from jobsched_dev.processes import free_port
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
 from tests.e2e.tokens import admin_token
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT
 from tests.receiver import Receiver
 
 pytestmark = pytest.mark.timeout(90)
