@@ -57,7 +57,7 @@ GAUGE_INTERVAL_S = 15.0
 #: the jobs this worker runs come first, webhooks (asynchronous anyway) never stop, and a
 #: hung receiver still holds only its own slot.
 LAG_PROBE_S = 0.1
-SATURATED_LAG_S = 0.025
+SATURATED_LAG_S = 0.05
 PURGE_INTERVAL_S = 300.0
 PURGE_BATCH = 1000
 
