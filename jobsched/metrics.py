@@ -72,8 +72,12 @@ class Metrics:
             registry=r, buckets=DURATION_BUCKETS)
         self.start_lateness = Histogram(
             "jobsched_worker_start_lateness_seconds",
-            "Scheduled time to start of the first attempt (due -> started).", registry=r,
-            buckets=LATENCY_BUCKETS)
+            "Scheduled time to start of the first attempt (due -> started), by priority band.",
+            registry=r, buckets=LATENCY_BUCKETS)
+        self.waiting = Gauge(
+            "jobsched_worker_waiting",
+            "Deliveries due and waiting for a run slot, unclaimed, by priority band.",
+            registry=r)
         self.inflight = Gauge(
             "jobsched_worker_inflight", "Executions this worker holds right now.", registry=r)
         self.lost_claims = Counter(

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from jobsched.domain.firing import DueJob, FireRecord, TickPlan
+from jobsched.domain.priority import Priority
 from jobsched.domain.states import AttemptOutcome, ExecutionState
 from jobsched.messages import AttemptMessage
 
@@ -78,19 +79,25 @@ class JobColumns:
     jitter_s: float
     keep_succeeded: int | None
     keep_failed: int | None
+    priority: int  # Priority.rank
 
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """An execution attempt to put on the queue."""
+    """An execution attempt to put on the queue (the queue of its priority band)."""
 
     execution_id: uuid.UUID
     job_id: uuid.UUID
     attempt: int
-    due: datetime | None = None  # the fire time, for lateness; None for re-sends
+    scheduled_for: datetime | None = None
+    kind: str | None = None
+    priority: Priority = Priority.NORMAL
+    #: A new fire (its lateness is measured when it is confirmed), not a re-send or retry.
+    fresh: bool = False
 
     def message(self) -> AttemptMessage:
-        return AttemptMessage(self.execution_id, self.job_id, self.attempt)
+        return AttemptMessage(self.execution_id, self.job_id, self.attempt,
+                              self.scheduled_for, self.kind, self.priority)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,14 @@ class ClaimedExecution:
     max_backoff_s: float
     concurrency: str
     starting_deadline_s: float | None
+    priority: int = Priority.NORMAL.rank
+    #: Attempts that do not count against max_attempts: lost with their worker, or
+    #: handed back on a shutdown.
+    uncounted_attempts: int = 0
+
+    @property
+    def band(self) -> Priority:
+        return Priority.from_rank(self.priority)
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +360,8 @@ class LeaderRepository(Protocol):
 
     async def next_wake(self, lookahead_s: float = 0.0) -> datetime | None: ...
 
-    async def reap_expired(self, epoch: int, limit: int) -> list[ReapedExecution]: ...
+    async def reap_expired(self, epoch: int, limit: int,
+                           lost_limit: int) -> list[ReapedExecution]: ...
 
     async def complete_finished_jobs(self, epoch: int, limit: int) -> int: ...
 

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobsched.domain.egress import EgressPolicy, parse_cidrs
+from jobsched.domain.priority import Priority
 
 ENV_PREFIX = "JOBSCHED_"
 DEFAULT_CONFIG_PATH = Path("config/jobsched.toml")
@@ -69,10 +70,14 @@ class Settings(BaseModel):
     scheduler_publish_concurrency: int = Field(8, ge=1, le=64)
     scheduler_batch_size: int = Field(1000, ge=1, le=100_000)
     republish_after_s: float = Field(10.0, gt=0)
+    # A fire later than this is a misfire (its job's misfire policy decides it); a fire
+    # late by less runs as a normal fire (Quartz's misfireThreshold).
+    misfire_threshold_s: float = Field(5.0, ge=0, le=3600)
 
     # worker
-    # Deliveries a worker holds: runs fired ahead wait here until due, so this is larger
-    # than the number of runs it executes at once (worker_concurrency).
+    # Deliveries a worker holds per priority band (one queue each): runs fired ahead wait
+    # here until due and runs wait for a free slot, unclaimed (a worker that dies loses
+    # none of them), so this is larger than the runs it executes at once.
     worker_prefetch: int = Field(2048, ge=1, le=65535)
     # Runs at once: python and http runs are cheap (a coroutine or a thread slot), so the
     # limit is high and 1,000 runs due at the same second all start at once; shell runs
@@ -80,6 +85,13 @@ class Settings(BaseModel):
     worker_concurrency: int = Field(1024, ge=1, le=65535)
     shell_concurrency: int = Field(64, ge=1, le=65535)
     worker_lease_s: float = Field(30.0, ge=1)
+    # A run fired ahead of its time is claimed this long before it is due, so the claim's
+    # round trip is not added to its start; it runs when due.
+    worker_claim_ahead_s: float = Field(0.2, ge=0, le=5)
+    # Attempts an execution may lose with its worker (lease lapsed) before it is dead:
+    # lost attempts do not count against the job's max_attempts, but a task that kills its
+    # worker every time must end.
+    lost_attempts_limit: int = Field(3, ge=1, le=100)
     output_limit_bytes: int = Field(65_536, ge=0)
     drain_timeout_s: float = Field(30.0, ge=0)
     imports: tuple[str, ...] = ()
@@ -201,7 +213,14 @@ class Settings(BaseModel):
 
     @property
     def queue_name(self) -> str:
+        """The queue of the normal band (the one queue of versions before priority)."""
         return f"jobsched.{self.cluster}.executions"
+
+    @property
+    def queue_names(self) -> dict[Priority, str]:
+        """One queue per priority band."""
+        return {Priority.HIGH: f"{self.queue_name}.high", Priority.NORMAL: self.queue_name,
+                Priority.LOW: f"{self.queue_name}.low"}
 
     @property
     def dead_letter_exchange(self) -> str:

@@ -48,7 +48,7 @@ async def delete_queues(cluster: str) -> None:
     connection = await aio_pika.connect(AMQP_URL)
     try:
         channel = await connection.channel()
-        for queue in (settings.queue_name, settings.dead_letter_queue):
+        for queue in (*settings.queue_names.values(), settings.dead_letter_queue):
             await channel.queue_delete(queue)
         await channel.exchange_delete(settings.dead_letter_exchange)
     finally:

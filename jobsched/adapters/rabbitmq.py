@@ -1,15 +1,20 @@
-"""RabbitMQ adapter (aio-pika): a durable quorum queue of execution attempts, a dead-letter
-exchange and queue, publisher confirms pipelined per batch, and a prefetch-limited consumer.
+"""RabbitMQ adapter (aio-pika): a durable quorum queue of execution attempts per priority
+band, a dead-letter exchange and queue, publisher confirms pipelined per batch, and one
+prefetch-limited consumer per band. Implements ``jobsched.ports.Broker``.
 
 RabbitMQ carries work only: every message names an execution that PostgreSQL already holds,
 so a lost or repeated message is recovered (re-publish) or harmless (the claim fails).
+Quorum queues on RabbitMQ 3.10 have no message priority (4.0 adds two levels), and a
+broker's priority turns back into FIFO inside a consumer with a large prefetch, so
+priority is one queue per band here and the worker chooses among them
+(jobsched.worker.slots).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import cast
 
 import aio_pika
@@ -20,6 +25,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from jobsched.domain.priority import Priority
 from jobsched.messages import AttemptMessage
 from jobsched.ports import Delivery, QueueStats
 
@@ -29,12 +35,13 @@ PUBLISH_TIMEOUT_S = 10.0
 
 
 class RabbitBroker:
-    """One robust connection; a confirming channel for publishing, one for consuming.
-    Implements ``jobsched.ports.Broker``."""
+    """One robust connection; a confirming channel for publishing, one channel per band
+    for consuming."""
 
-    def __init__(self, url: str, queue_name: str, dead_exchange: str, dead_queue: str) -> None:
+    def __init__(self, url: str, queue_names: Mapping[Priority, str], dead_exchange: str,
+                 dead_queue: str) -> None:
         self.url = url
-        self.queue_name = queue_name
+        self.queue_names = dict(queue_names)
         self.dead_exchange = dead_exchange
         self.dead_queue = dead_queue
         self._connection: AbstractRobustConnection | None = None
@@ -55,11 +62,13 @@ class RabbitBroker:
                                                          reconnect_interval=1)
         self._connection.reconnect_callbacks.add(self._reconnected)
         channel = await self._connection.channel(publisher_confirms=True)
-        await self._declare(channel)
+        for band in Priority:
+            await self._declare(channel, band)
         self._publish_channel = channel  # type: ignore[assignment]
         return True
 
-    async def _declare(self, channel: aio_pika.abc.AbstractChannel) -> AbstractQueue:
+    async def _declare(self, channel: aio_pika.abc.AbstractChannel,
+                       band: Priority) -> AbstractQueue:
         dead = await channel.declare_exchange(
             self.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
         )
@@ -68,7 +77,7 @@ class RabbitBroker:
         )
         await dead_queue.bind(dead)
         return await channel.declare_queue(
-            self.queue_name,
+            self.queue_names[band],
             durable=True,
             arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": self.dead_exchange},
         )
@@ -84,8 +93,9 @@ class RabbitBroker:
         )
 
     async def publish_many(self, messages: Sequence[AttemptMessage]) -> list[bool]:
-        """Publish a batch with all confirms in flight at once; True where confirmed.
-        While the connection is down nothing is tried: the outbox keeps the batch."""
+        """Publish a batch, each message to its band's queue, with all confirms in flight
+        at once; True where confirmed. While the connection is down nothing is tried: the
+        outbox keeps the batch."""
         if not messages:
             return []
         assert self._publish_channel is not None, "connect() first"
@@ -104,7 +114,7 @@ class RabbitBroker:
                         content_type="application/json",
                         message_id=message.message_id,
                     ),
-                    routing_key=self.queue_name,
+                    routing_key=self.queue_names[message.priority],
                     timeout=PUBLISH_TIMEOUT_S,
                 )
                 return True
@@ -139,20 +149,25 @@ class RabbitBroker:
         on_delivery: Callable[[Delivery], Awaitable[None]],
         prefetch: int,
     ) -> Callable[[], Awaitable[None]]:
-        """Start consuming with manual acks; returns a coroutine function that stops it.
-        aio-pika's incoming message is a Delivery as it is (body, ack, reject, nack)."""
+        """Consume every band's queue with manual acks, ``prefetch`` unacked deliveries per
+        band (so a backlog of one band never keeps another's messages from the worker);
+        returns a coroutine function that stops all of them. aio-pika's incoming message
+        is a Delivery as it is (body, ack, reject, nack)."""
         assert self._connection is not None, "connect() first"
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await self._declare(channel)
         handler = cast(Callable[[AbstractIncomingMessage], Awaitable[None]], on_delivery)
-        tag = await queue.consume(handler, no_ack=False)
+        consumers: list[tuple[AbstractQueue, str]] = []
+        for band in Priority:
+            channel = await self._connection.channel()
+            await channel.set_qos(prefetch_count=prefetch)
+            queue = await self._declare(channel, band)
+            consumers.append((queue, await queue.consume(handler, no_ack=False)))
 
         async def cancel() -> None:
-            try:
-                await queue.cancel(tag, timeout=5)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("cancelling the consumer failed: %r", exc)
+            for queue, tag in consumers:
+                try:
+                    await queue.cancel(tag, timeout=5)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("cancelling the consumer of %s failed: %r", queue.name, exc)
 
         return cancel
 
@@ -164,7 +179,7 @@ class RabbitBroker:
         channel = await self._connection.channel()
         try:
             stats = {}
-            for name in (self.queue_name, self.dead_queue):
+            for name in (*self.queue_names.values(), self.dead_queue):
                 result = (await channel.declare_queue(name, passive=True)).declaration_result
                 stats[name] = QueueStats(result.message_count or 0, result.consumer_count or 0)
             return stats

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
+from jobsched.domain.priority import Priority
 from jobsched.ports import Broker, Coordinator, JobRepository
 
 log = logging.getLogger(__name__)
@@ -23,11 +25,12 @@ class ClusterView:
     the background so that it never waits on them to serve jobs)."""
 
     def __init__(self, jobs: JobRepository, coordinator: Coordinator | None,
-                 broker: Broker | None, queue_name: str, dead_queue: str) -> None:
+                 broker: Broker | None, queue_names: Mapping[Priority, str],
+                 dead_queue: str) -> None:
         self.jobs = jobs
         self.coordinator = coordinator
         self.broker = broker
-        self.queue_name = queue_name
+        self.queue_names = dict(queue_names)
         self.dead_queue = dead_queue
 
     async def describe(self) -> dict[str, Any]:
@@ -64,9 +67,12 @@ class ClusterView:
         return [{"instance": w.instance, "inflight": w.inflight, "prefetch": w.prefetch}
                 for w in await self._coordination().workers()]
 
-    async def _queues(self) -> dict[str, int]:
+    async def _queues(self) -> dict[str, object]:
+        """Messages waiting (not yet delivered to a worker) in all bands, per band, and in
+        the dead-letter queue."""
         if self.broker is None:
             raise ConnectionError("no RabbitMQ connection")
         stats = await self.broker.queue_stats()
-        return {"executions": stats[self.queue_name].messages,
+        bands = {band.value: stats[name].messages for band, name in self.queue_names.items()}
+        return {"executions": sum(bands.values()), "by_priority": bands,
                 "dead": stats[self.dead_queue].messages}

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from jobsched.domain.priority import Priority
 from jobsched.domain.schedule import ScheduleError, parse_schedule
 from jobsched.domain.states import AttemptOutcome, ExecutionState, JobState
 
@@ -170,6 +171,8 @@ class JobCreate(_Strict):
     max_catchup: Annotated[int, Field(ge=1, le=1000)] = 10
     starting_deadline_s: Annotated[float, Field(gt=0, le=31 * 86_400)] | None = None
     concurrency: Literal["allow", "forbid", "replace"] = "allow"
+    # high work starts before normal and low; low keeps a share (never starves)
+    priority: Literal["high", "normal", "low"] = "normal"
     start_at: AwareDatetime | None = None
     end_at: AwareDatetime | None = None
     max_runs: Annotated[int, Field(ge=1, le=2_147_483_647)] | None = None
@@ -240,6 +243,7 @@ class ExecutionOut(BaseModel):
     job_id: uuid.UUID
     scheduled_for: datetime
     state: ExecutionState
+    priority: Priority = Priority.NORMAL
     reason: str | None = None
     attempt: int
     worker: str | None
@@ -250,6 +254,12 @@ class ExecutionOut(BaseModel):
     error: str | None
     output: str | None
     attempts: list[AttemptOut] | None = None
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _band(cls, value: Any) -> Any:
+        """Stored as its rank (0 high, 1 normal, 2 low)."""
+        return Priority.from_rank(value) if isinstance(value, int) else value
 
 
 class JobOut(BaseModel):

@@ -3,17 +3,19 @@
 
 Misfire policies (applied alike after downtime, a leader take-over, a resume and a backlog):
 
-* ``run_once`` (default): every due fire coalesces into one run, recorded at the first
-  missed fire time, its reason naming how many later fires it absorbed.
-* ``run_all``: each due fire runs, the first ``max_catchup`` of them; the rest are
-  recorded as one ``missed`` execution (at the first dropped time) naming the count.
-* ``skip``: fires due no more than the grace ago run; older ones are recorded as one
-  ``missed`` execution naming the count.
+A fire late by no more than ``misfire_threshold_s`` (the scheduler setting, 5 s by default,
+like Quartz's misfireThreshold) is not a misfire: it runs. Older fires are misfires, and
+the job's policy decides them:
 
-``starting_deadline_s``, when set, is also the grace of ``skip``, and any fire chosen to
-run that is already later than it is recorded ``missed`` instead. Nothing is ever dropped
-silently and the schedule always moves on to its first fire after ``now``: never a
-wedged job.
+* ``run_once`` (default): every missed fire coalesces into one run, recorded at the first
+  missed fire time, its reason naming how many later fires it absorbed.
+* ``run_all``: each missed fire runs, the first ``max_catchup`` of them; the rest are
+  recorded as one ``missed`` execution (at the first dropped time) naming the count.
+* ``skip``: missed fires are recorded as one ``missed`` execution naming the count.
+
+``starting_deadline_s``, when set, bounds every fire: one chosen to run that is already
+later than it is recorded ``missed`` instead. Nothing is ever dropped silently and the
+schedule always moves on to its first fire after ``now``: never a wedged job.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ log = logging.getLogger(__name__)
 Misfire = Literal["run_once", "run_all", "skip"]
 FireState = Literal["queued", "missed", "skipped"]
 
-#: How late a fire may be and still count as on time for ``skip`` without a deadline.
-DEFAULT_GRACE = timedelta(seconds=5)
+#: How late a fire may be and still count as on time (the reference design's ±5 s).
+DEFAULT_MISFIRE_THRESHOLD_S = 5.0
 #: How many due fires are enumerated one by one; the rest are counted as "more than".
 ENUMERATION_LIMIT = 1000
 
@@ -55,6 +57,9 @@ class FirePolicy:
     max_runs: int | None = None
     run_count: int = 0
     offset: timedelta = timedelta(0)  # the job's deterministic jitter
+    #: How late a fire may be and still run as a normal fire; older ones are misfires,
+    #: decided by ``misfire``. ``starting_deadline_s``, when set, is the tighter bound.
+    misfire_threshold_s: float = DEFAULT_MISFIRE_THRESHOLD_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,41 +141,42 @@ def plan_due_job(
 def _apply_misfire(
     policy: FirePolicy, due: list[datetime], more: bool, now: datetime
 ) -> list[PlannedFire]:
+    """Fires late by no more than ``misfire_threshold_s`` are not missed: each runs, as
+    Quartz's misfireThreshold has it (a leader running a little behind under load must not
+    drop fires). Only the older ones are misfires, and the job's policy decides them."""
+    threshold = timedelta(seconds=policy.misfire_threshold_s)
     deadline = (
         timedelta(seconds=policy.starting_deadline_s)
         if policy.starting_deadline_s is not None
         else None
     )
+    late = [at for at in due if now - at > threshold]
+    on_time = [at for at in due if now - at <= threshold]
     fires: list[PlannedFire] = []
-    if policy.misfire == "run_once":
-        first = due[0]
-        absorbed = len(due) - 1
+    if late and policy.misfire == "run_once":
+        absorbed = len(late) - 1
         reason = (
             f"coalesced {_count(absorbed, more)} later missed fires (misfire=run_once)"
             if absorbed or more
             else None
         )
-        fires.append(PlannedFire(first, "queued", reason))
-    elif policy.misfire == "run_all":
-        keep = due[: policy.max_catchup]
-        dropped = due[policy.max_catchup :]
+        fires.append(PlannedFire(late[0], "queued", reason))
+    elif late and policy.misfire == "run_all":
+        keep = late[: policy.max_catchup]
+        dropped = late[policy.max_catchup :]
         fires.extend(PlannedFire(at, "queued") for at in keep)
         if dropped:
             fires.append(PlannedFire(
                 dropped[0], "missed",
                 f"{_count(len(dropped), more)} fires beyond max_catchup={policy.max_catchup}",
             ))
-    else:  # skip
-        grace = deadline if deadline is not None else DEFAULT_GRACE
-        late = [at for at in due if now - at > grace]
-        on_time = [at for at in due if now - at <= grace]
-        if late:
-            fires.append(PlannedFire(
-                late[0], "missed",
-                f"{_count(len(late), more)} fires later than {grace.total_seconds():g}s "
-                "not run (misfire=skip)",
-            ))
-        fires.extend(PlannedFire(at, "queued") for at in on_time)
+    elif late:  # skip
+        fires.append(PlannedFire(
+            late[0], "missed",
+            f"{_count(len(late), more)} fires later than {threshold.total_seconds():g}s "
+            "not run (misfire=skip)",
+        ))
+    fires.extend(PlannedFire(at, "queued") for at in on_time)
     if deadline is not None:
         fires = [
             PlannedFire(f.scheduled_for, "missed",
@@ -249,6 +255,8 @@ class DueJob:
     max_runs: int | None = None
     run_count: int = 0
     jitter_s: float = 0.0
+    kind: str = "python"
+    priority: int = 1  # Priority.rank
     busy: bool = False  # a run of this forbid/replace job is still active
 
 
@@ -276,7 +284,8 @@ class TickPlan:
     replace: list[uuid.UUID] = field(default_factory=list)  # concurrency=replace gives way
 
 
-def plan_tick(jobs: list[DueJob], now: datetime, horizon: datetime | None = None) -> TickPlan:
+def plan_tick(jobs: list[DueJob], now: datetime, horizon: datetime | None = None,
+              misfire_threshold_s: float = DEFAULT_MISFIRE_THRESHOLD_S) -> TickPlan:
     """The rows to write for a batch of due jobs: each job's policies applied. A job whose
     stored schedule no longer parses is recorded missed once and fires no more (it never
     wedges the batch)."""
@@ -293,6 +302,7 @@ def plan_tick(jobs: list[DueJob], now: datetime, horizon: datetime | None = None
                 run_count=job.run_count,
                 offset=jitter_offset(job.id, job.jitter_s) if schedule.is_recurring
                 else timedelta(0),
+                misfire_threshold_s=misfire_threshold_s,
             )
             plan = plan_due_job(schedule, policy, job.next_fire_at, now,
                                 horizon if job.concurrency == "allow" else None)

@@ -28,12 +28,12 @@ from jobsched.ports import (
     LeaderTerm,
     StaleEpochError,
 )
+from jobsched.scheduler.publisher import Publisher
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL = timedelta(seconds=1)
-COMPLETION_SWEEP_INTERVAL = timedelta(seconds=30)
 OBSERVE_INTERVAL = timedelta(seconds=5)
 
 
@@ -54,9 +54,7 @@ class Scheduler:
         self.reaped = 0
         self.not_run: dict[str, int] = {}
         self._observing: asyncio.Task[None] | None = None
-        self._publish_slots = asyncio.Semaphore(settings.scheduler_publish_concurrency)
-        self._publishing: set[asyncio.Task[None]] = set()
-        self._last_completion_sweep = datetime.min.replace(tzinfo=UTC)
+        self.publisher: Publisher | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -106,9 +104,27 @@ class Scheduler:
         log.info("scheduler stopped")
 
     async def _lead(self, term: LeaderTerm, stop: asyncio.Event) -> None:
+        self.publisher = Publisher(self.broker, self.store, self.metrics,
+                                   in_flight=self.settings.scheduler_publish_concurrency)
+        publishing = asyncio.create_task(self.publisher.run())
+        try:
+            await self._lead_term(term, stop)
+        finally:
+            publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publishing
+            self.publisher = None
+
+    async def _lead_term(self, term: LeaderTerm, stop: asyncio.Event) -> None:
         epoch = term.epoch
         # A previous leader may have died between commit and publish: re-publish at once.
         await self._republish(datetime.now(UTC))
+        # Every path that ends a job's last run completes the job in the same transaction;
+        # once per term, a sweep completes any a crash left behind (it scans the active
+        # jobs, so it is not periodic: the cost of a periodic pass must follow the work).
+        batch = self.settings.scheduler_batch_size
+        while await self.store.complete_finished_jobs(epoch, batch) == batch:
+            pass
         last_republish = datetime.now(UTC)
         reconnections = self.broker.reconnections
         last_reap = datetime.now(UTC) - REAP_INTERVAL
@@ -161,9 +177,15 @@ class Scheduler:
         horizon = now + timedelta(seconds=self.settings.scheduler_lookahead_s)
         while True:
             dispatches, due, not_run = await self.store.fire_due_jobs(
-                epoch, now, batch, lambda jobs: plan_tick(jobs, now, horizon), horizon
+                epoch, now, batch,
+                lambda jobs: plan_tick(jobs, now, horizon, self.settings.misfire_threshold_s),
+                horizon
             )
-            await self._publish_in_background(dispatches)
+            # Published while the leader goes on firing; a backlog past a few batches holds
+            # the firing back (what is fired but not yet published waits in the outbox).
+            assert self.publisher is not None
+            self.publisher.submit(dispatches)
+            await self.publisher.wait_below(4 * batch)
             self.fired += len(dispatches)
             if dispatches:
                 self.metrics.fires.add({"state": ExecutionState.QUEUED}, len(dispatches))
@@ -186,12 +208,8 @@ class Scheduler:
     async def _reap(self, epoch: int, now: datetime) -> None:
         """Executions whose worker stopped renewing the lease: retried, or dead (and then
         copied to the dead-letter queue, as a worker would have)."""
-        if now - self._last_completion_sweep >= COMPLETION_SWEEP_INTERVAL:
-            # Rare on purpose: it scans active jobs (an index for it cost half the
-            # throughput); workers complete jobs themselves in the common case.
-            self._last_completion_sweep = now
-            await self.store.complete_finished_jobs(epoch, self.settings.scheduler_batch_size)
-        reaped = await self.store.reap_expired(epoch, self.settings.scheduler_batch_size)
+        reaped = await self.store.reap_expired(epoch, self.settings.scheduler_batch_size,
+                                               self.settings.lost_attempts_limit)
         if not reaped:
             return
         self.reaped += len(reaped)
@@ -217,39 +235,11 @@ class Scheduler:
             if len(dispatches) < batch or confirmed < len(dispatches):
                 return
 
-    async def _publish_in_background(self, dispatches: list[Dispatch]) -> None:
-        """Publish while the leader goes on firing: up to scheduler_publish_concurrency
-        batches have their confirms in flight at once. A batch that fails stays in the
-        outbox and is re-published by the sweep."""
-        if not dispatches:
-            return
-        await self._publish_slots.acquire()
-
-        async def publish() -> None:
-            try:
-                await self._publish(dispatches)
-            except Exception as exc:  # noqa: BLE001 - the outbox sweep re-publishes
-                log.warning("publishing a batch of %d failed: %r", len(dispatches), exc)
-            finally:
-                self._publish_slots.release()
-
-        task = asyncio.create_task(publish())
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
-
     async def _publish(self, dispatches: list[Dispatch]) -> int:
-        """Publish and mark what was confirmed; returns how many were."""
-        if not dispatches:
-            return 0
-        confirmed = await self.broker.publish_many([d.message() for d in dispatches])
-        done = [d.execution_id for d, ok in zip(dispatches, confirmed, strict=True) if ok]
-        await self.store.mark_published(done)
-        confirmed_at = datetime.now(UTC)
-        for dispatch, ok in zip(dispatches, confirmed, strict=True):
-            if ok and dispatch.due is not None:
-                lateness = (confirmed_at - dispatch.due).total_seconds()
-                self.metrics.fire_lateness.observe({}, max(0.0, lateness))
-        return len(done)
+        """Publish (in priority order, behind nothing of a lower band) and wait for the
+        confirms; returns how many were confirmed and marked."""
+        assert self.publisher is not None
+        return await self.publisher.submit(dispatches)
 
     def _observe_cluster(self) -> None:
         """Queue depths and live workers, as gauges (in the background: never delays a

@@ -8,13 +8,13 @@ import collections
 import functools
 import inspect
 import os
-import queue
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
+from jobsched.domain.priority import Priority, WeightedRoundRobin
 from jobsched.domain.states import AttemptOutcome
 from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.worker.results import AttemptResult, render_output
@@ -28,13 +28,19 @@ class ThreadRunner:
     are started one after another on the loop, so this per-start cost, times their number,
     is the lateness of the last one (``jobsched bench lateness``).
 
+    Waiting runs are served by priority band, by the same weighted round robin as the run
+    slots: a high run queued behind a backlog of low ones starts at the next free thread.
+
     The threads are daemons: a run still going when the process exits (after the drain
     timeout) is abandoned, as a timed-out one is (a thread cannot be killed)."""
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or min(32, (os.cpu_count() or 1) + 4)
-        self._work: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]]] = \
-            queue.SimpleQueue()
+        self._work: dict[Priority, collections.deque[
+            tuple[Callable[[], Any], asyncio.Future[Any]]]] = {
+            band: collections.deque() for band in Priority}
+        self._ready = threading.Condition()
+        self._picks = WeightedRoundRobin()
         self._ended: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] \
             = collections.deque()
         self._lock = threading.Lock()
@@ -42,19 +48,31 @@ class ThreadRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = 0
 
-    def submit(self, function: Callable[[], Any]) -> asyncio.Future[Any]:
+    def submit(self, function: Callable[[], Any],
+               band: Priority = Priority.NORMAL) -> asyncio.Future[Any]:
         loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._work.put((function, future))
+        with self._ready:
+            self._work[band].append((function, future))
+            self._ready.notify()
         if self._started < self.threads:  # threads start as the work needs them
             self._started += 1
             threading.Thread(target=self._serve, name=f"task-{self._started}",
                              daemon=True).start()
         return future
 
+    def _next(self) -> tuple[Callable[[], Any], asyncio.Future[Any]]:
+        with self._ready:
+            while True:
+                waiting = [band for band, work in self._work.items() if work]
+                if waiting:
+                    band = waiting[0] if len(waiting) == 1 else self._picks.pick(waiting)
+                    return self._work[band].popleft()
+                self._ready.wait()
+
     def _serve(self) -> None:
         while True:
-            function, future = self._work.get()
+            function, future = self._next()
             try:
                 value, error = function(), None
             except BaseException as exc:  # noqa: BLE001 - the task's failure, handed back
@@ -91,6 +109,7 @@ async def run_python(
     registry: TaskRegistry,
     context: TaskContext,
     threads: ThreadRunner | None = None,
+    band: Priority = Priority.NORMAL,
     masked: Sequence[str] = (),
 ) -> AttemptResult:
     """``masked``: values no recorded output or error may show (the worker's own
@@ -113,7 +132,7 @@ async def run_python(
                 # A thread cannot be killed: on timeout the attempt ends, the thread runs out.
                 call = functools.partial(function, **kwargs)
                 if threads is not None:
-                    value = await threads.submit(call)
+                    value = await threads.submit(call, band)
                 else:
                     value = await asyncio.get_running_loop().run_in_executor(None, call)
     except TimeoutError:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import orjson
 
 from jobsched.batching import Batcher
+from jobsched.domain.priority import Priority
 from jobsched.domain.retry import RetryPolicy, retry_delay, should_retry
 from jobsched.domain.states import AttemptOutcome, ExecutionState
 from jobsched.messages import AttemptMessage, MessageError
@@ -41,6 +42,7 @@ from jobsched.worker.results import AttemptResult
 from jobsched.worker.sandbox import ShellSandbox, ShellStatus
 from jobsched.worker.secrets import SecretResolver
 from jobsched.worker.shell import run_shell
+from jobsched.worker.slots import BandSlots
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ def import_task_modules(modules: tuple[str, ...] | list[str]) -> None:
 
 def next_state(result: AttemptResult, attempt: int,
                policy: RetryPolicy) -> tuple[ExecutionState, float]:
-    """The execution's state after this attempt, and the delay before the next one."""
+    """The execution's state after this attempt, and the delay before the next one.
+    ``attempt`` counts the attempts that count against the policy: those lost with a worker
+    or handed back on a shutdown do not."""
     if result.outcome == AttemptOutcome.SUCCEEDED:
         return ExecutionState.SUCCEEDED, 0.0
     if should_retry(policy, attempt):
@@ -105,7 +109,10 @@ class Worker:
         self._leases: dict[uuid.UUID, float] = {}
         self._taken_away: set[uuid.UUID] = set()
         self._started_at: dict[uuid.UUID, datetime] = {}
-        self._run_slots = asyncio.Semaphore(settings.worker_concurrency)
+        # Deliveries not claimed yet (held until due, or waiting for a slot): on a drain
+        # they go back to the queue at once, unrun and unclaimed.
+        self._unclaimed: set[asyncio.Task[None]] = set()
+        self._run_slots = BandSlots(settings.worker_concurrency)
         self._shell_slots = asyncio.Semaphore(settings.shell_concurrency)
         self._threads = ThreadRunner()  # runs plain-function python tasks
         self._http = HttpRunner(settings.egress_policy())
@@ -224,6 +231,8 @@ class Worker:
         self.take_away(execution_id)
 
     async def _drain(self) -> None:
+        for task in list(self._unclaimed):
+            task.cancel()  # not claimed: back to the queue, for another worker
         if not self._inflight:
             return
         log.info("draining %d in-flight executions", len(self._inflight))
@@ -242,11 +251,12 @@ class Worker:
             await self._handle(delivery)
         finally:
             self._inflight.discard(task)
+            self._unclaimed.discard(task)
             self.metrics.inflight.set({}, len(self._inflight))
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
-            attempt = AttemptMessage.decode(delivery.body)
+            message = AttemptMessage.decode(delivery.body)
         except MessageError as exc:
             # Not ours to run, but not ours to drop either: it goes to the dead-letter queue.
             self.stats["malformed"] += 1
@@ -254,41 +264,95 @@ class Worker:
             log.error("dead-lettering a malformed message: %s", exc)
             await delivery.reject(requeue=False)
             return
-        claimed_at = time.monotonic()
+        task = asyncio.current_task()
+        assert task is not None
+        self._unclaimed.add(task)
         try:
-            claimed = await self._claims.submit((attempt.execution_id, attempt.attempt))
-        except Exception as exc:  # noqa: BLE001 - database trouble: hand the message back
-            log.warning("claim of %s failed (%r); requeueing", attempt.execution_id, exc)
-            await asyncio.sleep(1)
-            await delivery.nack(requeue=True)
-            return
-        if claimed is None:
-            self.stats["lost_claims"] += 1
-            self.metrics.lost_claims.inc({})
-            log.info("execution %s attempt %d not claimable: acked unrun",
-                     attempt.execution_id, attempt.attempt)
-            await delivery.ack()
-            return
-        self._leases[claimed.id] = claimed_at
-        try:
-            await self._attempt(delivery, claimed)
-        finally:
-            self._leases.pop(claimed.id, None)
-            self._started_at.pop(claimed.id, None)
+            await self._hold_until_due(message)
+            outcome = await self._claim_and_run(delivery, message)
+        except asyncio.CancelledError:
+            if task in self._unclaimed:  # draining before the claim: give it back unrun
+                await delivery.nack(requeue=True)
+            raise
+        if outcome is not None:
+            claimed, result, state, delay = outcome
+            try:
+                await self._settle(delivery, claimed, result, state, delay)
+            finally:
+                self._leases.pop(claimed.id, None)
+                self._started_at.pop(claimed.id, None)
 
-    async def _attempt(self, delivery: Delivery, claimed: ClaimedExecution) -> None:
-        """Run a claimed attempt (unless it is too late or its lease is gone) and record
-        it; the delivery is settled in every case."""
+    async def _hold_until_due(self, message: AttemptMessage) -> None:
+        """A fire published ahead of its time (the leader's lookahead) waits here, unclaimed,
+        until shortly before it is due (``worker_claim_ahead_s``): the claim's round trip
+        then happens before the fire time, not after it, and the run starts on time. A
+        worker that dies in that short window leaves a lost attempt (retried, not counted
+        against the job's attempts); one that dies before it leaves nothing claimed."""
+        if message.due is None:
+            return
+        early = (message.due - datetime.now(UTC)).total_seconds()
+        early -= self.settings.worker_claim_ahead_s
+        if early > 0:
+            await asyncio.sleep(early)
+
+    async def _claim_and_run(
+        self, delivery: Delivery, message: AttemptMessage,
+    ) -> tuple[ClaimedExecution, AttemptResult, ExecutionState | None, float] | None:
+        """Take a run slot (the band's turn), claim, and run. None when the delivery was
+        settled here (a lost claim, a claim that failed)."""
+        band = message.priority
+        self.metrics.waiting.set({"priority": band}, self._run_slots.waiting(band) + 1)
+        async with self._run_slots.slot(band):
+            self.metrics.waiting.set({"priority": band}, self._run_slots.waiting(band))
+            # A shell run waits for a shell slot before its claim too (its kind is in the
+            # message; a message of an older version says nothing and waits after).
+            shell = self._shell_slots if message.kind == "shell" else contextlib.nullcontext()
+            async with shell:
+                claimed_at = time.monotonic()
+                try:
+                    claimed = await self._claims.submit(
+                        (message.execution_id, message.attempt), band)
+                except Exception as exc:  # noqa: BLE001 - database trouble: hand it back
+                    log.warning("claim of %s failed (%r); requeueing", message.execution_id,
+                                exc)
+                    await asyncio.sleep(1)
+                    await delivery.nack(requeue=True)
+                    return None
+                finally:
+                    current = asyncio.current_task()
+                    if current is not None:
+                        self._unclaimed.discard(current)
+                if claimed is None:
+                    self.stats["lost_claims"] += 1
+                    self.metrics.lost_claims.inc({})
+                    log.info("execution %s attempt %d not claimable: acked unrun",
+                             message.execution_id, message.attempt)
+                    await delivery.ack()
+                    return None
+                self._leases[claimed.id] = claimed_at
+                late_shell = claimed.kind == "shell" and message.kind != "shell"
+                try:
+                    async with self._shell_slots if late_shell else contextlib.nullcontext():
+                        result, state, delay = await self._attempt(delivery, claimed)
+                except BaseException:
+                    self._leases.pop(claimed.id, None)
+                    self._started_at.pop(claimed.id, None)
+                    raise
+                return claimed, result, state, delay
+
+    async def _attempt(self, delivery: Delivery, claimed: ClaimedExecution,
+                       ) -> tuple[AttemptResult, ExecutionState | None, float]:
+        """Run a claimed attempt (unless it is too late or its lease is gone): its result,
+        the execution's next state (None: taken away) and the delay before a retry. A
+        drain that runs out of time hands the execution back and settles the delivery."""
         lock: JobLock | None = None
-        state: ExecutionState | None
         try:
             early = self._too_late(claimed)
             if early is None:
                 lock, early = await self._take_job_lock(claimed)
             if early is not None:
-                result, state, delay = early, ExecutionState(early.outcome), 0.0
-            else:
-                result, state, delay = await self._run(claimed)
+                return early, ExecutionState(early.outcome), 0.0
+            return await self._run(claimed)
         except asyncio.CancelledError:
             # Draining ran out of time: hand the execution back for another worker. The
             # message is acked, not dead-lettered: the leader publishes the next attempt
@@ -299,6 +363,10 @@ class Worker:
         finally:
             if lock is not None:
                 await lock.release()
+
+    async def _settle(self, delivery: Delivery, claimed: ClaimedExecution,
+                      result: AttemptResult, state: ExecutionState | None,
+                      delay: float) -> None:
         if state is None:  # taken away: its new state is recorded, or the reaper's to set
             await self._close_attempt(claimed, AttemptOutcome.CANCELLED, result)
             await delivery.ack()
@@ -313,7 +381,7 @@ class Worker:
             lost = AttemptResult(AttemptOutcome.CANCELLED,
                                  error="lease lost before the run started")
             return lost, None, 0.0
-        task = asyncio.ensure_future(self._hold_then_execute(claimed))
+        task = asyncio.ensure_future(self._execute_now(claimed))
         self._running[claimed.id] = task
         started = time.perf_counter()
         try:
@@ -335,7 +403,8 @@ class Worker:
             backoff_s=claimed.backoff_s,
             max_backoff_s=claimed.max_backoff_s,
         )
-        state, delay = next_state(result, claimed.attempt, policy)
+        counted = claimed.attempt - claimed.uncounted_attempts
+        state, delay = next_state(result, max(1, counted), policy)
         return result, state, delay
 
     def _too_late(self, claimed: ClaimedExecution) -> AttemptResult | None:
@@ -403,7 +472,7 @@ class Worker:
             else None,
             started_at=self._started_at.pop(claimed.id, None),
         )
-        committed = await self._commit(finished)
+        committed = await self._commit(finished, claimed.band)
         if committed is None:
             log.warning("execution %s was taken from this worker; its result is dropped",
                         claimed.id)
@@ -422,34 +491,31 @@ class Worker:
         else:
             await delivery.ack()
 
-    async def _commit(self, finished: FinishedAttempt) -> ExecutionState | None:
+    async def _commit(self, finished: FinishedAttempt,
+                      band: Priority) -> ExecutionState | None:
         """Record a result, retrying through database outages: the ack waits for it. The
         retries stay a second apart at most, so the result is in soon after PostgreSQL is
         back (the leader's reaper waits one lease after an outage)."""
         delay = 0.2
         while True:
             try:
-                return await self._results.submit(finished)
+                return await self._results.submit(finished, band)
             except Exception as exc:  # noqa: BLE001
                 log.warning("recording result of %s failed (%r); retrying",
                             finished.execution_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def _hold_then_execute(self, claimed: ClaimedExecution) -> AttemptResult:
-        """A fire published ahead of its time (the leader's lookahead) starts when due."""
+    async def _execute_now(self, claimed: ClaimedExecution) -> AttemptResult:
         early = (claimed.scheduled_for - datetime.now(UTC)).total_seconds()
-        if early > 0:
+        if early > 0:  # claimed just ahead of its time: it starts when due
             await asyncio.sleep(early)
-        # At most worker_concurrency runs at once, of which shell_concurrency shell runs.
-        shell = self._shell_slots if claimed.kind == "shell" else contextlib.nullcontext()
-        async with self._run_slots, shell:
-            started = datetime.now(UTC)
-            self._started_at[claimed.id] = started
-            if claimed.attempt == 1:
-                late = (started - claimed.scheduled_for).total_seconds()
-                self.metrics.start_lateness.observe({}, max(0.0, late))
-            return await self._execute(claimed)
+        started = datetime.now(UTC)
+        self._started_at[claimed.id] = started
+        if claimed.attempt == 1:
+            late = (started - claimed.scheduled_for).total_seconds()
+            self.metrics.start_lateness.observe({"priority": claimed.band}, max(0.0, late))
+        return await self._execute(claimed)
 
     async def _execute(self, claimed: ClaimedExecution) -> AttemptResult:
         payload = claimed.payload
@@ -470,5 +536,5 @@ class Worker:
             context = TaskContext(claimed.id, claimed.attempt, claimed.job_id,
                                   claimed.scheduled_for)
             return await run_python(payload, timeout, limit, self.registry, context,
-                                    self._threads, secrets.masked)
+                                    self._threads, claimed.band, secrets.masked)
         return AttemptResult(AttemptOutcome.FAILED, error=f"unknown job kind {kind!r}")

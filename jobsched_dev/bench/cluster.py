@@ -158,7 +158,7 @@ class BenchCluster:
             connection = await aio_pika.connect(self.services.amqp_url, timeout=10)
             try:
                 channel = await connection.channel()
-                for queue in (names.queue_name, names.dead_letter_queue):
+                for queue in (*names.queue_names.values(), names.dead_letter_queue):
                     await channel.queue_delete(queue)
                 await channel.exchange_delete(names.dead_letter_exchange)
             finally:

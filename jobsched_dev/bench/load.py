@@ -12,11 +12,12 @@ import asyncpg
 
 from jobsched.adapters.postgres.listen import WAKE_CHANNEL
 from jobsched.api.models import JobCreate
+from jobsched.domain.priority import Priority
 from jobsched_dev.bench.tasks import NOOP
 
 JOB_COLUMNS = ("id", "name", "kind", "payload", "schedule", "timezone", "next_fire_at",
                "max_attempts", "backoff_s", "max_backoff_s", "timeout_s", "labels", "spec",
-               "created_at", "updated_at")
+               "created_at", "updated_at", "priority")
 
 # Jobs submitted while a steady load runs: ``clock_timestamp()`` so each batch carries its
 # own submit time, and due at once, as an ``immediate`` job submitted through the api is.
@@ -31,7 +32,7 @@ FROM generate_series(1, $6)
 # Every fire of the run with the job's submit time, in one read after the run.
 SELECT_FIRES = """
 SELECT e.job_id, e.scheduled_for, e.state, e.attempt, e.queued_at, e.published_at,
-       e.started_at, e.finished_at, j.created_at AS submitted_at,
+       e.started_at, e.finished_at, j.created_at AS submitted_at, e.priority,
        (SELECT count(*) FROM attempts a WHERE a.execution_id = e.id) AS attempts
 FROM executions e JOIN jobs j ON j.id = e.job_id
 WHERE j.name = $1
@@ -58,20 +59,22 @@ SELECT coalesce(sum(n - 1), 0) FROM (
 """
 
 
-def job_spec(name: str, schedule: str, function: str = NOOP
+def job_spec(name: str, schedule: str, function: str = NOOP, priority: str = "normal"
              ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(spec, payload) of a no-op python job, validated and shaped by the api's own model."""
     job = JobCreate.model_validate({"name": name, "schedule": schedule, "kind": "python",
-                                    "python": {"function": function}})
+                                    "python": {"function": function}, "priority": priority})
     return job.model_dump(mode="json", exclude_none=True), job.payload()
 
 
 def job_rows(name: str, schedule: str, next_fire_at: datetime | None, count: int,
-             now: datetime | None = None, function: str = NOOP) -> list[tuple[Any, ...]]:
-    spec, payload = job_spec(name, schedule, function)
+             now: datetime | None = None, function: str = NOOP,
+             priority: str = "normal") -> list[tuple[Any, ...]]:
+    spec, payload = job_spec(name, schedule, function, priority)
     now = now or datetime.now(UTC)
+    rank = Priority(priority).rank
     return [(uuid.uuid4(), name, "python", payload, schedule, "UTC", next_fire_at, 1, 2.0,
-             300.0, 300.0, {}, spec, now, now) for _ in range(count)]
+             300.0, 300.0, {}, spec, now, now, rank) for _ in range(count)]
 
 
 async def copy_jobs(conn: asyncpg.Connection, rows: list[tuple[Any, ...]],

@@ -84,6 +84,23 @@ def render_burn_down(r: dict[str, Any], repeat: int) -> str:
     return "\n\n".join([head, table(("", "value"), rows), _latency(r), cpu_table(r["cpu"])])
 
 
+def render_priority(r: dict[str, Any], repeat: int) -> str:
+    head = _heading(f"priority: {r['low']:,} low no-op jobs, then {r['high']:,} high ones "
+                    f"({_task(r)}), {r['workers']} worker process(es)", repeat)
+    queued, submitted = r["high queued -> started"], r["high submitted -> started"]
+    rows = [["high queued -> started p50 ms", queued["p50"]],
+            ["high queued -> started p99 ms (target <= 250)", queued["p99"]],
+            ["high submitted -> started p99 ms", submitted["p99"]],
+            ["runs started during the high burst", r["runs_in_burst"]],
+            ["low share of them (target >= 5 %)", 100 * r["low_share_in_burst"]],
+            ["low still waiting after the burst", r["low_still_waiting_after_burst"]],
+            ["mixed burn-down executions/s", r["executions_per_s"]],
+            ["one-priority burn-down executions/s", r["one_priority_executions_per_s"]],
+            ["mixed / one priority", r["mixed_vs_one_priority"]],
+            ["all drained", r["drained"]]]
+    return "\n\n".join([head, table(("", "value"), rows), cpu_table(r["cpu"])])
+
+
 def render_steady(r: dict[str, Any], repeat: int) -> str:
     vacuumed = ("; VACUUM ANALYZE between steps (the server's autovacuum is off)"
                 if r.get("vacuumed_between_steps") else "")

@@ -7,17 +7,23 @@ import asyncio
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 
 import aio_pika
+import aiohttp
 import pytest
 
 from jobsched.messages import AttemptMessage
-from tests.chaos.conftest import DRAIN_TIMEOUT_S, LEASE_S, Chaos
+from jobsched_dev.devcluster import DevCluster
+from tests.chaos.conftest import DRAIN_TIMEOUT_S, LEASE_S, Chaos, chaos_deployment
 from tests.chaos.harness import (
+    ApiClient,
     Fire,
+    PrivatePostgres,
     assert_one_execution_per_fire,
     assert_ran_once_per_fire,
     fetch_attempts,
+    fetch_fires,
     immediate,
     record,
     wait_terminal,
@@ -162,3 +168,49 @@ async def _dead_lettered(chaos: Chaos, execution_id: str) -> int:
     finally:
         await connection.close()
     return found
+
+
+@pytest.fixture
+def small_workers(private_postgres: PrivatePostgres,
+                  request: pytest.FixtureRequest) -> Iterator[tuple[DevCluster, str]]:
+    """A deployment of its own whose two workers run 4 runs at once and hold 50 more."""
+    url = private_postgres.url(f"crash{uuid.uuid4().hex[:8]}")
+    env = {"JOBSCHED_WORKER_CONCURRENCY": "4", "JOBSCHED_WORKER_PREFETCH": "50"}
+    with chaos_deployment(url, "crash", request, env=env, schedulers=1, apis=1,
+                          workers=2) as cluster:
+        yield cluster, url
+
+
+@pytest.mark.timeout(150)
+async def test_a_worker_crash_costs_no_execution(
+        small_workers: tuple[DevCluster, str]) -> None:
+    """Scenario 10 (issue 21): kill -9 a worker holding a backlog, with the default retry
+    policy (one attempt). Its running attempts are lost, not failed: they run again and
+    succeed; the deliveries it held but had not started were never claimed, so they cost
+    no attempt at all. Nothing ends dead."""
+    cluster, url = small_workers
+    async with aiohttp.ClientSession() as session:
+        api = ApiClient(session, cluster.api_urls)
+        specs = [{**immediate(f"crash-{i}", "chaos_tasks:sleep", seconds=1.0),
+                  "retry": {"max_attempts": 1}} for i in range(40)]
+        jobs = [job["id"] for job in await asyncio.gather(*(api.create(s) for s in specs))]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            fires = await fetch_fires(url, jobs)
+            running = [f for f in fires if f.state == "running"]
+            if len({f.worker for f in running}) == 2:
+                break
+            await asyncio.sleep(0.05)
+        victim = cluster[running[0].worker or ""]
+        victim.kill()
+        fires = await wait_terminal(url, jobs, timeout=90)
+    assert_one_execution_per_fire(fires)
+    assert {f.state for f in fires} == {"succeeded"}, [f for f in fires if f.state != "succeeded"]
+    lost = []
+    for fire in fires:
+        attempts = await fetch_attempts(url, fire.id)
+        lost += [a for a in attempts if a["outcome"] == "lost"]
+    # Only the runs the victim had started lost an attempt (at most its 4 run slots): the
+    # deliveries it held unstarted were never claimed.
+    assert {a["worker"] for a in lost} == {victim.name} and 1 <= len(lost) <= 4, lost
+    record("worker_crash_backlog", executions=len(fires), lost_attempts=len(lost), dead=0)

@@ -33,3 +33,8 @@ def report(team: str, count: int = 1) -> dict[str, object]:
     """Named explicitly, so the key is the same whether this module is imported as
     ``sample_tasks`` (the worker) or ``tests.e2e.sample_tasks`` (a test scheduling it)."""
     return {"team": team, "count": count}
+
+
+@task
+async def nap(seconds: float) -> None:
+    await asyncio.sleep(seconds)

@@ -14,7 +14,7 @@ from jobsched.settings import Settings
 
 
 def _broker(settings: Settings) -> RabbitBroker:
-    return RabbitBroker(settings.amqp_url, settings.queue_name, settings.dead_letter_exchange,
+    return RabbitBroker(settings.amqp_url, settings.queue_names, settings.dead_letter_exchange,
                   settings.dead_letter_queue)
 
 
@@ -57,6 +57,7 @@ async def test_publish_confirm_consume_and_dead_letter(settings: Settings) -> No
             if depths[settings.dead_letter_queue] == 1:
                 break
             await asyncio.sleep(0.1)
-        assert depths == {settings.queue_name: 0, settings.dead_letter_queue: 1}
+        assert depths == {**{q: 0 for q in settings.queue_names.values()},
+                          settings.dead_letter_queue: 1}
     finally:
         await broker.close()

@@ -238,7 +238,8 @@ class FakeLeaderStore:
             seen.add((fire.job_id, fire.scheduled_for))
             self.fires.append((epoch, fire))
             if fire.state == ExecutionState.QUEUED:
-                dispatches.append(Dispatch(uuid.uuid4(), fire.job_id, 1, fire.scheduled_for))
+                dispatches.append(Dispatch(uuid.uuid4(), fire.job_id, 1, fire.scheduled_for,
+                                           fresh=True))
         for advance in tick.advances:
             job = self.jobs[advance.job_id]
             if advance.next_fire_at is None:
@@ -266,7 +267,8 @@ class FakeLeaderStore:
     async def next_wake(self, lookahead_s: float = 0.0) -> datetime | None:
         return min((j.next_fire_at for j in self.jobs.values()), default=None)
 
-    async def reap_expired(self, epoch: int, limit: int) -> list[ReapedExecution]:
+    async def reap_expired(self, epoch: int, limit: int,
+                           lost_limit: int) -> list[ReapedExecution]:
         self._fence(epoch)
         return []
 

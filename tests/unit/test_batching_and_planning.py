@@ -54,7 +54,7 @@ def test_plan_fires_coalesces_missed_fires() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, 500_000, tzinfo=UTC)
     job = DueJob(uuid.uuid4(), "* * * * * *", "UTC", now - timedelta(seconds=30))
     once = DueJob(uuid.uuid4(), "immediate", "UTC", now)
-    tick = plan_fires([job, once], now)
+    tick = plan_fires([job, once], now, misfire_threshold_s=0)
     assert [(f.job_id, f.scheduled_for, f.state) for f in tick.fires] == [
         (job.id, now - timedelta(seconds=30), "queued"), (once.id, now, "queued")]
     assert tick.advances == [

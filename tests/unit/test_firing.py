@@ -28,18 +28,35 @@ def test_on_time_fire_runs_and_advances() -> None:
     assert plan.next_fire_at == s(1)
 
 
+def test_late_within_the_misfire_threshold_is_not_missed() -> None:
+    """A leader running 3 s behind (an overloaded machine) runs every fire, whatever the
+    policy: only fires later than misfire_threshold_s (5 s) are misfires."""
+    for misfire in ("run_once", "run_all", "skip"):
+        plan = plan_due_job(EVERY_SECOND, FirePolicy(misfire=misfire), s(0), s(3.2))  # type: ignore[arg-type]
+        assert [(f.scheduled_for, f.state, f.reason) for f in plan.fires] == [
+            (s(i), "queued", None) for i in range(4)], misfire
+    tight = FirePolicy(misfire_threshold_s=1)
+    plan = plan_due_job(EVERY_SECOND, tight, s(0), s(3.2))
+    assert [(f.scheduled_for, f.state) for f in plan.fires] == [
+        (s(0), "queued"), (s(3), "queued")]
+    assert plan.fires[0].reason == "coalesced 2 later missed fires (misfire=run_once)"
+
+
 def test_run_once_coalesces_a_gap() -> None:
     plan = plan_due_job(EVERY_SECOND, FirePolicy(), s(0), s(30.5))
-    assert [(f.scheduled_for, f.state) for f in plan.fires] == [(s(0), "queued")]
-    assert plan.fires[0].reason == "coalesced 30 later missed fires (misfire=run_once)"
+    # fires up to 5 s late run; the older ones coalesce into one run
+    assert [(f.scheduled_for, f.state) for f in plan.fires] == [
+        (s(0), "queued"), *((s(i), "queued") for i in range(26, 31))]
+    assert plan.fires[0].reason == "coalesced 25 later missed fires (misfire=run_once)"
     assert plan.next_fire_at == s(31)
 
 
 def test_run_all_catches_up_to_the_cap_and_records_the_rest() -> None:
     plan = plan_due_job(EVERY_SECOND, FirePolicy(misfire="run_all", max_catchup=3), s(0), s(9.2))
     assert [(f.scheduled_for, f.state) for f in plan.fires] == [
-        (s(0), "queued"), (s(1), "queued"), (s(2), "queued"), (s(3), "missed")]
-    assert plan.fires[-1].reason == "7 fires beyond max_catchup=3"
+        (s(0), "queued"), (s(1), "queued"), (s(2), "queued"), (s(3), "missed"),
+        *((s(i), "queued") for i in range(5, 10))]
+    assert plan.fires[3].reason == "2 fires beyond max_catchup=3"
     assert plan.next_fire_at == s(10)
 
 
@@ -54,7 +71,8 @@ def test_skip_runs_only_recent_fires() -> None:
 def test_starting_deadline_marks_late_runs_missed() -> None:
     policy = FirePolicy(misfire="run_once", starting_deadline_s=2)
     plan = plan_due_job(EVERY_SECOND, policy, s(0), s(3))
-    assert [(f.scheduled_for, f.state) for f in plan.fires] == [(s(0), "missed")]
+    assert [(f.scheduled_for, f.state) for f in plan.fires] == [
+        (s(0), "missed"), (s(1), "queued"), (s(2), "queued"), (s(3), "queued")]
     assert "starting_deadline_s=2" in (plan.fires[0].reason or "")
     assert plan.next_fire_at == s(4)
     on_time = plan_due_job(EVERY_SECOND, policy, s(0), s(1.5))

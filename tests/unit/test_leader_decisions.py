@@ -90,7 +90,7 @@ async def test_fires_are_published_after_they_are_recorded(leading: Leading) -> 
 @pytest.mark.parametrize(("misfire", "queued", "missed"), [
     ("run_once", 1, 0),   # 60 missed fires coalesce into one run
     ("run_all", 5, 1),    # max_catchup=5 runs, the other 55 recorded as one missed
-    ("skip", None, 1),    # the late ones recorded missed; those within the grace run
+    ("skip", 0, 1),       # the late ones recorded missed (those within 5 s run)
 ])
 async def test_a_take_over_after_downtime_applies_each_jobs_misfire_policy(
         misfire: str, queued: int | None, missed: int) -> None:
@@ -102,7 +102,10 @@ async def test_a_take_over_after_downtime_applies_each_jobs_misfire_policy(
     try:
         await leading.until(lambda: len(store.fires) >= (queued or 1) + missed)
         await asyncio.sleep(0.1)
-        first_tick = [f for _, f in store.fires if f.scheduled_for < now]
+        # Fires up to misfire_threshold_s (5 s) late are not misfires: they all run.
+        recent = [f for _, f in store.fires if now - timedelta(seconds=5) <= f.scheduled_for]
+        assert recent and all(f.state == ExecutionState.QUEUED for f in recent)
+        first_tick = [f for _, f in store.fires if f.scheduled_for < now - timedelta(seconds=6)]
         states = [f.state for f in first_tick]
         assert states.count(ExecutionState.MISSED) == missed, first_tick
         if queued is not None:
@@ -112,8 +115,7 @@ async def test_a_take_over_after_downtime_applies_each_jobs_misfire_policy(
         if misfire == "skip":
             (late,) = [f for f in first_tick if f.state == ExecutionState.MISSED]
             assert "misfire=skip" in (late.reason or "")
-            ran = [f.scheduled_for for f in first_tick if f.state == ExecutionState.QUEUED]
-            assert ran and min(ran) >= now - timedelta(seconds=6)  # only within the grace
+
         # the schedule moved on to its first fire after the take-over: never wedged
         assert store.jobs[job.id].next_fire_at > now - timedelta(seconds=1)
     finally:

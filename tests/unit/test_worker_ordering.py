@@ -130,3 +130,81 @@ async def test_a_malformed_message_is_dead_lettered_unrun(harness: Harness) -> N
     assert ("reject", "bad") in harness.events.log
     assert harness.runs == [] and harness.events.count("claim") == 0
     assert harness.worker.stats["malformed"] == 1
+
+
+async def test_a_delivery_published_ahead_is_claimed_just_before_due_and_runs_when_due(
+        harness: Harness) -> None:
+    from datetime import timedelta
+
+    execution = harness.execution()
+    due = datetime.now(UTC) + timedelta(seconds=0.6)
+    execution.scheduled_for = due
+    body = AttemptMessage(execution.id, execution.job_id, 1, due).encode()
+    delivery = harness.broker.deliver(body, "ahead")
+    await asyncio.sleep(0.3)
+    assert harness.events.count("claim") == 0  # held unclaimed: a crash now costs nothing
+    await asyncio.wait_for(harness.ran.wait(), 5)
+    ran_at = datetime.now(UTC)
+    assert harness.events.count("claim") == 1 and ran_at >= due  # claimed ahead, run on time
+    await asyncio.wait_for(delivery.settled.wait(), 5)
+    assert harness.events.index("claim", execution.id) < harness.events.index("ack", "ahead")
+
+
+async def test_a_drain_gives_unclaimed_deliveries_back_unrun() -> None:
+    from datetime import timedelta
+
+    h = Harness()
+    stop = asyncio.Event()
+    running = asyncio.create_task(h.worker.run(stop))
+    await asyncio.wait_for(h.broker.consuming.wait(), 5)
+    execution = h.execution()
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    h.broker.deliver(
+        AttemptMessage(execution.id, execution.job_id, 1, later).encode(), "later")
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(running, 5)
+    assert ("nack", "later") in h.events.log  # back to the queue for another worker
+    assert h.events.count("claim") == 0 and h.runs == []
+
+
+async def test_free_slots_go_to_high_priority_work_first() -> None:
+    from jobsched.domain.priority import Priority
+
+    h = Harness()
+    h.worker = Worker(Settings(instance="w1", worker_concurrency=1), h.store, h.broker,
+                      h.registry, metrics=Metrics("worker", "w1"))
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        await gate.wait()
+
+    h.outcome = lambda: None
+    order: list[str] = []
+    original = h._task
+
+    async def task(context: object) -> None:
+        await original(context)
+        order.append(labels[context.execution_id])  # type: ignore[attr-defined]
+        if len(order) == 1:
+            await hold()
+
+    h.registry.register(task, "tests:task")
+    stop = asyncio.Event()
+    running = asyncio.create_task(h.worker.run(stop))
+    await asyncio.wait_for(h.broker.consuming.wait(), 5)
+    labels: dict[uuid.UUID, str] = {}
+    deliveries = []
+    for label, band in [("first", Priority.LOW), ("low-1", Priority.LOW),
+                        ("low-2", Priority.LOW), ("high-1", Priority.HIGH),
+                        ("high-2", Priority.HIGH)]:
+        execution = h.execution()
+        labels[execution.id] = label
+        body = AttemptMessage(execution.id, execution.job_id, 1, None, "python", band).encode()
+        deliveries.append(h.broker.deliver(body, label))
+        await asyncio.sleep(0.02)  # in this order: the low ones wait before the high ones
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*(d.settled.wait() for d in deliveries)), 5)
+    stop.set()
+    await asyncio.wait_for(running, 5)
+    assert order[0] == "first" and order[1:3] == ["high-1", "high-2"], order

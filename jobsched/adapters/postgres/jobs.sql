@@ -7,11 +7,11 @@ WITH job AS (
     INSERT INTO jobs (id, namespace, name, kind, payload, schedule, timezone, next_fire_at,
                       max_attempts, backoff_s, max_backoff_s, timeout_s, labels, spec,
                       misfire, max_catchup, starting_deadline_s, concurrency, start_at,
-                      end_at, max_runs, jitter_s, keep_succeeded, keep_failed)
+                      end_at, max_runs, jitter_s, keep_succeeded, keep_failed, priority)
     VALUES (:id, :namespace, :name, :kind, :payload, :schedule, :timezone, :next_fire_at,
             :max_attempts, :backoff_s, :max_backoff_s, :timeout_s, :labels, :spec,
             :misfire, :max_catchup, :starting_deadline_s, :concurrency, :start_at,
-            :end_at, :max_runs, :jitter_s, :keep_succeeded, :keep_failed)
+            :end_at, :max_runs, :jitter_s, :keep_succeeded, :keep_failed, :priority)
     RETURNING *
 )
 SELECT job.*, CASE WHEN :notify::boolean THEN pg_notify(:channel, 'job') END AS woke
@@ -23,12 +23,12 @@ FROM job
 INSERT INTO jobs (id, namespace, name, kind, payload, schedule, timezone, next_fire_at,
                   max_attempts, backoff_s, max_backoff_s, timeout_s, labels, spec,
                   misfire, max_catchup, starting_deadline_s, concurrency, start_at,
-                  end_at, max_runs, jitter_s, keep_succeeded, keep_failed,
+                  end_at, max_runs, jitter_s, keep_succeeded, keep_failed, priority,
                   idempotency_key, idempotency_digest)
 VALUES (:id, :namespace, :name, :kind, :payload, :schedule, :timezone, :next_fire_at,
         :max_attempts, :backoff_s, :max_backoff_s, :timeout_s, :labels, :spec,
         :misfire, :max_catchup, :starting_deadline_s, :concurrency, :start_at,
-        :end_at, :max_runs, :jitter_s, :keep_succeeded, :keep_failed,
+        :end_at, :max_runs, :jitter_s, :keep_succeeded, :keep_failed, :priority,
         :idempotency_key, :idempotency_digest)
 ON CONFLICT (namespace, idempotency_key) DO NOTHING
 RETURNING *
@@ -65,7 +65,8 @@ UPDATE jobs SET name = :name, kind = :kind, payload = :payload, schedule = :sche
     labels = :labels, spec = :spec, misfire = :misfire, max_catchup = :max_catchup,
     starting_deadline_s = :starting_deadline_s, concurrency = :concurrency,
     start_at = :start_at, end_at = :end_at, max_runs = :max_runs, jitter_s = :jitter_s,
-    keep_succeeded = :keep_succeeded, keep_failed = :keep_failed, updated_at = now()
+    keep_succeeded = :keep_succeeded, keep_failed = :keep_failed, priority = :priority,
+    updated_at = now()
 WHERE id = :id
 RETURNING *
 
@@ -81,10 +82,11 @@ RETURNING id
 
 -- insert_record --
 -- A run a person asked for (trigger: queued, epoch -1, published by the leader's next
--- tick) or a fire recorded without a run (skipped while paused).
-INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at)
-VALUES (:job_id, :scheduled_for, -1, :state, :reason,
-        CASE WHEN :state = 'queued' THEN NULL ELSE now() END)
+-- tick) or a fire recorded without a run (skipped while paused), in the job's band.
+INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at, priority)
+SELECT :job_id::uuid, :scheduled_for::timestamptz, -1, :state::text, :reason::text,
+       CASE WHEN :state::text = 'queued' THEN NULL ELSE now() END, j.priority
+FROM jobs j WHERE j.id = :job_id
 ON CONFLICT (job_id, scheduled_for) DO NOTHING
 RETURNING *
 

@@ -14,6 +14,7 @@ from jobsched.adapters.postgres.listen import CANCEL_CHANNEL
 from jobsched.adapters.postgres.pool import fenced
 from jobsched.adapters.postgres.sql import load_queries
 from jobsched.domain.firing import DueJob, FireRecord, TickPlan
+from jobsched.domain.priority import Priority
 from jobsched.domain.states import ExecutionState
 from jobsched.ports import Dispatch, ReapedExecution
 
@@ -23,7 +24,9 @@ Q = load_queries("leader.sql")
 
 
 def _dispatches(rows: Sequence[asyncpg.Record]) -> list[Dispatch]:
-    return [Dispatch(r["id"], r["job_id"], r["attempt"]) for r in rows]
+    """Re-sends and retries: the attempt with its kind and band, as first published."""
+    return [Dispatch(r["id"], r["job_id"], r["attempt"], r["scheduled_for"], r["kind"],
+                     Priority.from_rank(r["priority"])) for r in rows]
 
 
 class PostgresLeaderStore:
@@ -71,7 +74,9 @@ class PostgresLeaderStore:
                                                  limit=limit)
             if not rows:
                 return [], 0, []
-            tick = plan([DueJob(**dict(r)) for r in rows])
+            due = [DueJob(**dict(r)) for r in rows]
+            tick = plan(due)
+            jobs = {j.id: j for j in due}
             if tick.replace:
                 replaced = await Q.replace_active.fetch(conn, job_ids=tick.replace, now=now)
                 if replaced:
@@ -84,6 +89,7 @@ class PostgresLeaderStore:
                 scheduled_for=[f.scheduled_for for f in tick.fires],
                 states=[str(f.state) for f in tick.fires],
                 reasons=[f.reason for f in tick.fires],
+                priorities=[jobs[f.job_id].priority for f in tick.fires],
             )
             # Every multi-row write locks rows in id order: no deadlock with another.
             advances = sorted(tick.advances, key=lambda a: a.job_id)
@@ -93,7 +99,9 @@ class PostgresLeaderStore:
                 next_fire_at=[a.next_fire_at for a in advances],
                 runs=[a.runs for a in advances],
             )
-        dispatches = [Dispatch(r["id"], r["job_id"], r["attempt"], r["scheduled_for"])
+        dispatches = [Dispatch(r["id"], r["job_id"], r["attempt"], r["scheduled_for"],
+                               jobs[r["job_id"]].kind, Priority.from_rank(r["priority"]),
+                               fresh=True)
                       for r in created if r["state"] == ExecutionState.QUEUED]
         not_run = [f for f in tick.fires if f.state != ExecutionState.QUEUED]
         return dispatches, len(rows), not_run
@@ -119,10 +127,12 @@ class PostgresLeaderStore:
                                                               lookahead_s=lookahead_s)
         return wake_at
 
-    async def reap_expired(self, epoch: int, limit: int) -> list[ReapedExecution]:
-        """Executions whose worker stopped renewing its lease are retried or dead."""
+    async def reap_expired(self, epoch: int, limit: int,
+                           lost_limit: int) -> list[ReapedExecution]:
+        """Executions whose worker stopped renewing its lease are retried (a lost attempt
+        does not count against max_attempts) or, after ``lost_limit`` of them, dead."""
         async with fenced(self.pool, epoch) as conn:
-            rows = await Q.reap_expired.fetch(conn, limit=limit)
+            rows = await Q.reap_expired.fetch(conn, limit=limit, lost_limit=lost_limit)
         return [ReapedExecution(r["id"], r["job_id"], r["attempt"],
                                 ExecutionState(r["state"])) for r in rows]
 
@@ -133,15 +143,36 @@ class PostgresLeaderStore:
         return int(status.split()[-1])
 
     async def purge_history(self, epoch: int, before: datetime, batch: int) -> int:
-        """One retention pass: executions finished before ``before``, then those beyond
-        their job's history limits, a fenced batch per transaction; returns how many."""
+        """One retention pass: executions finished before ``before`` (oldest first, by the
+        finished_at index), then, job by job, those beyond the history limits of the jobs
+        that set one; a fenced batch per transaction. Returns how many were deleted. The
+        cost is the rows deleted plus the kept history of limited jobs: never a scan of
+        all history."""
         deleted = 0
-        for query, values in ((Q.purge_expired, {"before": before}), (Q.purge_over_limit, {})):
-            while True:
-                async with fenced(self.pool, epoch) as conn:
-                    status = await query.execute(conn, limit=batch, **values)
-                count = int(status.split()[-1])
-                deleted += count
-                if count < batch:
-                    break
-        return deleted
+        while True:
+            async with fenced(self.pool, epoch) as conn:
+                status = await Q.purge_expired.execute(conn, before=before, limit=batch)
+            count = int(status.split()[-1])
+            deleted += count
+            if count < batch:
+                break
+        after: uuid.UUID | None = None
+        while True:
+            limited = await Q.limited_jobs.fetch(self.pool, after=after, limit=batch)
+            for job in limited:
+                for state, keep in ((ExecutionState.SUCCEEDED, job["keep_succeeded"]),
+                                    (ExecutionState.DEAD, job["keep_failed"])):
+                    if keep is None:
+                        continue
+                    while True:
+                        async with fenced(self.pool, epoch) as conn:
+                            status = await Q.purge_job_history.execute(
+                                conn, job_id=job["id"], state=str(state), keep=keep,
+                                limit=batch)
+                        count = int(status.split()[-1])
+                        deleted += count
+                        if count < batch:
+                            break
+            if len(limited) < batch:
+                return deleted
+            after = limited[-1]["id"]

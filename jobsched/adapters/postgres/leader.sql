@@ -28,10 +28,11 @@ WHERE l.locktype = 'relation' AND l.relation = 'leader'::regclass AND l.granted
 
 -- select_due_jobs --
 -- Jobs of concurrency 'allow' due up to :horizon (fired ahead; the worker holds them until
--- due), others only once due at :now. busy: whether a run of a forbid/replace job is still
--- active (only those need to know).
+-- due), others only once due at :now; high priority first, so that of a herd due at once
+-- the high jobs are fired (and published) first. busy: whether a run of a forbid/replace
+-- job is still active (only those need to know).
 SELECT id, schedule, timezone, next_fire_at, misfire, max_catchup, starting_deadline_s,
-       concurrency, end_at, max_runs, run_count, jitter_s,
+       concurrency, end_at, max_runs, run_count, jitter_s, kind, priority,
        CASE WHEN concurrency = 'allow' THEN false ELSE EXISTS (
            SELECT 1 FROM executions e
            WHERE e.job_id = jobs.id AND e.state IN ('queued', 'running', 'retrying')
@@ -39,24 +40,33 @@ SELECT id, schedule, timezone, next_fire_at, misfire, max_catchup, starting_dead
 FROM jobs
 WHERE state = 'active' AND next_fire_at IS NOT NULL AND next_fire_at <= :horizon
   AND (concurrency = 'allow' OR next_fire_at <= :now)
-ORDER BY next_fire_at
+ORDER BY priority, next_fire_at
 LIMIT :limit
 FOR UPDATE SKIP LOCKED
 
 -- insert_executions --
 -- One statement creates every execution of the batch; the unique (job_id, scheduled_for)
 -- makes a repeated fire a no-op instead of a duplicate (guarantee 1).
-INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at)
+INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at, priority)
 SELECT f.job_id, f.scheduled_for, :epoch, f.state, f.reason,
-       CASE WHEN f.state = 'queued' THEN NULL ELSE now() END
+       CASE WHEN f.state = 'queued' THEN NULL ELSE now() END, f.priority
 FROM unnest(:job_ids::uuid[], :scheduled_for::timestamptz[], :states::text[],
-            :reasons::text[]) AS f(job_id, scheduled_for, state, reason)
+            :reasons::text[], :priorities::smallint[])
+    AS f(job_id, scheduled_for, state, reason, priority)
 ON CONFLICT (job_id, scheduled_for) DO NOTHING
-RETURNING id, job_id, attempt, state, scheduled_for
+RETURNING id, job_id, attempt, state, scheduled_for, priority
 
 -- advance_jobs --
+-- A job left with no further fire and no run completes here, in the fire's transaction
+-- (say its one fire was recorded missed): the runs it does have complete it when they end.
 UPDATE jobs j SET next_fire_at = a.next_fire_at, run_count = j.run_count + a.runs,
-                  updated_at = now()
+                  updated_at = now(),
+                  state = CASE WHEN a.next_fire_at IS NULL AND a.runs = 0
+                                    AND (SELECT 1 FROM executions x
+                                         WHERE x.job_id = j.id
+                                           AND x.state IN ('queued', 'running', 'retrying')
+                                         LIMIT 1) IS NULL
+                               THEN 'completed' ELSE j.state END
 FROM unnest(:ids::uuid[], :next_fire_at::timestamptz[], :runs::int[])
     AS a(id, next_fire_at, runs)
 WHERE j.id = a.id
@@ -89,26 +99,29 @@ WHERE id IN (
 UPDATE executions e
 SET state = 'queued', attempt = e.attempt + 1, run_after = NULL, published_at = NULL,
     queued_at = now(), worker = NULL, epoch = :epoch
+FROM jobs j
 WHERE e.id IN (
     SELECT id FROM executions
     WHERE state = 'retrying' AND run_after <= :now
     ORDER BY run_after LIMIT :limit
     FOR UPDATE SKIP LOCKED
-)
-RETURNING e.id, e.job_id, e.attempt
+) AND j.id = e.job_id
+RETURNING e.id, e.job_id, e.attempt, e.scheduled_for, e.priority, j.kind
 
 -- select_unpublished --
 -- The outbox: committed executions never confirmed by RabbitMQ, oldest first.
-SELECT id, job_id, attempt FROM executions
-WHERE state = 'queued' AND published_at IS NULL AND queued_at <= :queued_before
-ORDER BY queued_at
+SELECT e.id, e.job_id, e.attempt, e.scheduled_for, e.priority, j.kind
+FROM executions e JOIN jobs j ON j.id = e.job_id
+WHERE e.state = 'queued' AND e.published_at IS NULL AND e.queued_at <= :queued_before
+ORDER BY e.queued_at
 LIMIT :limit
 
 -- select_manual_unpublished --
 -- Runs a person asked for (trigger, re-drive): published by the leader on its next tick.
-SELECT id, job_id, attempt FROM executions
-WHERE state = 'queued' AND published_at IS NULL AND epoch = -1
-ORDER BY queued_at
+SELECT e.id, e.job_id, e.attempt, e.scheduled_for, e.priority, j.kind
+FROM executions e JOIN jobs j ON j.id = e.job_id
+WHERE e.state = 'queued' AND e.published_at IS NULL AND e.epoch = -1
+ORDER BY e.queued_at
 LIMIT :limit
 
 -- next_wake --
@@ -124,8 +137,10 @@ SELECT least(
 ) AS wake_at
 
 -- complete_finished_jobs --
--- Jobs whose last run ended by another path than a worker's result (reaped, cancelled,
--- recorded missed or skipped) complete here.
+-- Active jobs with no further fire and no active run. Every path that ends a job's last
+-- run completes the job in the same transaction (a worker's result, the reaper, a fire
+-- recorded without a run); this sweep runs once per leadership term, a safety net that
+-- scans the active jobs, so it is not periodic.
 UPDATE jobs j SET state = 'completed', updated_at = now()
 WHERE j.id IN (
     SELECT c.id FROM jobs c
@@ -139,9 +154,12 @@ WHERE j.id IN (
 )
 
 -- reap_expired --
--- The reaper: running executions whose lease ran out lose their attempt; they are retried
--- (run_after = now) or, with no attempt left, dead. Leases are set and compared on the
--- database's clock alone (now()), never against a leader's own clock.
+-- The reaper: running executions whose lease ran out (their worker died or lost the
+-- database) lose the attempt. A lost attempt is jobsched's failure, not the task's: it is
+-- retried at once whatever the job's max_attempts, up to :lost_limit lost attempts of one
+-- execution (a task that kills its worker every time must end), then dead with that
+-- reason. Leases are set and compared on the database's clock alone (now()), never
+-- against a leader's own. A one-shot job whose last run dies here completes here.
 WITH expired AS (
     SELECT e.id FROM executions e
     WHERE e.state = 'running' AND e.lease_expires_at < now()
@@ -149,19 +167,32 @@ WITH expired AS (
     FOR UPDATE SKIP LOCKED
 ), reaped AS (
     UPDATE executions e
-    SET state = CASE WHEN e.attempt < j.max_attempts THEN 'retrying' ELSE 'dead' END,
-        run_after = CASE WHEN e.attempt < j.max_attempts THEN now() END,
-        finished_at = CASE WHEN e.attempt < j.max_attempts THEN NULL ELSE now() END,
+    SET state = CASE WHEN e.lost_attempts + 1 < :lost_limit THEN 'retrying' ELSE 'dead' END,
+        lost_attempts = e.lost_attempts + 1,
+        uncounted_attempts = e.uncounted_attempts + 1,
+        run_after = CASE WHEN e.lost_attempts + 1 < :lost_limit THEN now() END,
+        finished_at = CASE WHEN e.lost_attempts + 1 < :lost_limit THEN NULL ELSE now() END,
         error = 'worker ' || coalesce(e.worker, '?') || ' lost its lease',
+        reason = CASE WHEN e.lost_attempts + 1 < :lost_limit THEN e.reason
+                      ELSE 'its worker was lost ' || (e.lost_attempts + 1)
+                           || ' times (lease lapsed); not retried further' END,
         lease_expires_at = NULL
-    FROM expired x, jobs j
-    WHERE e.id = x.id AND j.id = e.job_id
+    FROM expired x
+    WHERE e.id = x.id
     RETURNING e.id, e.job_id, e.attempt, e.state, e.worker
 ), attempt_rows AS (
     UPDATE attempts a SET finished_at = now(), outcome = 'lost',
                           error = 'worker ' || coalesce(r.worker, '?') || ' lost its lease'
     FROM reaped r WHERE a.execution_id = r.id AND a.attempt = r.attempt
       AND a.finished_at IS NULL
+), completed_jobs AS (
+    UPDATE jobs j SET state = 'completed', updated_at = now()
+    WHERE j.id = ANY(ARRAY(SELECT DISTINCT job_id FROM reaped WHERE state = 'dead'))
+      AND j.state = 'active' AND j.next_fire_at IS NULL
+      AND (SELECT 1 FROM executions x
+           WHERE x.job_id = j.id AND x.state IN ('queued', 'running', 'retrying')
+             AND x.id NOT IN (SELECT id FROM reaped)
+           LIMIT 1) IS NULL
 )
 SELECT id, job_id, attempt, state FROM reaped
 
@@ -174,20 +205,21 @@ DELETE FROM executions WHERE id IN (
     ORDER BY finished_at LIMIT :limit
 )
 
--- purge_over_limit --
--- Per-job history limits: succeeded executions beyond keep_succeeded, dead (failed)
--- ones beyond keep_failed, newest kept. Only jobs that set a limit are scanned.
+-- limited_jobs --
+-- The jobs that set a history limit, a page at a time (jobs_history_limited): a pass costs
+-- nothing when none does, and never reads the whole history.
+SELECT id, keep_succeeded, keep_failed FROM jobs
+WHERE (keep_succeeded IS NOT NULL OR keep_failed IS NOT NULL)
+  AND (:after::uuid IS NULL OR id > :after)
+ORDER BY id
+LIMIT :limit
+
+-- purge_job_history --
+-- One job's executions of one state beyond its limit, newest kept, read by the job's own
+-- (job_id, scheduled_for) index: the cost is that job's kept history, not everyone's.
 DELETE FROM executions WHERE id IN (
-    SELECT id FROM (
-        SELECT e.id,
-               row_number() OVER (PARTITION BY e.job_id, e.state
-                                  ORDER BY e.scheduled_for DESC) AS position,
-               CASE e.state WHEN 'succeeded' THEN j.keep_succeeded ELSE j.keep_failed END
-                   AS keep
-        FROM jobs j JOIN executions e ON e.job_id = j.id
-        WHERE (j.keep_succeeded IS NOT NULL AND e.state = 'succeeded')
-           OR (j.keep_failed IS NOT NULL AND e.state = 'dead')
-    ) ranked
-    WHERE position > keep
-    LIMIT :limit
+    SELECT id FROM executions
+    WHERE job_id = :job_id AND state = :state
+    ORDER BY scheduled_for DESC
+    OFFSET :keep LIMIT :limit
 )

@@ -4,7 +4,9 @@
 
 -- claim_executions --
 -- Guarantee 2: the claim is the queued -> running transition; a duplicate delivery, a
--- stale attempt or a cancelled execution matches no row and so is never run.
+-- stale attempt or a cancelled execution matches no row and so is never run. A worker
+-- claims when it is about to start the run (due, and a run slot free), not when the
+-- message arrives: a worker that dies loses only the runs it had started.
 WITH claimed AS (
     UPDATE executions e
     SET state = 'running', worker = :worker, started_at = greatest(now(), e.scheduled_for),
@@ -13,21 +15,25 @@ WITH claimed AS (
     -- Driven by the batch, row by key; `state || ''` keeps the partial indexes on state
     -- out of the plan (see finish_executions).
     WHERE e.id = m.id AND e.attempt = m.attempt AND e.state || '' = 'queued'
-    RETURNING e.id, e.job_id, e.attempt, e.scheduled_for, e.started_at
+    RETURNING e.id, e.job_id, e.attempt, e.scheduled_for, e.started_at, e.priority,
+              e.uncounted_attempts
 ), attempt_rows AS (
     -- started_at: provisional (a run fired ahead starts when due); the worker's result
     -- records when it really began.
     INSERT INTO attempts (execution_id, attempt, worker, started_at)
     SELECT id, attempt, :worker, started_at FROM claimed
 )
-SELECT c.id, c.job_id, j.namespace, c.attempt, c.scheduled_for, j.kind, j.payload, j.timeout_s,
-       j.max_attempts, j.backoff_s, j.max_backoff_s, j.concurrency, j.starting_deadline_s
+SELECT c.id, c.job_id, j.namespace, c.attempt, c.scheduled_for, j.kind, j.payload,
+       j.timeout_s, j.max_attempts, j.backoff_s, j.max_backoff_s, j.concurrency,
+       j.starting_deadline_s, c.priority, c.uncounted_attempts
 FROM claimed c JOIN jobs j ON j.id = c.job_id
 
 -- hand_back --
--- A draining worker gives a run back: it is retried at once by the leader.
+-- A draining worker gives a run back: it is retried at once by the leader, and the attempt
+-- does not count against the job's max_attempts (a shutdown is not the task's failure).
 WITH handed AS (
     UPDATE executions SET state = 'retrying', run_after = now(), lease_expires_at = NULL,
+                          uncounted_attempts = uncounted_attempts + 1,
                           error = 'handed back: worker ' || worker || ' shut down'
     WHERE id = :id AND attempt = :attempt AND worker = :worker AND state = 'running'
     RETURNING id, attempt
@@ -40,9 +46,19 @@ FROM handed h WHERE a.execution_id = h.id AND a.attempt = h.attempt
 SELECT pg_notify(:channel, :payload)
 
 -- heartbeat --
-UPDATE executions SET lease_expires_at = now() + make_interval(secs => :lease_s)
-WHERE id = ANY(:ids::uuid[]) AND worker = :worker AND state || '' = 'running'
-RETURNING id
+-- The rows are locked in id order first, as the worker's result batch locks them: a plain
+-- `UPDATE … WHERE id = ANY(…)` took a bitmap heap scan for large batches and locked in
+-- the table's physical order, deadlocking with the results of the same worker on another
+-- connection (158 "deadlock detected" in a 20-minute soak).
+WITH held AS (
+    SELECT id FROM executions
+    WHERE id = ANY(:ids::uuid[]) AND worker = :worker AND state || '' = 'running'
+    ORDER BY id
+    FOR UPDATE
+)
+UPDATE executions e SET lease_expires_at = now() + make_interval(secs => :lease_s)
+FROM held WHERE e.id = held.id
+RETURNING e.id
 
 -- close_attempt --
 -- An attempt whose execution was taken away (cancelled, replaced, reaped) still ends.
@@ -52,7 +68,15 @@ WHERE execution_id = :execution_id AND attempt = :attempt AND finished_at IS NUL
 
 -- finish_executions --
 -- Results of a batch: the execution moves on only if this worker still holds the attempt.
-WITH finished AS (
+-- The rows are locked in id order first (locked), as the lease renewal locks them: left
+-- to the plan, a hash join took them in the table's physical order, a nested loop in the
+-- batch's, and the two statements of one worker deadlocked.
+WITH locked AS (
+    SELECT id FROM executions
+    WHERE id = ANY(:ids::uuid[]) AND worker = :worker AND state || '' = 'running'
+    ORDER BY id
+    FOR UPDATE
+), finished AS (
     -- The batch drives the plan: each row is looked up by key. Written plainly, the
     -- planner (on stale statistics, with a generic plan's guess of 10 rows per unnest)
     -- scanned every running execution through executions_leases and rescanned the whole
@@ -70,9 +94,9 @@ WITH finished AS (
                 :retry_in_s::double precision[], :reasons::text[],
                 :started_at::timestamptz[])
         AS r(id, attempt, state, outcome, exit_code, error, output, retry_in_s, reason,
-             started_at)
-    WHERE e.id = r.id AND e.attempt = r.attempt AND e.state || '' = 'running'
-      AND e.worker = :worker
+             started_at), locked l
+    WHERE e.id = r.id AND l.id = r.id AND e.attempt = r.attempt
+      AND e.state || '' = 'running' AND e.worker = :worker
     RETURNING e.id, e.job_id, e.attempt, e.state, e.exit_code, e.error, e.output,
               r.outcome, r.started_at AS began
 ), attempt_rows AS (

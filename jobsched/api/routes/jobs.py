@@ -36,6 +36,7 @@ from jobsched.api.routes.executions import execution_out
 from jobsched.api.security import principal
 from jobsched.domain.auth import Forbidden, check_kind
 from jobsched.domain.firing import initial_fire_at, jitter_offset, plan_resume
+from jobsched.domain.priority import Priority
 from jobsched.domain.schedule import parse_schedule
 from jobsched.domain.states import JobState
 from jobsched.ports import IdempotencyConflict, JobColumns, QuotaExceeded, Row
@@ -89,7 +90,7 @@ def job_columns(job: JobCreate, job_id: uuid.UUID, now: datetime) -> JobColumns:
         max_catchup=job.max_catchup, starting_deadline_s=job.starting_deadline_s,
         concurrency=job.concurrency, start_at=job.start_at, end_at=job.end_at,
         max_runs=job.max_runs, jitter_s=job.jitter_s, keep_succeeded=job.history.succeeded,
-        keep_failed=job.history.failed,
+        keep_failed=job.history.failed, priority=Priority(job.priority).rank,
     )
 
 

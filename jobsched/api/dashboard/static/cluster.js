@@ -55,7 +55,9 @@ export async function clusterPage(ctx) {
       h("td", { "data-label": "In flight", text: String(w.inflight ?? "—") }))));
     if (!(cluster.workers || []).length) workers.append(h("tr", {}, h("td", { colspan: 2, class: "empty", text: "No live worker: nothing runs." })));
     const q = cluster.queues || {};
-    queues.replaceChildren(...Object.entries(q).map(([name, depth]) => h("div", { class: `stat ${name === "dead" && depth ? "bad" : ""}` },
+    const shown = [["executions", q.executions], ...Object.entries(q.by_priority || {}).map(([band, depth]) => [`${band} priority`, depth]), ["dead", q.dead]]
+      .filter(([, depth]) => depth !== undefined);
+    queues.replaceChildren(...shown.map(([name, depth]) => h("div", { class: `stat ${name === "dead" && depth ? "bad" : ""}` },
       h("span", { class: "stat-value", text: String(depth) }), h("span", { class: "stat-label", text: name }))));
     depths.push([Date.now(), Number(q.executions) || 0]);
     if (depths.length > 150) depths.shift();

@@ -1,0 +1,133 @@
+"""The leader's outbox publisher: fired executions go to RabbitMQ in small chunks, a few
+chunks' confirms in flight at once, each chunk filled by priority band (the weighted round
+robin of jobsched.domain.priority). A burst of high fires therefore goes out ahead of a
+backlog of low ones still waiting to be published, instead of behind every message already
+handed to the channel. What is confirmed is marked published; what is not stays in the
+outbox (published_at IS NULL) for the re-publish sweep, including whatever is still queued
+here when the leadership term ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from jobsched.domain.priority import Priority, WeightedRoundRobin
+from jobsched.metrics import Metrics
+from jobsched.ports import Broker, Dispatch, LeaderRepository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Batch:
+    """One caller's dispatches: resolves with how many were confirmed once all are done."""
+
+    size: int
+    done: int = 0
+    confirmed: int = 0
+    future: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def settle(self, confirmed: int, count: int) -> None:
+        self.done += count
+        self.confirmed += confirmed
+        if self.done >= self.size and not self.future.done():
+            self.future.set_result(self.confirmed)
+
+
+class Publisher:
+    def __init__(self, broker: Broker, store: LeaderRepository, metrics: Metrics, *,
+                 chunk: int = 100, in_flight: int = 4) -> None:
+        self.broker = broker
+        self.store = store
+        self.metrics = metrics
+        self.chunk = chunk
+        self._pending: dict[Priority, collections.deque[tuple[Dispatch, _Batch]]] = {
+            band: collections.deque() for band in Priority}
+        self._picks = WeightedRoundRobin()
+        self._slots = asyncio.Semaphore(in_flight)
+        self._wake = asyncio.Event()
+        self._taken = asyncio.Event()  # set each time a chunk leaves the queue
+        self._sending: set[asyncio.Task[None]] = set()
+
+    @property
+    def backlog(self) -> int:
+        return sum(len(queue) for queue in self._pending.values())
+
+    def submit(self, dispatches: Sequence[Dispatch]) -> asyncio.Future[int]:
+        """Queue dispatches to publish; the future gives how many were confirmed."""
+        batch = _Batch(len(dispatches))
+        if not dispatches:
+            batch.future.set_result(0)
+            return batch.future
+        for dispatch in dispatches:
+            self._pending[dispatch.priority].append((dispatch, batch))
+        self._wake.set()
+        return batch.future
+
+    async def wait_below(self, limit: int) -> None:
+        """Back-pressure for the fire loop: until at most ``limit`` dispatches wait."""
+        while self.backlog > limit:
+            self._taken.clear()
+            await self._taken.wait()
+
+    def _take(self) -> list[tuple[Dispatch, _Batch]]:
+        taken: list[tuple[Dispatch, _Batch]] = []
+        while len(taken) < self.chunk:
+            waiting = [band for band, queue in self._pending.items() if queue]
+            if not waiting:
+                break
+            band = waiting[0] if len(waiting) == 1 else self._picks.pick(waiting)
+            taken.append(self._pending[band].popleft())
+        return taken
+
+    async def run(self) -> None:
+        """Publish until cancelled (the end of the term); what is left stays unpublished
+        in the database and the sweep re-publishes it."""
+        try:
+            while True:
+                await self._wake.wait()
+                await self._slots.acquire()
+                taken = self._take()
+                if not taken:
+                    self._slots.release()
+                    self._wake.clear()
+                    continue
+                self._taken.set()
+                task = asyncio.create_task(self._send(taken))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+        finally:
+            for task in self._sending:
+                task.cancel()
+            for queue in self._pending.values():
+                for _, batch in queue:
+                    batch.settle(0, 1)
+                queue.clear()
+
+    async def _send(self, taken: list[tuple[Dispatch, _Batch]]) -> None:
+        dispatches = [d for d, _ in taken]
+        confirmed = [False] * len(taken)
+        try:
+            confirmed = await self.broker.publish_many([d.message() for d in dispatches])
+            await self.store.mark_published(
+                [d.execution_id for d, ok in zip(dispatches, confirmed, strict=True) if ok])
+        except Exception as exc:  # noqa: BLE001 - the outbox sweep re-publishes
+            log.warning("publishing %d executions failed: %r", len(taken), exc)
+        finally:
+            self._slots.release()
+            self._record(dispatches, confirmed)
+            for (_, batch), ok in zip(taken, confirmed, strict=True):
+                batch.settle(int(ok), 1)
+
+    def _record(self, dispatches: list[Dispatch], confirmed: list[bool]) -> None:
+        now = datetime.now(UTC)
+        for dispatch, ok in zip(dispatches, confirmed, strict=True):
+            if ok and dispatch.fresh and dispatch.scheduled_for is not None:
+                lateness = (now - dispatch.scheduled_for).total_seconds()
+                self.metrics.fire_lateness.observe({}, max(0.0, lateness))

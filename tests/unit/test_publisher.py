@@ -1,0 +1,64 @@
+"""The leader's publisher on in-memory ports: a burst of high fires is published ahead of a
+backlog of low ones, low still gets its share, and what is confirmed is marked."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+
+from jobsched.domain.priority import Priority
+from jobsched.messages import AttemptMessage
+from jobsched.metrics import Metrics
+from jobsched.ports import Dispatch
+from jobsched.scheduler.publisher import Publisher
+from tests.unit.fakes import FakeBroker, FakeLeaderStore
+
+
+class SlowBroker(FakeBroker):
+    """Confirms each chunk after a pause, as a busy broker does."""
+
+    async def publish_many(self, messages: Sequence[AttemptMessage]) -> list[bool]:
+        await asyncio.sleep(0.01)
+        return await super().publish_many(messages)
+
+
+def _dispatches(count: int, band: Priority) -> list[Dispatch]:
+    return [Dispatch(uuid.uuid4(), uuid.uuid4(), 1, priority=band) for _ in range(count)]
+
+
+async def test_high_fires_overtake_a_low_backlog_and_low_keeps_a_share() -> None:
+    broker, store = SlowBroker(), FakeLeaderStore()
+    publisher = Publisher(broker, store, Metrics("scheduler", "t"), chunk=50, in_flight=2)
+    running = asyncio.create_task(publisher.run())
+    try:
+        lows = publisher.submit(_dispatches(2000, Priority.LOW))
+        await asyncio.sleep(0.05)  # a few low chunks are out; most of the backlog waits
+        highs = _dispatches(300, Priority.HIGH)
+        high_done = publisher.submit(highs)
+        assert await asyncio.wait_for(high_done, 5) == 300
+        published = [m.priority for m in broker.published]
+        last_high = max(i for i, p in enumerate(published) if p == Priority.HIGH)
+        first_high = published.index(Priority.HIGH)
+        assert last_high < 1000  # the highs went out long before the low backlog
+        lows_meanwhile = published[first_high:last_high].count(Priority.LOW)
+        assert lows_meanwhile >= 0.05 * 300 / (1 - 0.05) - 5  # low kept about 1 in 13
+        assert await asyncio.wait_for(lows, 10) == 2000
+        assert set(store.published) == {m.execution_id for m in broker.published}
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_what_is_unconfirmed_or_left_at_the_end_of_a_term_stays_in_the_outbox() -> None:
+    broker, store = FakeBroker(), FakeLeaderStore()
+    broker.confirm = False
+    publisher = Publisher(broker, store, Metrics("scheduler", "t"), chunk=10, in_flight=1)
+    running = asyncio.create_task(publisher.run())
+    done = publisher.submit(_dispatches(25, Priority.NORMAL))
+    assert await asyncio.wait_for(done, 5) == 0  # nothing confirmed: all stay in the outbox
+    assert store.published == []
+    waiting = publisher.submit(_dispatches(500, Priority.LOW))
+    running.cancel()  # the term ends with a backlog: settled, nothing marked
+    await asyncio.gather(running, return_exceptions=True)
+    assert await asyncio.wait_for(waiting, 5) == 0 and publisher.backlog == 0
