@@ -124,9 +124,9 @@ async def test_the_reaper_cancel_replace_and_redrive_record_events_too(
     await _endpoint(pool)
     leader = PostgresLeaderStore(pool)
     assert await leader.claim_epoch(7, "leader")
-    # the reaper: a lease that lapsed on the last attempt
+    # the reaper: a lease that lapsed, with no lost attempt left (lost_limit 1)
     _, reaped = await _running(pool, lease_s=-1, next_fire_at=datetime.now(UTC))
-    assert [r.state for r in await leader.reap_expired(7, 100)] == [ExecutionState.DEAD]
+    assert [r.state for r in await leader.reap_expired(7, 100, 1)] == [ExecutionState.DEAD]
     # a cancel of the job (DELETE /jobs/{id})
     cancelled_job, cancelled = await _running(pool, next_fire_at=datetime.now(UTC))
     assert await PostgresJobs(pool).cancel_job(cancelled_job, "default")
