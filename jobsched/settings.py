@@ -155,6 +155,16 @@ class Settings(BaseModel):
     # Where each run's private working directory is made (unset: the system temp dir).
     shell_work_root: str | None = None
 
+    # webhooks (docs/webhooks.md): delivered by the worker role
+    # No answer within this long is a failed attempt.
+    webhook_timeout_s: float = Field(15.0, gt=0, le=120)
+    # Deliveries in flight per worker, and per endpoint per worker: a slow or dead receiver
+    # holds at most webhook_endpoint_concurrency of a worker's slots.
+    webhook_concurrency: int = Field(64, ge=1, le=4096)
+    webhook_endpoint_concurrency: int = Field(8, ge=1, le=1024)
+    # The bounded poll behind the NOTIFY wake-up (retries fall due without one).
+    webhook_poll_s: float = Field(1.0, gt=0, le=60)
+
     @field_validator("secrets_key", "secrets_dir", "secrets_aws_region",
                      "secrets_aws_endpoint_url")
     @classmethod

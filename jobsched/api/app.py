@@ -14,6 +14,7 @@ from jobsched import __version__
 from jobsched.api.cluster import ClusterView
 from jobsched.api.context import (
     CLUSTER,
+    EGRESS,
     JOBS,
     OPENAPI,
     READINESS,
@@ -22,6 +23,7 @@ from jobsched.api.context import (
     SECRETS,
     SETTINGS,
     UNAVAILABLE,
+    WEBHOOKS,
     Abort,
     Handler,
     QueryInvalid,
@@ -40,7 +42,13 @@ from jobsched.api.security import (
 from jobsched.crypto import SecretBox
 from jobsched.domain.auth import Forbidden, RateLimiter, check_access
 from jobsched.health import Readiness
-from jobsched.ports import JobRepository, ReadRouting, SecretRepository, TokenRepository
+from jobsched.ports import (
+    JobRepository,
+    ReadRouting,
+    SecretRepository,
+    TokenRepository,
+    WebhookRepository,
+)
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,7 +131,8 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
               token_errors: tuple[type[BaseException], ...] = (),
               cluster: ClusterView | None = None,
               replica: ReadRouting | None = None,
-              secrets: SecretRepository | None = None) -> web.Application:
+              secrets: SecretRepository | None = None,
+              webhooks: WebhookRepository | None = None) -> web.Application:
     """The api. ``unavailable``: the adapters' exceptions that mean a dependency is
     unreachable right now (answered 503 with Retry-After); ``token_errors``: those that
     make a token lookup answer 503 (any database error: e.g. a schema not migrated yet)."""
@@ -145,11 +154,14 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
         app[REPLICA] = replica
     if secrets is not None:
         app[SECRETS] = secrets
-        if settings.secrets_key:
-            app[SECRET_BOX] = SecretBox.from_setting(settings.secrets_key)
-        else:
+        if not settings.secrets_key:
             log.warning("no JOBSCHED_SECRETS_KEY: PUT /api/v1/secrets is refused (403) "
                         "until one is set (make one with `jobsched secrets new-key`)")
+    if webhooks is not None:
+        app[WEBHOOKS] = webhooks
+    if settings.secrets_key:  # seals namespace secrets and webhook signing secrets
+        app[SECRET_BOX] = SecretBox.from_setting(settings.secrets_key)
+    app[EGRESS] = settings.egress_policy()
     app.on_response_prepare.append(security_headers)
     install_previews(app)
     for op in OPERATIONS:

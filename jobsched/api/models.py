@@ -457,3 +457,88 @@ class PageQuery(_Strict):
 
     limit: Annotated[int, Field(ge=1, le=500)] = 50
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+# --- webhooks (DESIGN.md "Webhooks") ---------------------------------------------------
+
+WebhookEventName = Literal["execution.succeeded", "execution.dead", "execution.cancelled",
+                           "job.completed", "workflow_run.succeeded", "workflow_run.failed",
+                           "workflow_run.cancelled"]
+WebhookUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f/$.?#][^\s\x00-\x1f]*$")]
+
+
+class WebhookCreate(_Strict):
+    """A webhook endpoint as submitted (and the whole of which a PATCH is a merge patch)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"url": "https://hooks.example.com/jobsched", "events": ["execution.dead"],
+         "labels": {"team": "billing"}, "description": "page the billing on-call"}]})
+
+    url: WebhookUrl
+    events: Annotated[list[WebhookEventName], Field(min_length=1, max_length=7)]
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] = {}
+    description: Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]*$")] = ""
+    enabled: bool = True
+
+    @field_validator("events")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists an event type twice")
+        return value
+
+
+class WebhookOut(BaseModel):
+    id: uuid.UUID
+    namespace: str
+    url: str
+    events: list[str]
+    labels: dict[str, str]
+    description: str
+    enabled: bool
+    disabled_reason: str | None
+    # Until when the secret that signed before the last rotation still signs too.
+    previous_secret_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookWithSecret(WebhookOut):
+    """The create and rotate-secret answers: the only time the secret is shown."""
+
+    secret: str
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookOut]
+    next_cursor: str | None
+
+
+class DeliveryOut(BaseModel):
+    event_id: uuid.UUID
+    endpoint_id: uuid.UUID
+    event_type: str
+    data: dict[str, Any]
+    created_at: datetime
+    state: Literal["pending", "succeeded", "failed", "exhausted"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    last_answer: str | None
+    last_duration_ms: float | None
+    delivered_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None
+
+
+class DeliveriesQuery(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    state: Literal["pending", "succeeded", "failed", "exhausted"] | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None

@@ -261,3 +261,15 @@ def lateness_vs_commit(services: Services, options: Options, *, ref: str, jobs: 
          "due -> started p50 ms": lambda r: r["latency_ms"]["scheduled_for -> started"]["p50"],
          "missed": lambda r: float(r["missed"])},
         repeat, json_out, echo)
+
+
+def webhooks(services: Services, options: Options, *, rate: int, seconds: float, events: int,
+             jobs: int, workers: int, repeat: int, json_out: str | None,
+             echo: Echo) -> dict[str, Any]:
+    from jobsched_dev.bench.webhooks import render, run_webhooks
+
+    result = asyncio.run(report.repeated(
+        lambda: run_webhooks(services, options, rate=rate, seconds=seconds, events=events,
+                             jobs=jobs, workers=workers), repeat, echo))
+    _finish(result, render(result["median"], repeat), json_out, echo)
+    return result

@@ -95,7 +95,7 @@ async def test_a_dead_replica_falls_back_to_the_primary_and_rests(database_url: 
 
 async def test_an_error_that_is_not_the_replicas_does_not_bench_it(
         stores: tuple[asyncpg.Pool, PostgresJobs, PostgresJobs]) -> None:
-    pool, primary, replica = stores
+    _pool, primary, replica = stores
     reads = ReplicaReads(replica, primary, rest_s=60)
 
     async def picky(store: JobRepository) -> str:

@@ -92,3 +92,14 @@ export const previewSchedule = (schedule, timezone, count = 5, jobId = null) =>
   request("POST", "/api/v1/schedules/preview",
     jobId ? { schedule, timezone, count, job_id: jobId } : { schedule, timezone, count });
 export const getCluster = () => request("GET", "/api/v1/cluster");
+
+export const listWebhooks = (params) => request("GET", `/api/v1/webhooks?${new URLSearchParams(params)}`);
+export const getWebhook = (webhookId) => request("GET", `/api/v1/webhooks/${id(webhookId)}`);
+export const createWebhook = (endpoint) => request("POST", "/api/v1/webhooks", endpoint);
+export const patchWebhook = (webhookId, patch) => request("PATCH", `/api/v1/webhooks/${id(webhookId)}`, patch);
+export const deleteWebhook = (webhookId) => request("DELETE", `/api/v1/webhooks/${id(webhookId)}`);
+export const rotateWebhookSecret = (webhookId) => request("POST", `/api/v1/webhooks/${id(webhookId)}/rotate-secret`);
+export const listDeliveries = (webhookId, params) =>
+  request("GET", `/api/v1/webhooks/${id(webhookId)}/deliveries?${new URLSearchParams(params)}`);
+export const redeliverWebhook = (webhookId, eventId) =>
+  request("POST", `/api/v1/webhooks/${id(webhookId)}/deliveries/${id(eventId)}/redeliver`);
