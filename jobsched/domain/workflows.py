@@ -1,7 +1,7 @@
 """Workflows as pure logic: the shape of a DAG (unique keys, known parents, no cycle, named
 by its path), the four trigger rules, and the states of nodes and runs.
 
-The database applies the same rules (``workflow_decide`` in migrations/011_workflows.sql)
+The database applies the same rules (``workflow_decide`` in migrations/012_workflows.sql)
 in the transaction that records a parent's result; a test holds the two to the same
 answers for every small combination of parent outcomes.
 """

@@ -269,3 +269,23 @@ def bench_scale(**params: Any) -> None:
 
     services, options = _bench_setup(params)
     commands.scale(services, options, echo=click.echo, **params)
+
+
+@bench.command("webhooks")
+@click.option("--rate", default=200, show_default=True, type=click.IntRange(1),
+              help="latency: immediate jobs/s offered, each delivered to the endpoint.")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(1))
+@click.option("--events", default=5000, show_default=True, type=click.IntRange(1),
+              help="deliveries/s: events recorded at once.")
+@click.option("--jobs", default=20_000, show_default=True, type=click.IntRange(0),
+              help="burn-down without an endpoint, with one but nothing sent, and with one "
+              "delivering (0: skip).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@_bench_options
+def bench_webhooks(**params: Any) -> None:
+    """Webhooks: commit -> delivery latency, deliveries/s, and burn-down throughput with one
+    subscribed endpoint as a ratio of burn-down without (docs/webhooks.md)."""
+    from jobsched_dev.bench import commands
+
+    services, options = _bench_setup(params)
+    commands.webhooks(services, options, echo=click.echo, **params)

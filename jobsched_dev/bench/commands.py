@@ -274,3 +274,15 @@ def workflow(services: Services, options: Options, *, chain_nodes: int, runs: in
                              fanout_priority=fanout_priority), repeat, echo))
     _finish(result, report.render_workflow(result["median"], repeat), json_out, echo)
     return result
+
+
+def webhooks(services: Services, options: Options, *, rate: int, seconds: float, events: int,
+             jobs: int, workers: int, repeat: int, json_out: str | None,
+             echo: Echo) -> dict[str, Any]:
+    from jobsched_dev.bench.webhooks import render, run_webhooks
+
+    result = asyncio.run(report.repeated(
+        lambda: run_webhooks(services, options, rate=rate, seconds=seconds, events=events,
+                             jobs=jobs, workers=workers), repeat, echo))
+    _finish(result, render(result["median"], repeat), json_out, echo)
+    return result

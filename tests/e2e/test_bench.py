@@ -99,6 +99,20 @@ def test_vs_celery_without_celery_fails_in_one_line(monkeypatch: pytest.MonkeyPa
         "Error: --vs celery needs celery: pip install '.[bench]'"]
 
 
+def test_webhooks_latency_rate_and_burn_down_ratio(zookeeper: str, tmp_path: Path) -> None:
+    result = bench(zookeeper, tmp_path, "webhooks", "--rate", "20", "--seconds", "1",
+                   "--events", "30", "--jobs", "30")["median"]
+    latency = result["latency"]
+    assert latency["executions"] == latency["delivered"] == 20 and latency["all_delivered"]
+    assert latency["commit_to_delivery_ms"]["n"] == 20
+    assert latency["burst_delivered"] == 30 and latency["deliveries_per_s"] > 0
+    burn = result["burn_down"]
+    assert burn["without"]["states"] == burn["with_endpoint"]["states"] == {"succeeded": 30}
+    assert burn["outbox_only"]["states"] == {"succeeded": 30}
+    assert burn["outbox_only"]["outbox_rows"] == 30 and burn["without"]["outbox_rows"] == 0
+    assert burn["with_endpoint"]["all_delivered"] and burn["ratio"] > 0
+
+
 def test_workflow_chain_fan_out_and_large(zookeeper: str, tmp_path: Path) -> None:
     result = bench(zookeeper, tmp_path, "workflow", "--chain", "5", "--runs", "1",
                    "--fanout", "10", "--large", "50")["median"]

@@ -540,3 +540,33 @@ async def test_a_worker_publishes_the_nodes_its_results_queue(pool: asyncpg.Pool
     await flow.worker.mark_published([d.execution_id for d in queued])
     assert await leader.unpublished(datetime.now(UTC) + timedelta(seconds=1), 100) == []
     assert await pool.fetchval("SELECT result FROM executions WHERE id = $1", execution) == 7
+
+
+async def test_a_run_that_ends_is_a_webhook_event(pool: asyncpg.Pool) -> None:
+    """workflow_run.succeeded|failed|cancelled, written in the transaction that ends the
+    run, for the endpoints of the namespace subscribed to it whose labels match."""
+    await pool.execute(
+        "INSERT INTO webhook_endpoints (namespace, url, events, labels, secret) VALUES "
+        "($1, 'https://hooks.example/a', $2, '{\"team\": \"data\"}', '\\x00'), "
+        "($1, 'https://hooks.example/b', $2, '{\"team\": \"web\"}', '\\x00'), "
+        "('other', 'https://hooks.example/c', $2, '{}', '\\x00')",
+        NS, ["workflow_run.succeeded", "workflow_run.failed", "workflow_run.cancelled"])
+    flow = await Flow.create(pool, [node("a"), node("b", "a")], labels={"team": "data"})
+    run = await flow.start()
+    await flow.finish(run, "a")
+    assert await pool.fetchval("SELECT count(*) FROM webhook_deliveries "
+                               "WHERE event_type LIKE 'workflow_run.%'") == 0
+    await flow.finish(run, "b", ExecutionState.DEAD)
+    cancelled = await flow.start()
+    await flow.repo.cancel_run(cancelled, NS)
+    rows = await pool.fetch(
+        "SELECT d.event_type, d.data, w.url FROM webhook_deliveries d "
+        "JOIN webhook_endpoints w ON w.id = d.endpoint_id "
+        "WHERE d.event_type LIKE 'workflow_run.%' ORDER BY d.created_at, d.event_type")
+    assert [(r["event_type"], r["url"]) for r in rows] == [
+        ("workflow_run.failed", "https://hooks.example/a"),
+        ("workflow_run.cancelled", "https://hooks.example/a")]
+    data = rows[0]["data"]
+    assert data["id"] == str(run) and data["workflow_id"] == str(flow.workflow_id)
+    assert (data["workflow_name"], data["state"], data["labels"]) == (
+        "wf", "failed", {"team": "data"})

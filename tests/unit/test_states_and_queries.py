@@ -83,7 +83,7 @@ def test_a_query_file_with_a_repeated_or_empty_block_is_refused() -> None:
 
 
 @pytest.mark.parametrize("filename", ["jobs.sql", "leader.sql", "worker.sql", "tokens.sql",
-                                      "workflows.sql"])
+                                      "webhooks.sql", "workflows.sql"])
 def test_every_shipped_query_file_loads(filename: str) -> None:
     queries = list(load_queries(filename))
     assert queries

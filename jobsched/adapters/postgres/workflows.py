@@ -1,6 +1,6 @@
 """Workflows on PostgreSQL: the api's repository (``jobsched.ports.WorkflowRepository``) and
 the leader's (``WorkflowLeaderRepository``). Runs start, advance, are cancelled and retried
-by the SQL functions of migrations/011_workflows.sql; this module calls them and reads
+by the SQL functions of migrations/012_workflows.sql; this module calls them and reads
 around them."""
 
 from __future__ import annotations

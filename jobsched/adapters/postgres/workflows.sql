@@ -1,6 +1,6 @@
 -- Workflows: what the api, the leader and the worker read and write. The moving parts
 -- (starting a run, advancing it as nodes end, cancel, retry) are SQL functions of
--- migrations/011_workflows.sql, so that every path runs the same statements under the same
+-- migrations/012_workflows.sql, so that every path runs the same statements under the same
 -- locks; these are the calls and the reads around them.
 
 -- insert_workflow --
@@ -14,7 +14,7 @@ RETURNING *
 
 -- insert_version --
 -- A version's nodes, whatever their number, in one statement: a job row per node (stored
--- completed, with no fire of its own: see 011_workflows.sql) and its place in the graph
+-- completed, with no fire of its own: see 012_workflows.sql) and its place in the graph
 -- (parents, children: positions, as '{1,2}' literals). The specs arrive as one JSON
 -- document and are taken apart here: no per-node work in Python.
 WITH node AS MATERIALIZED (
@@ -223,7 +223,7 @@ SELECT count(*) FROM gone
 -- What a node's function may ask for: the run's input and each parent's return value (by
 -- key; null for a parent that returned nothing or did not succeed), and when the node was
 -- let run (its start latency). Every row by key (LATERAL ... LIMIT 1: see
--- workflow_advance in 011_workflows.sql), whatever the statistics say.
+-- workflow_advance in 012_workflows.sql), whatever the statistics say.
 SELECT e.id, r.input, rn.ready_at, up.upstream
 FROM executions e
 CROSS JOIN LATERAL (SELECT id, workflow_id, version, input FROM workflow_runs

@@ -2,12 +2,19 @@
 router and the OpenAPI document are both built (``jobsched.api.app``)."""
 
 from jobsched.api.openapi import Operation
-from jobsched.api.routes import executions, jobs, schedules, secrets, system, workflows
+from jobsched.api.routes import (
+    executions,
+    jobs,
+    schedules,
+    secrets,
+    system,
+    webhooks,
+    workflows,
+)
 
 OPERATIONS: tuple[Operation, ...] = (
     *jobs.OPERATIONS, *executions.OPERATIONS, *schedules.OPERATIONS, *secrets.OPERATIONS,
-    *workflows.OPERATIONS,
-    *system.OPERATIONS,
+    *workflows.OPERATIONS, *system.OPERATIONS, *webhooks.OPERATIONS,
 )
 
 __all__ = ["OPERATIONS"]

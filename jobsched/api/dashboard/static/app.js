@@ -8,6 +8,7 @@ import { jobPage } from "./job.js";
 import { jobsPage } from "./jobs.js";
 import { runPage } from "./run.js";
 import { signinPage } from "./signin.js";
+import { webhookPage, webhooksPage } from "./webhooks.js";
 import { workflowPage, workflowsPage } from "./workflows.js";
 
 const ROUTES = [
@@ -19,6 +20,8 @@ const ROUTES = [
   [/^\/workflows\/([^/]+)$/, workflowPage, "workflows"],
   [/^\/runs\/([^/]+)$/, runPage, "workflows"],
   [/^\/cluster$/, clusterPage, "cluster"],
+  [/^\/webhooks$/, webhooksPage, "webhooks"],
+  [/^\/webhooks\/([^/]+)$/, webhookPage, "webhooks"],
   [/^\/signin$/, signinPage, ""],
 ];
 
@@ -108,5 +111,4 @@ window.addEventListener("jobsched:unauthorized", () => {
   const { path } = parseHash();
   if (path !== "/signin") location.hash = `#/signin?next=${encodeURIComponent(`#${path}`)}&expired=1`;
 });
-window.addEventListener("storage", drawAuth);
 render();

@@ -164,19 +164,27 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- The one place a run's end is announced (succeeded, failed or cancelled), in the
--- transaction that ends it.
--- WEBHOOKS: the workflow_run.* events are enqueued here, e.g.
---   PERFORM webhook_enqueue(v.namespace, 'workflow_run.' || v.state, v.labels,
---       jsonb_build_object('id', v.id, 'workflow_id', v.workflow_id,
---                          'workflow_name', v.name, 'state', v.state));
+-- transaction that ends it: the workflow_run.* webhook event (migrations/011_webhooks.sql,
+-- docs/webhooks.md), for the endpoints of the workflow's namespace whose label filter the
+-- workflow's labels satisfy. No endpoint subscribed: one empty insert.
 CREATE FUNCTION workflow_run_ended(p_run uuid) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v record;
 BEGIN
-    SELECT r.id, r.workflow_id, r.state, w.name, w.namespace, w.labels INTO v
+    SELECT r.id, r.workflow_id, r.state, r.scheduled_for, r.started_at, r.finished_at,
+           w.name, w.namespace, w.labels INTO v
     FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
     WHERE r.id = p_run;
+    PERFORM webhook_enqueue(v.namespace, 'workflow_run.' || v.state, v.labels,
+                            jsonb_build_object(
+                                'id', v.id, 'workflow_id', v.workflow_id,
+                                'workflow_name', v.name, 'namespace', v.namespace,
+                                'state', v.state,
+                                'scheduled_for', webhook_time(v.scheduled_for),
+                                'started_at', webhook_time(v.started_at),
+                                'finished_at', webhook_time(v.finished_at),
+                                'labels', v.labels));
 END
 $$;
 
