@@ -596,11 +596,6 @@ class NodeSpec(_Strict):
                                        f"'{name}' is passed by the workflow run, not by args")
         return self
 
-    def payload(self) -> dict[str, Any]:
-        spec = getattr(self, self.kind)
-        assert spec is not None
-        return spec.model_dump(mode="json")
-
 
 class WorkflowCreate(_Strict):
     """A workflow as submitted: a DAG of nodes, run by hand or on a schedule."""
