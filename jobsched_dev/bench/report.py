@@ -227,20 +227,32 @@ def render_soak(r: dict[str, Any]) -> str:
              if plan["kill_every_min"] else "no kills")
     quiet = f" + {plan['quiet_minutes']:g} min with one leader, no kills" \
         if plan["quiet_minutes"] else ""
+    settled = (f"every execution due before its end had ended {load['settled_after_s']:.1f} s "
+               "after it" if load["settled_after_s"] is not None else
+               f"executions due before its end were still not ended {plan['settle_s']:g} s "
+               "after it")
+    cpu = r.get("cpu") or {}
+    machine = ""
+    if cpu:
+        machine = (f" The machine was {100 * cpu['machine_busy']:.0f} % busy (all cores): "
+                   + ", ".join(f"{name} {100 * share:.0f} %" for name, share in cpu.items()
+                               if name != "machine_busy") + ".")
+    lead = r["leadership"]
     parts = [
         f"soak: {plan['minutes']:g} min{quiet}; {plan['every_second_jobs']:,} every-second "
         f"jobs (python sync/async/20 ms, http, shell) + {plan['five_second_jobs']:,} "
         f"every-5-s shell jobs; {plan['submits_per_s']:g} immediate submits/s and "
         f"{plan['reads_per_s']:g} reads/s through the api; {plan['schedulers']} schedulers, "
-        f"{plan['workers']} workers, 1 api; {kills}. Load {load['seconds']:.0f} s, fires due "
-        f"before its end all ended {fmt(load['settled_after_s'])} s after it.",
+        f"{plan['workers']} workers, 1 api; {kills}. Load {load['seconds']:.0f} s; "
+        f"{settled}.{machine} Leadership terms begun: {lead['terms_begun']} "
+        f"({lead['terms_that_fired']} fired; {lead['sigterms']} leader SIGTERMs).",
         table(("invariant", "count", "holds"),
               [[k, v, v == 0] for k, v in r["invariants"].items()]),
     ]
     ex = r["executions"]
-    rows: list[list[Any]] = [[f"executions {state}", n]
+    rows: list[list[Any]] = [[f"executions {state} (due before the end)", n]
                              for state, n in sorted(ex["by_state"].items())]
-    rows += [[f"attempts {outcome}", n]
+    rows += [[f"their attempts {outcome}", n]
              for outcome, n in sorted(ex["attempts_by_outcome"].items())]
     rows += [["executions of one fire beyond the first",
               r["duplicates"]["executions_of_one_fire"]],
@@ -249,7 +261,7 @@ def render_soak(r: dict[str, Any]) -> str:
              ["executions succeeded twice (re-run after a lost attempt)",
               r["duplicates"]["executions_succeeded_twice"]],
              ["deadlocks (pg_stat_database)", r["deadlocks"]],
-             ["executions rows at the end", ex["history_rows_at_end"]],
+             ["executions rows at the end (all)", ex["history_rows_at_end"]],
              ["http target hits", ex["http_target_hits"]]]
     parts.append(table(("", "count"), rows))
     if ex["not_succeeded"]:
@@ -270,7 +282,7 @@ def render_soak(r: dict[str, Any]) -> str:
         parts.append(table(
             ("at min", "event", "process", "exit", "stopped s", "back ready s"),
             [[_minutes(e["t_s"]), e["what"], e.get("instance", e["process"]),
-              e.get("exit_code", -9 if e["what"] == "worker kill -9" else None),
+              e.get("exit_code"),
               e.get("stopped_s", float("nan")), e.get("restarted_ready_s", float("nan"))]
              for e in r["events"]]))
     if r["takeovers"]:

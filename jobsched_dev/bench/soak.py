@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import random
 import signal
 import subprocess
@@ -129,14 +130,17 @@ SELECT count(*) FROM (
 """
 
 ATTEMPT_OUTCOMES = """
-SELECT coalesce(outcome, 'open') AS outcome, count(*) AS n FROM attempts GROUP BY 1
+SELECT coalesce(a.outcome, 'open') AS outcome, count(*) AS n
+FROM attempts a JOIN executions e ON e.id = a.execution_id
+WHERE e.scheduled_for < $1
+GROUP BY 1
 """
 
 # Attempts lost with a worker (lease lapsed), by the worker and how their execution ended.
 LOST_ATTEMPTS = """
 SELECT a.worker, e.state, count(*) AS n
 FROM attempts a JOIN executions e ON e.id = a.execution_id
-WHERE a.outcome = 'lost'
+WHERE a.outcome = 'lost' AND e.scheduled_for < $1
 GROUP BY 1, 2
 """
 
@@ -163,6 +167,8 @@ WHERE j.name = $1
 FIRST_FIRE_BY_EPOCH = """
 SELECT epoch, min(queued_at) AS first_fire FROM executions GROUP BY epoch
 """
+
+EPOCHS_THAT_FIRED = "SELECT count(DISTINCT epoch) FROM executions"
 
 LEADER_ROW = "SELECT epoch, holder, acquired_at FROM leader WHERE id = 1"
 DB_NOW = "SELECT clock_timestamp()"
@@ -213,6 +219,8 @@ class ProcessLife:
     ended_by: str = "still running at the end"
     exit_code: int | None = None
     scrape: dict[str, Any] | None = None  # its last /metrics (schedulers)
+    cpu_first_s: float | None = None  # its CPU seconds at its first sample of the load
+    cpu_s: float = 0.0  # ... and at its last
 
 
 def job_body(kind: str, name: str, schedule: str, http_url: str) -> dict[str, Any]:
@@ -238,11 +246,13 @@ def scheduler_metrics(text: str) -> dict[str, Any]:
     the tick and retention-pass histograms (empty before the first observation)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, Any] = {"leader": False, "epoch": None, "tick": Histogram(),
+    out: dict[str, Any] = {"leader": False, "epoch": None, "terms": 0, "tick": Histogram(),
                            "retention": Histogram()}
     for family in text_string_to_metric_families(text):
         if family.name == "jobsched_scheduler_is_leader" and family.samples:
             out["leader"] = family.samples[0].value == 1
+        elif family.name == "jobsched_scheduler_takeovers" and family.samples:
+            out["terms"] = int(family.samples[0].value)
         elif family.name == "jobsched_scheduler_leader_epoch" and family.samples:
             out["epoch"] = int(family.samples[0].value)
         elif family.name in (TICK_METRIC, RETENTION_METRIC):
@@ -403,6 +413,8 @@ class SoakRun:
         self.settled_s: float | None = None
         self.exit_codes: dict[str, int | None] = {}
         self.deadlocks_at_start = 0
+        self.pause_failures = 0
+        self.cpu: dict[str, dict[str, float]] = {}
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -484,6 +496,7 @@ class SoakRun:
         for life in self.lives:  # started before the load: negative times
             life.started_s -= began - self.t0
         self.t0 = began
+        self.cluster.meter.start()
         self.t0_db = await self.db_now()
         self.deadlocks_at_start = int(await self.pool.fetchval(DEADLOCKS) or 0)
         end = self.t0 + (plan.minutes + plan.quiet_minutes) * 60
@@ -499,6 +512,7 @@ class SoakRun:
                 group.create_task(self._kill_on_plan())
                 await self.load.run(plan.submits_per_s, plan.reads_per_s, end)
                 self.cutoff = await self.db_now()
+                await self._pause_periodic(session)
                 await self._settle()
                 done.set()
         except BaseExceptionGroup as group:
@@ -513,6 +527,22 @@ class SoakRun:
                     proc.check_alive()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), 0.5)
+
+    async def _pause_periodic(self, session: aiohttp.ClientSession) -> None:
+        """The periodic jobs are paused at the cutoff, as a user would through the api:
+        what is left to wait for is the backlog of fires due before it, not new ones."""
+        gate = asyncio.Semaphore(16)
+
+        async def pause(job_id: str) -> bool:
+            try:
+                async with gate, session.post(f"/api/v1/jobs/{job_id}/pause") as response:
+                    await response.read()
+                    return response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        paused = await asyncio.gather(*(pause(job_id) for job_id in self.job_ids))
+        self.pause_failures = paused.count(False)
 
     async def _settle(self) -> None:
         """Until every fire due before the end of the load has ended (a run lost with a
@@ -559,6 +589,7 @@ class SoakRun:
         event["db_time"] = await self.db_now()
         await asyncio.to_thread(proc.kill)
         self._ended(proc, "kill -9")
+        event["exit_code"] = self.current[proc.name].exit_code
         await self._restart(proc, event)
 
     async def _sigterm_leader(self) -> None:
@@ -622,6 +653,8 @@ class SoakRun:
             while True:
                 machine = await self._sample(http, machine)
                 if time.monotonic() >= end:
+                    self.cluster.meter.stop()
+                    self.cpu = self.cluster.meter.report()
                     return
                 await asyncio.sleep(min(self.plan.sample_every_s,
                                         max(0.0, end - time.monotonic())))
@@ -638,6 +671,11 @@ class SoakRun:
             if times is not None:
                 life.rss.append((t, times.rss_mb))
                 sample["rss_mb"][life.instance] = times.rss_mb
+                if life.cpu_first_s is None:
+                    # A life that began before the load counts from here; one that began
+                    # during it counts whole (its start-up is load-time work).
+                    life.cpu_first_s = times.cpu_s if life.started_s < 0 else 0.0
+                life.cpu_s = times.cpu_s
         services = await asyncio.to_thread(service_pids)
         sample["services_rss_mb"] = {
             name: sum(times.rss_mb for pid in pids if (times := read_times(pid)))
@@ -692,14 +730,14 @@ class SoakRun:
         plan, cutoff, conn = self.plan, self.cutoff, self.pool
         states = {r["state"]: r["n"] for r in await conn.fetch(STATES, cutoff)}
         not_succeeded = [dict(r) for r in await conn.fetch(NOT_SUCCEEDED, cutoff)]
-        lost = [dict(r) for r in await conn.fetch(LOST_ATTEMPTS)]
+        lost = [dict(r) for r in await conn.fetch(LOST_ATTEMPTS, cutoff)]
         executions = {
             "by_state": states, "total": sum(states.values()),
             "not_ended": int(await conn.fetchval(NOT_ENDED, cutoff)),
             "dead": states.get("dead", 0),
             "not_succeeded": not_succeeded,
             "attempts_by_outcome": {r["outcome"]: r["n"]
-                                    for r in await conn.fetch(ATTEMPT_OUTCOMES)},
+                                    for r in await conn.fetch(ATTEMPT_OUTCOMES, cutoff)},
             "lost_attempts": lost,
             "history_rows_at_end": int(await conn.fetchval("SELECT count(*) FROM executions")),
             "http_target_hits": http_hits,
@@ -712,6 +750,14 @@ class SoakRun:
         fires = await self._fires()
         deadlocks = int(await conn.fetchval(DEADLOCKS) or 0) - self.deadlocks_at_start
         immediate = await self._immediate()
+        leadership = {
+            # Each scheduler process counts the terms it began; a term that ended in a
+            # ZooKeeper session lapse or an eviction by the next leader counts too.
+            "terms_begun": sum(life.scrape["terms"] for life in self.lives
+                               if life.scrape is not None),
+            "terms_that_fired": int(await conn.fetchval(EPOCHS_THAT_FIRED)),
+            "sigterms": sum(1 for e in self.events if e["what"] == LEADER_SIGTERM),
+        }
         api = self._api()
         takeovers = await self._takeovers()
         memory = self._memory()
@@ -723,6 +769,7 @@ class SoakRun:
             "executions of one fire": duplicates["executions_of_one_fire"],
             "overlapping attempts": duplicates["overlapping_attempts"],
             "fires missing, unexplained": fires["unexplained"],
+            "immediate jobs never fired": immediate["never_fired"],
             "executions not ended": executions["not_ended"],
             "take-overs that did not happen": sum(1 for e in takeovers
                                                   if e.get("new_epoch") is None),
@@ -742,12 +789,14 @@ class SoakRun:
                      "seconds": (cutoff - self.t0_db).total_seconds(),
                      "settled_after_s": self.settled_s,
                      "periodic_jobs": len(self.job_ids),
-                     "immediate_submitted": self.load.submitted, "shed": self.load.shed},
+                     "immediate_submitted": self.load.submitted, "shed": self.load.shed,
+                     "periodic_jobs_not_paused": self.pause_failures},
             "events": [{k: (v.isoformat() if isinstance(v, datetime) else v)
                         for k, v in e.items()} for e in self.events],
             "executions": executions, "duplicates": duplicates, "fires": fires,
             "deadlocks": deadlocks, "memory": memory, "immediate": immediate, "api": api,
-            "takeovers": takeovers, "periodic_work": _jsonable(periodic),
+            "takeovers": takeovers, "leadership": leadership,
+            "periodic_work": _jsonable(periodic), "cpu": self._cpu(),
             "exit_codes": self.exit_codes,
             "invariants": invariants,
             "invariants_hold": not any(invariants.values()),
@@ -778,6 +827,7 @@ class SoakRun:
         return {
             "jobs": len(rows), "started": len(started),
             "not_started": len(rows) - len(started),
+            "never_fired": sum(1 for r in rows if r["queued_at"] is None),
             "submitted -> started": overall,
             "submitted -> queued": distribution_ms(
                 (r["queued_at"] - r["created_at"]).total_seconds()
@@ -825,10 +875,30 @@ class SoakRun:
                                              "new_epoch", "new_holder", "exit_code",
                                              "stopped_s", "epoch_changed_after_s",
                                              "restarted_ready_s")}
-            fire = first_fire.get(event.get("new_epoch"))
-            row["first_fire_after_s"] = (fire - event["db_time"]).total_seconds() \
-                if fire is not None else None
+            # The first fire of any later term: the next leader may itself lose its term
+            # before it fires (a starved machine).
+            later = [at for epoch, at in first_fire.items() if epoch > event["old_epoch"]]
+            row["first_fire_after_s"] = (min(later) - event["db_time"]).total_seconds() \
+                if later else None
             out.append(row)
+        return out
+
+    def _cpu(self) -> dict[str, float]:
+        """Shares of the machine's CPU over the load (1.0 = every core busy): what the
+        soak's roles, the servers (which serve the whole machine) and the benchmark took,
+        and everything else that ran meanwhile, which makes a run noisy."""
+        machine = self.cpu.get("machine (all processes)")
+        if machine is None or not machine["core_share"]:
+            return {}
+        wall_s = machine["cpu_s"] / machine["core_share"]
+        roles = sum(max(0.0, life.cpu_s - life.cpu_first_s) for life in self.lives
+                    if life.cpu_first_s is not None)
+        out = {"machine_busy": machine["busy_fraction"], "roles": roles / wall_s / _ncpu()}
+        for name in ("postgresql", "rabbitmq", "zookeeper", "bench client"):
+            if name in self.cpu:
+                out[name] = self.cpu[name]["core_share"] / _ncpu()
+        out["everything else"] = max(0.0, out["machine_busy"] - sum(
+            v for k, v in out.items() if k != "machine_busy"))
         return out
 
     def _memory(self) -> list[dict[str, Any]]:
@@ -853,6 +923,10 @@ class SoakRun:
                             "leader_share": None,
                             **memory_trend(points, self.plan.warmup_min * 60)})
         return out
+
+
+def _ncpu() -> int:
+    return os.cpu_count() or 1
 
 
 def _wait_exit(proc: RoleProcess) -> None:

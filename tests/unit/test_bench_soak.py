@@ -151,6 +151,8 @@ def test_scheduler_metrics_are_read_from_the_prometheus_text() -> None:
         "# TYPE jobsched_scheduler_is_leader gauge", "jobsched_scheduler_is_leader 1",
         "# TYPE jobsched_scheduler_leader_epoch gauge",
         "jobsched_scheduler_leader_epoch 7",
+        "# TYPE jobsched_scheduler_takeovers_total counter",
+        "jobsched_scheduler_takeovers_total 3",
         "# TYPE jobsched_scheduler_tick_duration_seconds histogram",
         'jobsched_scheduler_tick_duration_seconds_bucket{le="0.01"} 3.0',
         'jobsched_scheduler_tick_duration_seconds_bucket{le="+Inf"} 4.0',
@@ -158,6 +160,6 @@ def test_scheduler_metrics_are_read_from_the_prometheus_text() -> None:
         "jobsched_scheduler_tick_duration_seconds_sum 0.5",
         "# TYPE jobsched_scheduler_retention_seconds histogram", ""])
     scraped = scheduler_metrics(text)
-    assert scraped["leader"] and scraped["epoch"] == 7
+    assert scraped["leader"] and scraped["epoch"] == 7 and scraped["terms"] == 3
     assert scraped["tick"] == Histogram(((0.01, 3.0), (math.inf, 4.0)), 4.0, 0.5)
     assert scraped["retention"] == Histogram()
