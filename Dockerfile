@@ -45,6 +45,10 @@ WORKDIR /app
 # config/jobsched.toml (if the project ships one) is read relative to the working directory.
 COPY --from=build /src/config /app/config
 
+# Every role runs as this unprivileged user. A worker gives each shell run a uid of its
+# own, which only root can do: run as this user it refuses shell runs (a WARNING at
+# start-up, "shell": {"enabled": false} on /readyz). compose.yaml runs the worker as root
+# with only the capabilities the switch needs (docs/security.md, "Shell jobs run contained").
 USER jobsched:jobsched
 EXPOSE 8080 9100
 

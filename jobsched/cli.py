@@ -104,6 +104,9 @@ def run(ctx: click.Context, roles: tuple[str, ...], run_migrate: bool, imports: 
     except ImportError as exc:
         click.echo(f"jobsched: cannot import task module: {exc}", err=True)
         sys.exit(2)
+    except ConfigError as exc:
+        click.echo(f"jobsched: {exc}", err=True)
+        sys.exit(2)
     sys.exit(code)
 
 
@@ -190,6 +193,52 @@ def token_revoke(ctx: click.Context, token_id: str, database_url: str | None) ->
 
     row = _token_admin(ctx, database_url, lambda dsn: revoke_token(dsn, token_id))
     click.echo(f"revoked token {row['id']} ({row['role']} of namespace {row['namespace']})")
+
+
+@main.group("secrets")
+def secrets_group() -> None:
+    """The key that seals the secrets store (JOBSCHED_SECRETS_KEY)."""
+
+
+@secrets_group.command("new-key")
+def secrets_new_key() -> None:
+    """Print a new key for JOBSCHED_SECRETS_KEY (Fernet: 32 random bytes, base64)."""
+    from jobsched.crypto import new_key
+
+    click.echo(new_key())
+
+
+@secrets_group.command("rotate-key")
+@click.option("--database-url", help="PostgreSQL URL (JOBSCHED_DATABASE_URL).")
+@click.pass_context
+def secrets_rotate_key(ctx: click.Context, database_url: str | None) -> None:
+    """Reseal every stored secret under the first key of JOBSCHED_SECRETS_KEY.
+
+    Put the new key first and keep the old ones after it (on every api and worker too),
+    run this, then remove the old keys. Exit status 1 if a value could not be opened
+    with any configured key."""
+    from jobsched.crypto import SecretsKeyError
+    from jobsched.secrets_admin import rotate_key
+
+    settings = _settings(ctx, {"database_url": database_url})
+    try:
+        report = asyncio.run(rotate_key(settings.database_url, settings.secrets_key))
+    except SecretsKeyError as exc:
+        click.echo(f"jobsched: {exc}", err=True)
+        sys.exit(2)
+    except (OSError, ConnectionError) as exc:
+        click.echo(f"jobsched: cannot reach PostgreSQL: {exc}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - asyncpg errors: one clear line, not a traceback
+        click.echo(f"jobsched: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"resealed {report.resealed} secret(s) under the first key"
+               + (f"; {report.changed_meanwhile} replaced meanwhile (already under it)"
+                  if report.changed_meanwhile else ""))
+    if report.unreadable:
+        click.echo(f"jobsched: {report.unreadable} secret(s) are sealed with a key that is "
+                   "not in JOBSCHED_SECRETS_KEY: left as they are", err=True)
+        sys.exit(1)
 
 
 # The API client commands (jobs, executions, cluster) live in their own module.

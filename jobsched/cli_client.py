@@ -196,6 +196,7 @@ def print_job(job: Job) -> None:
         ("runs", payload_summary(job)),
         ("schedule", schedule_text(job)),
         ("next fire", show_time(job.get("next_fire_at"), rel=True)),
+        ("priority", job.get("priority", "normal")),
         ("timeout", f"{job.get('timeout_s', '-')}s"),
         ("retry", f"{retry.get('max_attempts', 1)} attempt(s), backoff "
                   f"{retry.get('backoff_s', '-')}s up to {retry.get('max_backoff_s', '-')}s"),
@@ -234,6 +235,7 @@ def print_execution(execution: Execution) -> None:
          + (f" ({execution['reason']})" if execution.get("reason") else "")),
         ("scheduled", show_time(execution["scheduled_for"])),
         ("attempt", str(execution["attempt"])),
+        ("priority", execution.get("priority", "normal")),
         ("worker", execution.get("worker") or "-"),
         ("queued", show_time(execution.get("queued_at"))),
         ("started", show_time(execution.get("started_at"))),
@@ -324,6 +326,8 @@ def jobs() -> None:
               help="Attempts in all (1 = no retry).")
 @click.option("--backoff", "backoff_s", type=float, help="First retry delay in seconds.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Repeatable.")
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]),
+              help="Priority band: high starts first, low never starves [default: normal].")
 @click.option("--file", "-f", "file", metavar="PATH",
               help="Job body as JSON ('-' for stdin); the flags above override its fields.")
 @click.option("--dry-run", is_flag=True, help="Validate and preview only; create nothing.")
@@ -335,7 +339,8 @@ def jobs_create(conn: Conn, argv: tuple[str, ...], name: str | None, schedule: s
                 http_url: str | None, method: str | None, headers: tuple[str, ...],
                 body: str | None, envs: tuple[str, ...], cwd: str | None,
                 timeout_s: float | None, max_attempts: int | None, backoff_s: float | None,
-                labels: tuple[str, ...], file: str | None, dry_run: bool, yes: bool) -> None:
+                labels: tuple[str, ...], priority: str | None, file: str | None,
+                dry_run: bool, yes: bool) -> None:
     """Create a job; a shell job's command follows `--`.
 
     \b
@@ -378,7 +383,7 @@ def jobs_create(conn: Conn, argv: tuple[str, ...], name: str | None, schedule: s
     elif method or headers or body is not None:
         raise click.UsageError("--method, --header and --body belong to --http")
     for key, value in (("name", name), ("schedule", schedule), ("timezone", timezone),
-                       ("timeout_s", timeout_s)):
+                       ("timeout_s", timeout_s), ("priority", priority)):
         if value is not None:
             job[key] = value
     if max_attempts is not None or backoff_s is not None:
@@ -489,6 +494,8 @@ def jobs_get(conn: Conn, job_id: str) -> None:
 @click.option("--timeout", "timeout_s", type=float)
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="Set a label (repeatable); --set 'labels={\"k\": null}' removes one.")
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]),
+              help="Priority band of later fires (runs already queued keep theirs).")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=JSON",
               help="Any other field, as JSON: --set 'retry={\"max_attempts\": 3}'.")
 @click.option("--file", "-f", "file", metavar="PATH",
@@ -496,13 +503,13 @@ def jobs_get(conn: Conn, job_id: str) -> None:
 @api_options
 def jobs_update(conn: Conn, job_id: str, name: str | None, schedule: str | None,
                 timezone: str | None, timeout_s: float | None, labels: tuple[str, ...],
-                sets: tuple[str, ...], file: str | None) -> None:
+                priority: str | None, sets: tuple[str, ...], file: str | None) -> None:
     """Change a job's schedule, payload or policies: only the fields given, sent as a JSON
     merge patch (objects merge, null removes a key)."""
     changes = read_json_file(file, "--file") if file else {}
     changes.update(key_values(sets, "--set", json_values=True))
     for key, value in (("name", name), ("schedule", schedule), ("timezone", timezone),
-                       ("timeout_s", timeout_s)):
+                       ("timeout_s", timeout_s), ("priority", priority)):
         if value is not None:
             changes[key] = value
     if labels:

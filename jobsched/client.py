@@ -77,6 +77,7 @@ class Execution(TypedDict):
     scheduled_for: str
     state: str
     reason: NotRequired[str | None]
+    priority: NotRequired[Literal["high", "normal", "low"]]
     attempt: int
     worker: str | None
     queued_at: str
@@ -108,6 +109,7 @@ class Job(TypedDict):
     timeout_s: NotRequired[float]
     retry: NotRequired[dict[str, Any]]
     labels: NotRequired[dict[str, str]]
+    priority: NotRequired[Literal["high", "normal", "low"]]
 
 
 class Page(TypedDict):

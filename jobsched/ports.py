@@ -143,6 +143,15 @@ class FinishedAttempt:
 
 
 @dataclass(frozen=True, slots=True)
+class SealedSecret:
+    """A stored secret as key rotation sees it: the value stays sealed."""
+
+    namespace: str
+    name: str
+    sealed: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ReapedExecution:
     id: uuid.UUID
     job_id: uuid.UUID
@@ -254,6 +263,37 @@ class TokenRepository(Protocol):
     async def list(self, namespace: str | None = None) -> list[Row]: ...
 
     async def revoke(self, token_id: uuid.UUID) -> Row | None: ...
+
+
+class SecretReader(Protocol):
+    """What a worker reads: the sealed values of names in one namespace (absent names are
+    left out)."""
+
+    async def sealed_secrets(self, namespace: str,
+                             names: Sequence[str]) -> dict[str, bytes]: ...
+
+
+class SecretRepository(SecretReader, Protocol):
+    """Secrets of a namespace, stored sealed: the api writes and lists them (never their
+    values), key rotation reseals them."""
+
+    async def put_secret(self, namespace: str, name: str,
+                         sealed: bytes) -> tuple[Row, bool]:
+        """The secret's name and times, and whether it was created (not replaced)."""
+        ...
+
+    async def list_secrets(self, namespace: str, *, after: str | None,
+                           limit: int) -> list[Row]: ...
+
+    async def delete_secret(self, namespace: str, name: str) -> bool: ...
+
+    async def sealed_batch(self, after: tuple[str, str], limit: int) -> list[SealedSecret]:
+        """Every namespace's rows after ``(namespace, name)``, in that order."""
+        ...
+
+    async def reseal(self, secret: SealedSecret, new_sealed: bytes) -> bool:
+        """Replace the value if it is still ``secret.sealed`` (a PUT meanwhile wins)."""
+        ...
 
 
 class LeaderRepository(Protocol):

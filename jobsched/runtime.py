@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import tracemalloc
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -21,6 +23,7 @@ from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.leader import PostgresLeaderStore
 from jobsched.adapters.postgres.listen import CANCEL_CHANNEL, WAKE_CHANNEL, WakeListener
 from jobsched.adapters.postgres.replica import ReplicaReads
+from jobsched.adapters.postgres.secrets import PostgresSecrets
 from jobsched.adapters.postgres.tokens import PostgresTokens
 from jobsched.adapters.postgres.worker import PostgresWorkerStore
 from jobsched.adapters.rabbitmq import RabbitBroker
@@ -33,6 +36,7 @@ from jobsched.metrics import Metrics, instrument_api
 from jobsched.scheduler.leader import Scheduler
 from jobsched.scheduler.retention import run_retention
 from jobsched.settings import Settings
+from jobsched.worker.secrets import SecretResolver, warn_about_retired_sources
 from jobsched.worker.worker import Worker, import_task_modules
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,10 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if tracemalloc.is_tracing():
+        report = MemoryReport()
+        loop.add_signal_handler(
+            signal.SIGUSR1, lambda: loop.run_in_executor(None, report.log_growth))
     import_task_modules(settings.imports)  # fail fast on a bad --import
 
     readiness = Readiness()
@@ -144,7 +152,8 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             app = build_app(settings, jobs, PostgresTokens(pool), readiness,
                             unavailable=postgres.CONNECTION_ERRORS,
                             token_errors=postgres.DATABASE_ERRORS,
-                            cluster=cluster, replica=replica)
+                            cluster=cluster, replica=replica,
+                            secrets=PostgresSecrets(pool))
             instrument_api(app, metrics)
             runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
             if coordinator is None or broker is None:
@@ -168,9 +177,12 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
 
         if "worker" in roles:
             assert broker is not None
+            warn_about_retired_sources(settings, os.environ)
+            secrets = SecretResolver.from_settings(settings, store=PostgresSecrets(pool))
             worker = Worker(settings, PostgresWorkerStore(pool), broker,
-                            coordinator=coordinator, metrics=metrics)
+                            coordinator=coordinator, metrics=metrics, secrets=secrets)
             readiness.add_info("worker", lambda: {"inflight": worker.inflight, **worker.stats})
+            readiness.add_info("shell", worker.shell_status)
             # Cancellations serve the runs that are draining too: until the drain is over.
             cancels = WakeListener(settings.database_url, worker.take_away, CANCEL_CHANNEL)
             tasks.append(_task(cancels.run(worker.drained), "cancel-listener", stop))
@@ -234,6 +246,26 @@ def _task(coro: Coroutine[Any, Any, None], name: str, stop: asyncio.Event) -> as
             raise
 
     return asyncio.create_task(guarded(), name=name)
+
+
+class MemoryReport:
+    """With tracemalloc on (e.g. PYTHONTRACEMALLOC=8 in the environment), each SIGUSR1 logs
+    the allocation sites that grew most since the previous signal: how a slow leak is found
+    in a long-running role. The comparison runs on a thread, so the role keeps its loop
+    (and a leader its ZooKeeper session) while it is computed."""
+
+    def __init__(self, top: int = 15) -> None:
+        self.top = top
+        self._last = tracemalloc.take_snapshot()
+
+    def log_growth(self) -> None:
+        snapshot = tracemalloc.take_snapshot()
+        stats = snapshot.compare_to(self._last, "traceback")
+        self._last = snapshot
+        lines = [f"{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks at "
+                 + " <- ".join(f"{f.filename}:{f.lineno}" for f in stat.traceback[:6])
+                 for stat in stats[: self.top]]
+        log.warning("memory growth since the last report:\n%s", "\n".join(lines))
 
 
 def _broker_check(broker: RabbitBroker) -> Callable[[], Awaitable[None]]:

@@ -17,11 +17,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from jobsched.domain.egress import EgressPolicy, parse_cidrs
 from jobsched.domain.priority import Priority
 
 ENV_PREFIX = "JOBSCHED_"
 DEFAULT_CONFIG_PATH = Path("config/jobsched.toml")
 SECRET_FIELDS = frozenset({"database_url", "database_read_url", "amqp_url"})
+# Shown as *** at start-up, whatever their value.
+HIDDEN_FIELDS = frozenset({"secrets_key"})
 
 
 class ConfigError(Exception):
@@ -112,12 +115,26 @@ class Settings(BaseModel):
     max_request_headers: int = Field(64, ge=8, le=128)
     # An Idempotency-Key is answered with its first job for at least this long.
     idempotency_ttl_s: float = Field(86_400.0, ge=86_400)
-    # Secret references ({"secret": "NAME"}) resolve on the worker from
-    # <secrets_dir>/NAME, else from the environment variable JOBSCHED_SECRET_<NAME>.
+    # Secrets (docs/security.md "Secrets"). A job's {"secret": "NAME"} resolves in the
+    # job's own namespace, from the first of: the built-in store (PUT /api/v1/secrets,
+    # sealed with secrets_key: comma-separated Fernet keys, the first encrypts, all
+    # decrypt), <secrets_dir>/<namespace>/NAME, AWS Secrets Manager (when a region is set)
+    # under the id <secrets_aws_prefix><namespace>/NAME.
+    secrets_key: str | None = None
     secrets_dir: str | None = None
-    # Shell jobs: the user they run as (unset: "nobody" when the worker runs as root, the
-    # worker's own user otherwise), and their resource limits (0 lifts one).
-    shell_user: str | None = None
+    secrets_aws_region: str | None = None
+    secrets_aws_endpoint_url: str | None = None
+    secrets_aws_prefix: str = Field("jobsched/", max_length=256)
+    # Where http jobs may connect (docs/security.md "Egress"): loopback, link-local (cloud
+    # metadata), unspecified and multicast addresses are refused unless allowed here;
+    # deny adds ranges to refuse and always wins. Comma-separated CIDRs.
+    http_allow_cidrs: tuple[str, ...] = ()
+    http_deny_cidrs: tuple[str, ...] = ()
+    # Shell jobs run each under a uid of its own: a worker takes a block of
+    # shell_concurrency uids (no passwd or group entry may use them) from shell_uid_base
+    # on, or the next free block if another worker on the host holds it; it must be root
+    # to switch to them, else it refuses shell runs. Resource limits: 0 lifts one.
+    shell_uid_base: int = Field(60_000, ge=1000, le=2_000_000_000)
     shell_cpu_s: int = Field(3600, ge=0)
     shell_memory_bytes: int = Field(1 << 30, ge=0)
     shell_open_files: int = Field(256, ge=0)
@@ -125,6 +142,27 @@ class Settings(BaseModel):
     shell_max_processes: int = Field(512, ge=0)
     # Where each run's private working directory is made (unset: the system temp dir).
     shell_work_root: str | None = None
+
+    @field_validator("secrets_key", "secrets_dir", "secrets_aws_region",
+                     "secrets_aws_endpoint_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value if value is None or value.strip() else None
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _fernet_keys(cls, value: str | None) -> str | None:
+        if value is not None:
+            from jobsched.crypto import SecretBox  # cryptography loads only when used
+
+            SecretBox.from_setting(value)  # raises SecretsKeyError (a ValueError) naming it
+        return value
+
+    @field_validator("http_allow_cidrs", "http_deny_cidrs")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_cidrs(value)  # raises EgressError (a ValueError) naming the entry
+        return tuple(v.strip() for v in value if v.strip())
 
     @field_validator("cluster")
     @classmethod
@@ -183,12 +221,18 @@ class Settings(BaseModel):
     def zookeeper_chroot(self) -> str:
         return f"/jobsched/{self.cluster}"
 
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy.from_lists(self.http_allow_cidrs, self.http_deny_cidrs)
+
     def masked(self) -> dict[str, Any]:
         """The settings for the start-up log, with passwords in URLs masked."""
         shown = self.model_dump()
         for key in SECRET_FIELDS:
             if shown[key] is not None:
                 shown[key] = mask_url(shown[key])
+        for key in HIDDEN_FIELDS:
+            if shown[key] is not None:
+                shown[key] = "***"
         return shown
 
 
@@ -219,7 +263,7 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-_LIST_FIELDS = frozenset({"imports", "disabled_kinds"})
+_LIST_FIELDS = frozenset({"imports", "disabled_kinds", "http_allow_cidrs", "http_deny_cidrs"})
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -269,7 +313,7 @@ def load_settings(
         key = ".".join(str(part) for part in error["loc"]) or "settings"
         env_name = ENV_PREFIX + key.upper()
         given = error.get("input")
-        shown = "" if key in SECRET_FIELDS else f" (got {given!r})"
+        shown = "" if key in SECRET_FIELDS | HIDDEN_FIELDS else f" (got {given!r})"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting"

@@ -18,6 +18,8 @@ from jobsched.api.context import (
     OPENAPI,
     READINESS,
     REPLICA,
+    SECRET_BOX,
+    SECRETS,
     SETTINGS,
     UNAVAILABLE,
     Abort,
@@ -29,9 +31,10 @@ from jobsched.api.openapi import Operation, build_openapi
 from jobsched.api.problems import invalid, problem
 from jobsched.api.routes import OPERATIONS
 from jobsched.api.security import Authenticator, principal, security_middleware
+from jobsched.crypto import SecretBox
 from jobsched.domain.auth import Forbidden, RateLimiter, check_access
 from jobsched.health import Readiness
-from jobsched.ports import JobRepository, ReadRouting, TokenRepository
+from jobsched.ports import JobRepository, ReadRouting, SecretRepository, TokenRepository
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,7 +108,8 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
               readiness: Readiness, *, unavailable: tuple[type[BaseException], ...] = (),
               token_errors: tuple[type[BaseException], ...] = (),
               cluster: ClusterView | None = None,
-              replica: ReadRouting | None = None) -> web.Application:
+              replica: ReadRouting | None = None,
+              secrets: SecretRepository | None = None) -> web.Application:
     """The api. ``unavailable``: the adapters' exceptions that mean a dependency is
     unreachable right now (answered 503 with Retry-After); ``token_errors``: those that
     make a token lookup answer 503 (any database error: e.g. a schema not migrated yet)."""
@@ -125,6 +129,13 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
         app[CLUSTER] = cluster
     if replica is not None:
         app[REPLICA] = replica
+    if secrets is not None:
+        app[SECRETS] = secrets
+        if settings.secrets_key:
+            app[SECRET_BOX] = SecretBox.from_setting(settings.secrets_key)
+        else:
+            log.warning("no JOBSCHED_SECRETS_KEY: PUT /api/v1/secrets is refused (403) "
+                        "until one is set (make one with `jobsched secrets new-key`)")
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, _guarded(op))
     register_dashboard(app)

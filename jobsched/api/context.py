@@ -11,8 +11,9 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from jobsched.api.cluster import ClusterView
+from jobsched.crypto import SecretBox
 from jobsched.health import Readiness
-from jobsched.ports import JobRepository, ReadRouting
+from jobsched.ports import JobRepository, ReadRouting, SecretRepository
 from jobsched.settings import Settings
 
 T = TypeVar("T")
@@ -24,6 +25,9 @@ SETTINGS = web.AppKey("settings", Settings)
 READINESS = web.AppKey("readiness", Readiness)
 CLUSTER = web.AppKey("cluster", ClusterView)
 OPENAPI = web.AppKey("openapi", bytes)
+SECRETS = web.AppKey("secrets", SecretRepository)
+#: Seals secret values (absent: no JOBSCHED_SECRETS_KEY, the store refuses writes).
+SECRET_BOX = web.AppKey("secret_box", SecretBox)
 #: The exceptions that mean "a dependency is unreachable now": answered 503, not 500.
 UNAVAILABLE = web.AppKey("unavailable", tuple)
 

@@ -340,6 +340,45 @@ class ListJobsQuery(_Strict):
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
 
 
+MAX_SECRET_BYTES = 65_536
+
+
+class SecretValue(_Strict):
+    """The body of PUT /api/v1/secrets/{name}: the value, stored sealed, never returned."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"value": "s3cr3t-t0ken"}]})
+
+    value: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SECRET_BYTES, pattern=r"^[^\x00]*$")]
+
+    @field_validator("value")
+    @classmethod
+    def _bounded_bytes(cls, value: str) -> str:
+        if len(value.encode("utf-8", errors="surrogatepass")) > MAX_SECRET_BYTES:
+            raise ValueError(f"must be at most {MAX_SECRET_BYTES} bytes of UTF-8")
+        return value
+
+
+class SecretOut(BaseModel):
+    """A secret as the API shows it: its name and times, never its value."""
+
+    name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class SecretList(BaseModel):
+    items: list[SecretOut]
+    next_cursor: str | None
+
+
+class ListSecretsQuery(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    limit: Annotated[int, Field(ge=1, le=500)] = 100
+    cursor: SecretName | None = None
+
+
 class FieldError(BaseModel):
     field: str
     reason: str

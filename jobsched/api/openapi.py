@@ -25,10 +25,14 @@ PROBLEM = "application/problem+json"
 # Every error an operation may answer, beyond those it lists itself.
 _PROTECTED_ERRORS = (401, 429, 431)
 _ALWAYS_ERRORS = (503,)
+_ACCESS_TEXT = {"read": "Needs a token of any role.",
+                "write": "Needs an admin or editor token.",
+                "admin": "Needs an admin token."}
 _ERROR_TITLES = {
     400: "Malformed request (JSON, cursor or header)",
     401: "No valid bearer token",
-    403: "The token's role, the job kind or the namespace quota does not allow this",
+    403: "The token's role, the job kind, the namespace quota or the deployment's "
+         "configuration does not allow this",
     404: "No such resource in the token's namespace",
     405: "Method not allowed",
     409: "Conflict with the resource's state or an earlier Idempotency-Key",
@@ -57,6 +61,8 @@ class Operation:
     request_headers: dict[str, dict[str, Any]] = field(default_factory=dict)
     response_headers: dict[int, dict[str, str]] = field(default_factory=dict)
     ok_content_type: str = JSON
+    # Path parameters other than a UUID {id}: name -> JSON schema.
+    path_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Operations (by handler name) whose {id} is the "id" of this operation's 2xx body:
     # OpenAPI links, which let clients and stateful testers follow a created resource.
     links_to: tuple[str, ...] = ()
@@ -151,12 +157,11 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str,
         if op.access is None:
             entry["security"] = []
         else:
-            entry["description"] = ("Needs a token of any role." if op.access == "read"
-                                    else "Needs an admin or editor token.")
+            entry["description"] = _ACCESS_TEXT[op.access]
         params: list[dict[str, Any]] = []
         for name in re.findall(r"{(\w+)}", op.path):
-            params.append({"name": name, "in": "path", "required": True,
-                           "schema": {"type": "string", "format": "uuid"}})
+            schema = op.path_params.get(name, {"type": "string", "format": "uuid"})
+            params.append({"name": name, "in": "path", "required": True, "schema": schema})
         if op.query is not None:
             query_ref = ref(op.query, "validation")["$ref"].rsplit("/", 1)[-1]
             params += _query_parameters(components[query_ref])
@@ -179,6 +184,8 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str,
             schema = ref(model, "serialization") if model else {"type": "object"}
             response: dict[str, Any] = {"description": "OK",
                                         "content": {op.ok_content_type: {"schema": schema}}}
+            if status == 204:
+                response = {"description": "Done; no body"}
             if op.links_to:
                 response["links"] = {target: {"operationId": target,
                                               "parameters": {"id": "$response.body#/id"}}

@@ -15,8 +15,8 @@ from typing import Literal
 
 Role = Literal["admin", "editor", "viewer"]
 ROLES: tuple[Role, ...] = ("admin", "editor", "viewer")
-# What a route needs: "read" (any role) or "write" (editor or admin).
-Access = Literal["read", "write"]
+# What a route needs: "read" (any role), "write" (editor or admin) or "admin".
+Access = Literal["read", "write", "admin"]
 
 TOKEN_PREFIX = "jsk_"
 TOKEN_BYTES = 32  # 256 random bits: guessing is hopeless, so a fast hash is enough
@@ -77,8 +77,10 @@ class Forbidden(Exception):
 
 
 def check_access(principal: Principal, access: Access) -> None:
-    if access == "write" and not principal.can_write:
+    if access != "read" and not principal.can_write:
         raise Forbidden(f"role '{principal.role}' is read-only")
+    if access == "admin" and principal.role != "admin":
+        raise Forbidden(f"role '{principal.role}' may not do this: it needs an admin token")
 
 
 def check_kind(principal: Principal, kind: str, disabled_kinds: tuple[str, ...]) -> None:

@@ -9,7 +9,7 @@ import functools
 import inspect
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -17,7 +17,8 @@ import orjson
 from jobsched.domain.priority import Priority, WeightedRoundRobin
 from jobsched.domain.states import AttemptOutcome
 from jobsched.tasks import TaskContext, TaskRegistry
-from jobsched.worker.results import AttemptResult, truncate
+from jobsched.worker.results import AttemptResult, render_output
+from jobsched.worker.secrets import mask_bounded
 
 
 class ThreadRunner:
@@ -109,7 +110,10 @@ async def run_python(
     context: TaskContext,
     threads: ThreadRunner | None = None,
     band: Priority = Priority.NORMAL,
+    masked: Sequence[str] = (),
 ) -> AttemptResult:
+    """``masked``: values no recorded output or error may show (the worker's own
+    credentials), masked before either is cut to its limit."""
     name = payload["function"]
     function = registry.get(name)
     if function is None:
@@ -134,11 +138,13 @@ async def run_python(
     except TimeoutError:
         return AttemptResult(AttemptOutcome.TIMED_OUT, error=f"timed out after {timeout_s:g}s")
     except Exception as exc:  # noqa: BLE001 - the task's failure is the attempt's outcome
-        return AttemptResult(AttemptOutcome.FAILED, error=f"{type(exc).__name__}: {exc}"[:4000])
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error=mask_bounded(f"{type(exc).__name__}: {exc}", masked, 4000))
     if value is None:
         return AttemptResult(AttemptOutcome.SUCCEEDED)
     try:
         rendered = orjson.dumps(value, default=repr)
     except TypeError:
         rendered = repr(value).encode()
-    return AttemptResult(AttemptOutcome.SUCCEEDED, output=truncate(rendered, output_limit))
+    return AttemptResult(AttemptOutcome.SUCCEEDED,
+                         output=render_output(rendered, len(rendered), output_limit, masked))

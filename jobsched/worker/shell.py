@@ -1,5 +1,6 @@
-"""Shell runs: argv in a confined child (jobsched.worker.sandbox), output captured and
-truncated, the process group killed on timeout or cancel."""
+"""Shell runs: argv under a uid of the run's own (jobsched.worker.sandbox), output captured,
+masked and truncated; the process group killed on timeout or cancel, and every process of
+the run's uid killed when the run ends, however it ends."""
 
 from __future__ import annotations
 
@@ -8,24 +9,40 @@ import contextlib
 import os
 import signal
 import subprocess
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jobsched.domain.states import AttemptOutcome
-from jobsched.worker.results import AttemptResult
-from jobsched.worker.sandbox import Identity, SandboxError, ShellSandbox, child_setup
-from jobsched.worker.secrets import MissingSecret, SecretSource, mask
+from jobsched.worker.results import AttemptResult, render_output
+from jobsched.worker.sandbox import Identity, SandboxError, ShellSandbox
+from jobsched.worker.secrets import MissingSecret, RunSecrets, longest, mask
+
+Captured = tuple[bytes, int]  # what was kept, and how many bytes there were in all
 
 
-async def _read_capped(stream: asyncio.StreamReader, limit: int) -> tuple[bytes, int]:
-    """Read to EOF keeping at most ``limit`` bytes (the rest is counted, not held)."""
+async def _open_pipe(fd: int) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
+    loop = asyncio.get_running_loop()
+    stream = asyncio.StreamReader(loop=loop)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream, loop=loop), os.fdopen(fd, "rb", 0))
+    return stream, transport
+
+
+async def _read_capped(stream: asyncio.StreamReader, transport: asyncio.ReadTransport,
+                       keep: int) -> Captured:
+    """Read the pipe to EOF keeping at most ``keep`` bytes (the rest is counted, not held),
+    then close it."""
     kept = bytearray()
-    dropped = 0
-    while chunk := await stream.read(65_536):
-        room = limit - len(kept)
-        kept += chunk[:room] if room > 0 else b""
-        dropped += max(0, len(chunk) - max(room, 0))
-    return bytes(kept), dropped
+    total = 0
+    try:
+        while chunk := await stream.read(65_536):
+            total += len(chunk)
+            room = keep - len(kept)
+            if room > 0:
+                kept += chunk[:room]
+    finally:
+        transport.close()
+    return bytes(kept), total
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:
@@ -34,100 +51,106 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
 
 
 async def run_shell(payload: dict[str, Any], timeout_s: float, output_limit: int,
-                    sandbox: ShellSandbox | None = None,
-                    secrets: SecretSource | None = None) -> AttemptResult:
-    """Run argv confined by ``sandbox`` (docs/security.md): its own user, environment,
-    directory and resource limits. Secret values in env are resolved here and masked in
-    what is recorded."""
-    sandbox = sandbox or ShellSandbox()
+                    sandbox: ShellSandbox, secrets: RunSecrets) -> AttemptResult:
+    """Run argv confined by ``sandbox`` (docs/security.md): a uid of its own, a clean
+    environment, a private directory, resource limits. Secret references in env are
+    resolved in the job's namespace and masked in what is recorded."""
     try:
-        job_env, used = (secrets or SecretSource()).resolve(payload.get("env") or {})
-        identity = sandbox.identity()
-    except (MissingSecret, SandboxError) as exc:
+        job_env = await secrets.resolve(payload.get("env") or {})
+    except MissingSecret as exc:
         return AttemptResult(AttemptOutcome.FAILED, error=str(exc))
-    limits = sandbox.limits(switching_user=identity is not None)
-    with sandbox.workdir(identity) as home:
-        result = await _run_confined(payload, timeout_s, output_limit, sandbox, identity,
-                                     limits, home, job_env)
-    if not used:
-        return result
-    return replace(result, output=mask(result.output, used), error=mask(result.error, used))
+    try:
+        async with sandbox.run_slot() as (identity, home):
+            result = await _run_confined(payload, timeout_s, output_limit, sandbox,
+                                         identity, home, job_env, secrets.masked)
+    except SandboxError as exc:
+        return AttemptResult(AttemptOutcome.FAILED, error=str(exc))
+    return AttemptResult(result.outcome, result.exit_code,
+                         mask(result.error, secrets.masked), result.output)
 
 
 async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit: int,
-                        sandbox: ShellSandbox, identity: Identity | None,
-                        limits: list[tuple[int, tuple[int, int]]], home: str,
-                        job_env: dict[str, str]) -> AttemptResult:
+                        sandbox: ShellSandbox, identity: Identity, home: str,
+                        job_env: dict[str, str], masked: list[str]) -> AttemptResult:
     program = payload["argv"][0]
+    # Output through a pipe of our own, not the subprocess transport's: its wait() would
+    # also wait for the pipe to close, which a process the run left behind can delay.
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         process = await asyncio.create_subprocess_exec(
             *payload["argv"],
             env=sandbox.environment(home, job_env),
             cwd=home,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=write_end,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group, killed whole on timeout
-            preexec_fn=child_setup(limits, payload.get("cwd")),
+            preexec_fn=sandbox.child_setup(payload.get("cwd")),
             umask=0o077,
-            user=identity.uid if identity else None,
-            group=identity.gid if identity else None,
-            extra_groups=[] if identity else None,
+            user=identity.uid,
+            group=identity.gid,
+            extra_groups=[],
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        os.close(read_end)
         return AttemptResult(AttemptOutcome.FAILED,
                              error=f"cannot start {program!r}: {exc.strerror}")
     except (OSError, subprocess.SubprocessError) as exc:
+        os.close(read_end)
         return AttemptResult(AttemptOutcome.FAILED, error=f"cannot start {program!r}: {exc}")
-    assert process.stdout is not None
-    reading = asyncio.ensure_future(_read_capped(process.stdout, output_limit))
+    finally:
+        os.close(write_end)
+    # Past the limit, keep as much as the longest secret: one that straddles the limit is
+    # then whole when it is masked, before the cut.
+    stream, transport = await _open_pipe(read_end)
+    reading = asyncio.ensure_future(_read_capped(stream, transport,
+                                                 output_limit + longest(masked)))
+
+    async def kill_all() -> None:
+        _kill_group(process)
+        await sandbox.kill_run(identity)
+
+    def rendered(captured: Captured) -> str:
+        return render_output(captured[0], captured[1], output_limit, masked)
+
     try:
         await asyncio.wait_for(asyncio.shield(process.wait()), timeout_s)
     except TimeoutError:
-        _kill_group(process)
+        await kill_all()
         await process.wait()
-        output, dropped = await _finish_reading(reading)
+        captured = await _finish_reading(reading, kill_all)
         return AttemptResult(
             AttemptOutcome.TIMED_OUT,
             exit_code=process.returncode,
-            error=f"timed out after {timeout_s:g}s; process group killed",
-            output=_render(output, dropped),
+            error=f"timed out after {timeout_s:g}s; every process of the run killed",
+            output=rendered(captured),
         )
     except asyncio.CancelledError:
         _kill_group(process)
         reading.cancel()
-        raise
-    # The group may hold the pipe open after the leader exits; don't wait for it forever.
-    output, dropped = await _finish_reading(reading, grace=1.0, process=process)
-    _kill_group(process)  # nothing the run started outlives it
+        transport.close()
+        raise  # the sandbox kills the rest of the run's uid on the way out
+    # Processes the run left may hold the pipe open after the main one exits: a moment to
+    # flush, then the run is over and they are killed (nothing it started outlives it).
+    captured = await _finish_reading(reading, kill_all, grace=1.0)
     code = process.returncode
     if code == 0:
-        return AttemptResult(AttemptOutcome.SUCCEEDED, exit_code=0, output=_render(output, dropped))
+        return AttemptResult(AttemptOutcome.SUCCEEDED, exit_code=0, output=rendered(captured))
     error = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
     if code == -signal.SIGXCPU:
         error += f" (SIGXCPU: over its CPU time limit, shell_cpu_s={sandbox.cpu_s})"
     return AttemptResult(AttemptOutcome.FAILED, exit_code=code, error=error,
-                         output=_render(output, dropped))
+                         output=rendered(captured))
 
 
-async def _finish_reading(
-    reading: asyncio.Future[tuple[bytes, int]],
-    grace: float = 2.0,
-    process: asyncio.subprocess.Process | None = None,
-) -> tuple[bytes, int]:
+async def _finish_reading(reading: asyncio.Future[Captured],
+                          kill_all: Callable[[], Awaitable[None]],
+                          grace: float = 2.0) -> Captured:
     try:
         return await asyncio.wait_for(asyncio.shield(reading), grace)
     except TimeoutError:
-        if process is not None:
-            _kill_group(process)
+        await kill_all()  # every writer of the pipe is gone: EOF follows at once
         try:
             return await asyncio.wait_for(reading, 2.0)
         except TimeoutError:
             return b"", 0
-
-
-def _render(output: bytes, dropped: int) -> str:
-    text = output.decode("utf-8", errors="replace")
-    return f"{text}\n[output truncated: {dropped} more bytes]" if dropped else text
-
-

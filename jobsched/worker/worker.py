@@ -39,8 +39,8 @@ from jobsched.tasks import registry as default_registry
 from jobsched.worker.http import HttpRunner
 from jobsched.worker.python import ThreadRunner, run_python
 from jobsched.worker.results import AttemptResult
-from jobsched.worker.sandbox import ShellSandbox
-from jobsched.worker.secrets import SecretSource
+from jobsched.worker.sandbox import ShellSandbox, ShellStatus
+from jobsched.worker.secrets import SecretResolver
 from jobsched.worker.shell import run_shell
 from jobsched.worker.slots import BandSlots
 
@@ -83,6 +83,8 @@ class Worker:
         registry: TaskRegistry = default_registry,
         coordinator: Coordinator | None = None,
         metrics: Metrics | None = None,
+        secrets: SecretResolver | None = None,
+        sandbox: ShellSandbox | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics("worker", settings.instance)
@@ -113,9 +115,9 @@ class Worker:
         self._run_slots = BandSlots(settings.worker_concurrency)
         self._shell_slots = asyncio.Semaphore(settings.shell_concurrency)
         self._threads = ThreadRunner()  # runs plain-function python tasks
-        self._http = HttpRunner()
-        self._sandbox = ShellSandbox.from_settings(settings)
-        self._secrets = SecretSource.from_settings(settings)
+        self._http = HttpRunner(settings.egress_policy())
+        self._sandbox = sandbox or ShellSandbox.from_settings(settings)
+        self._secrets = secrets or SecretResolver.from_settings(settings)
         self._shown_inflight = -1
         self.stats = {"succeeded": 0, "retrying": 0, "dead": 0, "lost_claims": 0, "malformed": 0}
 
@@ -143,8 +145,25 @@ class Worker:
             self._taken_away.add(key)
             task.cancel()
 
+    def start_shell(self) -> ShellStatus:
+        """Make shell runs possible (a block of uids of their own), or say once why not."""
+        if "shell" in self.settings.disabled_kinds:
+            return ShellStatus(False, "shell jobs are disabled (disabled_kinds)")
+        status = self._sandbox.start()
+        if status.enabled:
+            log.info("shell runs use uids %d-%d", *(status.uids or (0, 0)))
+        else:
+            log.warning("shell runs are refused: %s", status.reason)
+        return status
+
+    def shell_status(self) -> dict[str, object]:
+        if "shell" in self.settings.disabled_kinds:
+            return ShellStatus(False, "shell jobs are disabled (disabled_kinds)").describe()
+        return self._sandbox.status.describe()
+
     async def run(self, stop: asyncio.Event) -> None:
         import_task_modules(self.settings.imports)
+        self.start_shell()
         background = [asyncio.create_task(self._heartbeat())]
         if self.coordinator is not None:
             background.append(asyncio.create_task(self.coordinator.stay_registered(
@@ -163,6 +182,7 @@ class Worker:
             await self._claims.close()
             await self._results.close()
             await self._http.close()
+            await self._sandbox.aclose()
 
     def _describe(self) -> bytes:
         self._shown_inflight = self.inflight
@@ -499,13 +519,15 @@ class Worker:
             return AttemptResult(AttemptOutcome.FAILED,
                                  error=f"{kind} jobs are disabled on this worker "
                                        "(disabled_kinds)")
+        # Secret references resolve in the job's own namespace only.
+        secrets = self._secrets.for_namespace(claimed.namespace)
         if kind == "shell":
-            return await run_shell(payload, timeout, limit, self._sandbox, self._secrets)
+            return await run_shell(payload, timeout, limit, self._sandbox, secrets)
         if kind == "http":
-            return await self._http.run(payload, timeout, limit, self._secrets)
+            return await self._http.run(payload, timeout, limit, secrets)
         if kind == "python":
             context = TaskContext(claimed.id, claimed.attempt, claimed.job_id,
                                   claimed.scheduled_for)
             return await run_python(payload, timeout, limit, self.registry, context,
-                                    self._threads, claimed.band)
+                                    self._threads, claimed.band, secrets.masked)
         return AttemptResult(AttemptOutcome.FAILED, error=f"unknown job kind {kind!r}")

@@ -13,8 +13,8 @@ import aio_pika
 import aiohttp
 import pytest
 
-from jobsched.devcluster import DevCluster
 from jobsched.messages import AttemptMessage
+from jobsched_dev.devcluster import DevCluster
 from tests.chaos.conftest import DRAIN_TIMEOUT_S, LEASE_S, Chaos, chaos_deployment
 from tests.chaos.harness import (
     ApiClient,

@@ -265,11 +265,11 @@ async def test_disabled_kinds_are_refused_with_the_reason(
     admin_default = as_(session, auth_cluster, tokens.admin)
     http_job = await admin_default.create({
         "name": "h", "schedule": "0 0 1 1 *", "kind": "http",
-        "http": {"url": "http://127.0.0.1:9/"}})
+        "http": {"url": "https://example.com/"}})
     url = _second_api(auth_cluster, JOBSCHED_DISABLED_KINDS="shell,http")
     admin = ApiClient(session, url, token=tokens.admin)
     for job in (SHELL_JOB, {**PYTHON_JOB, "kind": "http", "python": None,
-                            "http": {"url": "http://127.0.0.1:9/"}}):
+                            "http": {"url": "https://example.com/"}}):
         status, problem, _ = await admin.request("POST", "/api/v1/jobs", json=job)
         assert status == 403, problem
         assert f"job kind '{job['kind']}' is disabled" in problem["detail"]

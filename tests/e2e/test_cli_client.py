@@ -182,7 +182,7 @@ def test_watch_of_a_failing_run_exits_5_and_logs_show_every_attempt(
 
 def test_create_from_a_json_file_on_stdin(running_cluster: LocalCluster) -> None:
     body = {"name": "cli-file", "schedule": NEVER_SOON, "kind": "http",
-            "http": {"url": "http://127.0.0.1:9/never", "method": "POST"}}
+            "http": {"url": "https://example.com/never", "method": "POST"}}
     job = as_json(cli(running_cluster, "jobs", "create", "-f", "-", "-o", "json",
                       stdin=json.dumps(body)))
     assert job["name"] == "cli-file" and job["http"]["method"] == "POST"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import resource
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from jobsched.api.app import openapi
 from jobsched.api.routes import OPERATIONS
 from jobsched.api.security import Authenticator
+from jobsched.crypto import SecretBox, new_key
 from jobsched.domain.auth import (
     ANONYMOUS_ADMIN,
     Forbidden,
@@ -29,8 +31,17 @@ from jobsched.domain.auth import (
     token_digest,
 )
 from jobsched.settings import load_settings
-from jobsched.worker.sandbox import SandboxError, ShellSandbox
-from jobsched.worker.secrets import MissingSecret, SecretSource, mask
+from jobsched.worker.results import render_output
+from jobsched.worker.sandbox import ShellSandbox
+from jobsched.worker.secrets import (
+    DirectoryBackend,
+    MissingSecret,
+    SecretResolver,
+    StoreBackend,
+    longest,
+    mask,
+    worker_credentials,
+)
 
 
 def principal(role: str) -> Principal:
@@ -128,20 +139,61 @@ async def test_authenticator_caches_then_sees_a_revocation() -> None:
     assert tokens.lookups == 4
 
 
-def test_secret_lookup_prefers_the_directory(tmp_path: Path) -> None:
-    (tmp_path / "BOTH").write_text("from-file\n")
-    (tmp_path / "CRLF").write_bytes(b"windows\r\n")
-    source = SecretSource(tmp_path, {"JOBSCHED_SECRET_BOTH": "from-env",
-                                     "JOBSCHED_SECRET_ENV_ONLY": "env-value"})
-    assert source.lookup("BOTH") == "from-file"
-    assert source.lookup("CRLF") == "windows"
-    assert source.lookup("ENV_ONLY") == "env-value"
-    resolved, used = source.resolve({"A": {"secret": "BOTH"}, "B": "plain"})
-    assert resolved == {"A": "from-file", "B": "plain"} and used == ["from-file"]
+class FakeStore:
+    """The sealed secrets of each namespace, as the ``secrets`` table holds them."""
+
+    def __init__(self, rows: dict[tuple[str, str], bytes]) -> None:
+        self.rows = rows
+        self.asked: list[tuple[str, tuple[str, ...]]] = []
+
+    async def sealed_secrets(self, namespace: str, names: Any) -> dict[str, bytes]:
+        self.asked.append((namespace, tuple(names)))
+        return {n: self.rows[(namespace, n)] for n in names if (namespace, n) in self.rows}
+
+
+def _resolver(tmp_path: Path, store: FakeStore | None = None,
+              key: str | None = None) -> SecretResolver:
+    backends: list[Any] = []
+    if store is not None:
+        backends.append(StoreBackend(store, SecretBox.from_setting(key) if key else None))
+    backends.append(DirectoryBackend(tmp_path))
+    return SecretResolver(backends)
+
+
+async def test_secrets_resolve_in_the_jobs_namespace_first_from_the_store(
+        tmp_path: Path) -> None:
+    key = new_key()
+    box = SecretBox.from_setting(key)
+    store = FakeStore({("a", "BOTH"): box.seal(b"from-store"),
+                       ("b", "B_ONLY"): box.seal(b"b-value")})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "BOTH").write_text("from-file\n")
+    (tmp_path / "a" / "CRLF").write_bytes(b"windows\r\n")
+    run = _resolver(tmp_path, store, key).for_namespace("a")
+    resolved = await run.resolve({"X": {"secret": "BOTH"}, "Y": {"secret": "CRLF"}, "Z": "plain"})
+    assert resolved == {"X": "from-store", "Y": "windows", "Z": "plain"}
+    assert sorted(run.used) == ["from-store", "windows"]
+    assert store.asked == [("a", ("BOTH", "CRLF"))]  # one query, only namespace a
+
+
+async def test_another_namespaces_secret_is_exactly_like_a_missing_one(tmp_path: Path) -> None:
+    key = new_key()
+    store = FakeStore({("b", "B_ONLY"): SecretBox.from_setting(key).seal(b"b-value")})
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "B_FILE").write_text("b-file")
+    resolver = _resolver(tmp_path, store, key)
+    errors = []
+    for name in ("B_ONLY", "B_FILE", "NOBODY"):
+        with pytest.raises(MissingSecret) as raised:
+            await resolver.for_namespace("a").resolve({"X": {"secret": name}})
+        errors.append(str(raised.value).replace(name, "NAME"))
+    assert errors[0] == errors[1] == errors[2]
+    assert "is not defined in namespace 'a'" in errors[0]
+    assert all(namespace == "a" for namespace, _ in store.asked)
 
 
 @pytest.mark.parametrize(("name", "reason"), [
-    ("MISSING", "is not configured on this worker"),
+    ("MISSING", "is not defined in namespace 'ns'"),
     ("../etc/passwd", "is not a valid secret name"),
     ("", "is not a valid secret name"),
     ("MISSING\n", "is not a valid secret name"),
@@ -149,15 +201,25 @@ def test_secret_lookup_prefers_the_directory(tmp_path: Path) -> None:
     ("BINARY", "is not UTF-8"),
     ("ADIR", "cannot be read"),
 ])
-def test_missing_or_bad_secrets_name_themselves(tmp_path: Path, name: str,
-                                                reason: str) -> None:
-    (tmp_path / "BIG").write_bytes(b"x" * 70_000)
-    (tmp_path / "BINARY").write_bytes(b"\xff\xfe")
-    (tmp_path / "ADIR").mkdir()
+async def test_missing_or_bad_secrets_name_themselves(tmp_path: Path, name: str,
+                                                      reason: str) -> None:
+    folder = tmp_path / "ns"
+    folder.mkdir()
+    (folder / "BIG").write_bytes(b"x" * 70_000)
+    (folder / "BINARY").write_bytes(b"\xff\xfe")
+    (folder / "ADIR").mkdir()
     with pytest.raises(MissingSecret) as raised:
-        SecretSource(tmp_path, {}).lookup(name)
+        await _resolver(tmp_path).for_namespace("ns").resolve({"X": {"secret": name}})
     assert reason in str(raised.value) and repr(name) in str(raised.value)
     assert "xxxx" not in str(raised.value)
+
+
+async def test_a_store_secret_without_the_key_fails_clearly(tmp_path: Path) -> None:
+    store = FakeStore({("a", "S"): SecretBox.from_setting(new_key()).seal(b"v")})
+    for key in (None, new_key()):
+        with pytest.raises(MissingSecret, match="JOBSCHED_SECRETS_KEY"):
+            await _resolver(tmp_path, store, key).for_namespace("a").resolve(
+                {"X": {"secret": "S"}})
 
 
 def test_mask_replaces_every_secret_of_four_characters_or_more() -> None:
@@ -166,20 +228,32 @@ def test_mask_replaces_every_secret_of_four_characters_or_more() -> None:
     assert mask(None, ["abcd"]) is None
 
 
+@pytest.mark.parametrize("limit", range(0, 40))
+def test_a_secret_cut_by_the_output_limit_leaves_no_prefix(limit: int) -> None:
+    secret = "S3CRETVALUE"
+    data = ("x" * 10 + secret + "y" * 10).encode()
+    kept = data[:limit + longest([secret])]  # what a run keeps of its output
+    shown = render_output(kept, len(data), limit, [secret])
+    assert "S3C" not in shown and "VALUE" not in shown, shown
+    assert len(shown.split("\n[output truncated")[0].encode()) <= limit
+
+
+def test_the_workers_own_credentials_are_masked() -> None:
+    settings_ = load_settings({}, environ={
+        "JOBSCHED_DATABASE_URL": "postgresql://u:db-password@h/d",
+        "JOBSCHED_AMQP_URL": "amqp://u:amqp-password@h/"}, config_path=None)
+    values = worker_credentials(settings_, {"AWS_SECRET_ACCESS_KEY": "aws-secret"})
+    assert set(values) == {"db-password", "amqp-password", "aws-secret"}
+
+
 def test_shell_limits_never_exceed_the_workers_own() -> None:
     settings_ = load_settings({"shell_open_files": 10**9}, environ={}, config_path=None)
-    limits = dict(ShellSandbox.from_settings(settings_).limits(switching_user=False))
+    limits = dict(ShellSandbox.from_settings(settings_).limits())
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert limits[resource.RLIMIT_NOFILE][1] <= hard
     assert limits[resource.RLIMIT_CORE] == (0, 0)
-    assert resource.RLIMIT_NPROC not in limits  # only for a user of its own
-    own = dict(ShellSandbox(max_processes=5).limits(switching_user=True))
+    own = dict(ShellSandbox(max_processes=5).limits())
     assert own[resource.RLIMIT_NPROC][0] <= 5
-
-
-def test_an_unknown_shell_user_stops_the_run() -> None:
-    with pytest.raises(SandboxError, match="does not exist"):
-        ShellSandbox(user="no-such-user-here").identity()
 
 
 def test_settings_for_security_from_the_environment() -> None:
@@ -221,3 +295,28 @@ def test_the_documents_examples_are_accepted_by_the_models() -> None:
         assert examples
         for example in examples:
             model.model_validate_json(json.dumps(example))
+
+
+async def test_python_output_and_errors_are_masked_before_they_are_cut() -> None:
+    from jobsched.tasks import TaskContext, TaskRegistry
+    from jobsched.worker.python import run_python
+
+    credential = "broker-password-123"
+
+    def leak() -> str:
+        return "x" * 90 + credential
+
+    def fail() -> None:
+        raise RuntimeError("y" * 3980 + credential)
+
+    registry = TaskRegistry()
+    registry.register(leak, "t:leak")
+    registry.register(fail, "t:fail")
+    context = TaskContext(uuid.uuid4(), 1, uuid.uuid4(), datetime.now(UTC))
+    leaked = await run_python({"function": "t:leak"}, 5, 100, registry, context,
+                              masked=[credential])
+    failed = await run_python({"function": "t:fail"}, 5, 100, registry, context,
+                              masked=[credential])
+    assert leaked.output is not None and failed.error is not None
+    for shown in (leaked.output, failed.error):
+        assert "broker" not in shown and "123" not in shown, shown

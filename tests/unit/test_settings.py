@@ -99,3 +99,27 @@ def test_one_host_or_an_explicit_choice_is_left_alone() -> None:
                              config_path=None)
     assert (settings.database_url, settings.database_read_url) == (one, chosen)
     assert load_settings({}, environ={}, config_path=None).database_read_url is None
+
+
+def test_egress_ranges_and_the_secrets_key_are_checked_at_start_up() -> None:
+    settings = load_settings({}, environ={
+        "JOBSCHED_HTTP_ALLOW_CIDRS": "127.0.0.0/8, ::1/128",
+        "JOBSCHED_HTTP_DENY_CIDRS": "10.0.0.0/8",
+        "JOBSCHED_SECRETS_KEY": "k" * 43 + "="}, config_path=None)
+    assert settings.http_allow_cidrs == ("127.0.0.0/8", "::1/128")
+    assert settings.egress_policy().refusal("127.0.0.1") is None
+    assert "DENY" in (settings.egress_policy().refusal("10.1.2.3") or "")
+    assert settings.masked()["secrets_key"] == "***"
+    with pytest.raises(ConfigError) as raised:
+        load_settings({}, environ={"JOBSCHED_HTTP_DENY_CIDRS": "10.0.0.0/8,10.0.0.x"},
+                      config_path=None)
+    message = str(raised.value)
+    assert "\n" not in message and "JOBSCHED_HTTP_DENY_CIDRS" in message
+    assert "'10.0.0.x' is not an IP range" in message
+    with pytest.raises(ConfigError) as raised:
+        load_settings({}, environ={"JOBSCHED_SECRETS_KEY": "not-a-fernet-key-but-secret"},
+                      config_path=None)
+    assert "JOBSCHED_SECRETS_KEY" in str(raised.value)
+    assert "not-a-fernet-key-but-secret" not in str(raised.value)
+    assert load_settings({}, environ={"JOBSCHED_SECRETS_KEY": ""},
+                         config_path=None).secrets_key is None

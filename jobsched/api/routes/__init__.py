@@ -2,10 +2,11 @@
 router and the OpenAPI document are both built (``jobsched.api.app``)."""
 
 from jobsched.api.openapi import Operation
-from jobsched.api.routes import executions, jobs, schedules, system
+from jobsched.api.routes import executions, jobs, schedules, secrets, system
 
 OPERATIONS: tuple[Operation, ...] = (
-    *jobs.OPERATIONS, *executions.OPERATIONS, *schedules.OPERATIONS, *system.OPERATIONS,
+    *jobs.OPERATIONS, *executions.OPERATIONS, *schedules.OPERATIONS, *secrets.OPERATIONS,
+    *system.OPERATIONS,
 )
 
 __all__ = ["OPERATIONS"]

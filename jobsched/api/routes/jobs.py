@@ -40,6 +40,7 @@ from jobsched.domain.priority import Priority
 from jobsched.domain.schedule import parse_schedule
 from jobsched.domain.states import JobState
 from jobsched.ports import IdempotencyConflict, JobColumns, QuotaExceeded, Row
+from jobsched.settings import Settings
 
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 #: The fields of a job that decide when it fires: a PATCH of none of them keeps the
@@ -93,6 +94,18 @@ def job_columns(job: JobCreate, job_id: uuid.UUID, now: datetime) -> JobColumns:
     )
 
 
+def _egress_problem(job: JobCreate, settings: Settings, title: str) -> web.Response | None:
+    """An http job whose URL is a literal address the workers would refuse (DESIGN.md
+    "Egress"): a 422 now rather than a failed run later. A host name is checked on the
+    worker, on the address it resolves to."""
+    if job.http is None:
+        return None
+    reason = settings.egress_policy().literal_refusal(job.http.url)
+    if reason is None:
+        return None
+    return problem(422, title, f"http.url: {reason}", [{"field": "http.url", "reason": reason}])
+
+
 _NO_FIRE = {"end_at": "the schedule has no fire before end_at",
             "schedule": "the schedule has no fire time from now (or start_at) on"}
 
@@ -131,6 +144,9 @@ async def create_job(request: web.Request) -> web.Response:
     who = principal(request)
     settings = request.app[SETTINGS]
     check_kind(who, job.kind, settings.disabled_kinds)
+    refused = _egress_problem(job, settings, "Invalid job")
+    if refused is not None:
+        return refused
     key = _idempotency_key(request)
     job_id = uuid.uuid4()
     now = datetime.now(UTC)
@@ -243,7 +259,8 @@ async def patch_job(request: web.Request) -> web.Response:
         patch = {**{k: None for k in ("shell", "http", "python") if k not in patch}, **patch}
 
     who = principal(request)
-    disabled = request.app[SETTINGS].disabled_kinds
+    settings = request.app[SETTINGS]
+    disabled = settings.disabled_kinds
 
     def change(row: Row) -> JobColumns:
         check_kind(who, row["kind"], disabled)
@@ -255,6 +272,9 @@ async def patch_job(request: web.Request) -> web.Response:
         except ValidationError as exc:
             raise Abort(invalid(exc, "Invalid job patch")) from None
         check_kind(who, job.kind, disabled)
+        refused = _egress_problem(job, settings, "Invalid job patch")
+        if refused is not None:
+            raise Abort(refused)
         columns = job_columns(job, row["id"], datetime.now(UTC))
         if not any(k in patch for k in TIMING_FIELDS):
             columns = dataclasses.replace(columns, next_fire_at=row["next_fire_at"])

@@ -115,6 +115,9 @@ export async function formPage(ctx, jobId) {
     concurrency: control("select", { id: "f-concurrency" },
       [["allow", "allow: runs may overlap"], ["forbid", "forbid: skip a fire while one runs"], ["replace", "replace: stop the running one"]]
         .map(([v, t]) => h("option", { value: v, text: t }))),
+    priority: control("select", { id: "f-priority" },
+      [["normal", "normal"], ["high", "high: starts before normal and low"], ["low", "low: a share of the slots, never starved"]]
+        .map(([v, t]) => h("option", { value: v, text: t }))),
     misfire: control("select", { id: "f-misfire" },
       [["run_once", "run once for all missed fires"], ["run_all", "run every missed fire (capped)"], ["skip", "skip missed fires"]]
         .map(([v, t]) => h("option", { value: v, text: t }))),
@@ -165,7 +168,8 @@ export async function formPage(ctx, jobId) {
         field("retry.max_attempts", "Attempts", f.attempts),
         field("retry.backoff_s", "First backoff (s)", f.backoff),
         field("retry.max_backoff_s", "Max backoff (s)", f.maxBackoff)),
-      h("div", { class: "grid two" },
+      h("div", { class: "grid three" },
+        field("priority", "Priority", f.priority),
         field("concurrency", "Concurrency", f.concurrency),
         field("misfire", "Missed fires", f.misfire)),
       field("labels", "Labels", f.labels, "key=value per line.")),
@@ -203,6 +207,7 @@ export async function formPage(ctx, jobId) {
     f.backoff.value = retry.backoff_s ?? 2;
     f.maxBackoff.value = retry.max_backoff_s ?? 300;
     f.concurrency.value = job.concurrency || "allow";
+    f.priority.value = job.priority || "normal";
     f.misfire.value = job.misfire || "run_once";
     f.labels.value = Object.entries(job.labels || {}).map(([k, v]) => `${k}=${v}`).join("\n");
   }
@@ -260,6 +265,7 @@ export async function formPage(ctx, jobId) {
     if (maxBackoff !== undefined) retry.max_backoff_s = maxBackoff;
     job.retry = retry;
     job.concurrency = f.concurrency.value;
+    job.priority = f.priority.value;
     job.misfire = f.misfire.value;
     job.labels = pairs(f.labels.value, "=", "labels", errors);
     return { job, errors };

@@ -103,6 +103,7 @@ export async function jobPage(ctx, jobId) {
       ["Next fire", job.state === "active" ? [timeCell(job.next_fire_at), " ", h("span", { class: "muted small", text: when(job.next_fire_at) })] : "—"],
       ["Timeout", `${job.timeout_s ?? 300} s`],
       ["Retry", `${retry.max_attempts ?? 1} attempt(s), backoff ${retry.backoff_s ?? 2} s … ${retry.max_backoff_s ?? 300} s`],
+      ["Priority", job.priority || "normal"],
       ["Concurrency", job.concurrency || "allow"],
       ["Misfire", job.misfire || "run_once"],
       ["Labels", labels.length ? labels.map(([k, v]) => h("span", { class: "label", text: `${k}=${v}` })) : "—"],
