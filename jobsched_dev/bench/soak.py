@@ -34,7 +34,7 @@ import subprocess
 import time
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -318,7 +318,8 @@ class ApiLoad:
         if self.in_flight:
             await asyncio.wait(self.in_flight, timeout=REQUEST_TIMEOUT_S + 5)
 
-    async def _offer(self, rate: float, request: Callable[[], Awaitable[tuple[str, str]]],
+    async def _offer(self, rate: float,
+                     pick: Callable[[], tuple[str, Coroutine[Any, Any, str]]],
                      until: float) -> None:
         if rate <= 0:
             return
@@ -326,7 +327,8 @@ class ApiLoad:
         while (now := time.monotonic()) < until:
             while due <= now:
                 if len(self.in_flight) < MAX_IN_FLIGHT:
-                    task = asyncio.create_task(self._timed(request))
+                    route, request = pick()
+                    task = asyncio.create_task(self._timed(route, request))
                     self.in_flight.add(task)
                     task.add_done_callback(self.in_flight.discard)
                 else:
@@ -334,51 +336,58 @@ class ApiLoad:
                 due += interval
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
-    async def _timed(self, request: Callable[[], Awaitable[tuple[str, str]]]) -> None:
+    async def _timed(self, route: str, request: Coroutine[Any, Any, str]) -> None:
+        """One request, timed whatever its outcome: one that fails or times out counts in
+        its route's latency too (and among the errors)."""
         began = time.monotonic()
         try:
-            route, outcome = await request()
+            outcome = await request
         except (aiohttp.ClientError, TimeoutError) as exc:
-            route, outcome = "?", type(exc).__name__
+            outcome = type(exc).__name__
         elapsed = time.monotonic() - began
         if outcome != "ok":
             key = f"{route}: {outcome}"
             self.errors[key] = self.errors.get(key, 0) + 1
-        if route in self.latency:
-            window = max(0, int((began - self.t0) // self.window_s))
-            self.latency[route].setdefault(window, array("d")).append(elapsed)
+        window = max(0, int((began - self.t0) // self.window_s))
+        self.latency[route].setdefault(window, array("d")).append(elapsed)
 
-    async def _submit(self) -> tuple[str, str]:
+    def _submit(self) -> tuple[str, Coroutine[Any, Any, str]]:
+        return "POST /jobs", self._post_immediate()
+
+    async def _post_immediate(self) -> str:
         async with self.session.post("/api/v1/jobs", json=self.immediate) as response:
             body = await response.read()
             if response.status != 201:
-                return "POST /jobs", str(response.status)
+                return str(response.status)
         self.submitted += 1
         self.recent_jobs.append(orjson.loads(body)["id"])
-        return "POST /jobs", "ok"
+        return "ok"
 
     def _some_job(self) -> str:
         if self.recent_jobs and self.rng.random() < 0.5:
             return self.rng.choice(self.recent_jobs)
         return self.rng.choice(self.job_ids)
 
-    async def _read(self) -> tuple[str, str]:
+    def _read(self) -> tuple[str, Coroutine[Any, Any, str]]:
+        """A third each: a job, a job's executions (whose ids feed the third), an
+        execution."""
         pick = self.rng.random()
         if pick < 1 / 3 or (pick >= 2 / 3 and not self.executions):
-            route, path = "GET /jobs/{id}", f"/api/v1/jobs/{self._some_job()}"
-        elif pick < 2 / 3:
-            route, path = "GET /jobs/{id}/executions", \
-                f"/api/v1/jobs/{self._some_job()}/executions"
-        else:
-            route, path = "GET /executions/{id}", \
-                f"/api/v1/executions/{self.rng.choice(self.executions)}"
+            return "GET /jobs/{id}", self._get(f"/api/v1/jobs/{self._some_job()}")
+        if pick < 2 / 3:
+            return "GET /jobs/{id}/executions", self._get(
+                f"/api/v1/jobs/{self._some_job()}/executions", harvest=True)
+        return "GET /executions/{id}", self._get(
+            f"/api/v1/executions/{self.rng.choice(self.executions)}")
+
+    async def _get(self, path: str, harvest: bool = False) -> str:
         async with self.session.get(path) as response:
             body = await response.read()
             if response.status != 200:
-                return route, str(response.status)
-        if route == "GET /jobs/{id}/executions":
+                return str(response.status)
+        if harvest:
             self.executions.extend(item["id"] for item in orjson.loads(body)["items"][:5])
-        return route, "ok"
+        return "ok"
 
     def by_window(self, routes: tuple[str, ...] = ROUTES) -> dict[int, list[float]]:
         out: dict[int, list[float]] = {}
