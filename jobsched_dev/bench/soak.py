@@ -424,6 +424,7 @@ class SoakRun:
         self.deadlocks_at_start = 0
         self.pause_failures = 0
         self.cpu: dict[str, dict[str, float]] = {}
+        self.own_cpu_s = 0.0
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -506,6 +507,7 @@ class SoakRun:
             life.started_s -= began - self.t0
         self.t0 = began
         self.cluster.meter.start()
+        self.own_cpu_s = -_own_cpu_s()
         self.t0_db = await self.db_now()
         self.deadlocks_at_start = int(await self.pool.fetchval(DEADLOCKS) or 0)
         end = self.t0 + (plan.minutes + plan.quiet_minutes) * 60
@@ -663,6 +665,7 @@ class SoakRun:
                 machine = await self._sample(http, machine)
                 if time.monotonic() >= end:
                     self.cluster.meter.stop()
+                    self.own_cpu_s += _own_cpu_s()
                     self.cpu = self.cluster.meter.report()
                     return
                 await asyncio.sleep(min(self.plan.sample_every_s,
@@ -903,9 +906,12 @@ class SoakRun:
         roles = sum(max(0.0, life.cpu_s - life.cpu_first_s) for life in self.lives
                     if life.cpu_first_s is not None)
         out = {"machine_busy": machine["busy_fraction"], "roles": roles / wall_s / _ncpu()}
-        for name in ("postgresql", "rabbitmq", "zookeeper", "bench client"):
+        for name in ("postgresql", "rabbitmq", "zookeeper"):
             if name in self.cpu:
                 out[name] = self.cpu[name]["core_share"] / _ncpu()
+        # The benchmark's own process: CpuMeter's figure would add the roles it has reaped
+        # (killed and stopped ones), counted above already.
+        out["bench client"] = self.own_cpu_s / wall_s / _ncpu()
         out["everything else"] = max(0.0, out["machine_busy"] - sum(
             v for k, v in out.items() if k != "machine_busy"))
         return out
@@ -932,6 +938,11 @@ class SoakRun:
                             "leader_share": None,
                             **memory_trend(points, self.plan.warmup_min * 60)})
         return out
+
+
+def _own_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def _ncpu() -> int:
