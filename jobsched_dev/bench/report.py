@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from jobsched_dev.bench.soak_analysis import FLAT_MB_PER_H
+from jobsched_dev.bench.soak_analysis import FLAT_MB_PER_H, TREND_SPAN_S
 from jobsched_dev.bench.stats import (
     LATENCY_HEADERS,
     cpu_table,
@@ -310,9 +310,9 @@ def _render_memory(r: dict[str, Any]) -> str:
                      m["first_two_thirds_mb_per_h"], m["last_third_mb_per_h"],
                      m["verdict"]])
     head = (f"RSS per process (MB; slopes in MB/h by least squares over the samples after "
-            f"its first {r['plan']['warmup_min']:g} min; flat within "
-            f"{FLAT_MB_PER_H:g} MB/h; levels off: the last third flat or growing at most "
-            "half as fast as the first two)")
+            f"its first {r['plan']['warmup_min']:g} min; a verdict from "
+            f"{TREND_SPAN_S / 60:g} min of them: flat within {FLAT_MB_PER_H:g} MB/h, levels "
+            "off when the last third is flat or grows at most half as fast as the first two)")
     return head + "\n\n" + table(
         ("process", "from min", "to min", "ended by", "leader", "start", "end", "slope",
          "first 2/3", "last 1/3", "verdict"),

@@ -20,6 +20,9 @@ from jobsched_dev.bench.stats import distribution_ms
 #: of issue 21 grew 30-57 MB/h; the noise of a role's RSS over a few minutes of 10-second
 #: samples is a few MB/h.
 FLAT_MB_PER_H = 5.0
+#: A verdict needs this much of a process's life after its warm-up: a slope over a few
+#: minutes extrapolates a few MB of warming caches to tens of MB/h.
+TREND_SPAN_S = 300.0
 
 WORKER_KILL = "worker kill -9"
 LEADER_SIGTERM = "leader SIGTERM"
@@ -61,14 +64,16 @@ def slope_per_h(points: Sequence[tuple[float, float]]) -> float | None:
 
 
 def memory_trend(points: Sequence[tuple[float, float]], warmup_s: float,
-                 flat_mb_per_h: float = FLAT_MB_PER_H) -> dict[str, Any]:
+                 flat_mb_per_h: float = FLAT_MB_PER_H,
+                 span_s: float = TREND_SPAN_S) -> dict[str, Any]:
     """RSS (seconds, MB) samples of one process → its start and end RSS, the slope in MB/h
     over the samples after ``warmup_s`` of its life, and whether it levels off: the slope
     of the last third against that of the first two thirds.
 
     verdict: ``flat`` (slope within ``flat_mb_per_h``), ``levels off`` (the last third is
     flat, or grows at most half as fast as the first two thirds), ``grows``, or ``too
-    short`` (fewer than 6 samples after the warm-up)."""
+    short`` (under ``span_s`` of samples after the warm-up: the slopes are still given
+    from 6 samples on, but no verdict)."""
     out: dict[str, Any] = {
         "rss_start_mb": points[0][1] if points else None,
         "rss_end_mb": points[-1][1] if points else None,
@@ -87,9 +92,11 @@ def memory_trend(points: Sequence[tuple[float, float]], warmup_s: float,
     assert whole is not None and first is not None and last is not None
     levels_off = last <= flat_mb_per_h or last <= first / 2
     out.update(slope_mb_per_h=whole, first_two_thirds_mb_per_h=first,
-               last_third_mb_per_h=last, levels_off=levels_off,
-               verdict="flat" if abs(whole) <= flat_mb_per_h
-               else "levels off" if levels_off else "grows")
+               last_third_mb_per_h=last)
+    if steady[-1][0] - steady[0][0] >= span_s:
+        out.update(levels_off=levels_off,
+                   verdict="flat" if abs(whole) <= flat_mb_per_h
+                   else "levels off" if levels_off else "grows")
     return out
 
 

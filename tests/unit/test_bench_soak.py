@@ -63,6 +63,10 @@ def test_memory_verdicts() -> None:
     short = memory_trend(_rss(2.5, [40]), warmup_s=120)
     assert short["verdict"] == "too short" and short["slope_mb_per_h"] is None
     assert short["rss_start_mb"] == 100
+    # slopes from a few minutes are shown, but judged only over 5 minutes or more
+    brief = memory_trend(_rss(6, [40]), warmup_s=120)
+    assert brief["verdict"] == "too short" and brief["levels_off"] is None
+    assert abs(brief["slope_mb_per_h"] - 40) < 0.1
 
 
 def test_memory_trend_leaves_out_the_warmup() -> None:
