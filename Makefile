@@ -1,4 +1,4 @@
-.PHONY: run test lint install lock services test-tools
+.PHONY: run test fuzz lint install lock services test-tools
 
 # Everything a fresh machine needs, then all roles with a demo job firing every 5 s.
 run:
@@ -7,6 +7,10 @@ run:
 # The whole test suite on real PostgreSQL, RabbitMQ and ZooKeeper (started if missing).
 test: install services test-tools
 	python3 -m pytest -q
+
+# The fuzzing tier at a large budget, by hand (make test runs it at FUZZ_EXAMPLES=20).
+fuzz: install services
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} python3 -m pytest -q tests/fuzz
 
 # The development and test dependencies at the versions the suite last passed with.
 install:

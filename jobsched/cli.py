@@ -245,6 +245,9 @@ def secrets_rotate_key(ctx: click.Context, database_url: str | None) -> None:
 from jobsched.cli_client import register as register_client_commands  # noqa: E402
 
 register_client_commands(main)
+from jobsched.cli_webhooks import register as register_webhook_commands  # noqa: E402
+
+register_webhook_commands(main)
 
 
 NEEDS_CHECKOUT = "need a source checkout installed with pip install -e '.[dev]'"

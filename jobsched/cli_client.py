@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"jobsched: {message}", err=True)
+    click.echo(f"jobsched: {line(message)}", err=True)
     sys.exit(code)
 
 
@@ -102,11 +103,54 @@ def call(conn: Conn, action: Callable[[Client], Awaitable[T]], what: str = "") -
         fail("interrupted", EXIT_INTERRUPTED)
 
 
-# output
+# output: whatever came from the server (names, output, errors) is made inert first, so
+# a job cannot write to the terminal of whoever reads it: terminal escape sequences are
+# dropped; other control characters, and the bidirectional formatting characters that
+# make text display in another order than it is, show as U+FFFD.
+
+_ESCAPE_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"  # CSI: colours, cursor moves, erase, ...
+    r"|\x1b[]PX^_][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC, DCS, SOS, PM, APC ... to ST
+    r"|\x1b[ -/]*[0-~]?"  # the other ESC sequences
+    r"|\x9b[0-?]*[ -/]*[@-~]?"  # 8-bit CSI
+    r"|[\x90\x98\x9d-\x9f][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # 8-bit OSC ... to ST
+)
+_UNSAFE_IN_BLOCK = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_UNSAFE_IN_LINE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+REPLACEMENT = "\ufffd"
+
+
+def block(text: str) -> str:
+    """Text of many lines (an execution's output) made safe to print: line breaks and
+    tabs stay, a carriage return that is not part of CRLF becomes a line break (it could
+    otherwise overwrite what was printed)."""
+    text = _ESCAPE_SEQUENCE.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    return _UNSAFE_IN_BLOCK.sub(REPLACEMENT, text)
+
+
+def line(value: object) -> str:
+    """A value from the server made safe to print on one line (a table cell, a name, an
+    error): as ``block``, and line breaks and tabs become spaces."""
+    text = _ESCAPE_SEQUENCE.sub("", str(value))
+    return _UNSAFE_IN_LINE.sub(lambda m: " " if m.group() in "\t\n\r" else REPLACEMENT,
+                               text)
+
+
+def _escape_json(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def json_text(data: Any, option: int = 0) -> str:
+    """JSON whose strings spell C1 controls and bidirectional formatting characters as
+    \\u escapes (orjson escapes only C0): the same value, inert on a terminal."""
+    return _JSON_UNSAFE.sub(_escape_json, orjson.dumps(data, option=option).decode())
 
 
 def emit_json(data: Any) -> None:
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    click.echo(json_text(data, orjson.OPT_INDENT_2))
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -144,14 +188,14 @@ def duration(execution: Execution | dict[str, Any]) -> str:
 
 
 def styled_state(state: str | None, width: int = 0) -> str:
-    text = (state or "-").ljust(width)
+    text = line(state or "-").ljust(width)
     return click.style(text, fg=STATE_COLOURS.get(state or "")) if state else text
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]],
           state_column: int | None = None) -> None:
     """Columns padded to their widest cell; the state column coloured on a terminal."""
-    rows = [list(r) for r in rows]
+    rows = [[line(cell) for cell in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in rows:
@@ -189,31 +233,33 @@ def print_job(job: Job) -> None:
     last = job.get("last_execution")
     retry = job.get("retry") or {}
     fields = [
-        ("id", job["id"]),
-        ("name", job.get("name", "-")),
+        ("id", line(job["id"])),
+        ("name", line(job.get("name", "-"))),
         ("state", styled_state(job.get("state"))),
-        ("kind", job.get("kind", "-")),
-        ("runs", payload_summary(job)),
-        ("schedule", schedule_text(job)),
+        ("kind", line(job.get("kind", "-"))),
+        ("runs", line(payload_summary(job))),
+        ("schedule", line(schedule_text(job))),
         ("next fire", show_time(job.get("next_fire_at"), rel=True)),
-        ("priority", job.get("priority", "normal")),
-        ("timeout", f"{job.get('timeout_s', '-')}s"),
-        ("retry", f"{retry.get('max_attempts', 1)} attempt(s), backoff "
-                  f"{retry.get('backoff_s', '-')}s up to {retry.get('max_backoff_s', '-')}s"),
-        ("labels", ", ".join(f"{k}={v}" for k, v in (job.get("labels") or {}).items()) or "-"),
+        ("priority", line(job.get("priority", "normal"))),
+        ("timeout", line(f"{job.get('timeout_s', '-')}s")),
+        ("retry", line(f"{retry.get('max_attempts', 1)} attempt(s), backoff "
+                       f"{retry.get('backoff_s', '-')}s up to "
+                       f"{retry.get('max_backoff_s', '-')}s")),
+        ("labels", line(", ".join(f"{k}={v}" for k, v in (job.get("labels") or {}).items())
+                        or "-")),
         ("created", show_time(job.get("created_at"))),
         ("updated", show_time(job.get("updated_at"))),
     ]
     if last:
         fields.append(("last run", f"{styled_state(last['state'])} "
                                    f"{show_time(last['scheduled_for'])} "
-                                   f"({duration(last)}) {last['id']}"))
+                                   f"({duration(last)}) {line(last['id'])}"))
     for key, value in fields:
         click.echo(f"{key + ':':<11} {value}")
 
 
 def print_preview(schedule: str, timezone: str, items: list[FireTime]) -> None:
-    click.echo(f"schedule {schedule!r} ({timezone}), next fires:")
+    click.echo(f"schedule {line(repr(schedule))} ({line(timezone)}), next fires:")
     if not items:
         click.echo("  none: it never fires again")
     for item in items:
@@ -229,23 +275,23 @@ def print_preview(schedule: str, timezone: str, items: list[FireTime]) -> None:
 
 def print_execution(execution: Execution) -> None:
     fields = [
-        ("id", execution["id"]),
-        ("job", execution["job_id"]),
+        ("id", line(execution["id"])),
+        ("job", line(execution["job_id"])),
         ("state", styled_state(execution["state"])
-         + (f" ({execution['reason']})" if execution.get("reason") else "")),
+         + (f" ({line(execution['reason'])})" if execution.get("reason") else "")),
         ("scheduled", show_time(execution["scheduled_for"])),
-        ("attempt", str(execution["attempt"])),
-        ("priority", execution.get("priority", "normal")),
-        ("worker", execution.get("worker") or "-"),
+        ("attempt", line(execution["attempt"])),
+        ("priority", line(execution.get("priority", "normal"))),
+        ("worker", line(execution.get("worker") or "-")),
         ("queued", show_time(execution.get("queued_at"))),
         ("started", show_time(execution.get("started_at"))),
         ("finished", show_time(execution.get("finished_at"))),
         ("duration", duration(execution)),
     ]
     if execution.get("exit_code") is not None:
-        fields.append(("exit code", str(execution["exit_code"])))
+        fields.append(("exit code", line(execution["exit_code"])))
     if execution.get("error"):
-        fields.append(("error", str(execution["error"])))
+        fields.append(("error", line(execution["error"])))
     for key, value in fields:
         click.echo(f"{key + ':':<11} {value}")
     attempts = execution.get("attempts") or []
@@ -411,7 +457,7 @@ def jobs_create(conn: Conn, argv: tuple[str, ...], name: str | None, schedule: s
     if conn.json:
         emit_json(created)
         return
-    click.echo(f"created job {created['id']} ({created.get('name')}), "
+    click.echo(f"created job {line(created['id'])} ({line(created.get('name'))}), "
                f"next fire {show_time(created.get('next_fire_at'), rel=True)}")
 
 
@@ -520,7 +566,7 @@ def jobs_update(conn: Conn, job_id: str, name: str | None, schedule: str | None,
     if conn.json:
         emit_json(job)
         return
-    click.echo(f"updated job {job['id']}")
+    click.echo(f"updated job {line(job['id'])}")
     print_job(job)
 
 
@@ -535,7 +581,7 @@ def _job_action(verb: str, past: str, method: str, doc: str) -> click.Command:
         else:
             fire = (f", next fire {show_time(job.get('next_fire_at'), rel=True)}"
                     if job["state"] == "active" else "")
-            click.echo(f"job {job['id']} {past}: {styled_state(job['state'])}{fire}")
+            click.echo(f"job {line(job['id'])} {past}: {styled_state(job['state'])}{fire}")
 
     return command
 
@@ -562,11 +608,11 @@ def jobs_trigger(conn: Conn, job_id: str, watch: bool) -> None:
         if conn.json:
             emit_json(execution)
         else:
-            click.echo(f"triggered execution {execution['id']} "
+            click.echo(f"triggered execution {line(execution['id'])} "
                        f"({styled_state(execution['state'])})")
         return
     if not conn.json:
-        click.echo(f"triggered execution {execution['id']}")
+        click.echo(f"triggered execution {line(execution['id'])}")
     _watch(conn, execution["id"], logs=True)
 
 
@@ -638,10 +684,10 @@ def executions_logs(conn: Conn, execution_id: str, attempt: int | None, watch: b
 def _print_logs(item: Any, header: bool) -> None:
     if header:
         exit_code = "" if item.get("exit_code") is None else f", exit {item['exit_code']}"
-        click.echo(click.style(f"--- attempt {item['attempt']} "
-                               f"({item.get('outcome') or 'running'}{exit_code}) "
-                               f"on {item.get('worker')} ---", bold=True))
-    output = item.get("output") or ""
+        click.echo(click.style(line(f"--- attempt {item['attempt']} "
+                                    f"({item.get('outcome') or 'running'}{exit_code}) "
+                                    f"on {item.get('worker')} ---"), bold=True))
+    output = block(item.get("output") or "")
     click.echo(output, nl=not output.endswith("\n") and bool(output))
 
 
@@ -657,13 +703,13 @@ def _watch(conn: Conn, execution_id: str, *, logs: bool, only_attempt: int | Non
         async for execution in client.watch_execution(execution_id, interval=0.25):
             last = execution
             if conn.json:
-                click.echo(orjson.dumps(execution).decode())
+                click.echo(json_text(execution))
                 continue
             if not quiet:
-                worker = f" on {execution['worker']}" if execution.get("worker") else ""
+                worker = f" on {line(execution['worker'])}" if execution.get("worker") else ""
                 click.echo(f"{datetime.now(UTC):%H:%M:%S}  "
                            f"{styled_state(execution['state'], 9)}  "
-                           f"attempt {execution['attempt']}{worker}")
+                           f"attempt {line(execution['attempt'])}{worker}")
             if logs:
                 for item in execution.get("attempts") or []:
                     done = item.get("finished_at") is not None
@@ -679,8 +725,8 @@ def _watch(conn: Conn, execution_id: str, *, logs: bool, only_attempt: int | Non
     if final["state"] != "succeeded":
         if not conn.json:
             reason = final.get("error") or final.get("reason") or ""
-            click.echo(f"jobsched: execution {execution_id} ended {final['state']}"
-                       + (f": {reason}" if reason else ""), err=True)
+            click.echo(line(f"jobsched: execution {execution_id} ended {final['state']}"
+                            + (f": {reason}" if reason else "")), err=True)
         sys.exit(EXIT_RUN_FAILED)
 
 
@@ -702,16 +748,17 @@ def cluster_status(conn: Conn) -> None:
         return
     leader = status.get("leader")
     if leader:
-        click.echo(f"leader:     {leader.get('instance')} (epoch {leader.get('epoch')}, "
-                   f"since {show_time(leader.get('since'))})")
+        click.echo(line(f"leader:     {leader.get('instance')} (epoch {leader.get('epoch')}, "
+                        f"since {show_time(leader.get('since'))})"))
     else:
         click.echo("leader:     " + click.style("none", fg="red")
                    + " (no scheduler holds the lease: nothing fires)")
     schedulers = status.get("schedulers") or []
     names = [s["instance"] + (" (leader)" if s.get("leader") else "") for s in schedulers]
-    click.echo(f"schedulers: {', '.join(names) or '-'}")
+    click.echo(line(f"schedulers: {', '.join(names) or '-'}"))
     queues = status.get("queues") or {}
-    click.echo("queues:     " + (", ".join(f"{k} {v}" for k, v in queues.items()) or "-"))
+    click.echo(line("queues:     " + (", ".join(f"{k} {v}" for k, v in queues.items())
+                                     or "-")))
     workers = status.get("workers") or []
     click.echo(f"workers:    {len(workers)}")
     if workers:

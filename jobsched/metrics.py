@@ -97,6 +97,22 @@ class Metrics:
             "Executions dead after their last attempt (or malformed messages), sent to the DLQ.",
             registry=r)
 
+        # webhooks (delivered by the worker role)
+        self.webhook_deliveries = Counter(
+            "jobsched_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome: succeeded, failed (will retry), exhausted "
+            "(no retry left), gone (410: the endpoint was disabled).", registry=r)
+        self.webhook_attempt_duration = Histogram(
+            "jobsched_webhook_attempt_duration_seconds",
+            "Time from sending a webhook to its answer (or the timeout).", registry=r,
+            buckets=LATENCY_BUCKETS)
+        self.webhook_oldest_pending = Gauge(
+            "jobsched_webhook_oldest_pending_seconds",
+            "Age of the oldest webhook delivery not yet made (0: none waiting).", registry=r)
+        self.webhook_inflight = Gauge(
+            "jobsched_webhook_inflight", "Webhook deliveries this worker is sending now.",
+            registry=r)
+
         # cluster, as the leader sees it
         self.queue_messages = Gauge(
             "jobsched_queue_messages", "Messages ready in a queue.", registry=r)

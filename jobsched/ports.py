@@ -188,6 +188,49 @@ class SchedulerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointColumns:
+    """A webhook endpoint's columns that its owner sets (create and PATCH)."""
+
+    url: str
+    events: list[str]
+    labels: dict[str, str]
+    description: str
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    """A webhook delivery a worker has claimed (leased) for one attempt, with what it needs
+    to send and sign it. ``attempt`` counts this one (1 for the first)."""
+
+    endpoint_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    data: dict[str, Any]
+    created_at: datetime
+    attempt: int
+    url: str
+    secret: bytes  # sealed
+    previous_secret: bytes | None  # sealed; signs too while the rotation overlaps
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """How one attempt went, to record on its delivery (if this worker still holds it)."""
+
+    endpoint_id: uuid.UUID
+    event_id: uuid.UUID
+    attempt: int
+    state: str  # a DeliveryState
+    next_attempt_at: datetime | None
+    status: int | None
+    error: str | None
+    answer: str | None
+    duration_ms: float
+    gone: bool = False  # a 410: the endpoint is disabled with it
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerInfo:
     instance: str
     inflight: int
@@ -237,7 +280,8 @@ class JobRepository(Protocol):
     async def list_dead(self, namespace: str, *, after: tuple[datetime, uuid.UUID] | None,
                         limit: int) -> list[Row]: ...
 
-    async def redrive(self, execution_id: uuid.UUID, namespace: str) -> Row | None: ...
+    async def redrive(self, execution_id: uuid.UUID, namespace: str, *,
+                      refused_kinds: Sequence[str] = ()) -> Row | None: ...
 
     async def get_execution(self, execution_id: uuid.UUID,
                             namespace: str) -> tuple[Row, list[Row]] | None: ...
@@ -340,6 +384,58 @@ class WorkerRepository(Protocol):
     async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
                             outcome: AttemptOutcome, error: str | None, output: str | None,
                             exit_code: int | None) -> None: ...
+
+
+class WebhookRepository(Protocol):
+    """What the api reads and writes about webhook endpoints and their deliveries; every
+    call is scoped to one namespace (another namespace's endpoint is "not found")."""
+
+    async def create_endpoint(self, namespace: str, columns: EndpointColumns,
+                              secret: bytes) -> Row: ...
+
+    async def list_endpoints(self, namespace: str, *,
+                             after: tuple[datetime, uuid.UUID] | None,
+                             limit: int) -> list[Row]: ...
+
+    async def get_endpoint(self, endpoint_id: uuid.UUID, namespace: str) -> Row | None: ...
+
+    async def update_endpoint(self, endpoint_id: uuid.UUID, namespace: str,
+                              change: Callable[[Row], EndpointColumns]) -> Row | None: ...
+
+    async def delete_endpoint(self, endpoint_id: uuid.UUID, namespace: str) -> bool: ...
+
+    async def rotate_secret(self, endpoint_id: uuid.UUID, namespace: str, secret: bytes,
+                            overlap_s: float) -> Row | None: ...
+
+    async def list_deliveries(self, endpoint_id: uuid.UUID, *, state: str | None,
+                              after: tuple[datetime, uuid.UUID] | None,
+                              limit: int) -> list[Row]: ...
+
+    async def redeliver(self, endpoint_id: uuid.UUID, event_id: uuid.UUID) -> Row | None: ...
+
+    async def get_delivery(self, endpoint_id: uuid.UUID,
+                           event_id: uuid.UUID) -> Row | None: ...
+
+
+class WebhookDeliveryStore(Protocol):
+    """What the delivering workers do: lease due deliveries, record attempts."""
+
+    async def claim_deliveries(self, worker: str, lease_s: float, *, limit: int,
+                               per_endpoint: int,
+                               free: Mapping[uuid.UUID, int]) -> list[DueDelivery]:
+        """Up to ``limit`` due deliveries, at most ``free.get(endpoint, per_endpoint)``
+        of each enabled endpoint, leased to ``worker`` for ``lease_s``."""
+        ...
+
+    async def record_attempts(self, results: Sequence[DeliveryResult],
+                              worker: str) -> int:
+        """Record the attempts this worker still holds (others are dropped); a ``gone``
+        result disables its endpoint. Returns how many were recorded."""
+        ...
+
+    async def oldest_pending(self) -> datetime | None: ...
+
+    async def purge(self, before: datetime, limit: int) -> int: ...
 
 
 # --- RabbitMQ ----------------------------------------------------------------------------

@@ -21,22 +21,30 @@ from aiohttp import web
 from jobsched.adapters import postgres
 from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.leader import PostgresLeaderStore
-from jobsched.adapters.postgres.listen import CANCEL_CHANNEL, WAKE_CHANNEL, WakeListener
+from jobsched.adapters.postgres.listen import (
+    CANCEL_CHANNEL,
+    WAKE_CHANNEL,
+    WEBHOOK_CHANNEL,
+    WakeListener,
+)
 from jobsched.adapters.postgres.replica import ReplicaReads
 from jobsched.adapters.postgres.secrets import PostgresSecrets
 from jobsched.adapters.postgres.tokens import PostgresTokens
+from jobsched.adapters.postgres.webhooks import DELIVERY_SESSION, PostgresWebhooks
 from jobsched.adapters.postgres.worker import PostgresWorkerStore
 from jobsched.adapters.rabbitmq import RabbitBroker
 from jobsched.adapters.zookeeper import ZooKeeperCoordinator, make_client, start_client
 from jobsched.api.app import build_app
 from jobsched.api.cluster import ClusterView
 from jobsched.backoff import Backoff
+from jobsched.crypto import SecretBox
 from jobsched.health import Readiness, health_app
 from jobsched.metrics import Metrics, instrument_api
 from jobsched.scheduler.leader import Scheduler
 from jobsched.scheduler.retention import run_retention
 from jobsched.settings import Settings
 from jobsched.worker.secrets import SecretResolver, warn_about_retired_sources
+from jobsched.worker.webhooks import WebhookDeliverer
 from jobsched.worker.worker import Worker, import_task_modules
 
 log = logging.getLogger(__name__)
@@ -153,7 +161,8 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
                             unavailable=postgres.CONNECTION_ERRORS,
                             token_errors=postgres.DATABASE_ERRORS,
                             cluster=cluster, replica=replica,
-                            secrets=PostgresSecrets(pool))
+                            secrets=PostgresSecrets(pool),
+                            webhooks=PostgresWebhooks(pool))
             instrument_api(app, metrics)
             runners.append(await _start_site(app, settings.api_host, settings.api_port, "api"))
             if coordinator is None or broker is None:
@@ -187,6 +196,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             cancels = WakeListener(settings.database_url, worker.take_away, CANCEL_CHANNEL)
             tasks.append(_task(cancels.run(worker.drained), "cancel-listener", stop))
             tasks.append(_task(worker.run(stop), "worker", stop))
+            tasks += await _webhook_tasks(settings, state, metrics, readiness, stop)
 
         log.info("roles %s running as %s", ",".join(sorted(roles)), settings.instance)
         await stop.wait()
@@ -210,7 +220,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
         if "zk" in state:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(state["zk"].close(), 5)
-        for name in ("read_pool", "pool"):
+        for name in ("webhook_pool", "read_pool", "pool"):
             if name in state:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(state[name].close(), 5)
@@ -230,6 +240,31 @@ async def _connect_cluster_view(settings: Settings, cluster: ClusterView,
         if await _retrying("connecting to RabbitMQ", broker.connect, stop):
             state["broker"] = broker
             cluster.broker = broker
+
+
+async def _webhook_tasks(settings: Settings, state: dict[str, Any], metrics: Metrics,
+                         readiness: Readiness,
+                         stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """The worker role delivers webhooks too (no fourth role): a delivery loop woken by
+    NOTIFY, on a small pool of its own (its commits do not wait for the WAL flush: see
+    adapters/postgres/webhooks.py). Without JOBSCHED_SECRETS_KEY it cannot sign, so it sends
+    nothing (and says so)."""
+    if not settings.secrets_key:
+        log.warning("webhook deliveries are not sent by this worker: JOBSCHED_SECRETS_KEY "
+                    "is not set, so it cannot sign them")
+        readiness.add_info("webhooks", lambda: {"enabled": False,
+                                                "reason": "JOBSCHED_SECRETS_KEY is not set"})
+        return []
+    pool = await postgres.create_pool(settings.database_url, min_size=0, max_size=4,
+                                      server_settings=DELIVERY_SESSION)
+    state["webhook_pool"] = pool
+    deliverer = WebhookDeliverer(
+        settings, PostgresWebhooks(pool), SecretBox.from_setting(settings.secrets_key),
+        settings.egress_policy(), metrics)
+    readiness.add_info("webhooks", deliverer.describe)
+    wakes = WakeListener(settings.database_url, deliverer.on_notify, WEBHOOK_CHANNEL)
+    return [_task(wakes.run(stop), "webhook-listener", stop),
+            _task(deliverer.run(stop), "webhooks", stop)]
 
 
 def _task(coro: Coroutine[Any, Any, None], name: str, stop: asyncio.Event) -> asyncio.Task[None]:

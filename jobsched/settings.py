@@ -6,6 +6,7 @@ so every field maps to exactly one ``JOBSCHED_<FIELD>`` variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -85,6 +86,9 @@ class Settings(BaseModel):
     worker_concurrency: int = Field(1024, ge=1, le=65535)
     shell_concurrency: int = Field(64, ge=1, le=65535)
     worker_lease_s: float = Field(30.0, ge=1)
+    # A run fired ahead of its time is claimed this long before it is due, so the claim's
+    # round trip is not added to its start; it runs when due.
+    worker_claim_ahead_s: float = Field(0.2, ge=0, le=5)
     # Attempts an execution may lose with its worker (lease lapsed) before it is dead:
     # lost attempts do not count against the job's max_attempts, but a task that kills its
     # worker every time must end.
@@ -113,6 +117,14 @@ class Settings(BaseModel):
     rate_limit_per_s: float = Field(100.0, ge=0)
     rate_limit_burst: int = Field(200, ge=1)
     max_request_headers: int = Field(64, ge=8, le=128)
+    # Failed authentications (a malformed or unknown token) per client address, in each
+    # api process: sustained per second and burst; past them the address gets 429 without
+    # its tokens being looked up. 0 lifts it.
+    auth_failures_per_s: float = Field(1.0, ge=0)
+    auth_failure_burst: int = Field(20, ge=1)
+    # Addresses or CIDR ranges of the proxies in front of the api (nginx in compose.yaml):
+    # only a request from one of them has its X-Forwarded-For read for the client address.
+    trusted_proxies: tuple[str, ...] = ()
     # An Idempotency-Key is answered with its first job for at least this long.
     idempotency_ttl_s: float = Field(86_400.0, ge=86_400)
     # Secrets (docs/security.md "Secrets"). A job's {"secret": "NAME"} resolves in the
@@ -143,6 +155,16 @@ class Settings(BaseModel):
     # Where each run's private working directory is made (unset: the system temp dir).
     shell_work_root: str | None = None
 
+    # webhooks (docs/webhooks.md): delivered by the worker role
+    # No answer within this long is a failed attempt.
+    webhook_timeout_s: float = Field(15.0, gt=0, le=120)
+    # Deliveries in flight per worker, and per endpoint per worker: a slow or dead receiver
+    # holds at most webhook_endpoint_concurrency of a worker's slots.
+    webhook_concurrency: int = Field(64, ge=1, le=4096)
+    webhook_endpoint_concurrency: int = Field(8, ge=1, le=1024)
+    # The bounded poll behind the NOTIFY wake-up (retries fall due without one).
+    webhook_poll_s: float = Field(1.0, gt=0, le=60)
+
     @field_validator("secrets_key", "secrets_dir", "secrets_aws_region",
                      "secrets_aws_endpoint_url")
     @classmethod
@@ -170,6 +192,16 @@ class Settings(BaseModel):
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
             raise ValueError("must be 1-63 of a-z, 0-9, '_', '-', starting alphanumeric")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+        return tuple(item.strip() for item in value)
 
     @field_validator("database_url")
     @classmethod
@@ -263,7 +295,8 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-_LIST_FIELDS = frozenset({"imports", "disabled_kinds", "http_allow_cidrs", "http_deny_cidrs"})
+_LIST_FIELDS = frozenset({"imports", "disabled_kinds", "http_allow_cidrs", "http_deny_cidrs",
+                          "trusted_proxies"})
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:

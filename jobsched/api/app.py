@@ -14,6 +14,7 @@ from jobsched import __version__
 from jobsched.api.cluster import ClusterView
 from jobsched.api.context import (
     CLUSTER,
+    EGRESS,
     JOBS,
     OPENAPI,
     READINESS,
@@ -22,6 +23,7 @@ from jobsched.api.context import (
     SECRETS,
     SETTINGS,
     UNAVAILABLE,
+    WEBHOOKS,
     Abort,
     Handler,
     QueryInvalid,
@@ -30,11 +32,23 @@ from jobsched.api.dashboard import register_dashboard
 from jobsched.api.openapi import Operation, build_openapi
 from jobsched.api.problems import invalid, problem
 from jobsched.api.routes import OPERATIONS
-from jobsched.api.security import Authenticator, principal, security_middleware
+from jobsched.api.routes.schedules import install_previews
+from jobsched.api.security import (
+    Authenticator,
+    principal,
+    security_headers,
+    security_middleware,
+)
 from jobsched.crypto import SecretBox
 from jobsched.domain.auth import Forbidden, RateLimiter, check_access
 from jobsched.health import Readiness
-from jobsched.ports import JobRepository, ReadRouting, SecretRepository, TokenRepository
+from jobsched.ports import (
+    JobRepository,
+    ReadRouting,
+    SecretRepository,
+    TokenRepository,
+    WebhookRepository,
+)
 from jobsched.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,6 +86,14 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                            [{"field": "cursor", "reason": "not a cursor this API returned"}])
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return problem(exc.status, title, headers=headers)
+    except (OverflowError, RecursionError) as exc:
+        # A time past year 9999, a number beyond what a type holds, JSON nested deeper
+        # than Python recurses: the input's fault wherever it surfaced. The named checks
+        # come first (models, routes); this keeps any path they miss from being a 500.
+        log.warning("input out of range in %s %s: %r", request.method, request.path, exc,
+                    exc_info=True)
+        return problem(422, "Unprocessable input",
+                       "a value is out of range or nested too deeply")
     except Exception as exc:
         # A dependency unreachable, restarting or lost mid-request: 503, never 500.
         if isinstance(exc, request.app[UNAVAILABLE]):
@@ -109,7 +131,8 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
               token_errors: tuple[type[BaseException], ...] = (),
               cluster: ClusterView | None = None,
               replica: ReadRouting | None = None,
-              secrets: SecretRepository | None = None) -> web.Application:
+              secrets: SecretRepository | None = None,
+              webhooks: WebhookRepository | None = None) -> web.Application:
     """The api. ``unavailable``: the adapters' exceptions that mean a dependency is
     unreachable right now (answered 503 with Retry-After); ``token_errors``: those that
     make a token lookup answer 503 (any database error: e.g. a schema not migrated yet)."""
@@ -131,11 +154,16 @@ def build_app(settings: Settings, jobs: JobRepository, tokens: TokenRepository,
         app[REPLICA] = replica
     if secrets is not None:
         app[SECRETS] = secrets
-        if settings.secrets_key:
-            app[SECRET_BOX] = SecretBox.from_setting(settings.secrets_key)
-        else:
+        if not settings.secrets_key:
             log.warning("no JOBSCHED_SECRETS_KEY: PUT /api/v1/secrets is refused (403) "
                         "until one is set (make one with `jobsched secrets new-key`)")
+    if webhooks is not None:
+        app[WEBHOOKS] = webhooks
+    if settings.secrets_key:  # seals namespace secrets and webhook signing secrets
+        app[SECRET_BOX] = SecretBox.from_setting(settings.secrets_key)
+    app[EGRESS] = settings.egress_policy()
+    app.on_response_prepare.append(security_headers)
+    install_previews(app)
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, _guarded(op))
     register_dashboard(app)

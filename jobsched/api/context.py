@@ -12,8 +12,9 @@ from pydantic import BaseModel, ValidationError
 
 from jobsched.api.cluster import ClusterView
 from jobsched.crypto import SecretBox
+from jobsched.domain.egress import EgressPolicy
 from jobsched.health import Readiness
-from jobsched.ports import JobRepository, ReadRouting, SecretRepository
+from jobsched.ports import JobRepository, ReadRouting, SecretRepository, WebhookRepository
 from jobsched.settings import Settings
 
 T = TypeVar("T")
@@ -28,6 +29,9 @@ OPENAPI = web.AppKey("openapi", bytes)
 SECRETS = web.AppKey("secrets", SecretRepository)
 #: Seals secret values (absent: no JOBSCHED_SECRETS_KEY, the store refuses writes).
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
+WEBHOOKS = web.AppKey("webhooks", WebhookRepository)
+#: Where outbound HTTP (webhooks) may connect: literal addresses are checked at creation.
+EGRESS = web.AppKey("egress", EgressPolicy)
 #: The exceptions that mean "a dependency is unreachable now": answered 503, not 500.
 UNAVAILABLE = web.AppKey("unavailable", tuple)
 

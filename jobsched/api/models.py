@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -27,15 +29,44 @@ from jobsched.domain.states import AttemptOutcome, ExecutionState, JobState
 MAX_ARGV = 256
 MAX_LABELS = 32
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+# What a name or label may not contain: C0 and C1 control characters (a terminal escape
+# starts with one) and the characters that reorder text on display (bidirectional
+# formatting U+061C, U+200E-U+200F, U+202A-U+202E, U+2066-U+2069, and the line and
+# paragraph separators U+2028-U+2029), so a name shows as what it is, everywhere.
+UNSAFE_TEXT = r"\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
+UNSAFE_TEXT_RE = re.compile(f"[{UNSAFE_TEXT}]")
+
+
+def _displayable(value: Any) -> Any:
+    """Named reason for the pattern below (pydantic would only say which pattern)."""
+    if isinstance(value, str) and UNSAFE_TEXT_RE.search(value):
+        raise ValueError("must not contain control characters or bidirectional formatting "
+                         "characters")
+    return value
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=f"^[^{UNSAFE_TEXT}]+$"), BeforeValidator(_displayable)]
 ShortText = Annotated[str, StringConstraints(max_length=4096, pattern=r"^[^\x00]*$")]
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.\-/]+$")]
-LabelValue = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f]*$")]
+LabelValue = Annotated[str, StringConstraints(max_length=200, pattern=f"^[^{UNSAFE_TEXT}]*$"), BeforeValidator(_displayable)]
 EnvName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")]
 HeaderValue = Annotated[str, StringConstraints(max_length=8192, pattern=r"^[^\x00\r\n]*$")]
 SecretName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _within_utc_range(value: datetime) -> datetime:
+    """Times are stored and computed in UTC: one that has no UTC reading (year 9999 with a
+    negative offset, year 1 with a positive one) is refused here, not by the database."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must lie between 0001-01-01 and 9999-12-31 in UTC") from None
+    return value
+
+
+Moment = Annotated[AwareDatetime, AfterValidator(_within_utc_range)]
 
 
 class _Strict(BaseModel):
@@ -129,6 +160,31 @@ def unstorable_json(value: Any, depth: int = 0) -> str | None:
     return None
 
 
+#: A job document's own nesting (job, payload, args) above its python args' limit: a
+#: merge patch nested deeper cannot make a valid job, and is refused before it is merged.
+MAX_DOCUMENT_DEPTH = MAX_JSON_DEPTH + 8
+
+
+def too_deep(value: Any, limit: int = MAX_DOCUMENT_DEPTH) -> str | None:
+    """The path of the first object or list nested more than ``limit`` levels deep in a
+    parsed JSON value, or None. Iterative: nesting that would exhaust Python's recursion
+    (orjson parses 1024 levels) costs one loop step per level here."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        children = (item.items() if isinstance(item, dict)
+                    else enumerate(item) if isinstance(item, list) else ())
+        for key, child in children:
+            if not isinstance(child, dict | list):
+                continue
+            child_path = f"{path}[{key}]" if isinstance(key, int) else (
+                f"{path}.{key}" if path else str(key))
+            if depth + 1 > limit:
+                return child_path
+            stack.append((child, child_path, depth + 1))
+    return None
+
+
 class RetrySpec(_Strict):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 1
     backoff_s: Annotated[float, Field(ge=0, le=86_400)] = 2.0
@@ -173,8 +229,8 @@ class JobCreate(_Strict):
     concurrency: Literal["allow", "forbid", "replace"] = "allow"
     # high work starts before normal and low; low keeps a share (never starves)
     priority: Literal["high", "normal", "low"] = "normal"
-    start_at: AwareDatetime | None = None
-    end_at: AwareDatetime | None = None
+    start_at: Moment | None = None
+    end_at: Moment | None = None
     max_runs: Annotated[int, Field(ge=1, le=2_147_483_647)] | None = None
     jitter_s: Annotated[float, Field(ge=0, le=86_400)] = 0.0
     history: HistorySpec = HistorySpec()
@@ -290,7 +346,7 @@ class SchedulePreviewRequest(_Strict):
 
     schedule: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
-    start: AwareDatetime | None = None
+    start: Moment | None = None
     count: Annotated[int, Field(ge=1, le=100)] = 10
     # Whose hashed values (H) to show: a job's id (the job need not exist: the id is only
     # the seed), or any text as the seed.
@@ -335,7 +391,7 @@ class ListJobsQuery(_Strict):
 
     state: JobState | None = None
     name: Name | None = None
-    label: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+=[^\x00-\x1f]*$")]] = []
+    label: list[Annotated[str, StringConstraints(pattern=f"^[A-Za-z0-9_.\\-/]+=[^{UNSAFE_TEXT}]*$"), BeforeValidator(_displayable)]] = []
     limit: Annotated[int, Field(ge=1, le=500)] = 50
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
 
@@ -399,5 +455,90 @@ class Problem(BaseModel):
 class PageQuery(_Strict):
     model_config = ConfigDict(extra="forbid", strict=False)
 
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+# --- webhooks (DESIGN.md "Webhooks") ---------------------------------------------------
+
+WebhookEventName = Literal["execution.succeeded", "execution.dead", "execution.cancelled",
+                           "job.completed", "workflow_run.succeeded", "workflow_run.failed",
+                           "workflow_run.cancelled"]
+WebhookUrl = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s\x00-\x1f/$.?#][^\s\x00-\x1f]*$")]
+
+
+class WebhookCreate(_Strict):
+    """A webhook endpoint as submitted (and the whole of which a PATCH is a merge patch)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"url": "https://hooks.example.com/jobsched", "events": ["execution.dead"],
+         "labels": {"team": "billing"}, "description": "page the billing on-call"}]})
+
+    url: WebhookUrl
+    events: Annotated[list[WebhookEventName], Field(min_length=1, max_length=7)]
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] = {}
+    description: Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]*$")] = ""
+    enabled: bool = True
+
+    @field_validator("events")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists an event type twice")
+        return value
+
+
+class WebhookOut(BaseModel):
+    id: uuid.UUID
+    namespace: str
+    url: str
+    events: list[str]
+    labels: dict[str, str]
+    description: str
+    enabled: bool
+    disabled_reason: str | None
+    # Until when the secret that signed before the last rotation still signs too.
+    previous_secret_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookWithSecret(WebhookOut):
+    """The create and rotate-secret answers: the only time the secret is shown."""
+
+    secret: str
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookOut]
+    next_cursor: str | None
+
+
+class DeliveryOut(BaseModel):
+    event_id: uuid.UUID
+    endpoint_id: uuid.UUID
+    event_type: str
+    data: dict[str, Any]
+    created_at: datetime
+    state: Literal["pending", "succeeded", "failed", "exhausted"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    last_answer: str | None
+    last_duration_ms: float | None
+    delivered_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None
+
+
+class DeliveriesQuery(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    state: Literal["pending", "succeeded", "failed", "exhausted"] | None = None
     limit: Annotated[int, Field(ge=1, le=500)] = 50
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None

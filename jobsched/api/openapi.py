@@ -38,9 +38,10 @@ _ERROR_TITLES = {
     409: "Conflict with the resource's state or an earlier Idempotency-Key",
     413: "Request body too large",
     422: "Invalid request: each field error is listed in `errors`",
-    429: "Rate limit of the token exceeded; see Retry-After",
+    429: "Rate limit of the token, or of failed authentications from this address, "
+         "exceeded; see Retry-After",
     431: "Too many request headers",
-    503: "A dependency is unreachable; retry",
+    503: "A dependency is unreachable, or the server is busy (previews); retry",
 }
 
 

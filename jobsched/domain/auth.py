@@ -103,24 +103,32 @@ class TokenBucket:
 
     def take(self, now: float) -> float:
         """Spend one request: 0.0 if allowed, else the seconds until one is."""
+        wait = self.wait(now)
+        if wait == 0:
+            self.tokens -= 1
+        return wait
+
+    def wait(self, now: float) -> float:
+        """The seconds until a request would be allowed (0.0: now), spending nothing."""
         if self.tokens < 0:
             self.tokens, self.updated = self.burst, now
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
 
 class RateLimiter:
-    """One token bucket per API token, held by one api process (N processes behind a
-    balancer allow up to N times the rate). Idle buckets are dropped after ``idle_s``."""
+    """One token bucket per key (an API token, a client address), held by one api process
+    (N processes behind a balancer allow up to N times the rate). Idle buckets are dropped
+    after ``idle_s``; beyond ``max_keys`` the least recently used is dropped, so many keys
+    (addresses of a botnet) cost bounded memory."""
 
-    def __init__(self, rate: float, burst: int, idle_s: float = 600.0) -> None:
+    def __init__(self, rate: float, burst: int, idle_s: float = 600.0,
+                 max_keys: int = 100_000) -> None:
         self.rate = rate
         self.burst = burst
         self.idle_s = idle_s
+        self.max_keys = max_keys
         self._buckets: dict[object, TokenBucket] = {}
         self._swept = 0.0
 
@@ -129,18 +137,35 @@ class RateLimiter:
         return self.rate > 0
 
     def retry_after(self, key: object, now: float) -> int:
-        """0 if the request may go ahead, else whole seconds to wait (for Retry-After)."""
+        """Spend one request of ``key``: 0 if it may go ahead, else whole seconds to wait
+        (for Retry-After)."""
         if not self.enabled:
             return 0
+        return _whole_seconds(self._bucket(key, now).take(now))
+
+    def blocked_for(self, key: object, now: float) -> int:
+        """Whole seconds until ``key`` may spend a request (0: it may now), spending none:
+        the check before an expensive step that only its failure pays for."""
+        if not self.enabled or key not in self._buckets:
+            return 0
+        return _whole_seconds(self._bucket(key, now).wait(now))
+
+    def _bucket(self, key: object, now: float) -> TokenBucket:
         if now - self._swept > self.idle_s:
             self._sweep(now)
-        bucket = self._buckets.get(key)
+        bucket = self._buckets.pop(key, None)  # re-inserted last: the dict is LRU-ordered
         if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self.rate, float(self.burst))
-        wait = bucket.take(now)
-        return 0 if wait == 0 else max(1, math.ceil(wait))
+            bucket = TokenBucket(self.rate, float(self.burst))
+            if len(self._buckets) >= self.max_keys:
+                del self._buckets[next(iter(self._buckets))]
+        self._buckets[key] = bucket
+        return bucket
 
     def _sweep(self, now: float) -> None:
         self._swept = now
         for key in [k for k, b in self._buckets.items() if now - b.updated > self.idle_s]:
             del self._buckets[key]
+
+
+def _whole_seconds(wait: float) -> int:
+    return 0 if wait == 0 else max(1, math.ceil(wait))

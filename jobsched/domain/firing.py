@@ -214,23 +214,30 @@ def initial_fire_at(
     """The first fire of a job created, resumed or rescheduled at ``now``: never before
     ``start_at``, ``None`` when it would fall after ``end_at``."""
     start = max(now, start_at) if start_at is not None else now
-    first = first_fire_at(schedule, start)
-    if first is None:
+    try:
+        first = first_fire_at(schedule, start)
+        if first is None:
+            return None
+        if schedule.is_recurring:
+            first += offset
+    except OverflowError:  # past the end of year 9999: there is no such fire
         return None
-    if schedule.is_recurring:
-        first += offset
     if end_at is not None and first > end_at:
         return None
     return first
 
 
 def preview_fires(schedule: Schedule, start: datetime, count: int) -> list[datetime]:
-    """The next ``count`` fire times from ``start`` (what ``next_fire_at`` will be)."""
+    """The next ``count`` fire times from ``start`` (what ``next_fire_at`` will be); fewer
+    when the schedule ends, or reaches the end of year 9999."""
     fires: list[datetime] = []
-    fire = first_fire_at(schedule, start)
-    while fire is not None and len(fires) < count:
-        fires.append(fire)
-        fire = next_fire_after(schedule, fire)
+    try:
+        fire = first_fire_at(schedule, start)
+        while fire is not None and len(fires) < count:
+            fires.append(fire)
+            fire = next_fire_after(schedule, fire)
+    except OverflowError:
+        pass
     return fires
 
 

@@ -143,6 +143,10 @@ _ONE_US = timedelta(microseconds=1)
 # caught wide on purpose, since no schedule text may turn into a 5xx.
 _CRON_FAILURES = (ValueError, TypeError, LookupError, ArithmeticError)
 _ONE_S = timedelta(seconds=1)
+_ONE_DAY = timedelta(days=1)
+# Spans longer than this are checked at their ends only (_settled); shorter ones are
+# probed day by day (_first_transition), which costs little over a few days.
+_SETTLED_SPAN = timedelta(days=3)
 _UTC_ALIASES = frozenset(
     {"UTC", "UCT", "GMT", "GMT0", "GMT+0", "GMT-0", "Greenwich", "Universal", "Zulu"}
 )
@@ -1056,6 +1060,24 @@ def _first_transition(
     return found if start < found <= end else None
 
 
+def _settled(zone: zoneinfo.ZoneInfo, start: datetime, end: datetime,
+             offset: timedelta) -> bool:
+    """Whether the wall match found for the segment starting at ``start`` (the instant
+    ``end``, read with ``offset``) stands without walking the span between them.
+
+    It does when the span is long and the offset is ``offset`` at both ends and a day
+    inside each: then every change of offset in between lies more than a day from either
+    end, so none moves the wall match (it is the first after the segment's start, and each
+    change only restarts the search further on, below it) and the segment-by-segment walk
+    would come back to this very instant. A rare fire (29 February, every four years) then
+    costs four offset lookups instead of a probe for each day between two fires.
+    """
+    if end - start <= _SETTLED_SPAN:
+        return False
+    ends = (start + _ONE_DAY, end - _ONE_DAY, end)
+    return all(_offset(zone, (moment - _EPOCH) // _ONE_S) == offset for moment in ends)
+
+
 def _cron_next(schedule: Schedule, after: datetime) -> datetime | None:
     """The first cron fire strictly after the instant ``after``, with the DST rules of the
     module docstring.
@@ -1097,6 +1119,8 @@ def _cron_next(schedule: Schedule, after: datetime) -> datetime | None:
             if wall is None:
                 return None
             instant = wall - offset
+            if _settled(zone, seg_start, instant, offset):
+                return instant
             change = _first_transition(zone, seg_start, instant, offset)
             if change is None:
                 return instant

@@ -284,10 +284,14 @@ class Worker:
 
     async def _hold_until_due(self, message: AttemptMessage) -> None:
         """A fire published ahead of its time (the leader's lookahead) waits here, unclaimed,
-        until it is due."""
+        until shortly before it is due (``worker_claim_ahead_s``): the claim's round trip
+        then happens before the fire time, not after it, and the run starts on time. A
+        worker that dies in that short window leaves a lost attempt (retried, not counted
+        against the job's attempts); one that dies before it leaves nothing claimed."""
         if message.due is None:
             return
         early = (message.due - datetime.now(UTC)).total_seconds()
+        early -= self.settings.worker_claim_ahead_s
         if early > 0:
             await asyncio.sleep(early)
 
@@ -503,6 +507,9 @@ class Worker:
                 delay = min(delay * 2, 1.0)
 
     async def _execute_now(self, claimed: ClaimedExecution) -> AttemptResult:
+        early = (claimed.scheduled_for - datetime.now(UTC)).total_seconds()
+        if early > 0:  # claimed just ahead of its time: it starts when due
+            await asyncio.sleep(early)
         started = datetime.now(UTC)
         self._started_at[claimed.id] = started
         if claimed.attempt == 1:

@@ -116,6 +116,9 @@ def _bench_setup(params: dict[str, Any]) -> tuple[Any, Any]:
 
 
 @bench.command("throughput")
+@click.option("--vs-commit", "vs_commit", metavar="REF",
+              help="Also run this scenario on another commit (exported beside the working "
+              "tree), runs alternating, and report the ratios.")
 @click.option("--mode", type=click.Choice(["burn-down", "steady", "both"]), default="both",
               show_default=True)
 @click.option("--jobs", default=20_000, show_default=True, type=click.IntRange(1),
@@ -142,6 +145,15 @@ def bench_throughput(**params: Any) -> None:
     from jobsched_dev.bench import commands
 
     services, options = _bench_setup(params)
+    if params["vs_commit"]:
+        if params["mode"] != "burn-down" or params["vs"]:
+            raise click.UsageError("--vs-commit compares --mode burn-down, without --vs")
+        commands.throughput_vs_commit(
+            services, options, ref=params["vs_commit"], jobs=params["jobs"],
+            workers=params["workers"], repeat=params["repeat"], json_out=params["json_out"],
+            echo=click.echo)
+        return
+    params.pop("vs_commit")
     try:
         rates = [int(r) for r in params.pop("rates").split(",") if r.strip()]
     except ValueError:
@@ -151,6 +163,9 @@ def bench_throughput(**params: Any) -> None:
 
 
 @bench.command("lateness")
+@click.option("--vs-commit", "vs_commit", metavar="REF",
+              help="Also run this scenario on another commit (exported beside the working "
+              "tree), runs alternating, and report the ratios.")
 @click.option("--jobs", default=1000, show_default=True, type=click.IntRange(1),
               help="Cron jobs firing every second.")
 @click.option("--seconds", default=30, show_default=True, type=click.IntRange(1))
@@ -162,10 +177,16 @@ def bench_lateness(**params: Any) -> None:
     from jobsched_dev.bench import commands
 
     services, options = _bench_setup(params)
+    if ref := params.pop("vs_commit"):
+        commands.lateness_vs_commit(services, options, ref=ref, echo=click.echo, **params)
+        return
     commands.lateness(services, options, echo=click.echo, **params)
 
 
 @bench.command("herd")
+@click.option("--vs-commit", "vs_commit", metavar="REF",
+              help="Also run this scenario on another commit (exported beside the working "
+              "tree), runs alternating, and report the ratios.")
 @click.option("--jobs", default=10_000, show_default=True, type=click.IntRange(1),
               help="One-shot jobs due in the same second.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
@@ -183,6 +204,11 @@ def bench_herd(**params: Any) -> None:
     from jobsched_dev.bench import commands
 
     services, options = _bench_setup(params)
+    if ref := params.pop("vs_commit"):
+        if params.pop("vs"):
+            raise click.UsageError("give --vs celery or --vs-commit, not both")
+        commands.herd_vs_commit(services, options, ref=ref, echo=click.echo, **params)
+        return
     commands.herd(services, options, echo=click.echo, **params)
 
 
@@ -203,6 +229,9 @@ def bench_priority(**params: Any) -> None:
 
 
 @bench.command("api")
+@click.option("--vs-commit", "vs_commit", metavar="REF",
+              help="Also run this scenario on another commit (exported beside the working "
+              "tree), runs alternating, and report the ratios.")
 @click.option("--url", help="Base URL of a RUNNING api process (else one is started).")
 @click.option("--token", help="Bearer token for --url (also JOBSCHED_TOKEN).")
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 4096))
@@ -216,6 +245,11 @@ def bench_api(**params: Any) -> None:
     from jobsched_dev.bench import commands
 
     services, options = _bench_setup(params)
+    if ref := params.pop("vs_commit"):
+        if params.pop("url") or params.pop("token"):
+            raise click.UsageError("--vs-commit starts both apis itself: no --url/--token")
+        commands.api_vs_commit(services, options, ref=ref, echo=click.echo, **params)
+        return
     commands.api(services, options, echo=click.echo, **params)
 
 
@@ -283,3 +317,23 @@ def bench_soak(**params: Any) -> None:
 
     services, options = _bench_setup(params)
     commands.soak(services, options, echo=click.echo, **params)
+
+
+@bench.command("webhooks")
+@click.option("--rate", default=200, show_default=True, type=click.IntRange(1),
+              help="latency: immediate jobs/s offered, each delivered to the endpoint.")
+@click.option("--seconds", default=10.0, show_default=True, type=click.FloatRange(1))
+@click.option("--events", default=5000, show_default=True, type=click.IntRange(1),
+              help="deliveries/s: events recorded at once.")
+@click.option("--jobs", default=20_000, show_default=True, type=click.IntRange(0),
+              help="burn-down without an endpoint, with one but nothing sent, and with one "
+              "delivering (0: skip).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@_bench_options
+def bench_webhooks(**params: Any) -> None:
+    """Webhooks: commit -> delivery latency, deliveries/s, and burn-down throughput with one
+    subscribed endpoint as a ratio of burn-down without (docs/webhooks.md)."""
+    from jobsched_dev.bench import commands
+
+    services, options = _bench_setup(params)
+    commands.webhooks(services, options, echo=click.echo, **params)

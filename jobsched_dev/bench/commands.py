@@ -191,3 +191,110 @@ def soak(services: Services, options: Options, *, json_out: str | None, echo: Ec
         broken = ", ".join(f"{k}: {v}" for k, v in result["invariants"].items() if v)
         raise click.ClickException(f"soak invariants broken: {broken}")
     return result
+
+
+# --- --vs-commit: the same scenario on another commit, in the same run --------------------
+
+
+def _service_args(services: Services) -> list[str]:
+    return ["--postgres-url", services.postgres_url, "--amqp-url", services.amqp_url,
+            "--zookeeper-hosts", services.zookeeper_hosts]
+
+
+def vs_commit(ref: str, scenario: str, args: list[str], ours: Callable[[], Any],
+              figures: dict[str, Callable[[dict[str, Any]], float]], repeat: int,
+              json_out: str | None, echo: Echo, section: str | None = None) -> dict[str, Any]:
+    from jobsched_dev.bench import vs_commit as other
+
+    sha, folder = other.tree_of(ref)
+    echo(f"{scenario}: this tree against {ref} ({sha[:12]}, exported to {folder}), "
+         f"{repeat} run(s) each, alternating")
+    ours_runs, their_runs = asyncio.run(other.alternate(
+        ours, lambda: other.run_at(folder, scenario, args, section=section), repeat, echo))
+    result = other.compare(ours_runs, their_runs, figures)
+    result.update({"scenario": scenario, "vs_commit": sha, "repeat": repeat,
+                   "runs": {"ours": ours_runs, "theirs": their_runs},
+                   "environment": report.environment()})
+    rows = [[name, f["ours"], f["theirs"], f["ours / theirs"]]
+            for name, f in result["figures"].items()]
+    text = (f"{scenario}: medians of {repeat} run(s) each, side by side with {sha[:12]}\n\n"
+            + report.table(("", "this tree", sha[:12], "ratio"), rows))
+    _finish(result, text, json_out, echo)
+    return result
+
+
+def throughput_vs_commit(services: Services, options: Options, *, ref: str, jobs: int,
+                         workers: int, repeat: int, json_out: str | None,
+                         echo: Echo) -> dict[str, Any]:
+    from jobsched_dev.bench import throughput as scenario
+    from jobsched_dev.bench.vs_commit import cpu_ms_per_execution
+
+    args = ["--mode", "burn-down", "--jobs", str(jobs), "--workers", str(workers),
+            "--task", options.task, "--log-level", options.log_level, *_service_args(services)]
+    return vs_commit(
+        ref, "throughput", args, lambda: scenario.burn_down(services, jobs, workers, options),
+        {"executions/s": lambda r: r["executions_per_s"],
+         "CPU ms per execution": lambda r: cpu_ms_per_execution(r, r["finished"]),
+         "submit -> started p99 ms":
+             lambda r: r["latency_ms"]["submitted_at -> started"]["p99"]},
+        repeat, json_out, echo, section="burn_down")
+
+
+def herd_vs_commit(services: Services, options: Options, *, ref: str, jobs: int,
+                   workers: int, repeat: int, json_out: str | None,
+                   echo: Echo) -> dict[str, Any]:
+    from jobsched_dev.bench.lateness import run_herd
+    from jobsched_dev.bench.vs_commit import cpu_ms_per_execution
+
+    args = ["--jobs", str(jobs), "--workers", str(workers), "--task", options.task,
+            "--log-level", options.log_level, *_service_args(services)]
+    return vs_commit(
+        ref, "herd", args, lambda: run_herd(services, jobs, workers, options),
+        {"all started after s": lambda r: r["all_started_after_s"] or float("nan"),
+         "CPU ms per execution": lambda r: cpu_ms_per_execution(r, r["fires"]),
+         "due -> started p99 ms": lambda r: r["latency_ms"]["scheduled_for -> started"]["p99"]},
+        repeat, json_out, echo)
+
+
+def api_vs_commit(services: Services, options: Options, *, ref: str, concurrency: int,
+                  seconds: float, clients: int, repeat: int, json_out: str | None,
+                  echo: Echo) -> dict[str, Any]:
+    from jobsched_dev.bench.api import run_api
+
+    args = ["--concurrency", str(concurrency), "--seconds", str(seconds), "--clients",
+            str(clients), "--log-level", options.log_level, *_service_args(services)]
+    return vs_commit(
+        ref, "api", args, lambda: run_api(services, concurrency, seconds, clients, options),
+        {"submits/s": lambda r: r["post"]["per_s"],
+         "POST p99 ms": lambda r: r["post"]["latency_ms"]["p99"],
+         "GET/s": lambda r: r["get"]["per_s"],
+         "GET p99 ms": lambda r: r["get"]["latency_ms"]["p99"]},
+        repeat, json_out, echo)
+
+
+def lateness_vs_commit(services: Services, options: Options, *, ref: str, jobs: int,
+                       seconds: int, workers: int, repeat: int, json_out: str | None,
+                       echo: Echo) -> dict[str, Any]:
+    from jobsched_dev.bench.lateness import run_lateness
+
+    args = ["--jobs", str(jobs), "--seconds", str(seconds), "--workers", str(workers),
+            "--task", options.task, "--log-level", options.log_level,
+            *_service_args(services)]
+    return vs_commit(
+        ref, "lateness", args, lambda: run_lateness(services, jobs, seconds, workers, options),
+        {"due -> started p99 ms": lambda r: r["latency_ms"]["scheduled_for -> started"]["p99"],
+         "due -> started p50 ms": lambda r: r["latency_ms"]["scheduled_for -> started"]["p50"],
+         "missed": lambda r: float(r["missed"])},
+        repeat, json_out, echo)
+
+
+def webhooks(services: Services, options: Options, *, rate: int, seconds: float, events: int,
+             jobs: int, workers: int, repeat: int, json_out: str | None,
+             echo: Echo) -> dict[str, Any]:
+    from jobsched_dev.bench.webhooks import render, run_webhooks
+
+    result = asyncio.run(report.repeated(
+        lambda: run_webhooks(services, options, rate=rate, seconds=seconds, events=events,
+                             jobs=jobs, workers=workers), repeat, echo))
+    _finish(result, render(result["median"], repeat), json_out, echo)
+    return result

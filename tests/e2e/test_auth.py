@@ -37,9 +37,11 @@ class Tokens:
 @pytest.fixture(scope="module")
 def auth_cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
                  template_db: str) -> Iterator[LocalCluster]:
-    """An api alone (nothing runs), with a short token cache so revocation shows fast."""
+    """An api alone (nothing runs), with a short token cache so revocation shows fast,
+    and no limit on failed authentications (this module sends many on purpose; the limit
+    has its own test in test_abuse_bounds.py)."""
     cluster = _new_cluster(tmp_path_factory.mktemp("auth"), zookeeper, template_db)
-    cluster.start("api", JOBSCHED_TOKEN_CACHE_S="1")
+    cluster.start("api", JOBSCHED_TOKEN_CACHE_S="1", JOBSCHED_AUTH_FAILURES_PER_S="0")
     yield cluster
     _teardown(cluster)
 

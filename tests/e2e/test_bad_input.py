@@ -62,7 +62,8 @@ CASES = [
     (with_(retry={"max_attempts": 0}), 422, "retry.max_attempts", "greater than or equal"),
     (with_(retry={"tries": 3}), 422, "retry.tries", "unknown field"),
     (with_(labels={"bad key!": "x"}), 422, "labels.bad key!.[key]", "pattern"),
-    (with_(priority="high"), 422, "priority", "unknown field"),
+    (with_(priority="urgent"), 422, "priority", "'high', 'normal' or 'low'"),
+    (with_(priorty="high"), 422, "priorty", "unknown field"),
 ]
 
 

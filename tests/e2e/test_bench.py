@@ -125,3 +125,17 @@ def test_soak_survives_its_kills_with_nothing_lost(zookeeper: str, tmp_path: Pat
     assert result["immediate"]["started"] == result["immediate"]["jobs"] > 0
     assert result["api"]["requests"] > 0 and not result["api"]["errors"]
     assert executions["http_target_hits"] > 0
+
+
+def test_webhooks_latency_rate_and_burn_down_ratio(zookeeper: str, tmp_path: Path) -> None:
+    result = bench(zookeeper, tmp_path, "webhooks", "--rate", "20", "--seconds", "1",
+                   "--events", "30", "--jobs", "30")["median"]
+    latency = result["latency"]
+    assert latency["executions"] == latency["delivered"] == 20 and latency["all_delivered"]
+    assert latency["commit_to_delivery_ms"]["n"] == 20
+    assert latency["burst_delivered"] == 30 and latency["deliveries_per_s"] > 0
+    burn = result["burn_down"]
+    assert burn["without"]["states"] == burn["with_endpoint"]["states"] == {"succeeded": 30}
+    assert burn["outbox_only"]["states"] == {"succeeded": 30}
+    assert burn["outbox_only"]["outbox_rows"] == 30 and burn["without"]["outbox_rows"] == 0
+    assert burn["with_endpoint"]["all_delivered"] and burn["ratio"] > 0

@@ -85,7 +85,7 @@ def sign_in(page: Page, cluster: LocalCluster, token: str) -> None:
     page.fill("#token", token)
     page.click("button[type=submit]")
     expect(page).to_have_url(re.compile(r"#/jobs$"))
-    assert page.evaluate("localStorage.getItem('jobsched.token')") == token
+    assert page.evaluate("sessionStorage.getItem('jobsched.token')") == token
 
 
 def test_sign_in_create_a_cron_job_see_it_fire_pause_and_cancel(

@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from schemathesis import GenerationMode, checks
 from schemathesis.config import SchemathesisConfig
 
+from jobsched.crypto import new_key
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
 
 pytestmark = pytest.mark.timeout(120)
@@ -64,10 +65,13 @@ def _post(url: str, token: str, body: Any) -> Any:
 @pytest.fixture(scope="module")
 def openapi_cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
                     template_db: str) -> Iterator[LocalCluster]:
-    """An api alone, so nothing the fuzzer creates ever runs; no rate limit, so that
-    every generated request reaches the handlers."""
+    """An api alone, so nothing the fuzzer creates ever runs; no rate limits, so that
+    every generated request reaches the handlers (and a probe with a bad token gets its
+    401, not the 429 of too many failed authentications)."""
     cluster = _new_cluster(tmp_path_factory.mktemp("openapi"), zookeeper, template_db)
-    cluster.start("api", JOBSCHED_RATE_LIMIT_PER_S="0")
+    # A secrets key: webhook endpoints can be created, and their routes fuzzed past 403.
+    cluster.start("api", JOBSCHED_RATE_LIMIT_PER_S="0", JOBSCHED_AUTH_FAILURES_PER_S="0",
+                  JOBSCHED_SECRETS_KEY=new_key())
     yield cluster
     _teardown(cluster)
     busiest = ", ".join(f"{op}: {n}" for op, n in CASES.most_common(14))

@@ -130,17 +130,19 @@ async def test_pause_and_resume_with_skip(api: ApiClient) -> None:
     assert status == 409  # a cancelled job stays cancelled
 
 
-async def test_resume_with_run_all_catches_up_to_the_cap(api: ApiClient) -> None:
+async def test_a_short_pause_is_late_not_missed(api: ApiClient) -> None:
+    """Fires that fell due while paused and are still within misfire_threshold_s (5 s)
+    when the job resumes are not misfires: each runs, whatever the policy (the cap of
+    run_all, and coalescing, apply to older ones: tests/unit/test_firing.py)."""
     job = await api.create({"name": "ra", "schedule": "* * * * * *", "misfire": "run_all",
                             "max_catchup": 2, "start_at": _in(1.0), **NOOP})
     await post(api, f"/api/v1/jobs/{job['id']}/pause")
-    await asyncio.sleep(4.2)
+    await asyncio.sleep(3.2)
     await post(api, f"/api/v1/jobs/{job['id']}/resume")
     items = await wait_for(lambda: _settled(api, job["id"], 3))
     await api.request("DELETE", f"/api/v1/jobs/{job['id']}")
     first = sorted(items, key=lambda e: e["scheduled_for"])[:3]
-    assert [e["state"] for e in first] == ["succeeded", "succeeded", "missed"]
-    assert "beyond max_catchup=2" in first[2]["reason"]
+    assert [e["state"] for e in first] == ["succeeded"] * 3
 
 
 async def test_trigger_runs_once_now(api: ApiClient) -> None:

@@ -91,3 +91,17 @@ async def test_a_dead_replica_falls_back_to_the_primary_and_rests(database_url: 
     finally:
         await dead_pool.close()
         await primary_pool.close()
+
+
+async def test_an_error_that_is_not_the_replicas_does_not_bench_it(
+        stores: tuple[asyncpg.Pool, PostgresJobs, PostgresJobs]) -> None:
+    _pool, primary, replica = stores
+    reads = ReplicaReads(replica, primary, rest_s=60)
+
+    async def picky(store: JobRepository) -> str:
+        if store is replica:
+            raise ValueError("bad input, not a sick replica")
+        return "primary"
+
+    assert await reads.read(picky) == "primary"
+    assert reads.healthy  # still used for the next read

@@ -325,3 +325,37 @@ class FakeCoordinator:
 
     async def check(self) -> str:
         return "CONNECTED"
+
+
+class FakeWebhookStore:
+    """``WebhookDeliveryStore`` in memory: due deliveries per endpoint, claimed up to the
+    free slots asked for (as claim_deliveries does), results recorded in order."""
+
+    def __init__(self) -> None:
+        self.due: dict[uuid.UUID, list[Any]] = {}
+        self.claims: list[dict[str, Any]] = []
+        self.recorded: list[Any] = []
+
+    def add(self, delivery: Any) -> None:
+        self.due.setdefault(delivery.endpoint_id, []).append(delivery)
+
+    async def claim_deliveries(self, worker: str, lease_s: float, *, limit: int,
+                               per_endpoint: int, free: dict[uuid.UUID, int]) -> list[Any]:
+        self.claims.append({"limit": limit, "free": dict(free)})
+        taken: list[Any] = []
+        for endpoint, queue in self.due.items():
+            slots = free.get(endpoint, per_endpoint)
+            while queue and slots > 0 and len(taken) < limit:
+                taken.append(queue.pop(0))
+                slots -= 1
+        return taken
+
+    async def record_attempts(self, results: Sequence[Any], worker: str) -> int:
+        self.recorded.extend(results)
+        return len(results)
+
+    async def oldest_pending(self) -> datetime | None:
+        return None
+
+    async def purge(self, before: datetime, limit: int) -> int:
+        return 0

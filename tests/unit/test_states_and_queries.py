@@ -82,7 +82,8 @@ def test_a_query_file_with_a_repeated_or_empty_block_is_refused() -> None:
         parse_queries("SELECT 1\n-- q --\nSELECT 2\n")
 
 
-@pytest.mark.parametrize("filename", ["jobs.sql", "leader.sql", "worker.sql", "tokens.sql"])
+@pytest.mark.parametrize("filename", ["jobs.sql", "leader.sql", "worker.sql", "tokens.sql",
+                                      "webhooks.sql"])
 def test_every_shipped_query_file_loads(filename: str) -> None:
     queries = list(load_queries(filename))
     assert queries

@@ -132,15 +132,20 @@ async def test_a_malformed_message_is_dead_lettered_unrun(harness: Harness) -> N
     assert harness.worker.stats["malformed"] == 1
 
 
-async def test_a_delivery_published_ahead_is_claimed_only_once_due(harness: Harness) -> None:
+async def test_a_delivery_published_ahead_is_claimed_just_before_due_and_runs_when_due(
+        harness: Harness) -> None:
     from datetime import timedelta
 
     execution = harness.execution()
-    due = datetime.now(UTC) + timedelta(seconds=0.3)
+    due = datetime.now(UTC) + timedelta(seconds=0.6)
+    execution.scheduled_for = due
     body = AttemptMessage(execution.id, execution.job_id, 1, due).encode()
     delivery = harness.broker.deliver(body, "ahead")
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.3)
     assert harness.events.count("claim") == 0  # held unclaimed: a crash now costs nothing
+    await asyncio.wait_for(harness.ran.wait(), 5)
+    ran_at = datetime.now(UTC)
+    assert harness.events.count("claim") == 1 and ran_at >= due  # claimed ahead, run on time
     await asyncio.wait_for(delivery.settled.wait(), 5)
     assert harness.events.index("claim", execution.id) < harness.events.index("ack", "ahead")
 

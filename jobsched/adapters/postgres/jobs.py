@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -170,10 +170,12 @@ class PostgresJobs:
 
     async def cancel_job(self, job_id: uuid.UUID, namespace: str) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await Q.cancel_job.fetchrow(conn, id=job_id, namespace=namespace,
-                                              cancel_channel=CANCEL_CHANNEL)
+            if await Q.cancel_job.fetchval(conn, id=job_id, namespace=namespace) is None:
+                return False
+            await Q.cancel_job_runs.execute(conn, job_id=job_id,
+                                            cancel_channel=CANCEL_CHANNEL)
             await Q.notify.execute(conn, channel=WAKE_CHANNEL, payload="job")
-        return bool(row and row["jobs"])
+        return True
 
     async def job_exists(self, job_id: uuid.UUID, namespace: str) -> bool:
         return bool(await Q.job_exists.fetchval(self.pool, id=job_id, namespace=namespace))
@@ -192,10 +194,13 @@ class PostgresJobs:
                                        after_id=after_id, limit=limit)
         return [dict(r) for r in rows]
 
-    async def redrive(self, execution_id: uuid.UUID, namespace: str) -> Row | None:
-        """A dead execution queued again for one more attempt; None if it is not dead."""
+    async def redrive(self, execution_id: uuid.UUID, namespace: str, *,
+                      refused_kinds: Sequence[str] = ()) -> Row | None:
+        """A dead execution queued again for one more attempt; None if it is not dead, its
+        job is cancelled or of one of ``refused_kinds``."""
         return _row(await Q.redrive_dead.fetchrow(self.pool, id=execution_id,
-                                                  namespace=namespace, channel=WAKE_CHANNEL))
+                                                  namespace=namespace, channel=WAKE_CHANNEL,
+                                                  refused_kinds=list(refused_kinds)))
 
     async def get_execution(self, execution_id: uuid.UUID,
                             namespace: str) -> tuple[Row, list[Row]] | None:

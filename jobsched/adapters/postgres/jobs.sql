@@ -120,21 +120,23 @@ ORDER BY j.created_at DESC, j.id DESC
 LIMIT :limit
 
 -- cancel_job --
+-- The job first, in a statement of its own: it waits for a re-drive holding the job row
+-- (FOR SHARE) to commit, and cancel_job_runs, a new statement, then sees that run too
+-- (in one statement, its snapshot was taken before the re-drive committed).
+UPDATE jobs SET state = 'cancelled', next_fire_at = NULL, updated_at = now()
+WHERE id = :id AND namespace = :namespace AND state IN ('active', 'paused')
+RETURNING id
+
+-- cancel_job_runs --
 -- Queued and retrying runs are cancelled; running ones too, and their workers are told
 -- (on :cancel_channel) to kill them.
-WITH job AS (
-    UPDATE jobs SET state = 'cancelled', next_fire_at = NULL, updated_at = now()
-    WHERE id = :id AND namespace = :namespace AND state IN ('active', 'paused')
-    RETURNING id
-), cancelled AS (
+WITH cancelled AS (
     UPDATE executions e SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
                             reason = 'job cancelled'
-    FROM job WHERE e.job_id = job.id AND e.state IN ('queued', 'retrying', 'running')
+    WHERE e.job_id = :job_id AND e.state IN ('queued', 'retrying', 'running')
     RETURNING e.id
-), notified AS (
-    SELECT pg_notify(:cancel_channel, id::text) FROM cancelled
 )
-SELECT (SELECT count(*) FROM job) AS jobs, (SELECT count(*) FROM notified) AS executions
+SELECT count(pg_notify(:cancel_channel, id::text)) FROM cancelled
 
 -- job_exists --
 SELECT 1 FROM jobs WHERE id = :id AND namespace = :namespace
@@ -164,14 +166,21 @@ LIMIT :limit
 
 -- redrive_dead --
 -- Re-drive a dead execution: one more attempt, published by the leader (epoch -1 rows
--- are the manual ones it publishes every tick).
-WITH redriven AS (
+-- are the manual ones it publishes every tick). Not for a job since cancelled, nor of a
+-- kind this deployment refuses; the job row is held (FOR SHARE) so a cancel waits for
+-- this statement, and one that went first is seen.
+WITH job AS (
+    SELECT j.id FROM jobs j JOIN executions e ON e.job_id = j.id
+    WHERE e.id = :id AND j.namespace = :namespace
+    FOR SHARE OF j
+), redriven AS (
     UPDATE executions e
     SET state = 'queued', attempt = e.attempt + 1, published_at = NULL, queued_at = now(),
         finished_at = NULL, run_after = NULL, worker = NULL, epoch = -1,
         reason = 'retried by hand after it was dead'
-    FROM jobs j
-    WHERE e.id = :id AND j.id = e.job_id AND j.namespace = :namespace AND e.state = 'dead'
+    FROM job, jobs j
+    WHERE e.id = :id AND j.id = job.id AND e.job_id = j.id AND e.state = 'dead'
+      AND j.state <> 'cancelled' AND j.kind <> ALL(:refused_kinds::text[])
     RETURNING e.*
 )
 SELECT redriven.*, pg_notify(:channel, 'retry') IS NULL AS woke FROM redriven

@@ -1,5 +1,5 @@
 """LISTEN/NOTIFY: the event-driven wake-ups of the leader (a job or retry is due) and of
-the workers (an execution they run was cancelled)."""
+the workers (an execution they run was cancelled; a webhook delivery was recorded)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 WAKE_CHANNEL = "jobsched_wake"
 #: An execution was cancelled (job cancelled, replaced): its worker stops the run.
 CANCEL_CHANNEL = "jobsched_cancel"
+#: Webhook deliveries were written (an execution ended, a redelivery): workers send them.
+#: The name is also in migration 010's triggers and webhook_enqueue().
+WEBHOOK_CHANNEL = "jobsched_webhooks"
 PROBE_INTERVAL_S = 5.0
 
 

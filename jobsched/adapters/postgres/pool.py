@@ -47,7 +47,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     asyncpg still rolls back a transaction left open."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
+                      server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
+    """``server_settings``: session settings of every connection of the pool (e.g. the
+    webhook deliverers' ``synchronous_commit``)."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -56,6 +59,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         reset=_keep_session,
         command_timeout=30,
         timeout=10,
+        server_settings=server_settings,
     )
     assert pool is not None
     return pool

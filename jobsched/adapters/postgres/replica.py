@@ -8,11 +8,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import asyncpg
+
+from jobsched.adapters.postgres.pool import CONNECTION_ERRORS
 from jobsched.ports import JobRepository
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: What makes the replica rest: it is unreachable, or it cancelled the read because of a
+#: conflict with what it replays. Any other error (a bad value, say) says nothing of its
+#: health, and is asked of the primary without benching the replica.
+REPLICA_TROUBLE: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS, asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.QueryCanceledError)
 
 
 class ReplicaReads:
@@ -37,10 +46,14 @@ class ReplicaReads:
         if self.healthy:
             try:
                 found = await query(self.replica)
-            except Exception as exc:  # noqa: BLE001 - any replica failure: use the primary
+            except REPLICA_TROUBLE as exc:
+                # The replica is down, restarting, or cancelled the read (a recovery
+                # conflict): the primary answers, and the replica rests.
                 self._resting_until = asyncio.get_running_loop().time() + self.rest_s
                 log.warning("read replica failed (%r); reading from the primary for %.0fs",
                             exc, self.rest_s)
+            except Exception as exc:  # noqa: BLE001 - not the replica's fault: no rest
+                log.info("read on the replica failed (%r); asking the primary", exc)
             else:
                 if not (confirm_missing and not found):
                     self.served["replica"] += 1

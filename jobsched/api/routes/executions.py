@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from jobsched.api.context import JOBS, json_response, parse_query, read, uuid_param
+from jobsched.api.context import JOBS, SETTINGS, json_response, parse_query, read, uuid_param
 from jobsched.api.models import AttemptOut, ExecutionList, ExecutionOut, PageQuery
 from jobsched.api.openapi import Operation
 from jobsched.api.pagination import decode_cursor, page
 from jobsched.api.problems import problem
 from jobsched.api.security import principal
+from jobsched.domain.states import ExecutionState, JobState
 from jobsched.ports import Row
 
 
@@ -59,17 +60,31 @@ async def list_dead(request: web.Request) -> web.Response:
 
 
 async def retry_execution(request: web.Request) -> web.Response:
-    """Re-drive a dead execution: one more attempt, now."""
+    """Re-drive a dead execution: one more attempt, now. Not once its job is cancelled
+    (nothing of a cancelled job runs again) nor while its kind is disabled here (it could
+    not run): both 409, as the job's state or the deployment's, not the caller, is at odds."""
     execution_id = uuid_param(request)
     jobs = request.app[JOBS]
     namespace = principal(request).namespace
-    row = await jobs.redrive(execution_id, namespace)
-    if row is None:
-        found = await jobs.get_execution(execution_id, namespace)
-        if found is None:
-            raise web.HTTPNotFound()
-        return problem(409, "Execution is not dead", f"execution is {found[0]['state']}")
-    return json_response(execution_out(row))
+    disabled = request.app[SETTINGS].disabled_kinds
+    row = await jobs.redrive(execution_id, namespace, refused_kinds=disabled)
+    if row is not None:
+        return json_response(execution_out(row))
+    found = await jobs.get_execution(execution_id, namespace)
+    if found is None:
+        raise web.HTTPNotFound()
+    execution = found[0]
+    if execution["state"] != ExecutionState.DEAD:
+        return problem(409, "Execution is not dead", f"execution is {execution['state']}")
+    job = await jobs.get_job(execution["job_id"], namespace)
+    if job is not None and job["state"] == JobState.CANCELLED:
+        return problem(409, "Job is cancelled",
+                       "the job of this execution was cancelled: it runs no more")
+    if job is not None and job["kind"] in disabled:
+        reason = f"job kind '{job['kind']}' is disabled on this deployment"
+        return problem(409, "Job kind is disabled", reason,
+                       [{"field": "kind", "reason": reason}])
+    return problem(409, "Execution cannot be retried", "it changed meanwhile; read it again")
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -83,6 +98,7 @@ OPERATIONS: tuple[Operation, ...] = (
               "Dead executions (retries exhausted), newest first", "read",
               ok={200: ExecutionList}, errors=(400, 422), query=PageQuery),
     Operation("POST", "/api/v1/executions/{id}/retry", retry_execution,
-              "Retry a dead execution once more", "write", ok={200: ExecutionOut},
+              "Retry a dead execution once more (not of a cancelled job or a disabled "
+              "kind)", "write", ok={200: ExecutionOut},
               errors=(404, 409), links_to=("get_execution",)),
 )

@@ -23,11 +23,13 @@ from jobsched.api.context import (
     uuid_param,
 )
 from jobsched.api.models import (
+    MAX_DOCUMENT_DEPTH,
     ExecutionOut,
     JobCreate,
     JobList,
     JobOut,
     ListJobsQuery,
+    too_deep,
 )
 from jobsched.api.openapi import Operation
 from jobsched.api.pagination import decode_cursor, page
@@ -254,6 +256,11 @@ async def patch_job(request: web.Request) -> web.Response:
     if not isinstance(patch, dict):
         return problem(422, "Invalid job patch", "the body must be a JSON object",
                        [{"field": "body", "reason": "must be a JSON object"}])
+    deep = too_deep(patch)
+    if deep is not None:
+        reason = f"nested deeper than {MAX_DOCUMENT_DEPTH} levels"
+        return problem(422, "Invalid job patch", f"{deep}: {reason}",
+                       [{"field": deep, "reason": reason}])
     if "kind" in patch and patch["kind"] is not None:
         # A new kind replaces the payload: drop the old kind's object unless re-given.
         patch = {**{k: None for k in ("shell", "http", "python") if k not in patch}, **patch}

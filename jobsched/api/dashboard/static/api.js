@@ -1,20 +1,26 @@
 // The HTTP API, as the dashboard uses it: every call sends the stored token as a Bearer
 // header and turns a problem+json answer into an ApiError with its field errors.
+//
+// The token is kept in sessionStorage: it lives as long as the tab, is not shared with
+// other tabs and is never written to disk, so closing the tab signs out. (Earlier
+// versions kept it in localStorage; a token left there is removed on load.)
 
 const TOKEN_KEY = "jobsched.token";
 const ANONYMOUS_KEY = "jobsched.anonymous";
 
+try { localStorage.removeItem(TOKEN_KEY); } catch { /* storage disabled */ }
+
 export const auth = {
-  get token() { return localStorage.getItem(TOKEN_KEY) || ""; },
+  get token() { return sessionStorage.getItem(TOKEN_KEY) || ""; },
   get anonymous() { return sessionStorage.getItem(ANONYMOUS_KEY) === "1"; },
   get signedIn() { return Boolean(this.token) || this.anonymous; },
   signIn(token) {
-    localStorage.setItem(TOKEN_KEY, token);
+    sessionStorage.setItem(TOKEN_KEY, token);
     sessionStorage.removeItem(ANONYMOUS_KEY);
   },
   continueWithoutToken() { sessionStorage.setItem(ANONYMOUS_KEY, "1"); },
   signOut() {
-    localStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(ANONYMOUS_KEY);
   },
 };
@@ -86,3 +92,14 @@ export const previewSchedule = (schedule, timezone, count = 5, jobId = null) =>
   request("POST", "/api/v1/schedules/preview",
     jobId ? { schedule, timezone, count, job_id: jobId } : { schedule, timezone, count });
 export const getCluster = () => request("GET", "/api/v1/cluster");
+
+export const listWebhooks = (params) => request("GET", `/api/v1/webhooks?${new URLSearchParams(params)}`);
+export const getWebhook = (webhookId) => request("GET", `/api/v1/webhooks/${id(webhookId)}`);
+export const createWebhook = (endpoint) => request("POST", "/api/v1/webhooks", endpoint);
+export const patchWebhook = (webhookId, patch) => request("PATCH", `/api/v1/webhooks/${id(webhookId)}`, patch);
+export const deleteWebhook = (webhookId) => request("DELETE", `/api/v1/webhooks/${id(webhookId)}`);
+export const rotateWebhookSecret = (webhookId) => request("POST", `/api/v1/webhooks/${id(webhookId)}/rotate-secret`);
+export const listDeliveries = (webhookId, params) =>
+  request("GET", `/api/v1/webhooks/${id(webhookId)}/deliveries?${new URLSearchParams(params)}`);
+export const redeliverWebhook = (webhookId, eventId) =>
+  request("POST", `/api/v1/webhooks/${id(webhookId)}/deliveries/${id(eventId)}/redeliver`);

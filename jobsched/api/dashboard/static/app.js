@@ -7,6 +7,7 @@ import { formPage } from "./form.js";
 import { jobPage } from "./job.js";
 import { jobsPage } from "./jobs.js";
 import { signinPage } from "./signin.js";
+import { webhookPage, webhooksPage } from "./webhooks.js";
 
 const ROUTES = [
   [/^\/jobs$/, jobsPage, "jobs"],
@@ -14,6 +15,8 @@ const ROUTES = [
   [/^\/jobs\/([^/]+)\/edit$/, formPage, "jobs"],
   [/^\/jobs\/([^/]+)$/, jobPage, "jobs"],
   [/^\/cluster$/, clusterPage, "cluster"],
+  [/^\/webhooks$/, webhooksPage, "webhooks"],
+  [/^\/webhooks\/([^/]+)$/, webhookPage, "webhooks"],
   [/^\/signin$/, signinPage, ""],
 ];
 
@@ -103,5 +106,4 @@ window.addEventListener("jobsched:unauthorized", () => {
   const { path } = parseHash();
   if (path !== "/signin") location.hash = `#/signin?next=${encodeURIComponent(`#${path}`)}&expired=1`;
 });
-window.addEventListener("storage", drawAuth);
 render();

@@ -33,7 +33,7 @@ function lines(text) {
   return text.split("\n").map((l) => l.replace(/\r$/, "")).filter((l) => l.trim() !== "");
 }
 
-function pairs(text, sep, path, errors) {
+function pairs(text, sep, path, errors, { secrets = false } = {}) {
   const result = {};
   for (const line of lines(text)) {
     const at = line.indexOf(sep);
@@ -42,13 +42,33 @@ function pairs(text, sep, path, errors) {
       continue;
     }
     const key = line.slice(0, at).trim();
-    result[key] = sep === ":" ? line.slice(at + 1).trim() : line.slice(at + 1);
+    const value = sep === ":" ? line.slice(at + 1).trim() : line.slice(at + 1);
+    result[key] = secrets ? secretRef(value) ?? value : value;
   }
   return result;
 }
 
 function isObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/** A value written as {"secret": "NAME"} is a secret reference, as in the API: the
+ * worker looks NAME up when it runs the job. Anything else is the value itself. */
+export function secretRef(text) {
+  if (!/^\s*\{[\s\S]*\}\s*$/.test(text)) return null;
+  try {
+    const parsed = JSON.parse(text);
+    const keys = isObject(parsed) ? Object.keys(parsed) : [];
+    return keys.length === 1 && keys[0] === "secret" && typeof parsed.secret === "string"
+      ? { secret: parsed.secret } : null;
+  } catch {
+    return null;
+  }
+}
+
+/** How a value of env or headers is written in the form: a reference as JSON. */
+export function showValue(value) {
+  return isObject(value) ? `{"secret": ${JSON.stringify(value.secret)}}` : String(value);
 }
 
 /** RFC 7396 patch turning `before` into `after` for the fields the form holds: nested
@@ -131,11 +151,11 @@ export async function formPage(ctx, jobId) {
     shell: h("div", { class: "kind-group", dataset: { kind: "shell" } },
       field("shell.argv", "Command", f.argv, "One argument per line; no shell is involved (use /bin/sh, -c and a script for shell syntax)."),
       h("div", { class: "grid two" },
-        field("shell.env", "Environment", f.env, "NAME=value per line."),
+        field("shell.env", "Environment", f.env, 'NAME=value per line; NAME={"secret": "S"} reads secret S when the job runs.'),
         field("shell.cwd", "Working directory", f.cwd))),
     http: h("div", { class: "kind-group", dataset: { kind: "http" } },
       h("div", { class: "grid url-row" }, field("http.method", "Method", f.method), field("http.url", "URL", f.url, "2xx is success.")),
-      field("http.headers", "Headers", f.headers, "Name: value per line."),
+      field("http.headers", "Headers", f.headers, 'Name: value per line; Name: {"secret": "S"} reads secret S when the job runs.'),
       field("http.body", "Body", f.body)),
     python: h("div", { class: "kind-group", dataset: { kind: "python" } },
       field("python.function", "Function", f.function, "module:function of a @task registered on the workers."),
@@ -189,12 +209,12 @@ export async function formPage(ctx, jobId) {
     f.kind.value = job.kind || "shell";
     const shell = job.shell || {};
     f.argv.value = (shell.argv || []).join("\n");
-    f.env.value = Object.entries(shell.env || {}).map(([k, v]) => `${k}=${v}`).join("\n");
+    f.env.value = Object.entries(shell.env || {}).map(([k, v]) => `${k}=${showValue(v)}`).join("\n");
     f.cwd.value = shell.cwd || "";
     const http = job.http || {};
     f.method.value = http.method || "GET";
     f.url.value = http.url || "";
-    f.headers.value = Object.entries(http.headers || {}).map(([k, v]) => `${k}: ${v}`).join("\n");
+    f.headers.value = Object.entries(http.headers || {}).map(([k, v]) => `${k}: ${showValue(v)}`).join("\n");
     f.body.value = http.body || "";
     const python = job.python || {};
     f.function.value = python.function || "";
@@ -232,12 +252,12 @@ export async function formPage(ctx, jobId) {
     if (job.kind === "shell") {
       const argv = lines(f.argv.value);
       if (!argv.length) errors.push({ field: "shell.argv", reason: "give the program to run (one argument per line)" });
-      job.shell = { argv, env: pairs(f.env.value, "=", "shell.env", errors) };
+      job.shell = { argv, env: pairs(f.env.value, "=", "shell.env", errors, { secrets: true }) };
       if (f.cwd.value.trim()) job.shell.cwd = f.cwd.value.trim();
     } else if (job.kind === "http") {
       const url = f.url.value.trim();
       if (!/^https?:\/\/\S+$/.test(url)) errors.push({ field: "http.url", reason: "must be an http:// or https:// URL" });
-      job.http = { method: f.method.value, url, headers: pairs(f.headers.value, ":", "http.headers", errors) };
+      job.http = { method: f.method.value, url, headers: pairs(f.headers.value, ":", "http.headers", errors, { secrets: true }) };
       if (f.body.value) job.http.body = f.body.value;
     } else {
       const fn = f.function.value.trim();

@@ -1,5 +1,5 @@
-// Sign-in: the token is checked against the API, then kept in localStorage and sent as
-// "Authorization: Bearer <token>" on every call.
+// Sign-in: the token is checked against the API, then kept in this tab's sessionStorage
+// and sent as "Authorization: Bearer <token>" on every call.
 
 import { auth, request } from "./api.js";
 import { h } from "./dom.js";
@@ -45,7 +45,8 @@ export function signinPage(ctx) {
       h("div", { class: "actions" }, button),
     ),
     h("p", { class: "muted small" },
-      "The token is kept in this browser (localStorage) and sent with every request. ",
+      "The token is kept in this tab only (sessionStorage), sent with every request and "
+        + "forgotten when the tab is closed. ",
       h("button", {
         type: "button", class: "link", id: "no-token",
         onclick: () => { auth.continueWithoutToken(); goNext(); },
