@@ -148,9 +148,10 @@ class BenchCluster:
     def stop_all(self) -> None:
         """SIGTERM to all at once (they drain in parallel), then wait for each."""
         for proc in self.processes:
+            proc.signal(signal.SIGCONT)
             proc.signal(signal.SIGTERM)
         for proc in self.processes:
-            proc.terminate(timeout=20)
+            proc.wait_stopped(timeout=20)
 
     async def destroy(self) -> None:
         conn = await asyncpg.connect(self.services.database_url("postgres"), timeout=10)
