@@ -59,6 +59,11 @@ class Metrics:
         self.reaped = Counter(
             "jobsched_scheduler_reaped_total",
             "Running executions whose worker lost its lease, by next state.", registry=r)
+        self.retention_duration = Histogram(
+            "jobsched_scheduler_retention_seconds",
+            "Duration of a history retention pass of the leader (age limit and per-job "
+            "limits); its cost must follow the rows it deletes, not the history size.",
+            registry=r, buckets=LATENCY_BUCKETS)
         self.retries_requeued = Counter(
             "jobsched_scheduler_retries_queued_total", "Retry attempts queued by the leader.",
             registry=r)

@@ -186,7 +186,8 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
             tasks.append(_task(scheduler.run(stop), "scheduler", stop))
             tasks.append(_task(run_retention(
                 leader_store, lambda: scheduler.epoch, settings.retention_days,
-                settings.retention_interval_s, stop, workflow_leader), "retention", stop))
+                settings.retention_interval_s, stop, metrics, workflow_leader),
+                "retention", stop))
 
         if "worker" in roles:
             assert broker is not None

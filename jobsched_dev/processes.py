@@ -153,6 +153,13 @@ class RoleProcess:
             return None
         self.signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
         self.signal(signal.SIGTERM)
+        return self.wait_stopped(timeout)
+
+    def wait_stopped(self, timeout: float = 30) -> int | None:
+        """Wait for a process already told to stop; SIGKILL after ``timeout``. (A second
+        SIGTERM could kill a process whose loop is closing: its default action.)"""
+        if self.process is None:
+            return None
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:

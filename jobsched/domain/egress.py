@@ -78,7 +78,10 @@ class EgressPolicy:
     def literal_refusal(self, url: str) -> str | None:
         """For a URL whose host is a literal IP address: why it is refused, or None (a host
         name is checked when it is resolved, at run time)."""
-        host = urlsplit(url).hostname
+        try:
+            host = urlsplit(url).hostname
+        except ValueError as exc:  # e.g. an unbalanced "[" or "]": no host to connect to
+            return f"the URL's host cannot be read ({exc})"
         if host is None:
             return None
         try:

@@ -43,8 +43,10 @@ def bench_immediate(url: str, count: int, kind: str, json_out: str | None,
             handle.write(orjson.dumps(result, option=orjson.OPT_INDENT_2))
 
 
-def _bench_options(function: Any) -> Any:
-    """Options every scenario that starts its own deployment shares."""
+def _option_list(*, soak: bool = False) -> list[Any]:
+    """Options every scenario that starts its own deployment shares; the soak (which kills
+    and restarts its own processes, once) takes neither a running deployment, nor a
+    no-op task, nor repeats."""
     options = [
         click.option("--postgres-url", default="postgresql://postgres@127.0.0.1/",
                      show_default=True, help="PostgreSQL server; each run creates and drops "
@@ -52,25 +54,47 @@ def _bench_options(function: Any) -> Any:
         click.option("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/",
                      show_default=True),
         click.option("--zookeeper-hosts", default="127.0.0.1:2181", show_default=True),
-        click.option("--database-url", help="Database of a RUNNING deployment: load the jobs "
-                     "there and start no process (its own scheduler and workers do the work)."),
+    ]
+    if not soak:
+        options.append(click.option(
+            "--database-url", help="Database of a RUNNING deployment: load the jobs "
+            "there and start no process (its own scheduler and workers do the work)."))
+    options += [
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="A setting for the started roles, e.g. worker_prefetch=512 "
                      "(passed as JOBSCHED_KEY; repeatable)."),
         click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
                      default="INFO", show_default=True, help="Of the started roles."),
         click.option("--keep", is_flag=True, help="Keep the database (for a post-mortem)."),
-        click.option("--task", type=click.Choice(["sync", "async"]), default="sync",
-                     show_default=True, help="The no-op task: a plain function (run in the "
-                     "worker's thread pool) or a coroutine function (on the worker's loop)."),
-        click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 50),
-                     help="Runs, each on a fresh deployment; the tables show medians."),
-        click.option("--json-out", type=click.Path(dir_okay=False),
-                     help="Also write every run and the medians here."),
     ]
+    if not soak:
+        options += [
+            click.option("--task", type=click.Choice(["sync", "async"]), default="sync",
+                         show_default=True, help="The no-op task: a plain function (run in "
+                         "the worker's thread pool) or a coroutine function (on the worker's "
+                         "loop)."),
+            click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 50),
+                         help="Runs, each on a fresh deployment; the tables show medians."),
+        ]
+    options.append(click.option(
+        "--json-out", type=click.Path(dir_okay=False),
+        help="Also write the result here." if soak else
+        "Also write every run and the medians here."))
+    return options
+
+
+def _apply(function: Any, options: list[Any]) -> Any:
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def _bench_options(function: Any) -> Any:
+    return _apply(function, _option_list())
+
+
+def _soak_options(function: Any) -> Any:
+    return _apply(function, _option_list(soak=True))
 
 
 def _bench_setup(params: dict[str, Any]) -> tuple[Any, Any]:
@@ -86,8 +110,8 @@ def _bench_setup(params: dict[str, Any]) -> tuple[Any, Any]:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
         settings.append((f"JOBSCHED_{key.upper()}", value))
     options = Options(log_level=params.pop("log_level"), keep=params.pop("keep"),
-                      settings=tuple(settings), database_url=params.pop("database_url"),
-                      task=params.pop("task"))
+                      settings=tuple(settings), database_url=params.pop("database_url", None),
+                      task=params.pop("task", "sync"))
     return services, options
 
 
@@ -269,6 +293,53 @@ def bench_scale(**params: Any) -> None:
 
     services, options = _bench_setup(params)
     commands.scale(services, options, echo=click.echo, **params)
+
+
+@bench.command("soak")
+@click.option("--minutes", default=20.0, show_default=True, type=click.FloatRange(0.1),
+              help="Length of the load with kills.")
+@click.option("--quiet-minutes", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Then this long with the standby schedulers stopped and no kills.")
+@click.option("--kill-every", "kill_every_min", default=5.0, show_default=True,
+              type=click.FloatRange(0), help="Minutes between two worker kill -9s, and "
+              "between two leader SIGTERMs (half a period after each kill); 0: none.")
+@click.option("--schedulers", default=2, show_default=True, type=click.IntRange(1, 8))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--every-second-jobs", default=300, show_default=True,
+              type=click.IntRange(1), help="Cron jobs firing every second, spread over "
+              "five task kinds (python sync, async, 20 ms; http; shell).")
+@click.option("--five-second-jobs", default=20, show_default=True, type=click.IntRange(0),
+              help="Shell jobs firing every 5 s.")
+@click.option("--submits-per-s", default=20.0, show_default=True, type=click.FloatRange(0),
+              help="immediate jobs submitted through the api.")
+@click.option("--reads-per-s", default=50.0, show_default=True, type=click.FloatRange(0),
+              help="api reads: a job, a job's executions, an execution.")
+@click.option("--sample-every", "sample_every_s", default=10.0, show_default=True,
+              type=click.FloatRange(0.5), help="Seconds between samples (RSS, history, "
+              "deadlocks, the leader's /metrics).")
+@click.option("--window", "window_s", default=30.0, show_default=True,
+              type=click.FloatRange(1), help="Seconds per latency window.")
+@click.option("--warmup-minutes", "warmup_min", default=2.0, show_default=True,
+              type=click.FloatRange(0), help="RSS slopes leave out each process's first "
+              "minutes.")
+@click.option("--settle-seconds", "settle_s", default=120.0, show_default=True,
+              type=click.FloatRange(0), help="After the load, how long the fires due "
+              "before its end may take to end.")
+@click.option("--vacuum-every", "vacuum_every_s", default=60.0, show_default=True,
+              type=click.FloatRange(0), help="Seconds between VACUUM ANALYZEs when the "
+              "server's autovacuum is off (what autovacuum would do); 0: never.")
+@_soak_options
+def bench_soak(**params: Any) -> None:
+    """Sustained load with kills (issue 21): periodic jobs of five kinds, immediate submits
+    and reads through the api, a worker kill -9 and a leader SIGTERM every KILL-EVERY
+    minutes. Reports executions by state, dead and duplicate ones, every periodic fire
+    accounted for, deadlocks, RSS slopes per process, immediate start and api latency
+    against their targets per window, the leader's periodic work against the history size,
+    and each take-over. Exits 1 if an invariant (0 dead, 0 duplicates, ...) is broken."""
+    from jobsched_dev.bench import commands
+
+    services, options = _bench_setup(params)
+    commands.soak(services, options, echo=click.echo, **params)
 
 
 @bench.command("webhooks")

@@ -53,6 +53,10 @@ class BenchCluster:
     meter: CpuMeter = field(default_factory=CpuMeter)
     #: A running deployment's database: nothing is created, started or dropped.
     external_database_url: str | None = None
+    #: Each role gets SIGTERM if the benchmark dies (Linux), so that a killed benchmark
+    #: leaves no role behind. Only for a benchmark that starts every process from its
+    #: event loop's thread (see RoleProcess: the signal follows the forking thread).
+    die_with_parent: bool = False
 
     @property
     def database(self) -> str:
@@ -110,7 +114,8 @@ class BenchCluster:
         runs_tasks = "worker" in roles or "all" in roles
         proc = RoleProcess(name, roles, port, self.env(**overrides),
                            self.log_dir / f"{name}.log",
-                           args=("--import", TASK_MODULE) if runs_tasks else ()).start()
+                           args=("--import", TASK_MODULE) if runs_tasks else (),
+                           die_with_parent=self.die_with_parent).start()
         self.processes.append(proc)
         assert proc.pid is not None
         self.meter.add(name, proc.pid)
@@ -143,9 +148,10 @@ class BenchCluster:
     def stop_all(self) -> None:
         """SIGTERM to all at once (they drain in parallel), then wait for each."""
         for proc in self.processes:
+            proc.signal(signal.SIGCONT)
             proc.signal(signal.SIGTERM)
         for proc in self.processes:
-            proc.terminate(timeout=20)
+            proc.wait_stopped(timeout=20)
 
     async def destroy(self) -> None:
         conn = await asyncpg.connect(self.services.database_url("postgres"), timeout=10)

@@ -168,6 +168,31 @@ def scale(services: Services, options: Options, *, schedules: int, jobs: int, se
     return result
 
 
+def soak(services: Services, options: Options, *, json_out: str | None, echo: Echo,
+         **plan: Any) -> dict[str, Any]:
+    """The soak once (it is long: no repeats); exits 1 when an invariant is broken, after
+    the tables and the JSON, so that a scripted soak fails where it should."""
+    from jobsched_dev.bench.soak import SoakPlan, run_soak
+    from jobsched_dev.processes import ProcessFailed
+
+    if find_spec("prometheus_client") is None:
+        raise click.ClickException("soak reads the leader's /metrics with prometheus_client: "
+                                   "pip install '.[bench]'")
+    try:
+        result = asyncio.run(run_soak(services, SoakPlan(**plan), options))
+    except asyncio.CancelledError:
+        raise click.ClickException("soak stopped by SIGTERM; its processes were stopped "
+                                   "and its database dropped") from None
+    except ProcessFailed as exc:  # a role died or hung: its log says why, not a traceback
+        raise click.ClickException(f"soak failed: {exc}") from None
+    result["environment"] = report.environment()
+    _finish(result, report.render_soak(result), json_out, echo)
+    if not result["invariants_hold"]:
+        broken = ", ".join(f"{k}: {v}" for k, v in result["invariants"].items() if v)
+        raise click.ClickException(f"soak invariants broken: {broken}")
+    return result
+
+
 # --- --vs-commit: the same scenario on another commit, in the same run --------------------
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from jobsched_dev.bench.soak_analysis import FLAT_MB_PER_H, TREND_SPAN_S
 from jobsched_dev.bench.stats import (
     LATENCY_HEADERS,
     cpu_table,
@@ -228,3 +229,180 @@ def render_workflow(r: dict[str, Any], repeat: int) -> str:
         ["10,000 nodes stored <= 2 s", large["create_s"] <= 2.0]])
     return "\n\n".join([head, latency, table(("", "value"), rows), targets,
                         cpu_table(r["cpu"])])
+
+
+# -- soak -------------------------------------------------------------------------------
+
+#: Beyond this many latency windows the table shows only those over a target.
+SOAK_WINDOWS_SHOWN = 40
+
+
+def _ms(seconds: float | None) -> float:
+    return float("nan") if seconds is None else seconds * 1000
+
+
+def _minutes(seconds: float | None) -> float:
+    return float("nan") if seconds is None else seconds / 60
+
+
+def render_soak(r: dict[str, Any]) -> str:
+    """The soak's tables: what must hold, then what was measured against the targets."""
+    plan, load = r["plan"], r["load"]
+    kills = (f"a worker kill -9 and a leader SIGTERM every {plan['kill_every_min']:g} min"
+             if plan["kill_every_min"] else "no kills")
+    quiet = f" + {plan['quiet_minutes']:g} min with one leader, no kills" \
+        if plan["quiet_minutes"] else ""
+    settled = (f"every execution due before its end had ended {load['settled_after_s']:.1f} s "
+               "after it" if load["settled_after_s"] is not None else
+               f"executions due before its end were still not ended {plan['settle_s']:g} s "
+               "after it")
+    cpu = r.get("cpu") or {}
+    machine = ""
+    if cpu:
+        machine = (f" The machine was {100 * cpu['machine_busy']:.0f} % busy (all cores): "
+                   + ", ".join(f"{name} {100 * share:.0f} %" for name, share in cpu.items()
+                               if name != "machine_busy") + ".")
+    lead = r["leadership"]
+    parts = [
+        f"soak: {plan['minutes']:g} min{quiet}; {plan['every_second_jobs']:,} every-second "
+        f"jobs (python sync/async/20 ms, http, shell) + {plan['five_second_jobs']:,} "
+        f"every-5-s shell jobs; {plan['submits_per_s']:g} immediate submits/s and "
+        f"{plan['reads_per_s']:g} reads/s through the api; {plan['schedulers']} schedulers, "
+        f"{plan['workers']} workers, 1 api; {kills}. Load {load['seconds']:.0f} s; "
+        f"{settled}.{machine} Leadership terms begun: {lead['terms_begun']} "
+        f"({lead['terms_that_fired']} fired; {lead['sigterms']} leader SIGTERMs).",
+        table(("invariant", "count", "holds"),
+              [[k, v, v == 0] for k, v in r["invariants"].items()]),
+    ]
+    ex = r["executions"]
+    rows: list[list[Any]] = [[f"executions {state} (due before the end)", n]
+                             for state, n in sorted(ex["by_state"].items())]
+    rows += [[f"their attempts {outcome}", n]
+             for outcome, n in sorted(ex["attempts_by_outcome"].items())]
+    rows += [["executions of one fire beyond the first",
+              r["duplicates"]["executions_of_one_fire"]],
+             ["attempts overlapping another of their execution",
+              r["duplicates"]["overlapping_attempts"]],
+             ["executions succeeded twice (re-run after a lost attempt)",
+              r["duplicates"]["executions_succeeded_twice"]],
+             ["deadlocks (pg_stat_database)", r["deadlocks"]],
+             ["executions rows at the end (all)", ex["history_rows_at_end"]],
+             ["http target hits", ex["http_target_hits"]]]
+    parts.append(table(("", "count"), rows))
+    if ex["not_succeeded"]:
+        parts.append(table(("job", "state", "reason", "count"),
+                           [[x["name"], x["state"], x["why"][:60], x["n"]]
+                            for x in ex["not_succeeded"]]))
+    if ex["lost_attempts"]:
+        parts.append(table(("attempts lost with worker", "execution ended", "count"),
+                           [[x["worker"], x["state"], x["n"]] for x in ex["lost_attempts"]]))
+    fires = r["fires"]
+    parts.append(table(
+        ("periodic fires", "jobs", "due", "executions", "explained by a reason", "missing"),
+        [[kind, f["jobs"], f["expected"], f["executions"], f["explained_by_reason"],
+          f["unexplained"]] for kind, f in sorted(fires["by_kind"].items())]
+        + [["all", fires["jobs"], fires["expected"], fires["executions"],
+            fires["explained_by_reason"], fires["unexplained"]]]))
+    if r["events"]:
+        parts.append(table(
+            ("at min", "event", "process", "exit", "stopped s", "back ready s"),
+            [[_minutes(e["t_s"]), e["what"], e.get("instance", e["process"]),
+              e.get("exit_code"),
+              e.get("stopped_s", float("nan")), e.get("restarted_ready_s", float("nan"))]
+             for e in r["events"]]))
+    if r["takeovers"]:
+        parts.append(table(
+            ("take-over at min", "epoch", "new leader", "epoch changed after ms",
+             "first fire after ms"),
+            [[_minutes(t["t_s"]), f"{t['old_epoch']} -> {t['new_epoch']}",
+              t["new_holder"] or "-", _ms(t["epoch_changed_after_s"]),
+              _ms(t["first_fire_after_s"])] for t in r["takeovers"]]))
+    parts.append(_render_memory(r))
+    parts.append(_render_latency(r))
+    parts.append(_render_windows(r))
+    parts.append(_render_periodic(r))
+    parts.append(f"role logs: {r['deployment']['log_dir']}")
+    return "\n\n".join(parts)
+
+
+def _render_memory(r: dict[str, Any]) -> str:
+    rows = []
+    for m in r["memory"]:
+        share = m["leader_share"]
+        rows.append([m["instance"], _minutes(m["from_s"]), _minutes(m["to_s"]),
+                     m["ended_by"] or "-", "-" if share is None else f"{100 * share:.0f} %",
+                     m["rss_start_mb"], m["rss_end_mb"], m["slope_mb_per_h"],
+                     m["first_two_thirds_mb_per_h"], m["last_third_mb_per_h"],
+                     m["verdict"]])
+    head = (f"RSS per process (MB; slopes in MB/h by least squares over the samples after "
+            f"its first {r['plan']['warmup_min']:g} min; a verdict from "
+            f"{TREND_SPAN_S / 60:g} min of them: flat within {FLAT_MB_PER_H:g} MB/h, levels "
+            "off when the last third is flat or grows at most half as fast as the first two)")
+    return head + "\n\n" + table(
+        ("process", "from min", "to min", "ended by", "leader", "start", "end", "slope",
+         "first 2/3", "last 1/3", "verdict"),
+        [[("-" if v is None else v) for v in row] for row in rows])
+
+
+def _render_latency(r: dict[str, Any]) -> str:
+    imm, api = r["immediate"], r["api"]
+    rows: list[list[Any]] = []
+    for label, d, target in (
+            ("immediate submitted -> started", imm["submitted -> started"],
+             imm["target_p99_ms"]),
+            ("  submitted -> queued", imm["submitted -> queued"], None),
+            ("  queued -> started", imm["queued -> started"], None),
+            ("api, every request", api["overall"], api["target_p99_ms"])):
+        rows.append([label, d["p50"], d["p99"], d["max"], int(d["n"]),
+                     "" if target is None else f"<= {target:g}",
+                     "" if target is None else d["p99"] <= target])
+    for route, d in api["by_route"].items():
+        rows.append([f"  {route}", d["p50"], d["p99"], d["max"], int(d["n"]), "", ""])
+    text = table(("(ms)", "p50", "p99", "max", "n", "p99 target", "met"), rows)
+    notes = []
+    if imm["not_started"]:
+        notes.append(f"{imm['not_started']:,} immediate jobs never started")
+    if api["errors"]:
+        notes.append("api errors: " + ", ".join(f"{k} x{v}" for k, v in api["errors"].items()))
+    if api["shed"]:
+        notes.append(f"{api['shed']:,} requests not sent: {api['shed']} already in flight")
+    return text + ("\n" + "\n".join(notes) if notes else "")
+
+
+def _render_windows(r: dict[str, Any]) -> str:
+    imm = {w["from_s"]: w for w in r["immediate"]["windows"]}
+    api = {w["from_s"]: w for w in r["api"]["windows"]}
+    imm_target, api_target = r["immediate"]["target_p99_ms"], r["api"]["target_p99_ms"]
+    rows, over = [], 0
+    for start in sorted(set(imm) | set(api)):
+        i, a = imm.get(start), api.get(start)
+        missed = (i is not None and i["p99"] > imm_target) or \
+            (a is not None and a["p99"] > api_target)
+        over += missed
+        rows.append((missed, [start, *((i["p50"], i["p99"], i["max"]) if i else ("-",) * 3),
+                              *((a["p99"], a["max"]) if a else ("-",) * 2),
+                              ", ".join((i or a or {}).get("events", [])) or ""]))
+    shown = [row for missed, row in rows if missed or len(rows) <= SOAK_WINDOWS_SHOWN]
+    head = (f"per {r['plan']['window_s']:g}-s window (ms): {over} of {len(rows)} windows over "
+            f"a target (immediate p99 <= {imm_target:g}, api p99 <= {api_target:g})")
+    if len(rows) > SOAK_WINDOWS_SHOWN:
+        head += "; only those are shown"
+    return head + "\n\n" + table(
+        ("from s", "immediate p50", "p99", "max", "api p99", "max", "events"), shown)
+
+
+def _render_periodic(r: dict[str, Any]) -> str:
+    p = r["periodic_work"]
+    rows = [[f"{name} third", _minutes(t["from_s"]), t["history_rows"], t["ticks"],
+             t["tick_mean_ms"], t["tick_p99_bound_ms"], t["retention_passes"],
+             t["retention_mean_ms"], t["retention_slowest_ms"]]
+            for name, t in zip(("first", "middle", "last"), p["thirds"], strict=True)]
+    text = table(("leader's periodic work", "from min", "history rows", "ticks",
+                  "tick mean ms", "tick p99 <= ms", "retention passes", "mean ms",
+                  "slowest ms"), rows)
+    vacuums = p.get("vacuums") or {}
+    return (text + f"\nlast / first third: history x{fmt(p['history_ratio'], 2)}, tick mean "
+            f"x{fmt(p['tick_mean_ratio'], 2)}, retention pass x"
+            f"{fmt(p['retention_mean_ratio'], 2)}"
+            + (f"\nVACUUM ANALYZE (the server's autovacuum is off): {vacuums['count']} runs, "
+               f"{fmt(vacuums['total_s'])} s" if vacuums.get("count") else ""))

@@ -99,6 +99,34 @@ def test_vs_celery_without_celery_fails_in_one_line(monkeypatch: pytest.MonkeyPa
         "Error: --vs celery needs celery: pip install '.[bench]'"]
 
 
+@pytest.mark.timeout(240)  # 30 s of load, kills and restarts included, then the read-back
+def test_soak_survives_its_kills_with_nothing_lost(zookeeper: str, tmp_path: Path) -> None:
+    result = bench(zookeeper, tmp_path, "soak", "--minutes", "0.5", "--kill-every", "0.2",
+                   "--every-second-jobs", "10", "--five-second-jobs", "2",
+                   "--submits-per-s", "2", "--reads-per-s", "5", "--sample-every", "2",
+                   "--window", "10", "--set", "worker_lease_s=5")
+    assert result["invariants_hold"], result["invariants"]
+    executions = result["executions"]
+    assert executions["dead"] == 0 and executions["not_ended"] == 0
+    assert set(executions["by_state"]) == {"succeeded"}
+    assert result["duplicates"] == {"executions_of_one_fire": 0, "overlapping_attempts": 0,
+                                    "executions_succeeded_twice": 0}
+    fires = result["fires"]
+    assert fires["unexplained"] == 0 and fires["expected"] > 0
+    assert set(fires["by_kind"]) == {"python-sync", "python-async", "python-sleep", "http",
+                                     "shell", "shell-5s"}
+    assert [e["what"] for e in result["events"]] == ["worker kill -9", "leader SIGTERM"] * 2
+    assert all(t["new_epoch"] > t["old_epoch"] and t["first_fire_after_s"] is not None
+               for t in result["takeovers"])
+    # every process of the run, the restarted ones too, was sampled
+    assert {m["instance"] for m in result["memory"]} >= {
+        "scheduler-1", "scheduler-2", "worker-1", "worker-2", "api-1", "worker-1-r1",
+        "worker-2-r1"}
+    assert result["immediate"]["started"] == result["immediate"]["jobs"] > 0
+    assert result["api"]["requests"] > 0 and not result["api"]["errors"]
+    assert executions["http_target_hits"] > 0
+
+
 def test_webhooks_latency_rate_and_burn_down_ratio(zookeeper: str, tmp_path: Path) -> None:
     result = bench(zookeeper, tmp_path, "webhooks", "--rate", "20", "--seconds", "1",
                    "--events", "30", "--jobs", "30")["median"]

@@ -50,3 +50,9 @@ def test_allow_lifts_a_default_and_deny_always_wins() -> None:
     assert "loopback" in (EgressPolicy().literal_refusal("http://[::1]:8080/") or "")
     with pytest.raises(EgressError, match="not-a-cidr"):
         EgressPolicy.from_lists(allow=["not-a-cidr"])
+
+
+def test_a_url_whose_host_cannot_be_read_is_refused_not_a_crash() -> None:
+    # found by the OpenAPI fuzzer: urlsplit raises on an unbalanced bracket
+    reason = EgressPolicy().literal_refusal("http://|X1xA%maXxo<QaIG$C]")
+    assert reason is not None and "cannot be read" in reason

@@ -120,3 +120,32 @@ async def test_a_take_over_after_downtime_applies_each_jobs_misfire_policy(
         assert store.jobs[job.id].next_fire_at > now - timedelta(seconds=1)
     finally:
         await leading.close()
+
+
+async def test_each_retention_pass_is_timed_only_while_leading() -> None:
+    from jobsched.scheduler.retention import run_retention
+
+    store = FakeLeaderStore()
+    await store.claim_epoch(4, "s1")
+    metrics = Metrics("scheduler", "s1")
+    epoch: list[int | None] = [None]
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_retention(store, lambda: epoch[0], 30, 0.01, stop, metrics))
+
+    def passes() -> float:
+        try:
+            return float(metrics.retention_duration.get({})["count"])
+        except KeyError:  # never observed
+            return 0.0
+
+    try:
+        await asyncio.sleep(0.05)
+        assert passes() == 0  # a standby purges nothing, so times nothing
+        epoch[0] = 4
+        deadline = asyncio.get_running_loop().time() + 5
+        while passes() < 2:
+            assert asyncio.get_running_loop().time() < deadline, "no pass was timed"
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
