@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -71,7 +72,9 @@ async def operations(api: ApiClient) -> list[tuple[str, str, str]]:
 
 
 def fill(path: str, job_id: str) -> str:
-    return path.replace("{id}", job_id)
+    """The route with ``{id}`` as the job's id and any other parameter (``{event_id}``) as
+    an id of nothing: the route matches, the resource does not exist."""
+    return re.sub(r"\{[a-z_]+\}", str(uuid.uuid4()), path.replace("{id}", job_id))
 
 
 async def test_every_api_route_needs_a_token(

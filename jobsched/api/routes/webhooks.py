@@ -170,11 +170,11 @@ async def delete_webhook(request: web.Request) -> web.Response:
 async def rotate_webhook_secret(request: web.Request) -> web.Response:
     """A new secret, shown once; the one it replaces keeps signing (a second signature)
     for 24 hours, so receivers can switch without losing a delivery."""
-    endpoint_id = uuid_param(request)
+    endpoint = await _endpoint(request)  # a 404 first: no endpoint, whatever the config
     box = _box(request)
     secret = new_secret()
     row = await _repository(request).rotate_secret(
-        endpoint_id, principal(request).namespace, box.seal(secret.encode()),
+        endpoint["id"], principal(request).namespace, box.seal(secret.encode()),
         ROTATION_OVERLAP.total_seconds())
     if row is None:
         raise web.HTTPNotFound()
