@@ -85,3 +85,13 @@ def test_the_distribution_and_the_image_hold_the_runtime_package_alone() -> None
     assert [p for p in packages if p not in shipped] == ["jobsched_dev", "jobsched_dev.bench"]
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert "jobsched_dev" in ignored
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """The tiers are not packages, so pytest imports each test module by its basename:
+    two tiers with one name stop the whole collection (``import file mismatch``)."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, f"rename one of each: {clashes}"
