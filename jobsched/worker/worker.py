@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -51,9 +53,35 @@ log = logging.getLogger(__name__)
 Claim = tuple[uuid.UUID, int]
 
 
+class TaskModuleNotFound(ImportError):
+    """An ``--import`` module that is nowhere on the import path: the message says where
+    it was looked for and how to make it found."""
+
+
 def import_task_modules(modules: tuple[str, ...] | list[str]) -> None:
+    """Import the modules whose ``@task`` functions this process runs.
+
+    The current directory goes first on ``sys.path`` (as Celery's worker puts it), so
+    ``jobsched run --import myapp.tasks`` from the project directory finds ``myapp``
+    without ``PYTHONPATH``; the installed ``jobsched`` script, unlike ``python -m``, does
+    not put it there."""
+    if not modules:
+        return
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
     for module in modules:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if missing and (module == missing or module.startswith(missing + ".")):
+                raise TaskModuleNotFound(
+                    f"no module named {missing!r} (for --import {module}) in the current "
+                    f"directory ({here}) or on the Python path: run jobsched from the "
+                    f"directory that holds {missing.split('.')[0]}, or add that directory "
+                    "to PYTHONPATH", name=missing) from exc
+            raise  # the task module itself imports something missing: its own error
 
 
 def next_state(result: AttemptResult, attempt: int,
