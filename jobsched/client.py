@@ -306,6 +306,12 @@ def task_name(function: Callable[..., Any]) -> str:
     if not isinstance(name, str):
         raise TypeError(f"{getattr(function, '__qualname__', function)!r} is not a @task: "
                         "decorate it with jobsched.task so workers can run it")
+    if name.startswith("__main__:"):
+        # The key of a function of the script being run: no worker imports "__main__",
+        # so every run would be dead (not registered on the worker).
+        raise ValueError(f"{name!r} is defined in the script being run (__main__), which no "
+                         "worker imports: define it in a module, import it from there and "
+                         "give that module to the workers (jobsched run --import MODULE)")
     return name
 
 

@@ -1,0 +1,2 @@
+"""Example task modules the docs use: run a worker with ``--import examples.tasks`` from
+the checkout root."""
