@@ -1,6 +1,8 @@
-"""Create the demo job (a shell command every 5 seconds) and print each run as it ends.
+"""Create the demo job (examples.tasks:hello every 5 seconds) and print each run as it ends.
 
-The API token comes from $JOBSCHED_TOKEN (an admin token: the demo job is a shell job).
+The roles must import ``examples.tasks`` (scripts/run-local.sh starts them so). A python
+task, not a shell command: a worker that is not root refuses shell jobs, and the demo must
+fire for whoever runs it. The API token comes from $JOBSCHED_TOKEN.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ for old in call("GET", "/api/v1/jobs?name=demo-every-5s&state=active")["items"]:
 job = call("POST", "/api/v1/jobs", {
     "name": "demo-every-5s",
     "schedule": "*/5 * * * * *",
-    "kind": "shell",
-    "shell": {"argv": ["/bin/sh", "-c", "echo \"hello from jobsched at $(date -u +%T)\""]},
+    "kind": "python",
+    "python": {"function": "examples.tasks:hello"},
 })
 print(f"created job {job['id']} ({job['schedule']}); next fire {job['next_fire_at']}", flush=True)
 print("each run below is read back from the API; Ctrl-C stops everything", flush=True)
@@ -58,7 +60,11 @@ try:
             if execution["id"] in seen or execution["state"] in ("queued", "running"):
                 continue
             seen.add(execution["id"])
-            output = (execution["output"] or "").strip()
+            output = execution["output"] or execution["error"] or ""
+            try:  # a python task's output is its return value as JSON: show a string as is
+                output = str(json.loads(output)) if output.startswith('"') else output
+            except ValueError:
+                pass
             print(f"{execution['scheduled_for']}  {execution['state']:<9}  {output}", flush=True)
         time.sleep(0.5)
 except KeyboardInterrupt:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole system locally: install what is missing, start the services, migrate,
-# start every role in one process, and create a demo job whose runs are printed as they fire.
+# start every role in one process, and create a demo job (a python task) whose runs are
+# printed as they fire.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,8 @@ python3 -m jobsched migrate --create-db
 token=$(python3 -m jobsched token create --namespace default --role admin --name "make run" \
         --expires-in 7d)
 log=$(mktemp /tmp/jobsched-local.XXXXXX.log)
-python3 -m jobsched run --role all >"$log" 2>&1 &
+# From the checkout root: the demo job's task is examples.tasks:hello.
+python3 -m jobsched run --role all --import examples.tasks >"$log" 2>&1 &
 roles=$!
 trap 'kill -TERM $roles 2>/dev/null; wait $roles 2>/dev/null; echo "stopped (log: $log)"' EXIT INT TERM
 echo "jobsched running (api http://127.0.0.1:$port, log $log)"
