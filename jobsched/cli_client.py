@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 import orjson
@@ -30,6 +31,8 @@ from jobsched.client import (
     Execution,
     FireTime,
     Job,
+    check_base_url,
+    check_token,
 )
 
 EXIT_OK = 0
@@ -70,9 +73,40 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
                   show_default=True, help="Human-readable table, or the API's JSON.")
     @functools.wraps(command)
     def wrapper(url: str, token: str | None, output: str, **kwargs: Any) -> Any:
-        return command(Conn(url, token or None, output), **kwargs)
+        return command(checked_conn(url, token, output), **kwargs)
 
     return wrapper
+
+
+def checked_conn(url: str, token: str | None, output: str) -> Conn:
+    """The connection options, checked before anything is sent: a URL or a token that
+    cannot work is a usage error (exit 2) in one line with the fix, not a traceback."""
+    try:
+        url = check_base_url(url)
+    except ValueError as exc:
+        fail(f"--url (JOBSCHED_URL): {exc}", EXIT_USAGE)
+    try:
+        check_token(token)
+    except ValueError as exc:
+        fail(f"--token (JOBSCHED_TOKEN): {exc}", EXIT_USAGE)
+    return Conn(url, token or None, output)
+
+
+class NotAnApiRoot(Exception):
+    """Every route answers 404 under this URL: it is not the root of a jobsched api."""
+
+
+async def _is_api_root(client: Client) -> bool:
+    """Whether the client's URL is an api's root: its OpenAPI document is found under it.
+    Asked only after a 404, so a missing job is told apart from a wrong ``--url`` (an
+    ``…/api/v1`` suffix answers 404 on every route)."""
+    try:
+        await client.request("GET", "/api/v1/openapi.json")
+    except ApiError as exc:
+        return not exc.not_found
+    except (ConnectionFailed, TimeoutError):
+        return True  # no evidence either way: report the first answer as it was
+    return True
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -86,10 +120,19 @@ def call(conn: Conn, action: Callable[[Client], Awaitable[T]], what: str = "") -
 
     async def run() -> T:
         async with Client(conn.url, conn.token) as client:
-            return await action(client)
+            try:
+                return await action(client)
+            except ApiError as exc:
+                if exc.not_found and not await _is_api_root(client):
+                    raise NotAnApiRoot from exc
+                raise
 
     try:
         return asyncio.run(run())
+    except NotAnApiRoot:
+        root = urlunsplit(urlsplit(conn.url)._replace(path="", query="", fragment=""))
+        fail(f"{conn.url} answers 404 to every API route: --url (JOBSCHED_URL) is the api "
+             f"server's root, e.g. {root}, not a path under it", EXIT_USAGE)
     except ApiError as exc:
         if exc.not_found and what:
             fail(f"{what} not found", EXIT_NOT_FOUND)

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mappin
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, NotRequired, TypedDict, TypeVar, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
@@ -315,13 +315,51 @@ def task_name(function: Callable[..., Any]) -> str:
     return name
 
 
+def check_base_url(url: str) -> str:
+    """The root URL of an api (``http://host:port``, or under a proxy's path prefix),
+    without its trailing slash; ``ValueError`` with a one-line reason and a hint if it
+    cannot be one."""
+    example = "http://127.0.0.1:8080"
+    if not url.strip():
+        raise ValueError(f"the URL is empty: give the api's root URL, e.g. {example}")
+    if url != url.strip() or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise ValueError(f"{url!r} holds spaces or control characters: give the api's root "
+                         f"URL alone, e.g. {example}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        guess = f": did you mean http://{url}?" if "://" not in url else ""
+        raise ValueError(f"{url!r} is not an http:// or https:// URL{guess}")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} names no host: give the api's root URL, e.g. {example}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port that is not one
+    except ValueError:
+        raise ValueError(f"{url!r} has a port that is not a number from 0 to 65535") from None
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r} has a query or fragment: give the api's root URL, e.g. "
+                         f"{example}")
+    return url.rstrip("/")
+
+
+def check_token(token: str | None) -> None:
+    """A token is printable ASCII without spaces (``jsk_…``): a line break or space in it
+    (a copy with the newline, a file read as it is) is refused here, with the fix, rather
+    than failing inside the HTTP library."""
+    if token and any(not 0x21 <= ord(c) <= 0x7E for c in token):
+        what = "a line break" if any(c in token for c in "\r\n") else \
+            "a space or a character that is not printable ASCII"
+        raise ValueError(f"the token holds {what}: give the token alone (strip the newline "
+                         "of a file or copy; $(jobsched token create ...) has none)")
+
+
 class Client:
     """Async client of one jobsched API. Use as ``async with Client(url) as client``
     (or call ``close()``); an aiohttp session may be passed in and is then not closed."""
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *,
                  timeout: float = 30.0, session: aiohttp.ClientSession | None = None) -> None:
-        self.url = url.rstrip("/")
+        check_token(token)
+        self.url = check_base_url(url)
         self.token = token
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
