@@ -99,6 +99,7 @@ def run(ctx: click.Context, roles: tuple[str, ...], run_migrate: bool, imports: 
     configure_logging(settings.log_format, settings.log_level, "+".join(sorted(hosted)),
                       settings.instance)
     logging.getLogger("jobsched").info("settings: %s", settings.masked())
+    _warn_about_unknown_environment()
     try:
         code = asyncio.run(serve(settings, hosted, migrate=run_migrate))
     except ImportError as exc:
@@ -108,6 +109,16 @@ def run(ctx: click.Context, roles: tuple[str, ...], run_migrate: bool, imports: 
         click.echo(f"jobsched: {exc}", err=True)
         sys.exit(2)
     sys.exit(code)
+
+
+def _warn_about_unknown_environment() -> None:
+    import logging
+    import os
+
+    from jobsched.settings import unknown_environment
+
+    for warning in unknown_environment(os.environ):
+        logging.getLogger("jobsched").warning("%s", warning)
 
 
 @main.group()

@@ -28,6 +28,7 @@ from jobsched.adapters.postgres.listen import (
     WakeListener,
 )
 from jobsched.adapters.postgres.replica import ReplicaReads
+from jobsched.adapters.postgres.schema import schema_check, startup_hint
 from jobsched.adapters.postgres.secrets import PostgresSecrets
 from jobsched.adapters.postgres.tokens import PostgresTokens
 from jobsched.adapters.postgres.webhooks import DELIVERY_SESSION, PostgresWebhooks
@@ -55,15 +56,19 @@ T = TypeVar("T")
 
 
 async def _retrying(
-    what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event
+    what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event,
+    hint: Callable[[BaseException], str | None] = lambda exc: None,
 ) -> T | None:
-    """Call until it succeeds (capped backoff) or stop is set; a role waits, never crashes."""
+    """Call until it succeeds (capped backoff) or stop is set; a role waits, never crashes.
+    ``hint`` names the fix of a failure only a person can mend (it is still retried: the
+    fix may come while the role waits)."""
     backoff = Backoff()
     while not stop.is_set():
         try:
             return await attempt()
         except Exception as exc:  # noqa: BLE001 - e.g. aiormq's own connection errors
-            log.warning("%s failed (%r); retrying", what, exc)
+            fix = hint(exc)
+            log.warning("%s failed (%r); %sretrying", what, exc, f"{fix}; " if fix else "")
         await backoff.wait(stop)
     return None
 
@@ -114,22 +119,23 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
     readiness.add_check("postgres", postgres_ready)
     exit_code = 0
     try:
-        if "api" not in roles:
+        if roles & {"scheduler", "worker"}:  # with the api too (--role all): as documented
             health = health_app(readiness)
             health.router.add_get("/metrics", metrics.handler())
             runners.append(await _start_site(health, settings.metrics_host, settings.metrics_port,
                                              "health"))
         if migrate:
             done = await _retrying("migration", lambda: postgres.migrate(settings.database_url),
-                                   stop)
+                                   stop, startup_hint)
             if done is None:
                 return 0
         pool = await _retrying("connecting to PostgreSQL",
                                lambda: postgres.create_pool(settings.database_url, max_size=20),
-                               stop)
+                               stop, startup_hint)
         if pool is None:
             return 0
         state["pool"] = pool
+        readiness.add_check("schema", schema_check(pool))
         jobs = PostgresJobs(pool)
         state["jobs"] = jobs
 

@@ -6,6 +6,7 @@ so every field maps to exactly one ``JOBSCHED_<FIELD>`` variable.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -309,6 +310,28 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         values[name] = [m for m in raw.split(",") if m] if name in _LIST_FIELDS else raw
     return values
+
+
+#: JOBSCHED_* variables that are not settings of a role: the client commands' and
+#: --config's, and prefixes with warnings or uses of their own (tests, retired secrets).
+NOT_SETTINGS = frozenset({"JOBSCHED_CONFIG", "JOBSCHED_URL", "JOBSCHED_TOKEN"})
+NOT_SETTINGS_PREFIXES = ("JOBSCHED_TEST_", "JOBSCHED_SECRET_")
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ``JOBSCHED_*`` variable that names no setting (a misspelling is
+    otherwise ignored in silence), with the closest setting's variable when one is near."""
+    names = {ENV_PREFIX + field.upper() for field in Settings.model_fields}
+    warnings = []
+    for variable in sorted(environ):
+        if (not variable.startswith(ENV_PREFIX) or variable in names
+                or variable in NOT_SETTINGS or variable.startswith(NOT_SETTINGS_PREFIXES)):
+            continue
+        close = difflib.get_close_matches(variable, sorted(names), n=1, cutoff=0.75)
+        guess = f": did you mean {close[0]}?" if close else ""
+        warnings.append(f"environment variable {variable} is not a jobsched setting and is "
+                        f"ignored{guess}")
+    return warnings
 
 
 def _from_file(path: Path) -> dict[str, Any]:

@@ -111,6 +111,8 @@ class BenchCluster:
         overrides = {"JOBSCHED_INSTANCE": name}
         hosts_api = "api" in roles or "all" in roles
         overrides["JOBSCHED_API_PORT" if hosts_api else "JOBSCHED_METRICS_PORT"] = str(port)
+        if hosts_api and set(roles) != {"api"}:  # a scheduler or worker in it serves metrics
+            overrides["JOBSCHED_METRICS_PORT"] = str(free_port())
         runs_tasks = "worker" in roles or "all" in roles
         proc = RoleProcess(name, roles, port, self.env(**overrides),
                            self.log_dir / f"{name}.log",

@@ -84,6 +84,8 @@ class LocalCluster:
         if hosts_api:
             self.api_port = port
         overrides["JOBSCHED_API_PORT" if hosts_api else "JOBSCHED_METRICS_PORT"] = str(port)
+        if hosts_api and set(roles) != {"api"}:  # a scheduler or worker in it serves metrics
+            overrides.setdefault("JOBSCHED_METRICS_PORT", str(free_port()))
         proc = RoleProcess(name, roles, port, self.env(**overrides), self.tmp / f"{name}.log",
                            args=extra, cwd=ROOT)
         self.processes.append(proc.start())

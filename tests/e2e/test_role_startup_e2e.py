@@ -1,0 +1,75 @@
+"""What a role says about its own set-up: metrics of ``--role all`` on the metrics port,
+a misspelt JOBSCHED_* variable, an unmigrated or missing database."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+
+from jobsched.adapters.postgres import create_database
+from jobsched_dev.processes import RoleProcess, free_port
+from tests.e2e.conftest import LocalCluster
+from tests.helpers import drop_database
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g}s: {what}")
+        time.sleep(0.2)
+
+
+def _readyz(proc: RoleProcess) -> tuple[int, dict[str, object]]:
+    try:
+        return proc.readyz()
+    except (OSError, ValueError):
+        return 0, {}
+
+
+def test_role_all_serves_metrics_on_the_metrics_port_and_names_misspelt_variables(
+        local_cluster: LocalCluster) -> None:
+    metrics_port = free_port()
+    proc = local_cluster.start("all", JOBSCHED_METRICS_PORT=str(metrics_port),
+                               JOBSCHED_RETENTON_DAYS="3")
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as got:
+        body = got.read().decode()
+    assert "jobsched_scheduler_is_leader" in body and "jobsched_worker_inflight" in body
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5) as got:
+        assert got.status == 200
+    assert ("environment variable JOBSCHED_RETENTON_DAYS is not a jobsched setting and is "
+            "ignored: did you mean JOBSCHED_RETENTION_DAYS?") in proc.log_tail(100_000)
+
+
+async def test_an_api_on_an_unmigrated_database_is_not_ready_until_migrated(
+        local_cluster: LocalCluster) -> None:
+    await drop_database(local_cluster.database)
+    await create_database(local_cluster.database_url)  # exists, with no schema at all
+    proc = local_cluster.start("api", wait=False)
+
+    def says_migrate() -> bool:
+        status, report = _readyz(proc)
+        schema = (report.get("checks") or {}).get("schema") or {}  # type: ignore[union-attr]
+        return status == 503 and "run `jobsched migrate`" in str(schema.get("error"))
+
+    _until(says_migrate, "/readyz 503 naming `jobsched migrate`")
+    migrated = local_cluster.jobsched("migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    _until(lambda: _readyz(proc)[0] == 200, "ready once migrated")
+
+
+async def test_a_missing_database_is_retried_with_the_command_that_creates_it(
+        local_cluster: LocalCluster) -> None:
+    await drop_database(local_cluster.database)
+    proc = local_cluster.start("api", wait=False)
+    _until(lambda: "create it with `jobsched migrate --create-db`" in proc.log_tail(100_000),
+           "the hint in the log")
+    assert proc.alive, "a missing database must be waited for, not fatal"
+    created = local_cluster.jobsched("migrate", "--create-db")
+    assert created.returncode == 0, created.stderr
+    _until(lambda: _readyz(proc)[0] == 200, "ready once the database exists")
