@@ -411,12 +411,23 @@ def jobs() -> None:
               help="Environment variable of a shell job (repeatable).")
 @click.option("--cwd", help="Working directory of a shell job.")
 @click.option("--timeout", "timeout_s", type=float, help="Seconds before an attempt is killed.")
-@click.option("--retries", "max_attempts", type=int,
-              help="Attempts in all (1 = no retry).")
+@click.option("--max-attempts", "max_attempts", type=click.IntRange(1),
+              help="Attempts in all, the first included (1 = no retry) [default: 1].")
+@click.option("--retries", "retries_alias", type=click.IntRange(1), hidden=True,
+              help="The old name of --max-attempts (it counts attempts, not retries).")
 @click.option("--backoff", "backoff_s", type=float, help="First retry delay in seconds.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Repeatable.")
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]),
               help="Priority band: high starts first, low never starves [default: normal].")
+@click.option("--concurrency", type=click.Choice(["allow", "forbid", "replace"]),
+              help="A fire while the previous run still runs: both run, this one is "
+              "skipped, or it replaces the running one [default: allow].")
+@click.option("--misfire", type=click.Choice(["run_once", "run_all", "skip"]),
+              help="Fires found late (an outage, a leader change): run one, run each (up "
+              "to a cap), or skip them [default: run_once].")
+@click.option("--idempotency-key", metavar="KEY",
+              help="Retrying with the same key and job within 24 h returns the first job "
+              "instead of creating another (Idempotency-Key header).")
 @click.option("--file", "-f", "file", metavar="PATH",
               help="Job body as JSON ('-' for stdin); the flags above override its fields.")
 @click.option("--dry-run", is_flag=True, help="Validate and preview only; create nothing.")
@@ -427,8 +438,10 @@ def jobs_create(conn: Conn, argv: tuple[str, ...], name: str | None, schedule: s
                 timezone: str | None, function: str | None, args: tuple[str, ...],
                 http_url: str | None, method: str | None, headers: tuple[str, ...],
                 body: str | None, envs: tuple[str, ...], cwd: str | None,
-                timeout_s: float | None, max_attempts: int | None, backoff_s: float | None,
-                labels: tuple[str, ...], priority: str | None, file: str | None,
+                timeout_s: float | None, max_attempts: int | None,
+                retries_alias: int | None, backoff_s: float | None,
+                labels: tuple[str, ...], priority: str | None, concurrency: str | None,
+                misfire: str | None, idempotency_key: str | None, file: str | None,
                 dry_run: bool, yes: bool) -> None:
     """Create a job; a shell job's command follows `--`.
 
@@ -441,6 +454,7 @@ def jobs_create(conn: Conn, argv: tuple[str, ...], name: str | None, schedule: s
     The next fire times are shown first (and, on a terminal, confirmed).
     """
     job: dict[str, Any] = read_json_file(file, "--file") if file else {}
+    max_attempts = _max_attempts(max_attempts, retries_alias)
     kinds = [k for k, given in (("shell", argv), ("python", function), ("http", http_url))
              if given]
     if len(kinds) > 1:
@@ -472,7 +486,8 @@ def jobs_create(conn: Conn, argv: tuple[str, ...], name: str | None, schedule: s
     elif method or headers or body is not None:
         raise click.UsageError("--method, --header and --body belong to --http")
     for key, value in (("name", name), ("schedule", schedule), ("timezone", timezone),
-                       ("timeout_s", timeout_s), ("priority", priority)):
+                       ("timeout_s", timeout_s), ("priority", priority),
+                       ("concurrency", concurrency), ("misfire", misfire)):
         if value is not None:
             job[key] = value
     if max_attempts is not None or backoff_s is not None:
@@ -496,12 +511,20 @@ def jobs_create(conn: Conn, argv: tuple[str, ...], name: str | None, schedule: s
         return
     if sys.stdin.isatty() and not yes and not conn.json and not file == "-":
         click.confirm("create this job?", default=True, abort=True)
-    created = call(conn, lambda c: c.create_job(job))
+    created = call(conn, lambda c: c.create_job(job, idempotency_key=idempotency_key))
     if conn.json:
         emit_json(created)
         return
     click.echo(f"created job {line(created['id'])} ({line(created.get('name'))}), "
                f"next fire {show_time(created.get('next_fire_at'), rel=True)}")
+
+
+def _max_attempts(max_attempts: int | None, retries_alias: int | None) -> int | None:
+    """``--max-attempts``, or its old name ``--retries`` (hidden; same meaning)."""
+    if max_attempts is not None and retries_alias is not None \
+            and max_attempts != retries_alias:
+        raise click.UsageError("--retries is the old name of --max-attempts: give one")
+    return max_attempts if max_attempts is not None else retries_alias
 
 
 def _preview(conn: Conn, schedule: str, timezone: str) -> list[FireTime] | None:
@@ -641,12 +664,16 @@ jobs_resume = _job_action("resume", "resumed", "resume_job",
 
 @jobs.command("trigger")
 @click.argument("job_id")
+@click.option("--arg", "args", multiple=True, metavar="KEY=VALUE",
+              help="A python job's keyword argument for this run only, over the job's own "
+              "(repeatable; VALUE is JSON, or else a string).")
 @click.option("--watch", "-w", is_flag=True,
               help="Follow the execution until it ends; exit 5 unless it succeeded.")
 @api_options
-def jobs_trigger(conn: Conn, job_id: str, watch: bool) -> None:
-    """Run a job now, once, besides its schedule."""
-    execution = call(conn, lambda c: c.trigger_job(job_id), f"job {job_id}")
+def jobs_trigger(conn: Conn, job_id: str, args: tuple[str, ...], watch: bool) -> None:
+    """Run a job now, once, besides its schedule (the job itself is not changed)."""
+    run_args = key_values(args, "--arg", json_values=True) if args else None
+    execution = call(conn, lambda c: c.trigger_job(job_id, args=run_args), f"job {job_id}")
     if not watch:
         if conn.json:
             emit_json(execution)

@@ -93,6 +93,7 @@ class Execution(TypedDict):
     exit_code: int | None
     error: str | None
     output: str | None
+    args: NotRequired[dict[str, Any] | None]  # a run triggered with args: those
     workflow_run_id: NotRequired[str | None]  # a workflow node's execution: its run
     result: NotRequired[Any]  # a workflow node's return value (JSON)
     attempts: NotRequired[list[Attempt] | None]
@@ -465,10 +466,13 @@ class Client:
     async def resume_job(self, job_id: str) -> Job:
         return cast(Job, await self.request("POST", f"/api/v1/jobs/{_id(job_id)}/resume"))
 
-    async def trigger_job(self, job_id: str) -> Execution:
-        """Run the job now, once, besides its schedule; returns the new execution."""
-        return cast(Execution,
-                    await self.request("POST", f"/api/v1/jobs/{_id(job_id)}/trigger"))
+    async def trigger_job(self, job_id: str, *,
+                          args: Mapping[str, Any] | None = None) -> Execution:
+        """Run the job now, once, besides its schedule; returns the new execution.
+        ``args`` (a python job's) are merged over the job's own for this run only."""
+        body = {"args": dict(args)} if args is not None else None
+        return cast(Execution, await self.request(
+            "POST", f"/api/v1/jobs/{_id(job_id)}/trigger", json=body))
 
     async def schedule(self, function: Callable[..., Any], *, cron: str | None = None,
                        at: datetime | str | None = None,
@@ -762,8 +766,8 @@ class SyncClient:
     def resume_job(self, job_id: str) -> Job:
         return self._run(self.client.resume_job(job_id))
 
-    def trigger_job(self, job_id: str) -> Execution:
-        return self._run(self.client.trigger_job(job_id))
+    def trigger_job(self, job_id: str, *, args: Mapping[str, Any] | None = None) -> Execution:
+        return self._run(self.client.trigger_job(job_id, args=args))
 
     def schedule(self, function: Callable[..., Any], *, cron: str | None = None,
                  at: datetime | str | None = None,

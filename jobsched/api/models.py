@@ -317,6 +317,8 @@ class ExecutionOut(BaseModel):
     exit_code: int | None
     error: str | None
     output: str | None
+    # A run triggered with arguments: those merged over the python job's own args.
+    args: dict[str, Any] | None = None
     # A workflow node's execution: its run, and its return value (JSON).
     workflow_run_id: uuid.UUID | None = None
     result: Any = None
@@ -327,6 +329,24 @@ class ExecutionOut(BaseModel):
     def _band(cls, value: Any) -> Any:
         """Stored as its rank (0 high, 1 normal, 2 low)."""
         return Priority.from_rank(value) if isinstance(value, int) else value
+
+
+class TriggerRun(_Strict):
+    """The optional body of ``POST /api/v1/jobs/{id}/trigger``: this run's keyword
+    arguments of a python job, merged over the job's own (the job is not changed)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"args": {"team": "ops"}}]})
+
+    args: dict[str, Any] | None = None
+
+    @field_validator("args")
+    @classmethod
+    def _storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        problem = unstorable_json(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class JobOut(BaseModel):

@@ -57,6 +57,7 @@ class Operation:
     ok: dict[int, type[BaseModel] | None] = field(default_factory=lambda: {200: None})
     errors: tuple[int, ...] = ()
     body: type[BaseModel] | None = None
+    body_optional: bool = False  # the route also takes no body at all
     patch_of: type[BaseModel] | None = None  # body is an RFC 7396 merge patch of this model
     query: type[BaseModel] | None = None
     request_headers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -171,7 +172,7 @@ def build_openapi(operations: Sequence[Operation], *, title: str, version: str,
         if params:
             entry["parameters"] = params
         if op.body is not None:
-            entry["requestBody"] = {"required": True, "content": {
+            entry["requestBody"] = {"required": not op.body_optional, "content": {
                 JSON: {"schema": ref(op.body, "validation")}}}
         if op.patch_of is not None:
             base = ref(op.patch_of, "validation")["$ref"].rsplit("/", 1)[-1]

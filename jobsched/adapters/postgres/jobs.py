@@ -137,15 +137,16 @@ class PostgresJobs:
             next_fire_at, skipped = plan(dict(row))
             for at, reason in skipped:
                 await Q.insert_record.execute(conn, job_id=job_id, scheduled_for=at,
-                                              state="skipped", reason=reason)
+                                              state="skipped", reason=reason, args=None)
             await Q.resume_job.execute(conn, id=job_id, next_fire_at=next_fire_at)
             await Q.notify.execute(conn, channel=WAKE_CHANNEL, payload="job")
         return "resumed"
 
-    async def trigger_job(self, job_id: uuid.UUID, now: datetime) -> Row | None:
+    async def trigger_job(self, job_id: uuid.UUID, now: datetime,
+                          args: dict[str, Any] | None = None) -> Row | None:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await Q.insert_record.fetchrow(conn, job_id=job_id, scheduled_for=now,
-                                                 state="queued", reason="triggered")
+                                                 state="queued", reason="triggered", args=args)
             await Q.notify.execute(conn, channel=WAKE_CHANNEL, payload="trigger")
         return _row(row)
 

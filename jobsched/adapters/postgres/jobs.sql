@@ -85,10 +85,13 @@ RETURNING id
 
 -- insert_record --
 -- A run a person asked for (trigger: queued, epoch -1, published by the leader's next
--- tick) or a fire recorded without a run (skipped while paused), in the job's band.
-INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at, priority)
+-- tick; with args over the job's own, or NULL) or a fire recorded without a run (skipped
+-- while paused), in the job's band.
+INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at, priority,
+                        args)
 SELECT :job_id::uuid, :scheduled_for::timestamptz, -1, :state::text, :reason::text,
-       CASE WHEN :state::text = 'queued' THEN NULL ELSE now() END, j.priority
+       CASE WHEN :state::text = 'queued' THEN NULL ELSE now() END, j.priority,
+       :args::jsonb
 FROM jobs j WHERE j.id = :job_id
 ON CONFLICT (job_id, scheduled_for) DO NOTHING
 RETURNING *

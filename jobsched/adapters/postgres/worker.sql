@@ -16,14 +16,18 @@ WITH claimed AS (
     -- out of the plan (see finish_executions).
     WHERE e.id = m.id AND e.attempt = m.attempt AND e.state || '' = 'queued'
     RETURNING e.id, e.job_id, e.attempt, e.scheduled_for, e.started_at, e.priority,
-              e.uncounted_attempts, e.workflow_run_id
+              e.uncounted_attempts, e.workflow_run_id, e.args
 ), attempt_rows AS (
     -- started_at: provisional (a run fired ahead starts when due); the worker's result
     -- records when it really began.
     INSERT INTO attempts (execution_id, attempt, worker, started_at)
     SELECT id, attempt, :worker, started_at FROM claimed
 )
-SELECT c.id, c.job_id, j.namespace, c.attempt, c.scheduled_for, j.kind, j.payload,
+-- A triggered run's args are merged over the python job's own (executions.args).
+SELECT c.id, c.job_id, j.namespace, c.attempt, c.scheduled_for, j.kind,
+       CASE WHEN c.args IS NULL THEN j.payload
+            ELSE jsonb_set(j.payload, '{args}', coalesce(j.payload -> 'args', '{}') || c.args)
+       END AS payload,
        j.timeout_s, j.max_attempts, j.backoff_s, j.max_backoff_s, j.concurrency,
        j.starting_deadline_s, c.priority, c.uncounted_attempts, c.workflow_run_id
 FROM claimed c JOIN jobs j ON j.id = c.job_id

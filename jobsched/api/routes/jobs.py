@@ -29,6 +29,7 @@ from jobsched.api.models import (
     JobList,
     JobOut,
     ListJobsQuery,
+    TriggerRun,
     too_deep,
 )
 from jobsched.api.openapi import Operation
@@ -320,16 +321,27 @@ async def resume_job(request: web.Request) -> web.Response:
 
 
 async def trigger_job(request: web.Request) -> web.Response:
+    """Run a job now, once; the optional body's ``args`` are merged over a python job's
+    own for this run only."""
     job_id = uuid_param(request)
+    body = await request.read()
+    try:
+        wanted = TriggerRun.model_validate_json(body) if body.strip() else TriggerRun()
+    except ValidationError as exc:
+        return invalid(exc, "Invalid trigger")
     jobs = request.app[JOBS]
     row = await jobs.get_job(job_id, principal(request).namespace)
     if row is None:
         raise web.HTTPNotFound()
+    if wanted.args is not None and row["kind"] != "python":
+        return problem(422, "Invalid trigger", errors=[
+            {"field": "args", "reason": f"only a python job takes args; this one is "
+                                        f"{row['kind']}"}])
     if row["kind"] in request.app[SETTINGS].disabled_kinds:
         raise Forbidden(f"job kind '{row['kind']}' is disabled on this deployment", "kind")
     if row["state"] == JobState.CANCELLED:
         return problem(409, "Job cannot be triggered", "job is cancelled")
-    execution = await jobs.trigger_job(job_id, datetime.now(UTC))
+    execution = await jobs.trigger_job(job_id, datetime.now(UTC), wanted.args)
     if execution is None:
         return problem(409, "Already triggered", "a run of this job was triggered this instant")
     return json_response(execution_out(execution), 201)
@@ -368,6 +380,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/api/v1/jobs/{id}/resume", resume_job, "Resume a paused job", "write",
               ok={200: JobOut}, errors=(403, 404, 409)),
     Operation("POST", "/api/v1/jobs/{id}/trigger", trigger_job, "Run a job now, once",
-              "write", ok={201: ExecutionOut}, errors=(403, 404, 409),
+              "write", ok={201: ExecutionOut}, errors=(403, 404, 409, 422), body=TriggerRun,
+              body_optional=True,
               links_to=("get_execution",)),
 )
