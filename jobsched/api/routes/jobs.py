@@ -324,9 +324,11 @@ async def trigger_job(request: web.Request) -> web.Response:
     """Run a job now, once; the optional body's ``args`` are merged over a python job's
     own for this run only."""
     job_id = uuid_param(request)
-    body = await request.read()
+    body = (await request.read()).strip()
     try:
-        wanted = TriggerRun.model_validate_json(body) if body.strip() else TriggerRun()
+        # No body, or JSON null (what a trigger without one was often sent): no args.
+        wanted = TriggerRun.model_validate_json(body) if body not in (b"", b"null") \
+            else TriggerRun()
     except ValidationError as exc:
         return invalid(exc, "Invalid trigger")
     jobs = request.app[JOBS]
