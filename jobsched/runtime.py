@@ -44,7 +44,7 @@ from jobsched.health import Readiness, health_app
 from jobsched.metrics import Metrics, instrument_api
 from jobsched.scheduler.leader import Scheduler
 from jobsched.scheduler.retention import run_retention
-from jobsched.settings import Settings
+from jobsched.settings import ConfigError, Settings
 from jobsched.worker.secrets import SecretResolver, warn_about_retired_sources
 from jobsched.worker.webhooks import WebhookDeliverer
 from jobsched.worker.worker import Worker, import_task_modules
@@ -77,7 +77,13 @@ async def _start_site(app: web.Application, host: str, port: int, label: str) ->
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, shutdown_timeout=5)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # e.g. the port is taken: one line naming the setting, exit 2
+        await runner.cleanup()
+        setting = "JOBSCHED_API_PORT" if label == "api" else "JOBSCHED_METRICS_PORT"
+        raise ConfigError(f"cannot listen on {host}:{port} ({label}): {exc.strerror or exc}; "
+                          f"choose another port with {setting} (0 picks a free one)") from None
     log.info("%s listening on %s", label, ", ".join(str(a) for a in runner.addresses))
     return runner
 

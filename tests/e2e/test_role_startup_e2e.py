@@ -3,6 +3,9 @@ a misspelt JOBSCHED_* variable, an unmigrated or missing database."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -12,7 +15,7 @@ import pytest
 from jobsched.adapters.postgres import create_database
 from jobsched_dev.processes import RoleProcess, free_port
 from tests.e2e.conftest import LocalCluster
-from tests.helpers import drop_database
+from tests.helpers import ROOT, drop_database
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -73,3 +76,20 @@ async def test_a_missing_database_is_retried_with_the_command_that_creates_it(
     created = local_cluster.jobsched("migrate", "--create-db")
     assert created.returncode == 0, created.stderr
     _until(lambda: _readyz(proc)[0] == 200, "ready once the database exists")
+
+
+def test_a_metrics_port_in_use_is_one_line_naming_the_setting(
+        local_cluster: LocalCluster) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = local_cluster.env(JOBSCHED_API_PORT=str(free_port()),
+                                JOBSCHED_METRICS_PORT=str(port))
+        done = subprocess.run([sys.executable, "-m", "jobsched", "run", "--role", "all"],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"jobsched: cannot listen on 127.0.0.1:{port} (health)")
+    assert last.endswith("choose another port with JOBSCHED_METRICS_PORT (0 picks a free one)")
+    assert "Traceback" not in done.stderr
