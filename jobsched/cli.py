@@ -248,6 +248,9 @@ register_client_commands(main)
 from jobsched.cli_webhooks import register as register_webhook_commands  # noqa: E402
 
 register_webhook_commands(main)
+from jobsched.cli_dead_letters import register as register_dead_letter_commands  # noqa: E402
+
+register_dead_letter_commands(main)
 
 
 NEEDS_CHECKOUT = "need a source checkout installed with pip install -e '.[dev]'"
