@@ -130,6 +130,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
         if pool is None:
             return 0
         state["pool"] = pool
+        await postgres.check_schema(pool)  # SchemaMismatch: refuse to start on another schema
         jobs = PostgresJobs(pool)
         state["jobs"] = jobs
 
