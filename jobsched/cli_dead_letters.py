@@ -44,18 +44,11 @@ def _id(value: str) -> str:
     return quote(value, safe="")
 
 
-async def _dead_page(client: Client, job_id: str | None, limit: int,
-                     cursor: str | None = None) -> dict[str, Any]:
-    params: dict[str, Any] = {"limit": limit, "cursor": cursor, "job_id": job_id}
-    page: dict[str, Any] = await client.request("GET", "/api/v1/dead", params=params)
-    return page
-
-
 async def _every_dead(client: Client, job_id: str | None) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
-        page = await _dead_page(client, job_id, PAGE, cursor)
+        page = await client.list_dead(job_id=job_id, limit=PAGE, cursor=cursor)
         items += page["items"]
         cursor = page.get("next_cursor")
         if not cursor:
@@ -95,7 +88,7 @@ def dead_letters_list(conn: Conn, job_id: str | None, limit: int, every: bool) -
             page: dict[str, Any] = {"items": await _every_dead(client, job_id),
                                     "next_cursor": None}
         else:
-            page = await _dead_page(client, job_id, limit)
+            page = dict(await client.list_dead(job_id=job_id, limit=limit))
         names = {} if conn.json else await _job_names(
             client, {e["job_id"] for e in page["items"]})
         return page, names
@@ -124,9 +117,9 @@ def dead_letters_show(conn: Conn, execution_id: str) -> None:
     output."""
 
     async def fetch(client: Client) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        execution = await client.request("GET", f"/api/v1/executions/{_id(execution_id)}")
+        execution = dict(await client.get_execution(execution_id))
         try:
-            job = await client.request("GET", f"/api/v1/jobs/{_id(execution['job_id'])}")
+            job = await client.request("GET", f"/api/v1/jobs/{_id(str(execution['job_id']))}")
         except ApiError:
             job = None
         return execution, job
@@ -196,8 +189,7 @@ def dead_letters_retry(conn: Conn, execution_ids: tuple[str, ...], every: bool,
         async def one(execution_id: str) -> tuple[str, dict[str, Any] | ApiError]:
             async with gate:
                 try:
-                    return execution_id, await client.request(
-                        "POST", f"/api/v1/executions/{_id(execution_id)}/retry")
+                    return execution_id, dict(await client.retry_execution(execution_id))
                 except ApiError as exc:
                     return execution_id, exc
 

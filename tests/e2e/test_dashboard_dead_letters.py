@@ -63,6 +63,8 @@ def test_list_inspect_and_retry_dead_executions(running_cluster: LocalCluster,
     detail = page.locator(f"tr[data-execution-detail='{first}']")
     expect(detail).to_contain_text("Attempt 1")
     expect(detail.locator(".attempt-error")).to_contain_text("this task always fails")
+    expect(detail.locator("pre.output")).to_be_visible()
+    shot(page, "dead-letters-02-attempts")
 
     # retry one with its button: queued again as attempt 2, then (it fails again) dead
     page.locator(f"tr[data-execution-id='{first}'] button.retry").click()
@@ -73,7 +75,7 @@ def test_list_inspect_and_retry_dead_executions(running_cluster: LocalCluster,
     page.locator(f"tr[data-execution-id='{second}'] input.select").check()
     page.locator(f"tr[data-execution-id='{third}'] input.select").check()
     expect(page.locator("#retry-selected")).to_have_text("Retry selected (2)")
-    shot(page, "dead-letters-02-selected")
+    shot(page, "dead-letters-03-selected")
     page.click("#retry-selected")
     expect(page.locator("#toasts")).to_contain_text("Retried 2 of 2")
     for execution_id in (second, third):

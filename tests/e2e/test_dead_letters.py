@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from jobsched.client import ApiError, SyncClient
 from tests.e2e.conftest import LocalCluster
 from tests.e2e.test_cli_client import as_json, cli, ok
 from tests.e2e.tokens import admin_token
@@ -118,3 +119,17 @@ def test_the_dashboard_serves_the_dead_letter_page(running_cluster: LocalCluster
     assert "script-src 'self'" in policy and "export async function deadLettersPage" in script
     with urllib.request.urlopen(running_cluster.api + "/ui/app.js", timeout=10) as response:
         assert 'from "./deadletters.js"' in response.read().decode()
+
+
+def test_the_python_client_lists_and_retries_dead_executions(
+        running_cluster: LocalCluster) -> None:
+    job_id, (execution_id,) = dead_job(running_cluster, "dl-client")
+    with SyncClient(running_cluster.api, admin_token(running_cluster)) as client:
+        page = client.list_dead(job_id=job_id)
+        assert [e["id"] for e in page["items"]] == [execution_id]
+        assert page["items"][0]["error"] == "RuntimeError: this task always fails"
+        retried = client.retry_execution(execution_id)
+        assert (retried["state"], retried["attempt"]) == ("queued", 2)
+        with pytest.raises(ApiError) as refused:
+            client.retry_execution("00000000-0000-4000-8000-000000000000")
+        assert refused.value.not_found
