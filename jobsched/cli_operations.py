@@ -78,7 +78,7 @@ def cluster_purge(ctx: click.Context, name: str, force: bool, yes: bool,
     \b
       jobsched cluster purge staging-old --yes
     """
-    from jobsched.cluster_admin import inspect_cluster, purge_cluster
+    from jobsched.cluster_admin import Unreachable, inspect_cluster, purge_cluster
 
     root = ctx.find_root()
     try:
@@ -91,6 +91,9 @@ def cluster_purge(ctx: click.Context, name: str, force: bool, yes: bool,
 
     try:
         found = asyncio.run(inspect_cluster(settings))
+    except Unreachable as exc:
+        click.echo(f"jobsched: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
     except Exception as exc:  # noqa: BLE001 - aio-pika/aiozk errors: one line, no traceback
         click.echo(f"jobsched: cannot inspect cluster {name}: {exc!r}", err=True)
         sys.exit(EXIT_UNREACHABLE)

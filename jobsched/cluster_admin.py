@@ -14,6 +14,8 @@ processes, so it is refused unless forced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -22,9 +24,17 @@ from aiormq.exceptions import ChannelClosed
 from aiozk import exc as zk_exc
 
 from jobsched.adapters.zookeeper import ELECTION_PATH, WORKERS_PATH
-from jobsched.settings import Settings
+from jobsched.settings import Settings, mask_url
 
 CALL_TIMEOUT_S = 10.0
+
+# aiormq logs every failed connection attempt; the command reports it once, itself.
+logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
+
+
+class Unreachable(Exception):
+    """RabbitMQ or ZooKeeper did not answer: the message names which, and where."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +78,22 @@ async def _zookeeper(settings: Settings) -> aiozk.ZKClient:
     """A client at the root (no chroot): the cluster's tree is looked at from outside."""
     client = aiozk.ZKClient(settings.zookeeper_hosts, session_timeout=10,
                             read_timeout=CALL_TIMEOUT_S)
-    await asyncio.wait_for(client.start(), CALL_TIMEOUT_S)
+    try:
+        await asyncio.wait_for(client.start(), CALL_TIMEOUT_S)
+    except (TimeoutError, OSError, zk_exc.ZKError) as exc:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), 1)
+        raise Unreachable(f"ZooKeeper at {settings.zookeeper_hosts} did not answer within "
+                          f"{CALL_TIMEOUT_S:.0f} s ({exc!r})") from exc
     return client
+
+
+async def _rabbitmq(settings: Settings) -> aio_pika.abc.AbstractConnection:
+    try:
+        return await aio_pika.connect(settings.amqp_url, timeout=CALL_TIMEOUT_S)
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+        raise Unreachable(f"cannot reach RabbitMQ at {mask_url(settings.amqp_url)}: "
+                          f"{exc}") from exc
 
 
 async def _children(client: aiozk.ZKClient, path: str) -> list[str]:
@@ -83,7 +107,7 @@ async def inspect_cluster(settings: Settings) -> ClusterFootprint:
     """The cluster's queues (with their depth and consumers), exchange and ZooKeeper tree,
     and the schedulers and workers registered there."""
     found = ClusterFootprint(settings.cluster, zookeeper_path=settings.zookeeper_chroot)
-    connection = await aio_pika.connect(settings.amqp_url, timeout=CALL_TIMEOUT_S)
+    connection = await _rabbitmq(settings)
     try:
         for name in queue_names(settings):
             channel = await connection.channel()  # a failed passive declare closes it
@@ -124,7 +148,7 @@ async def inspect_cluster(settings: Settings) -> ClusterFootprint:
 async def purge_cluster(settings: Settings, footprint: ClusterFootprint) -> None:
     """Delete what ``inspect_cluster`` found: the queues (and their messages), the
     exchange and the ZooKeeper tree."""
-    connection = await aio_pika.connect(settings.amqp_url, timeout=CALL_TIMEOUT_S)
+    connection = await _rabbitmq(settings)
     try:
         channel = await connection.channel()
         for queue in footprint.queues:

@@ -154,6 +154,12 @@ async def test_cluster_purge_refuses_a_live_cluster_then_removes_queues_and_znod
         assert again.returncode == 0 and "nothing to purge" in again.stdout
         bad = jobsched(local_cluster, "cluster", "purge", "Not A Name", "--yes")
         assert bad.returncode == 2 and "cluster" in bad.stderr
+        down = jobsched(local_cluster, "cluster", "purge", name, "--yes",
+                        JOBSCHED_AMQP_URL="amqp://guest:guest@127.0.0.1:1/")
+        assert down.returncode == 4, down
+        assert down.stderr.splitlines() == [
+            "jobsched: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/: "
+            "[Errno 111] Connect call failed ('127.0.0.1', 1)"]
     finally:
         other.stop_all()
         await delete_queues(other.cluster)
