@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import aio_pika
+import aiohttp
 import aiozk
 import asyncpg
 import pytest
@@ -17,7 +18,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 from jobsched.settings import Settings
 from jobsched_dev.processes import free_port
 from tests.e2e.conftest import LocalCluster
-from tests.helpers import AMQP_URL, ROOT, delete_queues
+from tests.helpers import AMQP_URL, ROOT, delete_queues, drop_database
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,3 +164,41 @@ async def test_cluster_purge_refuses_a_live_cluster_then_removes_queues_and_znod
     finally:
         other.stop_all()
         await delete_queues(other.cluster)
+
+
+async def test_a_pg_dump_restored_into_a_new_database_serves_what_was_dumped(
+        local_cluster: LocalCluster) -> None:
+    """The backup and restore of docs/operations.md, as written there: pg_dump in the
+    custom format, pg_restore into a new database, migrate --status, roles pointed at it."""
+    await asyncio.to_thread(local_cluster.start, "api")
+    async with aiohttp.ClientSession(headers={
+            "Authorization": f"Bearer {local_cluster.token}"}) as session:
+        async with session.post(local_cluster.api + "/api/v1/jobs", json={
+                "name": "kept", "schedule": "0 0 1 1 *", "kind": "shell",
+                "shell": {"argv": ["/bin/true"]}}) as response:
+            assert response.status == 201
+            job = await response.json()
+    dump = local_cluster.tmp / "jobsched.dump"
+    await asyncio.to_thread(subprocess.run, ["pg_dump", "--format=custom", f"--file={dump}",
+                            local_cluster.database_url], check=True, timeout=60)
+
+    restored = LocalCluster(tmp=local_cluster.tmp, zookeeper=local_cluster.zookeeper,
+                            cluster=local_cluster.cluster, token=local_cluster.token,
+                            database=f"{local_cluster.database}_restored")
+    await sql(local_cluster, f'CREATE DATABASE "{restored.database}"')
+    try:
+        await asyncio.to_thread(subprocess.run, [
+            "pg_restore", "--no-owner", "--jobs=2", "-d", restored.database_url, str(dump)],
+            check=True, timeout=60)
+        status = jobsched(restored, "migrate", "--status")
+        assert status.returncode == 0 and "up to date" in status.stdout, status
+        local_cluster.stop_all()
+        await asyncio.to_thread(restored.start, "api")
+        async with aiohttp.ClientSession(headers={
+                "Authorization": f"Bearer {local_cluster.token}"}) as session:
+            async with session.get(f"{restored.api}/api/v1/jobs/{job['id']}") as response:
+                assert response.status == 200
+                assert (await response.json())["name"] == "kept"
+    finally:
+        restored.stop_all()
+        await drop_database(restored.database)
