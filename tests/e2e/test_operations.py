@@ -5,6 +5,8 @@ do not match, and ``jobsched cluster purge``."""
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
 import subprocess
 import sys
 
@@ -30,6 +32,22 @@ def jobsched(cluster: LocalCluster, *args: str, stdin: str | None = None,
     return subprocess.run([sys.executable, "-m", "jobsched", *args], input=stdin,
                           env=cluster.env(**env), cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
+
+
+def on_a_terminal(cluster: LocalCluster, answer: str,
+                  *args: str) -> subprocess.CompletedProcess[str]:
+    """``jobsched ARGS`` with a terminal as its stdin, typing ``answer`` to its question."""
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "jobsched", *args], stdin=terminal,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=cluster.env(), cwd=ROOT)
+        os.write(controller, answer.encode())
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 async def sql(cluster: LocalCluster, statement: str) -> None:
@@ -138,6 +156,10 @@ async def test_cluster_purge_refuses_a_live_cluster_then_removes_queues_and_znod
                 break
             await asyncio.sleep(0.2)
         assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+        declined = await asyncio.to_thread(on_a_terminal, local_cluster, "n\n",
+                                           "cluster", "purge", name)
+        assert f"delete all of this for cluster {name}? [y/N]" in declined.stderr
+        assert declined.returncode == 1 and "Aborted" in declined.stderr, declined
         assert len(await _queues_left(name)) == 4
 
         purged = jobsched(local_cluster, "cluster", "purge", name, "--yes")
@@ -150,6 +172,11 @@ async def test_cluster_purge_refuses_a_live_cluster_then_removes_queues_and_znod
         # the other cluster on the same servers still has everything
         assert len(await _queues_left(other.cluster)) == 4
         assert await _znode_exists(local_cluster.zookeeper, f"/jobsched/{other.cluster}/workers")
+
+        forced = jobsched(local_cluster, "cluster", "purge", other.cluster, "--force", "--yes")
+        assert forced.returncode == 0, forced
+        assert "--force: purging although alive (worker worker-0" in forced.stderr
+        assert f"purged cluster {other.cluster}" in forced.stdout
 
         again = jobsched(local_cluster, "cluster", "purge", name, "--yes")
         assert again.returncode == 0 and "nothing to purge" in again.stdout
