@@ -48,8 +48,10 @@ def test_list_inspect_and_retry_dead_executions(running_cluster: LocalCluster,
     job_id, (first, second, third) = dead_job(running_cluster, "dash-dead", runs=3)
     sign_in(page, running_cluster, admin_token(running_cluster))
 
-    page.click("#nav >> text=Dead letters")
+    page.click("#nav >> text=Cluster")
+    page.click("#dead-queue-link")  # the dead-letter queue's depth leads here too
     expect(page).to_have_url(re.compile(r"#/dead$"))
+    expect(page.locator("#nav a.active")).to_have_text("Dead letters")
     rows = page.locator("#dead-table tbody tr[data-state=dead]")
     for execution_id in (first, second, third):
         row = page.locator(f"#dead-table tbody tr[data-execution-id='{execution_id}']")
@@ -83,7 +85,9 @@ def test_list_inspect_and_retry_dead_executions(running_cluster: LocalCluster,
 
     # one job's only
     _, (elsewhere,) = dead_job(running_cluster, "dash-dead-other")
-    page.goto(f"{running_cluster.api}/#/dead?job={job_id}")
+    page.goto(f"{running_cluster.api}/#/jobs/{job_id}")
+    page.click("#job-dead-letters")
+    expect(page).to_have_url(re.compile(rf"#/dead\?job={job_id}$"))
     expect(page.locator("#dead-filter")).to_contain_text(job_id)
     expect(page.locator(f"tr[data-execution-id='{first}']")).to_have_count(1)
     expect(page.locator(f"tr[data-execution-id='{elsewhere}']")).to_have_count(0)
