@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from typing import Any
-from urllib.parse import quote
 
 import click
 
@@ -35,13 +34,8 @@ from jobsched.cli_client import (
 from jobsched.client import ApiError, Client
 
 PAGE = 500
-RETRIES_IN_FLIGHT = 8
+CALLS_IN_FLIGHT = 8
 ERROR_WIDTH = 60
-
-
-def _id(value: str) -> str:
-    """An id from the command line, as one path segment whatever it holds."""
-    return quote(value, safe="")
 
 
 async def _every_dead(client: Client, job_id: str | None) -> list[dict[str, Any]]:
@@ -56,13 +50,16 @@ async def _every_dead(client: Client, job_id: str | None) -> list[dict[str, Any]
 
 
 async def _job_names(client: Client, job_ids: set[str]) -> dict[str, str]:
-    """The name of each job, for people (one GET per distinct job of the page)."""
+    """The name of each job, for people (one GET per distinct job listed, a few at a
+    time)."""
+    gate = asyncio.Semaphore(CALLS_IN_FLIGHT)
 
     async def name(job_id: str) -> str:
-        try:
-            job = await client.request("GET", f"/api/v1/jobs/{_id(job_id)}")
-        except ApiError:
-            return "-"
+        async with gate:
+            try:
+                job = await client.get_job(job_id)
+            except ApiError:
+                return "-"
         return str(job.get("name") or "-")
 
     ids = sorted(job_ids)
@@ -119,7 +116,7 @@ def dead_letters_show(conn: Conn, execution_id: str) -> None:
     async def fetch(client: Client) -> tuple[dict[str, Any], dict[str, Any] | None]:
         execution = dict(await client.get_execution(execution_id))
         try:
-            job = await client.request("GET", f"/api/v1/jobs/{_id(str(execution['job_id']))}")
+            job: dict[str, Any] | None = dict(await client.get_job(str(execution["job_id"])))
         except ApiError:
             job = None
         return execution, job
@@ -184,7 +181,7 @@ def dead_letters_retry(conn: Conn, execution_ids: tuple[str, ...], every: bool,
                           err=True)
 
     async def retry_all(client: Client) -> list[tuple[str, dict[str, Any] | ApiError]]:
-        gate = asyncio.Semaphore(RETRIES_IN_FLIGHT)
+        gate = asyncio.Semaphore(CALLS_IN_FLIGHT)
 
         async def one(execution_id: str) -> tuple[str, dict[str, Any] | ApiError]:
             async with gate:
