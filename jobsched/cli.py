@@ -43,12 +43,22 @@ def version() -> None:
 @main.command()
 @click.option("--database-url", help="PostgreSQL URL (JOBSCHED_DATABASE_URL).")
 @click.option("--create-db", is_flag=True, help="Create the database first if it is missing.")
+@click.option("--status", is_flag=True,
+              help="Change nothing: list applied and pending migrations; exit 1 if any is "
+              "pending, 3 if the database is newer than this jobsched.")
 @click.pass_context
-def migrate(ctx: click.Context, database_url: str | None, create_db: bool) -> None:
+def migrate(ctx: click.Context, database_url: str | None, create_db: bool, status: bool) -> None:
     """Apply pending schema migrations (idempotent, under an advisory lock)."""
     from jobsched.adapters import postgres
 
     settings = _settings(ctx, {"database_url": database_url})
+    if status:
+        from jobsched.cli_operations import migrate_status
+
+        if create_db:
+            raise click.UsageError("--status changes nothing: not with --create-db")
+
+        sys.exit(migrate_status(settings))
 
     async def run() -> list[str]:
         if create_db and await postgres.create_database(settings.database_url):
@@ -259,6 +269,12 @@ register_client_commands(main)
 from jobsched.cli_webhooks import register as register_webhook_commands  # noqa: E402
 
 register_webhook_commands(main)
+from jobsched.cli_dead_letters import register as register_dead_letter_commands  # noqa: E402
+
+register_dead_letter_commands(main)
+from jobsched.cli_operations import register as register_operations_commands  # noqa: E402
+
+register_operations_commands(main)
 
 
 NEEDS_CHECKOUT = "need a source checkout installed with pip install -e '.[dev]'"

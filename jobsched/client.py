@@ -676,6 +676,32 @@ class Client:
         result = await self.request("POST", "/api/v1/schedules/preview", json=body)
         return cast(list[FireTime], result["items"])
 
+    # dead letters
+
+    async def list_dead(self, *, job_id: str | None = None, limit: int | None = None,
+                        cursor: str | None = None) -> Page:
+        """One page of dead executions (every attempt failed), the most recently dead
+        first: of the namespace, or of one job."""
+        return cast(Page, await self.request(
+            "GET", "/api/v1/dead", params={"job_id": job_id, "limit": limit, "cursor": cursor}))
+
+    async def iter_dead(self, *, job_id: str | None = None,
+                        page_size: int = 100) -> AsyncIterator[Execution]:
+        cursor = None
+        while True:
+            page = await self.list_dead(job_id=job_id, limit=page_size, cursor=cursor)
+            for item in page["items"]:
+                yield item
+            cursor = page["next_cursor"]
+            if not cursor:
+                return
+
+    async def retry_execution(self, execution_id: str) -> Execution:
+        """Re-drive a dead execution: one more attempt of it, now (409 if it is not dead,
+        its job is cancelled, or it is a workflow node's: retry the run instead)."""
+        return cast(Execution, await self.request(
+            "POST", f"/api/v1/executions/{_id(execution_id)}/retry"))
+
     async def cluster(self) -> ClusterStatus:
         """Leader, schedulers, live workers and queue depths."""
         return cast(ClusterStatus, await self.request("GET", "/api/v1/cluster"))
@@ -847,6 +873,13 @@ class SyncClient:
                          seed: str | None = None) -> list[FireTime]:
         return self._run(self.client.preview_schedule(schedule, timezone, start=start,
                                                       count=count, job_id=job_id, seed=seed))
+
+    def list_dead(self, *, job_id: str | None = None, limit: int | None = None,
+                  cursor: str | None = None) -> Page:
+        return self._run(self.client.list_dead(job_id=job_id, limit=limit, cursor=cursor))
+
+    def retry_execution(self, execution_id: str) -> Execution:
+        return self._run(self.client.retry_execution(execution_id))
 
     def cluster(self) -> ClusterStatus:
         return self._run(self.client.cluster())

@@ -28,7 +28,7 @@ from jobsched.adapters.postgres.listen import (
     WakeListener,
 )
 from jobsched.adapters.postgres.replica import ReplicaReads
-from jobsched.adapters.postgres.schema import schema_check, startup_hint
+from jobsched.adapters.postgres.schema import startup_hint
 from jobsched.adapters.postgres.secrets import PostgresSecrets
 from jobsched.adapters.postgres.tokens import PostgresTokens
 from jobsched.adapters.postgres.webhooks import DELIVERY_SESSION, PostgresWebhooks
@@ -141,7 +141,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
         if pool is None:
             return 0
         state["pool"] = pool
-        readiness.add_check("schema", schema_check(pool))
+        await postgres.check_schema(pool)  # SchemaMismatch: refuse to start on another schema
         jobs = PostgresJobs(pool)
         state["jobs"] = jobs
 

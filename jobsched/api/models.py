@@ -490,6 +490,12 @@ class PageQuery(_Strict):
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
 
 
+class DeadQuery(PageQuery):
+    """The dead-letter list: a page, of every job of the namespace or of one."""
+
+    job_id: uuid.UUID | None = None
+
+
 # --- webhooks (DESIGN.md "Webhooks") ---------------------------------------------------
 
 WebhookEventName = Literal["execution.succeeded", "execution.dead", "execution.cancelled",

@@ -189,10 +189,10 @@ class PostgresJobs:
         return [dict(r) for r in rows]
 
     async def list_dead(self, namespace: str, *, after: tuple[datetime, uuid.UUID] | None,
-                        limit: int) -> list[Row]:
+                        limit: int, job_id: uuid.UUID | None = None) -> list[Row]:
         after_at, after_id = after if after else (None, None)
         rows = await Q.list_dead.fetch(self.pool, namespace=namespace, after_at=after_at,
-                                       after_id=after_id, limit=limit)
+                                       after_id=after_id, limit=limit, job_id=job_id)
         return [dict(r) for r in rows]
 
     async def redrive(self, execution_id: uuid.UUID, namespace: str, *,

@@ -164,9 +164,11 @@ WHERE e.id = :id AND j.namespace = :namespace
 SELECT * FROM attempts WHERE execution_id = :execution_id ORDER BY attempt
 
 -- list_dead --
--- The dead executions of a namespace, newest first (cursor: finished_at, id).
+-- The dead executions of a namespace (or of one of its jobs), newest first (cursor:
+-- finished_at, id).
 SELECT e.* FROM executions e JOIN jobs j ON j.id = e.job_id
 WHERE e.state = 'dead' AND j.namespace = :namespace
+  AND (:job_id::uuid IS NULL OR e.job_id = :job_id::uuid)
   AND (:after_at::timestamptz IS NULL OR (e.finished_at, e.id) < (:after_at, :after_id::uuid))
 ORDER BY e.finished_at DESC, e.id DESC
 LIMIT :limit

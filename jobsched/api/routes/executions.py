@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from jobsched.api.context import JOBS, SETTINGS, json_response, parse_query, read, uuid_param
-from jobsched.api.models import AttemptOut, ExecutionList, ExecutionOut, PageQuery
+from jobsched.api.models import AttemptOut, DeadQuery, ExecutionList, ExecutionOut, PageQuery
 from jobsched.api.openapi import Operation
 from jobsched.api.pagination import decode_cursor, page
 from jobsched.api.problems import problem
@@ -48,12 +48,13 @@ async def get_execution(request: web.Request) -> web.Response:
 
 
 async def list_dead(request: web.Request) -> web.Response:
-    """Dead executions (their retries ran out), newest first: the dead-letter view."""
-    query: PageQuery = parse_query(request, PageQuery)
+    """Dead executions (their retries ran out), newest first: the dead-letter view; of
+    one job with ``job_id`` (a job of another namespace has none, like an unknown one)."""
+    query: DeadQuery = parse_query(request, DeadQuery)
     after = decode_cursor(query.cursor)
     namespace = principal(request).namespace
-    rows = await read(request, lambda jobs: jobs.list_dead(namespace, after=after,
-                                                           limit=query.limit + 1))
+    rows = await read(request, lambda jobs: jobs.list_dead(
+        namespace, after=after, limit=query.limit + 1, job_id=query.job_id))
     items, cursor = page(rows, query.limit, lambda r: (r["finished_at"], r["id"]))
     return json_response(ExecutionList(items=[execution_out(r) for r in items],
                                        next_cursor=cursor))
@@ -99,8 +100,8 @@ OPERATIONS: tuple[Operation, ...] = (
               "One execution with its attempts", "read", ok={200: ExecutionOut},
               errors=(404,)),
     Operation("GET", "/api/v1/dead", list_dead,
-              "Dead executions (retries exhausted), newest first", "read",
-              ok={200: ExecutionList}, errors=(400, 422), query=PageQuery),
+              "Dead executions (retries exhausted), newest first; of one job with "
+              "job_id", "read", ok={200: ExecutionList}, errors=(400, 422), query=DeadQuery),
     Operation("POST", "/api/v1/executions/{id}/retry", retry_execution,
               "Retry a dead execution once more (not of a cancelled job or a disabled "
               "kind)", "write", ok={200: ExecutionOut},

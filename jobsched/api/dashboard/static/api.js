@@ -87,6 +87,8 @@ export const triggerJob = (jobId) => request("POST", `/api/v1/jobs/${id(jobId)}/
 export const listExecutions = (jobId, limit = 50) =>
   request("GET", `/api/v1/jobs/${id(jobId)}/executions?limit=${limit}`);
 export const getExecution = (executionId) => request("GET", `/api/v1/executions/${id(executionId)}`);
+export const listDead = (params) => request("GET", `/api/v1/dead?${new URLSearchParams(params)}`);
+export const retryExecution = (executionId) => request("POST", `/api/v1/executions/${id(executionId)}/retry`);
 // job_id: whose hashed values (H) to show; a new job has none yet.
 export const previewSchedule = (schedule, timezone, count = 5, jobId = null) =>
   request("POST", "/api/v1/schedules/preview",

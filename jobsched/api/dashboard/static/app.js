@@ -3,6 +3,7 @@
 import { auth } from "./api.js";
 import { h } from "./dom.js";
 import { clusterPage } from "./cluster.js";
+import { deadLettersPage } from "./deadletters.js";
 import { formPage } from "./form.js";
 import { jobPage } from "./job.js";
 import { jobsPage } from "./jobs.js";
@@ -20,6 +21,7 @@ const ROUTES = [
   [/^\/workflows\/([^/]+)$/, workflowPage, "workflows"],
   [/^\/runs\/([^/]+)$/, runPage, "workflows"],
   [/^\/cluster$/, clusterPage, "cluster"],
+  [/^\/dead$/, deadLettersPage, "dead"],
   [/^\/webhooks$/, webhooksPage, "webhooks"],
   [/^\/webhooks\/([^/]+)$/, webhookPage, "webhooks"],
   [/^\/signin$/, signinPage, ""],

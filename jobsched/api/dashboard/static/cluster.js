@@ -58,7 +58,8 @@ export async function clusterPage(ctx) {
     const shown = [["executions", q.executions], ...Object.entries(q.by_priority || {}).map(([band, depth]) => [`${band} priority`, depth]), ["dead", q.dead]]
       .filter(([, depth]) => depth !== undefined);
     queues.replaceChildren(...shown.map(([name, depth]) => h("div", { class: `stat ${name === "dead" && depth ? "bad" : ""}` },
-      h("span", { class: "stat-value", text: String(depth) }), h("span", { class: "stat-label", text: name }))));
+      h("span", { class: "stat-value", text: String(depth) }),
+      name === "dead" ? h("a", { class: "stat-label", href: "#/dead", id: "dead-queue-link", text: name }) : h("span", { class: "stat-label", text: name }))));
     depths.push([Date.now(), Number(q.executions) || 0]);
     if (depths.length > 150) depths.shift();
     drawDepth();
