@@ -158,16 +158,17 @@ def _token_admin(ctx: click.Context, database_url: str | None, call: Any) -> Any
 @click.option("--role", required=True, type=click.Choice(["admin", "editor", "viewer"]),
               help="admin: everything; editor: no shell jobs; viewer: read only.")
 @click.option("--name", help="What the token is for (shown by list).")
-@click.option("--expires-in", metavar="DURATION", help="e.g. 12h or 30d; default: never.")
+@click.option("--expires-in", metavar="DURATION",
+              help="e.g. 3600, 12h, 30d or 1h30m; default: never.")
 @click.option("--database-url", help="PostgreSQL URL (JOBSCHED_DATABASE_URL).")
 @click.pass_context
 def token_create(ctx: click.Context, namespace: str, role: str, name: str | None,
                  expires_in: str | None, database_url: str | None) -> None:
     """Create a token and print it on stdout (only this once: it is stored hashed)."""
-    from jobsched.token_admin import TokenAdminError, create_token, parse_duration
+    from jobsched.token_admin import TokenAdminError, create_token, parse_lifetime
 
     try:
-        lifetime = parse_duration(expires_in) if expires_in else None
+        lifetime = parse_lifetime(expires_in) if expires_in else None
     except TokenAdminError as exc:
         raise click.BadParameter(str(exc), param_hint="--expires-in") from None
     made, row = _token_admin(

@@ -6,7 +6,6 @@ themselves; nobody else can (no API route creates tokens).
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,22 +13,25 @@ from typing import Any
 from jobsched.adapters import postgres
 from jobsched.adapters.postgres.tokens import PostgresTokens
 from jobsched.domain.auth import NAMESPACE_RE, ROLES, new_token
+from jobsched.domain.durations import DurationError, parse_duration
 
 HINT_LENGTH = 8  # "jsk_" and 4 random characters: enough to tell tokens apart
-_DURATION_RE = re.compile(r"^(\d+)([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
 class TokenAdminError(Exception):
     """A bad argument or a missing token: the message is for the person at the terminal."""
 
 
-def parse_duration(text: str) -> timedelta:
-    """``90``, ``90s``, ``15m``, ``12h`` or ``30d``."""
-    match = _DURATION_RE.fullmatch(text.strip())
-    if not match or int(match.group(1)) == 0:
-        raise TokenAdminError(f"{text!r} is not a duration like 3600, 15m, 12h or 30d")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+def parse_lifetime(text: str) -> timedelta:
+    """A token's lifetime (``--expires-in``): a duration of ``jobsched.domain.durations``
+    (``3600``, ``15m``, ``12h``, ``30d``, ``1h30m``), more than 0."""
+    try:
+        lifetime = parse_duration(text)
+    except DurationError as exc:
+        raise TokenAdminError(str(exc)) from None
+    if lifetime <= timedelta(0):
+        raise TokenAdminError(f"duration {text.strip()!r} must be more than 0")
+    return lifetime
 
 
 def _row(record: Any) -> dict[str, Any]:
@@ -46,7 +48,10 @@ async def create_token(dsn: str, namespace: str, role: str, name: str | None,
     if role not in ROLES:
         raise TokenAdminError(f"role {role!r}: one of {', '.join(ROLES)}")
     token, digest = new_token()
-    expires_at = datetime.now(UTC) + expires_in if expires_in else None
+    try:
+        expires_at = datetime.now(UTC) + expires_in if expires_in else None
+    except OverflowError:
+        raise TokenAdminError(f"an expiry {expires_in} from now is past the year 9999") from None
     pool = await postgres.create_pool(dsn, max_size=1)
     try:
         row = await PostgresTokens(pool).create(digest, token[:HINT_LENGTH], namespace, role,

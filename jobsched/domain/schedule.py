@@ -52,11 +52,12 @@ import threading
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import Decimal
 from functools import cache, lru_cache
 from typing import Literal
 
 from croniter import croniter
+
+from jobsched.domain.durations import DurationError, DurationTooLong, parse_duration
 
 __all__ = [
     "MAX_EVERY",
@@ -128,8 +129,6 @@ _DATE_PREFIX = re.compile(r"\d{4}-\d{2}-\d{2}")
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?"
 )
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_US = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 # Reference start for the "can it ever fire" search. Between 1901 and 2099 the calendar
 # (leap years and weekdays together) repeats every 28 years, so 50 years from here sees
 # every combination of day, month and weekday an expression can name.
@@ -242,8 +241,9 @@ def parse_schedule(
       (neither starts with ``*`` or ``?``) a day matching either fires (Vixie cron),
       otherwise both must match;
     * ``@yearly @annually @monthly @weekly @daily @midnight @hourly`` (Vixie's meaning);
-    * ``@every <duration>``: Go-style ``<number><unit>`` parts summed (``1h30m``, ``1.5h``,
-      ``1d``), units ``ms s m h d``; at least 1 s (``MIN_EVERY``) and at most 3650 days.
+    * ``@every <duration>``: a duration of ``jobsched.domain.durations`` (``90``, ``1h30m``,
+      ``1.5h``, ``1d``, ``2w``; units ``ms s m h d w``); at least 1 s (``MIN_EVERY``) and
+      at most 3650 days.
 
     ``timezone`` must be an IANA zone name; it is validated for every kind but only cron
     uses it. ``TZ=``/``CRON_TZ=`` prefixes are refused so there is one place for the zone.
@@ -367,24 +367,17 @@ def _parse_timestamp(text: str) -> datetime:
 def _parse_every(duration: str) -> timedelta:
     if not duration:
         raise ScheduleError("@every needs a duration, e.g. '@every 30s' or '@every 1h30m'")
-    pos, total_us = 0, Decimal(0)
-    for m in _DURATION_PART.finditer(duration):
-        if m.start() != pos:
-            break
-        total_us += Decimal(m.group(1)) * _UNIT_US[m.group(2)]
-        pos = m.end()
-    if pos != len(duration) or pos == 0:
-        raise ScheduleError(
-            f"invalid duration '{duration}'; use numbers with units ms, s, m, h or d, "
-            "e.g. 30s, 5m, 1h30m"
-        )
-    if total_us != total_us.to_integral_value():
-        raise ScheduleError(f"duration '{duration}' is finer than a microsecond")
-    if total_us < MIN_EVERY / _ONE_US:
+    try:
+        interval = parse_duration(duration)
+    except DurationTooLong:
+        interval = MAX_EVERY + _ONE_US  # refused below, in @every's own words
+    except DurationError as exc:
+        raise ScheduleError(str(exc)) from None
+    if interval < MIN_EVERY:
         raise ScheduleError(f"@every interval must be at least 1s, got {duration}")
-    if total_us > MAX_EVERY / _ONE_US:
+    if interval > MAX_EVERY:
         raise ScheduleError(f"@every interval must be at most {MAX_EVERY.days}d, got {duration}")
-    return timedelta(microseconds=int(total_us))
+    return interval
 
 
 # --------------------------------------------------------------------------- cron

@@ -101,3 +101,28 @@ async def test_logs_are_json_lines_with_the_execution_id(
                       procs["worker"].log_path.read_text().splitlines()]
     mine = [e for e in worker_entries if e.get("execution_id") == execution["id"]]
     assert mine and mine[0]["job_id"] == job["id"] and mine[0]["attempt"] == "1"
+
+
+async def test_worker_metrics_carry_the_priority_band(observed: Observed) -> None:
+    """Issue 15's metrics per band: a run of each band is counted under its own
+    ``priority`` label, in the start lateness histogram and the waiting gauge."""
+    cluster, procs = observed
+    bands = {"high": 1, "normal": 2, "low": 3}  # runs per band: each count tells its band
+    async with aiohttp.ClientSession() as session:
+        api = ApiClient(session, cluster.api, token=cluster.token)
+        jobs = [
+            await api.create({"name": f"{band}-{i}", "schedule": "immediate",
+                              "kind": "python", "priority": band,
+                              "python": {"function": "sample_tasks:noop"}})
+            for band, runs in bands.items() for i in range(runs)
+        ]
+        for job in jobs:
+            assert (await api.wait_terminal(job["id"]))["state"] == "succeeded"
+    await asyncio.sleep(0.2)
+    samples = scrape(procs["worker"].port)
+    counts = {k: v for k, v in samples.items()
+              if k.startswith("jobsched_worker_start_lateness_seconds_count{")}
+    assert counts == {f'jobsched_worker_start_lateness_seconds_count{{priority="{band}"}}': runs
+                      for band, runs in bands.items()}
+    for band in bands:
+        assert f'jobsched_worker_waiting{{priority="{band}"}}' in samples, band

@@ -12,6 +12,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,7 @@ from aiohttp import web
 from moto.server import ThreadedMotoServer
 
 from jobsched.crypto import SecretBox, SecretsKeyError, new_key
+from jobsched.worker.secrets import MIN_MASKED_LENGTH
 from jobsched_dev.api_client import ApiClient
 from jobsched_dev.processes import free_port
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
@@ -355,5 +357,56 @@ async def test_rotate_key_reseals_the_store_under_the_new_key(
         assert back.returncode == 0, back
         sealed = await conn.fetchval("SELECT sealed FROM secrets WHERE name = 'ROTATED'")
         assert SecretBox([STORE_KEY]).open(bytes(sealed)) == b"rotate-me"
+    finally:
+        await conn.close()
+
+
+CUT_LIMIT = 64  # the worker's output_limit_bytes in the test below
+
+
+@pytest.fixture
+def small_output_cluster(tmp_path: Path, zookeeper: str,
+                         template_db: str) -> Iterator[LocalCluster]:
+    """A deployment whose only worker keeps CUT_LIMIT bytes of output."""
+    cluster = _new_cluster(tmp_path, zookeeper, template_db)
+    key = {"JOBSCHED_SECRETS_KEY": STORE_KEY}
+    cluster.start("scheduler")
+    cluster.start("worker", JOBSCHED_OUTPUT_LIMIT_BYTES=str(CUT_LIMIT), **key)
+    cluster.start("api", **key)
+    yield cluster
+    _teardown(cluster)
+
+
+async def test_a_secret_straddling_the_output_limit_leaves_no_prefix(
+        small_output_cluster: LocalCluster, session: aiohttp.ClientSession) -> None:
+    """Issue 13's last finding against real processes: masking runs before truncation, so
+    a value printed across the output limit leaves none of its first characters behind."""
+    api = ApiClient(session, small_output_cluster.api, token=small_output_cluster.token)
+    value = "cut-" + secrets.token_urlsafe(24)  # 36 characters
+    status, body, _ = await api.request("PUT", "/api/v1/secrets/CUT_ME", json={"value": value})
+    assert status == 201, body
+    tail = "y" * 40
+    # The value starts `before` characters ahead of the limit: 1, 4, half of it, all but 1.
+    befores = (1, 4, len(value) // 2, len(value) - 1)
+    created = [await api.create({
+        "name": f"straddle-{before}", "schedule": "immediate", "kind": "shell",
+        "shell": {"argv": ["/bin/sh", "-c", 'printf %s%s%s "$PAD" "$X" "$TAIL"'],
+                  "env": {"PAD": "x" * (CUT_LIMIT - before), "X": {"secret": "CUT_ME"},
+                          "TAIL": tail}}}) for before in befores]
+    runs = await asyncio.gather(*(api.wait_terminal(job["id"], timeout=40)
+                                  for job in created))
+    for before, run in zip(befores, runs, strict=True):
+        assert run["state"] == "succeeded", run
+        output = run["output"]
+        kept, _, note = output.partition("\n[output truncated: ")
+        assert note, run  # the limit did cut this output
+        assert kept == ("x" * (CUT_LIMIT - before) + "***" + tail)[:CUT_LIMIT], run
+        for n in range(MIN_MASKED_LENGTH, len(value) + 1):
+            assert value[:n] not in output, (before, n, output)
+    conn = await asyncpg.connect(small_output_cluster.database_url)
+    try:
+        rows = await conn.fetch("SELECT coalesce(output, '') AS o FROM attempts")
+        assert len(rows) == len(befores)
+        assert all(value[:MIN_MASKED_LENGTH] not in r["o"] for r in rows)
     finally:
         await conn.close()

@@ -286,6 +286,38 @@ def test_dockerfile_entrypoint_and_user() -> None:
         assert SERVICES[service].get("entrypoint") in (None, ["jobsched"]), service
 
 
+SECURITY_DOC = ROOT / "docs" / "security.md"
+
+
+def _capabilities(values: list[str] | None) -> set[str]:
+    return {str(v).upper().removeprefix("CAP_") for v in values or []}
+
+
+def test_the_worker_has_exactly_the_documented_capabilities() -> None:
+    """docs/security.md ("What ships") names the capabilities compose's worker keeps, and
+    says why each; compose.yaml must grant those and no others, with the rest of the
+    lock-down the paragraph promises."""
+    doc = " ".join(SECURITY_DOC.read_text(encoding="utf-8").split())
+    listed = re.search(r"`cap_drop: ALL` and back only ([A-Z_, ]+?), `", doc)
+    assert listed, "docs/security.md no longer lists the worker's capabilities"
+    documented = set(re.findall(r"[A-Z_]{3,}", listed.group(1)))
+    why = re.search(r"The capabilities: (.+?)\. ", doc)
+    assert why, "docs/security.md no longer says why each capability is kept"
+    explained = set(re.findall(r"\b[A-Z][A-Z_]{2,}\b", why.group(1)))
+    assert explained == documented, (explained, documented)
+
+    worker = SERVICES["worker"]
+    assert _capabilities(worker.get("cap_drop")) == {"ALL"}
+    assert _capabilities(worker.get("cap_add")) == documented
+    assert "no-new-privileges:true" in (worker.get("security_opt") or [])
+    assert worker.get("init") is True
+    assert str(worker.get("user")).split(":")[0] in ("0", "root")
+    for name in JOBSCHED:  # no other role is given a capability or root
+        if name != "worker":
+            assert not SERVICES[name].get("cap_add"), name
+            assert SERVICES[name].get("user") is None, name
+
+
 def _parse(main: click.Group, argv: list[str]) -> click.Context:
     """Parse `jobsched ARGV` as the console script would, without running anything."""
     ctx = main.make_context("jobsched", list(argv), resilient_parsing=False)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from jobsched.domain.durations import HINT as DURATION_HINT
 from jobsched.domain.schedule import (
     Schedule,
     ScheduleError,
@@ -175,6 +176,8 @@ def test_macro_timezone() -> None:
         ("@every 1d2h3m4s", timedelta(days=1, hours=2, minutes=3, seconds=4)),
         ("@EVERY 10s", timedelta(seconds=10)),
         ("@every 3650d", timedelta(days=3650)),
+        ("@every 30", timedelta(seconds=30)),  # bare seconds, as --expires-in takes them
+        ("@every 2w", timedelta(weeks=2)),
     ],
 )
 def test_every_durations(text: str, interval: timedelta) -> None:
@@ -722,23 +725,10 @@ def test_bad_timestamps_are_rejected(text: str, reason: str) -> None:
         ("@every 0s", "@every interval must be at least 1s, got 0s"),
         ("@every 3651d", "@every interval must be at most 3650d, got 3651d"),
         ("@every 99999999999999d", "@every interval must be at most 3650d, got 99999999999999d"),
-        (
-            "@every 5x",
-            "invalid duration '5x'; use numbers with units ms, s, m, h or d, e.g. 30s, 5m, 1h30m",
-        ),
-        (
-            "@every 1h 30m",
-            "invalid duration '1h 30m'; use numbers with units ms, s, m, h or d, "
-            "e.g. 30s, 5m, 1h30m",
-        ),
-        (
-            "@every -5s",
-            "invalid duration '-5s'; use numbers with units ms, s, m, h or d, e.g. 30s, 5m, 1h30m",
-        ),
-        (
-            "@every 30",
-            "invalid duration '30'; use numbers with units ms, s, m, h or d, e.g. 30s, 5m, 1h30m",
-        ),
+        ("@every 5x", f"invalid duration '5x'; {DURATION_HINT}"),
+        ("@every 1h 30m", f"invalid duration '1h 30m'; {DURATION_HINT}"),
+        ("@every -5s", f"invalid duration '-5s'; {DURATION_HINT}"),
+        ("@every 30 s", f"invalid duration '30 s'; {DURATION_HINT}"),
         ("@every 1.0000001s", "duration '1.0000001s' is finer than a microsecond"),
     ],
 )
