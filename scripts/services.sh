@@ -13,9 +13,9 @@
 #     and trusts connections from 127.0.0.1 and ::1 (any user, no password: the
 #     development URL postgresql://postgres@127.0.0.1/jobsched), lines put first in its
 #     pg_hba.conf under a "jobsched" comment;
-#   RabbitMQ (package rabbitmq-server): listens on 127.0.0.1 only (rabbitmq-env.conf);
-#     its stock user guest/guest, which may connect from localhost only, is what jobsched
-#     uses;
+#   RabbitMQ (package rabbitmq-server): the node rabbit@localhost, listening on 127.0.0.1
+#     only (rabbitmq-env.conf); its stock user guest/guest, which may connect from
+#     localhost only, is what jobsched uses;
 #   ZooKeeper: scripts/zookeeper.sh.
 # An installation that was there before is started, never reconfigured: when it does not
 # accept jobsched's development credentials, a warning says what to change.
@@ -23,6 +23,8 @@
 #
 # JOBSCHED_SERVICES_DRY_RUN=1 prints every command that would install, configure or start
 # something ("would run: ...") and runs none of them (the checks still run).
+# tests/unit/test_services_script.py runs the dry run through every branch;
+# scripts/fresh-machine-test.sh runs this script for real on a fresh Debian (as root).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -211,38 +213,48 @@ ensure_postgres() {
 
 # --- RabbitMQ --------------------------------------------------------------------------
 
-# An installation this script made: the node and epmd listen on 127.0.0.1 only.
+# as_root_try CMD...: as_root, quietly, its failure ignored.
+as_root_try() {
+    if dry_run; then
+        as_root "$@"
+    else
+        as_root "$@" >/dev/null 2>&1 || true
+    fi
+}
+
+# The lines this script writes into rabbitmq-env.conf of an installation it made: the
+# node, epmd and Erlang distribution listen on 127.0.0.1 only, under the node name
+# rabbit@localhost (with epmd on 127.0.0.1, the default rabbit@HOSTNAME is unreachable
+# where HOSTNAME resolves to another address, as Debian's 127.0.1.1).
+RABBITMQ_ENV_LINES=(
+    NODENAME=rabbit@localhost
+    NODE_IP_ADDRESS=127.0.0.1
+    ERL_EPMD_ADDRESS=127.0.0.1
+    'export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"'
+)
+
 configure_rabbitmq() {
     local env_conf=/etc/rabbitmq/rabbitmq-env.conf line
-    log "configuring RabbitMQ to listen on 127.0.0.1"
-    for line in NODE_IP_ADDRESS=127.0.0.1 ERL_EPMD_ADDRESS=127.0.0.1; do
-        if dry_run || ! grep -qx "$line" "$env_conf" 2>/dev/null; then
+    # The package may have started a node with its defaults (every interface), and epmd
+    # with it: stop both before the configuration changes the node's name.
+    as_root_try rabbitmqctl -q stop
+    as_root_try epmd -kill
+    log "configuring RabbitMQ to listen on 127.0.0.1 as rabbit@localhost"
+    for line in "${RABBITMQ_ENV_LINES[@]}"; do
+        if dry_run || ! grep -qxF "$line" "$env_conf" 2>/dev/null; then
             # shellcheck disable=SC2016 # $1/$2 are expanded by the inner sh
             as_root sh -c 'printf "%s\n" "$1" >>"$2"' _ "$line" "$env_conf"
         fi
     done
 }
 
-rabbitmq_start() {  # start, or restart when RESTART=1 (to apply a new configuration)
-    local restart=$1
+rabbitmq_start() {
     if systemd_running; then
-        if ((restart)); then
-            as_root systemctl restart rabbitmq-server
-        else
-            as_root systemctl start rabbitmq-server
-        fi
+        as_root systemctl restart rabbitmq-server
         return
     fi
-    if ((restart)); then
-        # Started by the package's init script, if policy allowed it: stop that one.
-        if dry_run; then
-            as_root rabbitmqctl -q stop
-        else
-            as_root rabbitmqctl -q stop >/dev/null 2>&1 || true
-        fi
-    fi
-    as_root env RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 ERL_EPMD_ADDRESS=127.0.0.1 \
-        rabbitmq-server -detached
+    # AMQP on 127.0.0.1; the node's name and epmd as its configuration says.
+    as_root env RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 rabbitmq-server -detached
 }
 
 check_rabbitmq_login() {
@@ -259,15 +271,14 @@ ensure_rabbitmq() {
         log "RabbitMQ answers on $AMQP_HOST:$AMQP_PORT"
         return 0
     fi
-    local installed=0 t0 n
+    local t0 n
     if ! command -v rabbitmq-server >/dev/null; then
         apt_install rabbitmq-server
-        installed=1
         configure_rabbitmq
     fi
     log "starting RabbitMQ"
     t0=$(now)
-    rabbitmq_start "$installed" || log "starting rabbitmq-server failed; waiting anyway"
+    rabbitmq_start || log "starting rabbitmq-server failed; waiting anyway"
     if dry_run; then
         log "would wait until RabbitMQ answers on $AMQP_HOST:$AMQP_PORT"
         check_rabbitmq_login

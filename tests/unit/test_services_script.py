@@ -51,6 +51,7 @@ MUTATING = (
     "sed",
     "sh",
     "psql",
+    "epmd",
 )
 SYSTEMD = Path("/run/systemd/system").is_dir()
 
@@ -80,6 +81,7 @@ def _world(tmp_path: Path, *, answering: bool, installed: set[str]) -> tuple[Pat
             "psql": "postgresql",
             "rabbitmq-server": "rabbitmq",
             "rabbitmqctl": "rabbitmq",
+            "epmd": "rabbitmq",
         }.get(command)
         if package is not None and package not in installed:
             continue
@@ -142,22 +144,30 @@ def test_not_installed_installs_configures_and_starts_both(tmp_path: Path) -> No
     assert commands.index(start) > commands.index(hba)
     assert "would wait until PostgreSQL answers on 127.0.0.1:5432" in result.stdout
 
-    # RabbitMQ: bound to 127.0.0.1, started after its installation.
-    for line in ("NODE_IP_ADDRESS=127.0.0.1", "ERL_EPMD_ADDRESS=127.0.0.1"):
-        assert any(line in c and "/etc/rabbitmq/rabbitmq-env.conf" in c for c in commands)
-    rabbit_install = next(
-        i for i, c in enumerate(commands) if c.endswith("rabbitmq-server") and " install " in c
+    # RabbitMQ: whatever the package started is stopped, then it is configured local-only
+    # under the name rabbit@localhost (reachable through an epmd on 127.0.0.1), then started.
+    rabbit = commands[
+        next(
+            i for i, c in enumerate(commands) if c.endswith(" rabbitmq-server") and " install " in c
+        )
+        + 1 :
+    ]
+    assert rabbit[:2] == ["rabbitmqctl -q stop", "epmd -kill"], text
+    env_conf = [c for c in rabbit if c.endswith(" /etc/rabbitmq/rabbitmq-env.conf")]
+    for line in (
+        "NODENAME=rabbit@localhost",
+        "NODE_IP_ADDRESS=127.0.0.1",
+        "ERL_EPMD_ADDRESS=127.0.0.1",
+        "inet_dist_use_interface",
+    ):
+        assert any(line in c for c in env_conf), (line, text)
+    assert rabbit[2 : 2 + len(env_conf)] == env_conf, text
+    start = (
+        "systemctl restart rabbitmq-server"
+        if SYSTEMD
+        else "env RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 rabbitmq-server -detached"
     )
-    if SYSTEMD:
-        assert "systemctl restart rabbitmq-server" in commands[rabbit_install:]
-    else:
-        # The package's init script may have started it before the configuration.
-        assert commands[-2:] == [
-            "rabbitmqctl -q stop",
-            "env RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 ERL_EPMD_ADDRESS=127.0.0.1 "
-            "rabbitmq-server -detached",
-        ], text
-        assert rabbit_install < len(commands) - 2
+    assert rabbit[2 + len(env_conf) :] == [start], text
     assert "would wait until RabbitMQ answers on 127.0.0.1:5672" in result.stdout
     assert "nothing was installed, configured or started" in result.stdout
 
@@ -180,13 +190,12 @@ def test_installed_but_stopped_starts_without_installing_or_reconfiguring(tmp_pa
     if SYSTEMD:
         assert commands[:2] == [
             f"systemctl start postgresql@{version}-main",
-            "systemctl start rabbitmq-server",
+            "systemctl restart rabbitmq-server",
         ], text
     else:
         assert commands[:2] == [
             f"pg_ctlcluster --skip-systemctl-redirect {version} main start",
-            "env RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 ERL_EPMD_ADDRESS=127.0.0.1 "
-            "rabbitmq-server -detached",
+            "env RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 rabbitmq-server -detached",
         ], text
 
 
