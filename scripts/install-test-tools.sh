@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Tools the test suite drives for real: Prometheus from Debian (promtool and a scraping
-# server for the monitoring tests), kubectl with kustomize v5 (renders deploy/kubernetes
-# for tests/unit/test_kubernetes.py) and, when present, the browser install of the
-# dashboard tests (scripts/install-browser.sh). Installs only what is missing. A tool
-# whose source cannot be reached is reported here and left out: the tests that need it
-# then fail saying so, the others still run.
+# server for the monitoring tests), shellcheck from Debian (tests/unit/
+# test_services_script.py), kubectl with kustomize v5 (renders deploy/kubernetes for
+# tests/unit/test_kubernetes.py) and, when present, the browser install of the dashboard
+# tests (scripts/install-browser.sh). Installs only what is missing. A tool whose source
+# cannot be reached is reported here and left out: the tests that need it then fail
+# saying so, the others still run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 if ((${#missing[@]})); then
     echo "install-test-tools.sh: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
