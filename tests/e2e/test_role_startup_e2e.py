@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import pytest
 
-from jobsched.adapters.postgres import create_database
 from jobsched_dev.processes import RoleProcess, free_port
 from tests.e2e.conftest import LocalCluster
 from tests.helpers import ROOT, drop_database
