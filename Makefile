@@ -6,7 +6,7 @@ run:
 
 # The whole test suite on real PostgreSQL, RabbitMQ and ZooKeeper (started if missing).
 test: install services test-tools
-	python3 -m pytest -q
+	python3 -m pytest -q --durations=40
 
 # The fuzzing tier at a large budget, by hand (make test runs it at FUZZ_EXAMPLES=20).
 fuzz: install services
