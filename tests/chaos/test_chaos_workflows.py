@@ -87,7 +87,7 @@ async def test_worker_killed_while_a_join_waits_on_its_parents(chaos: Chaos) -> 
     parents = [f"p{i}" for i in range(12)]
     workflow_id = await create_workflow(chaos, {
         "name": "chaos-join",
-        "nodes": [*(sleeper(p, 2.0) for p in parents), sleeper("join", 0.1, *parents)]})
+        "nodes": [*(sleeper(p, 3.0) for p in parents), sleeper("join", 0.1, *parents)]})
     status, run, _ = await chaos.api.request("POST", f"/api/v1/workflows/{workflow_id}/runs")
     assert status == 201, run
     deadline = time.monotonic() + 20
@@ -95,7 +95,9 @@ async def test_worker_killed_while_a_join_waits_on_its_parents(chaos: Chaos) -> 
         rows = await node_executions(chaos, workflow_id)
         running = [r for r in rows if r["state"] == "running" and r["worker"]]
         workers = {r["worker"] for r in running}
-        if len(workers) == 2 or (running and time.monotonic() > deadline - 10):
+        # Both workers running parents is the aim; one is enough after 2 s (a loaded
+        # machine may hand all twelve to one worker, which then finish within 3 s).
+        if len(workers) == 2 or (running and time.monotonic() > deadline - 18):
             break
         assert time.monotonic() < deadline, rows
         await asyncio.sleep(0.05)

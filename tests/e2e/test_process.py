@@ -133,7 +133,8 @@ async def test_shell_runs_are_limited_by_shell_concurrency(local_cluster: LocalC
                                              "args": {"a": 1, "b": 2}}})
         runs = [await api.wait_terminal(job["id"], timeout=20) for job in jobs]
         fast = await api.wait_terminal(quick["id"], timeout=20)
-    assert [r["state"] for r in runs] == ["succeeded", "succeeded"]
+    assert [r["state"] for r in runs] == ["succeeded", "succeeded"], [
+        (r["state"], r.get("error"), r.get("output")) for r in runs]
 
     def at(run: dict[str, str], key: str) -> datetime:
         return datetime.fromisoformat(run[key])
