@@ -21,6 +21,12 @@ from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.worker.results import AttemptResult, render_output
 from jobsched.worker.secrets import mask, mask_bounded
 
+#: Said of a plain function on a thread that was timed out or cancelled.
+THREAD_NOT_INTERRUPTED = (
+    "the function's thread could not be interrupted: it runs on until it returns, and its "
+    "eventual return value is discarded (@task(isolation=\"process\") runs a function in a "
+    "child process that is killed instead)")
+
 
 class ThreadRunner:
     """Threads that run plain-function tasks, cheaper for the event loop than
@@ -33,28 +39,30 @@ class ThreadRunner:
     slots: a high run queued behind a backlog of low ones starts at the next free thread.
 
     The threads are daemons: a run still going when the process exits (after the drain
-    timeout) is abandoned, as a timed-out one is (a thread cannot be killed)."""
+    timeout) is abandoned, as a timed-out or cancelled one is (a thread cannot be killed).
+    ``ended``, if given to ``submit``, is resolved when the function really returns, even
+    after its result future was cancelled: the worker keeps the run's slot until then."""
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or min(32, (os.cpu_count() or 1) + 4)
         self._work: dict[Priority, collections.deque[
-            tuple[Callable[[], Any], asyncio.Future[Any]]]] = {
+            tuple[Callable[[], Any], asyncio.Future[Any], asyncio.Future[None] | None]]] = {
             band: collections.deque() for band in Priority}
         self._ready = threading.Condition()
         self._picks = WeightedRoundRobin()
-        self._ended: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] \
-            = collections.deque()
+        self._ended: collections.deque[tuple[asyncio.Future[Any], asyncio.Future[None] | None,
+                                             Any, BaseException | None]] = collections.deque()
         self._lock = threading.Lock()
         self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = 0
 
-    def submit(self, function: Callable[[], Any],
-               band: Priority = Priority.NORMAL) -> asyncio.Future[Any]:
+    def submit(self, function: Callable[[], Any], band: Priority = Priority.NORMAL,
+               ended: asyncio.Future[None] | None = None) -> asyncio.Future[Any]:
         loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._ready:
-            self._work[band].append((function, future))
+            self._work[band].append((function, future, ended))
             self._ready.notify()
         if self._started < self.threads:  # threads start as the work needs them
             self._started += 1
@@ -62,7 +70,7 @@ class ThreadRunner:
                              daemon=True).start()
         return future
 
-    def _next(self) -> tuple[Callable[[], Any], asyncio.Future[Any]]:
+    def _next(self) -> tuple[Callable[[], Any], asyncio.Future[Any], asyncio.Future[None] | None]:
         with self._ready:
             while True:
                 waiting = [band for band, work in self._work.items() if work]
@@ -73,12 +81,15 @@ class ThreadRunner:
 
     def _serve(self) -> None:
         while True:
-            function, future = self._next()
-            try:
-                value, error = function(), None
-            except BaseException as exc:  # noqa: BLE001 - the task's failure, handed back
-                value, error = None, exc
-            self._ended.append((future, value, error))
+            function, future, ended = self._next()
+            if future.cancelled():  # cancelled or timed out while it waited: not run at all
+                value, error = None, None
+            else:
+                try:
+                    value, error = function(), None
+                except BaseException as exc:  # noqa: BLE001 - the task's failure, handed back
+                    value, error = None, exc
+            self._ended.append((future, ended, value, error))
             with self._lock:
                 if self._wake_pending:
                     continue
@@ -94,9 +105,13 @@ class ThreadRunner:
         with self._lock:
             self._wake_pending = False
         while self._ended:
-            future, value, error = self._ended.popleft()
-            if future.done() or future.get_loop() is not self._loop:
-                continue  # timed out or cancelled meanwhile, or asked for by a closed loop
+            future, ended, value, error = self._ended.popleft()
+            if future.get_loop() is not self._loop:
+                continue  # asked for by a closed loop
+            if ended is not None and not ended.done():
+                ended.set_result(None)
+            if future.done():
+                continue  # timed out or cancelled meanwhile
             if error is None:
                 future.set_result(value)
             else:
@@ -113,12 +128,15 @@ async def run_python(
     band: Priority = Priority.NORMAL,
     masked: Sequence[str] = (),
     node: NodeInputs | None = None,
+    linger: Callable[[asyncio.Future[None]], None] | None = None,
 ) -> AttemptResult:
     """``masked``: values no recorded output or error may show (the worker's own
     credentials), masked before either is cut to its limit. A workflow node (``node``
     given) is also passed ``upstream`` and ``input`` if it declares them, and its return
     value is kept as JSON for its children: a value that is not JSON, or larger than the
-    output limit, fails the run."""
+    output limit, fails the run. ``linger`` is called, when a plain function's run on
+    ``threads`` times out or is cancelled, with a future resolved once its thread really
+    ends (the worker holds the run's slot until then)."""
     name = payload["function"]
     function = registry.get(name)
     if function is None:
@@ -133,6 +151,7 @@ async def run_python(
             kwargs["upstream"] = node.upstream
         if "input" in declared:
             kwargs["input"] = node.input
+    on_thread = False
     try:
         # asyncio.timeout, not wait_for: no extra task per run (the start of many runs due
         # at the same instant is this function's cost times their number).
@@ -140,14 +159,25 @@ async def run_python(
             if inspect.iscoroutinefunction(function):
                 value = await function(**kwargs)
             else:
-                # A thread cannot be killed: on timeout the attempt ends, the thread runs out.
+                # A thread cannot be killed: on timeout or cancel the attempt ends at once
+                # and the thread runs out; ``linger`` is given what resolves when it does.
+                on_thread = True
                 call = functools.partial(function, **kwargs)
                 if threads is not None:
-                    value = await threads.submit(call, band)
+                    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    try:
+                        value = await threads.submit(call, band, ended)
+                    except asyncio.CancelledError:
+                        if linger is not None and not ended.done():
+                            linger(ended)
+                        raise
                 else:
                     value = await asyncio.get_running_loop().run_in_executor(None, call)
     except TimeoutError:
-        return AttemptResult(AttemptOutcome.TIMED_OUT, error=f"timed out after {timeout_s:g}s")
+        error = f"timed out after {timeout_s:g}s"
+        if on_thread:
+            error += f"; {THREAD_NOT_INTERRUPTED}"
+        return AttemptResult(AttemptOutcome.TIMED_OUT, error=error)
     except Exception as exc:  # noqa: BLE001 - the task's failure is the attempt's outcome
         return AttemptResult(AttemptOutcome.FAILED,
                              error=mask_bounded(f"{type(exc).__name__}: {exc}", masked, 4000))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from jobsched import TaskContext, task
 
@@ -69,3 +70,13 @@ def fails_first_attempt(context: TaskContext, upstream: dict[str, object]) -> di
 @task(name="sample_tasks:upstream_keys")
 def upstream_keys(upstream: dict[str, object]) -> list[str]:
     return sorted(k for k, v in upstream.items() if v is not None)
+
+
+# Cancel and timeout of plain functions (tests/e2e/test_stop_plain_functions.py).
+
+
+@task(name="sample_tasks:doze")
+def doze(seconds: float) -> str:
+    """A plain function on the worker's thread runner: it cannot be interrupted."""
+    time.sleep(seconds)
+    return "woke up"

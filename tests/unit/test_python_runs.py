@@ -77,3 +77,25 @@ async def test_many_runs_at_once_all_come_back() -> None:
     results = await asyncio.gather(*(_run("t:_sleepy", threads=runner, seconds=0.01 * (i % 5))
                                      for i in range(200)))
     assert results == [("succeeded", '"slept"', None)] * 200
+
+
+async def test_a_timed_out_thread_is_handed_to_linger_until_it_ends() -> None:
+    """A plain function on a thread cannot be stopped: the attempt says so at once, and the
+    future given to ``linger`` resolves only when the function really returns."""
+    lingering: list[asyncio.Future[None]] = []
+    started = time.monotonic()
+    result = await run_python({"function": "t:_sleepy", "args": {"seconds": 0.5}}, 0.1,
+                              1000, REGISTRY, CONTEXT, ThreadRunner(2), linger=lingering.append)
+    assert result.outcome == "timed_out" and "could not be interrupted" in (result.error or "")
+    assert time.monotonic() - started < 0.4
+    (ended,) = lingering
+    assert not ended.done()
+    await asyncio.wait_for(ended, 2)
+    assert time.monotonic() - started >= 0.5
+
+
+async def test_a_run_that_ends_in_time_lingers_not() -> None:
+    lingering: list[asyncio.Future[None]] = []
+    result = await run_python({"function": "t:_sleepy", "args": {"seconds": 0}}, 1, 1000,
+                              REGISTRY, CONTEXT, ThreadRunner(2), linger=lingering.append)
+    assert result.outcome == "succeeded" and lingering == []
