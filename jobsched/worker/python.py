@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import inspect
 import os
+import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -129,6 +132,7 @@ async def run_python(
     masked: Sequence[str] = (),
     node: NodeInputs | None = None,
     linger: Callable[[asyncio.Future[None]], None] | None = None,
+    killed: Callable[[str], None] | None = None,
 ) -> AttemptResult:
     """``masked``: values no recorded output or error may show (the worker's own
     credentials), masked before either is cut to its limit. A workflow node (``node``
@@ -136,7 +140,9 @@ async def run_python(
     value is kept as JSON for its children: a value that is not JSON, or larger than the
     output limit, fails the run. ``linger`` is called, when a plain function's run on
     ``threads`` times out or is cancelled, with a future resolved once its thread really
-    ends (the worker holds the run's slot until then)."""
+    ends (the worker holds the run's slot until then). A task registered with
+    ``isolation="process"`` runs in a child process instead, killed on a timeout or a
+    cancel; ``killed`` is told how when a cancel killed it."""
     name = payload["function"]
     function = registry.get(name)
     if function is None:
@@ -151,6 +157,9 @@ async def run_python(
             kwargs["upstream"] = node.upstream
         if "input" in declared:
             kwargs["input"] = node.input
+    if registry.isolation(name) == "process":
+        return await _run_in_process(name, function, kwargs, timeout_s, output_limit, masked,
+                                     node, killed)
     on_thread = False
     try:
         # asyncio.timeout, not wait_for: no extra task per run (the start of many runs due
@@ -181,6 +190,11 @@ async def run_python(
     except Exception as exc:  # noqa: BLE001 - the task's failure is the attempt's outcome
         return AttemptResult(AttemptOutcome.FAILED,
                              error=mask_bounded(f"{type(exc).__name__}: {exc}", masked, 4000))
+    return _succeeded(value, output_limit, masked, node)
+
+
+def _succeeded(value: Any, output_limit: int, masked: Sequence[str],
+               node: NodeInputs | None) -> AttemptResult:
     if node is not None:
         return node_result(value, output_limit, masked)
     if value is None:
@@ -191,6 +205,94 @@ async def run_python(
         rendered = repr(value).encode()
     return AttemptResult(AttemptOutcome.SUCCEEDED,
                          output=render_output(rendered, len(rendered), output_limit, masked))
+
+
+class _NotJson:
+    """A child process's return value that was not JSON: only its repr came back."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+async def _run_in_process(
+    name: str,
+    function: Callable[..., Any],
+    kwargs: dict[str, Any],
+    timeout_s: float,
+    output_limit: int,
+    masked: Sequence[str],
+    node: NodeInputs | None,
+    killed: Callable[[str], None] | None,
+) -> AttemptResult:
+    """A task registered with ``isolation="process"``: one child process per run
+    (jobsched.worker.child), in a session of its own, killed with all it started on a
+    timeout or a cancel. ``killed`` is told how, when a cancel killed it."""
+    context = kwargs.pop("context", None)
+    request = {
+        "sys_path": sys.path, "module": function.__module__, "name": name, "kwargs": kwargs,
+        "context": None if context is None else {
+            "execution_id": str(context.execution_id), "attempt": context.attempt,
+            "job_id": str(context.job_id), "scheduled_for": context.scheduled_for.isoformat()},
+    }
+    try:
+        encoded = orjson.dumps(request)
+    except TypeError as exc:
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error=f"the arguments cannot be passed to a child process as "
+                                   f"JSON ({exc})")
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jobsched.worker.child", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        async with asyncio.timeout(timeout_s):
+            answer, _ = await child.communicate(encoded)
+    except TimeoutError:
+        how = await _kill(child)
+        return AttemptResult(AttemptOutcome.TIMED_OUT,
+                             error=f"timed out after {timeout_s:g}s; process killed ({how})")
+    except asyncio.CancelledError:
+        how = await asyncio.shield(_kill(child))
+        if killed is not None:
+            killed(f"process killed ({how})")
+        raise
+    try:
+        reply = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error=f"the task's child process (pid {child.pid}) ended with "
+                                   f"exit code {child.returncode} without an answer")
+    if "error" in reply:
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error=mask_bounded(str(reply["error"]), masked, 4000))
+    if "repr" in reply:
+        return _succeeded(_NotJson(str(reply["repr"])), output_limit, masked, node)
+    return _succeeded(reply.get("value"), output_limit, masked, node)
+
+
+#: How long a task's child process has to end after SIGTERM before it is sent SIGKILL.
+KILL_GRACE_S = 3.0
+
+
+async def _kill(child: asyncio.subprocess.Process) -> str:
+    """SIGTERM to the child's session, SIGKILL to it after ``KILL_GRACE_S``: how it went."""
+    if child.returncode is not None:
+        return f"pid {child.pid} had already exited"
+    how = f"pid {child.pid}, SIGTERM"
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(child.wait(), KILL_GRACE_S)
+    except TimeoutError:
+        how = f"pid {child.pid}, SIGKILL {KILL_GRACE_S:g}s after SIGTERM"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        await child.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)  # whatever it started and left behind
+    return how
 
 
 def node_result(value: Any, limit: int, masked: Sequence[str] = ()) -> AttemptResult:

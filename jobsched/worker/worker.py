@@ -153,6 +153,8 @@ class Worker:
         #: Plain functions timed out or cancelled whose threads still run: each resolves
         #: when its thread ends, and the run's slot is held until then.
         self._lingering: dict[uuid.UUID, asyncio.Future[None]] = {}
+        #: How the child process of a cancelled ``isolation="process"`` run was killed.
+        self._killed: dict[uuid.UUID, str] = {}
         self._http = HttpRunner(settings.egress_policy())
         self._sandbox = sandbox or ShellSandbox.from_settings(settings)
         self._secrets = secrets or SecretResolver.from_settings(settings)
@@ -475,7 +477,11 @@ class Worker:
             if claimed.id not in self._taken_away:
                 raise
             self._taken_away.discard(claimed.id)
-            if claimed.id in self._lingering:
+            killed = self._killed.pop(claimed.id, None)
+            if killed is not None:
+                stopped = AttemptResult(AttemptOutcome.CANCELLED,
+                                        error=f"stopped: the execution was cancelled; {killed}")
+            elif claimed.id in self._lingering:
                 stopped = AttemptResult(AttemptOutcome.CANCELLED,
                                         error=f"the execution was cancelled; "
                                               f"{THREAD_NOT_INTERRUPTED}")
@@ -485,6 +491,7 @@ class Worker:
             return stopped, None, 0.0
         finally:
             self._running.pop(claimed.id, None)
+            self._killed.pop(claimed.id, None)
         self.metrics.execution_duration.observe({"kind": claimed.kind},
                                                 time.perf_counter() - started)
         self.metrics.executions.inc({"kind": claimed.kind, "outcome": result.outcome})
@@ -659,6 +666,10 @@ class Worker:
             def linger(ended: asyncio.Future[None]) -> None:
                 self._lingering[claimed.id] = ended
 
+            def killed(how: str) -> None:
+                self._killed[claimed.id] = how
+
             return await run_python(payload, timeout, limit, self.registry, context,
-                                    self._threads, claimed.band, secrets.masked, node, linger)
+                                    self._threads, claimed.band, secrets.masked, node, linger,
+                                    killed)
         return AttemptResult(AttemptOutcome.FAILED, error=f"unknown job kind {kind!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from jobsched import TaskContext, task
@@ -80,3 +81,17 @@ def doze(seconds: float) -> str:
     """A plain function on the worker's thread runner: it cannot be interrupted."""
     time.sleep(seconds)
     return "woke up"
+
+
+@task(name="sample_tasks:doze_in_process", isolation="process")
+def doze_in_process(seconds: float, pidfile: str) -> str:
+    """The same in a child process of the worker, which a cancel or timeout kills."""
+    with open(pidfile, "w") as out:
+        out.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "woke up"
+
+
+@task(name="sample_tasks:whoami_in_process", isolation="process")
+def whoami_in_process(context: TaskContext) -> dict[str, int]:
+    return {"pid": os.getpid(), "parent": os.getppid(), "attempt": context.attempt}
