@@ -155,6 +155,7 @@ class Worker:
         self._lingering: dict[uuid.UUID, asyncio.Future[None]] = {}
         #: How the child process of a cancelled ``isolation="process"`` run was killed.
         self._killed: dict[uuid.UUID, str] = {}
+        self._releasing: set[asyncio.Task[None]] = set()  # job locks of such threads
         self._http = HttpRunner(settings.egress_policy())
         self._sandbox = sandbox or ShellSandbox.from_settings(settings)
         self._secrets = secrets or SecretResolver.from_settings(settings)
@@ -415,6 +416,17 @@ class Worker:
         finally:
             self._release_slot(claimed_id)
 
+    def _release_later(self, lock: JobLock) -> None:
+        async def release() -> None:
+            try:
+                await lock.release()
+            except Exception as exc:  # noqa: BLE001 - the session's end releases it too
+                log.warning("releasing a job lock failed (%r)", exc)
+
+        task = asyncio.create_task(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
     def _release_slot(self, claimed_id: uuid.UUID | None) -> None:
         """Free a run's slot, or, if its plain function's thread still runs (timed out or
         cancelled: a thread cannot be killed), once that thread ends: threads left running
@@ -449,7 +461,13 @@ class Worker:
             raise
         finally:
             if lock is not None:
-                await lock.release()
+                ended = self._lingering.get(claimed.id)
+                if ended is not None and not ended.done():
+                    # Its function's thread still runs: the job's lock is held until it
+                    # returns, so forbid/replace never let a second run overlap it.
+                    ended.add_done_callback(lambda _: self._release_later(lock))
+                else:
+                    await lock.release()
 
     async def _settle(self, delivery: Delivery, claimed: ClaimedExecution,
                       result: AttemptResult, state: ExecutionState | None,
