@@ -47,3 +47,8 @@ def ignores_sigterm(pidfile: str) -> None:
     with open(pidfile, "w") as out:
         out.write(str(os.getpid()))
     time.sleep(60)
+
+
+@task(name="unit:node_in_process", isolation="process")
+def node_in_process(upstream: dict[str, int], input: dict[str, int]) -> dict[str, int]:
+    return {"sum": sum(upstream.values()) + input["offset"]}

@@ -14,6 +14,7 @@ import pytest
 
 import tests.unit.process_tasks  # noqa: F401 - registers the isolation="process" tasks
 from jobsched import tasks
+from jobsched.ports import NodeInputs
 from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.worker.python import ThreadRunner, run_python
 from jobsched.worker.results import AttemptResult
@@ -177,3 +178,13 @@ async def test_a_cancelled_process_task_is_killed_and_says_so(tmp_path: Path) ->
 def test_isolation_is_checked() -> None:
     with pytest.raises(ValueError, match="isolation must be one of thread, process"):
         tasks.task(name="unit:bad", isolation="fork")  # type: ignore[arg-type]
+
+
+async def test_a_process_task_as_a_workflow_node_gets_its_inputs_as_json() -> None:
+    node = NodeInputs({"offset": 1}, {"a": 2, "b": 3}, None)
+    result = await run_python({"function": "unit:node_in_process"}, 10, 1000, tasks.registry,
+                              CONTEXT, ThreadRunner(2), node=node)
+    assert result.outcome == "succeeded" and orjson.loads(result.result or "") == {"sum": 6}
+    not_json = await run_python({"function": "unit:not_json_in_process"}, 10, 1000,
+                                tasks.registry, CONTEXT, ThreadRunner(2), node=node)
+    assert not_json.outcome == "failed" and "not JSON" in (not_json.error or "")
