@@ -11,9 +11,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Where a plain function runs: on one of the worker's threads (cheap; a thread cannot be
+#: stopped, so a cancel or timeout abandons it) or in a child process of its own (a process
+#: start per run; a cancel or timeout kills it).
+Isolation = Literal["thread", "process"]
+ISOLATIONS: tuple[Isolation, ...] = ("thread", "process")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +36,24 @@ class TaskContext:
 class TaskRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, Callable[..., Any]] = {}
+        self._isolation: dict[str, Isolation] = {}
 
-    def register(self, function: Callable[..., Any], name: str | None = None) -> str:
+    def register(self, function: Callable[..., Any], name: str | None = None,
+                 isolation: Isolation = "thread") -> str:
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, "
+                             f"not {isolation!r}")
         key = name or f"{function.__module__}:{function.__qualname__}"
         self._tasks[key] = function
+        self._isolation[key] = isolation
         return key
 
     def get(self, name: str) -> Callable[..., Any] | None:
         return self._tasks.get(name)
+
+    def isolation(self, name: str) -> Isolation:
+        """How the task registered as ``name`` runs: ``thread`` unless it asked otherwise."""
+        return self._isolation.get(name, "thread")
 
     def names(self) -> list[str]:
         return sorted(self._tasks)
@@ -64,14 +80,26 @@ registry = TaskRegistry()
 @overload
 def task(function: F) -> F: ...
 @overload
-def task(*, name: str | None = None) -> Callable[[F], F]: ...
+def task(*, name: str | None = None, isolation: Isolation = "thread") -> Callable[[F], F]: ...
 
 
-def task(function: Any = None, *, name: str | None = None) -> Any:
-    """Register a function (sync or async) so jobs of kind ``python`` can run it."""
+def task(function: Any = None, *, name: str | None = None,
+         isolation: Isolation = "thread") -> Any:
+    """Register a function (sync or async) so jobs of kind ``python`` can run it.
+
+    ``isolation="process"`` runs each call in a child process of the worker (its module
+    imported there afresh, its arguments and result passed as JSON): a cancel or timeout
+    kills that process (SIGTERM, then SIGKILL after a grace). By default (``"thread"``) a
+    plain function runs on a worker thread, which nothing can stop: a cancel or timeout
+    ends the attempt at once but the function runs on, its return value discarded. An
+    ``async`` function on the worker's loop (the default for one) is stopped at its next
+    ``await``."""
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, "
+                         f"not {isolation!r}")
 
     def register(fn: F) -> F:
-        key = registry.register(fn, name)
+        key = registry.register(fn, name, isolation)
         fn.__jobsched_task__ = key  # type: ignore[attr-defined]
         return fn
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import inspect
 import os
+import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +24,12 @@ from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.worker.results import AttemptResult, render_output
 from jobsched.worker.secrets import mask, mask_bounded
 
+#: Said of a plain function on a thread that was timed out or cancelled.
+THREAD_NOT_INTERRUPTED = (
+    "the function's thread could not be interrupted: it runs on until it returns, and its "
+    "eventual return value is discarded (@task(isolation=\"process\") runs a function in a "
+    "child process that is killed instead)")
+
 
 class ThreadRunner:
     """Threads that run plain-function tasks, cheaper for the event loop than
@@ -33,28 +42,30 @@ class ThreadRunner:
     slots: a high run queued behind a backlog of low ones starts at the next free thread.
 
     The threads are daemons: a run still going when the process exits (after the drain
-    timeout) is abandoned, as a timed-out one is (a thread cannot be killed)."""
+    timeout) is abandoned, as a timed-out or cancelled one is (a thread cannot be killed).
+    ``ended``, if given to ``submit``, is resolved when the function really returns, even
+    after its result future was cancelled: the worker keeps the run's slot until then."""
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or min(32, (os.cpu_count() or 1) + 4)
         self._work: dict[Priority, collections.deque[
-            tuple[Callable[[], Any], asyncio.Future[Any]]]] = {
+            tuple[Callable[[], Any], asyncio.Future[Any], asyncio.Future[None] | None]]] = {
             band: collections.deque() for band in Priority}
         self._ready = threading.Condition()
         self._picks = WeightedRoundRobin()
-        self._ended: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] \
-            = collections.deque()
+        self._ended: collections.deque[tuple[asyncio.Future[Any], asyncio.Future[None] | None,
+                                             Any, BaseException | None]] = collections.deque()
         self._lock = threading.Lock()
         self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = 0
 
-    def submit(self, function: Callable[[], Any],
-               band: Priority = Priority.NORMAL) -> asyncio.Future[Any]:
+    def submit(self, function: Callable[[], Any], band: Priority = Priority.NORMAL,
+               ended: asyncio.Future[None] | None = None) -> asyncio.Future[Any]:
         loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._ready:
-            self._work[band].append((function, future))
+            self._work[band].append((function, future, ended))
             self._ready.notify()
         if self._started < self.threads:  # threads start as the work needs them
             self._started += 1
@@ -62,7 +73,7 @@ class ThreadRunner:
                              daemon=True).start()
         return future
 
-    def _next(self) -> tuple[Callable[[], Any], asyncio.Future[Any]]:
+    def _next(self) -> tuple[Callable[[], Any], asyncio.Future[Any], asyncio.Future[None] | None]:
         with self._ready:
             while True:
                 waiting = [band for band, work in self._work.items() if work]
@@ -73,12 +84,15 @@ class ThreadRunner:
 
     def _serve(self) -> None:
         while True:
-            function, future = self._next()
-            try:
-                value, error = function(), None
-            except BaseException as exc:  # noqa: BLE001 - the task's failure, handed back
-                value, error = None, exc
-            self._ended.append((future, value, error))
+            function, future, ended = self._next()
+            if future.cancelled():  # cancelled or timed out while it waited: not run at all
+                value, error = None, None
+            else:
+                try:
+                    value, error = function(), None
+                except BaseException as exc:  # noqa: BLE001 - the task's failure, handed back
+                    value, error = None, exc
+            self._ended.append((future, ended, value, error))
             with self._lock:
                 if self._wake_pending:
                     continue
@@ -94,9 +108,13 @@ class ThreadRunner:
         with self._lock:
             self._wake_pending = False
         while self._ended:
-            future, value, error = self._ended.popleft()
-            if future.done() or future.get_loop() is not self._loop:
-                continue  # timed out or cancelled meanwhile, or asked for by a closed loop
+            future, ended, value, error = self._ended.popleft()
+            if future.get_loop() is not self._loop:
+                continue  # asked for by a closed loop
+            if ended is not None and not ended.done():
+                ended.set_result(None)
+            if future.done():
+                continue  # timed out or cancelled meanwhile
             if error is None:
                 future.set_result(value)
             else:
@@ -113,12 +131,18 @@ async def run_python(
     band: Priority = Priority.NORMAL,
     masked: Sequence[str] = (),
     node: NodeInputs | None = None,
+    linger: Callable[[asyncio.Future[None]], None] | None = None,
+    killed: Callable[[str], None] | None = None,
 ) -> AttemptResult:
     """``masked``: values no recorded output or error may show (the worker's own
     credentials), masked before either is cut to its limit. A workflow node (``node``
     given) is also passed ``upstream`` and ``input`` if it declares them, and its return
     value is kept as JSON for its children: a value that is not JSON, or larger than the
-    output limit, fails the run."""
+    output limit, fails the run. ``linger`` is called, when a plain function's run on
+    ``threads`` times out or is cancelled, with a future resolved once its thread really
+    ends (the worker holds the run's slot until then). A task registered with
+    ``isolation="process"`` runs in a child process instead, killed on a timeout or a
+    cancel; ``killed`` is told how when a cancel killed it."""
     name = payload["function"]
     function = registry.get(name)
     if function is None:
@@ -133,6 +157,10 @@ async def run_python(
             kwargs["upstream"] = node.upstream
         if "input" in declared:
             kwargs["input"] = node.input
+    if registry.isolation(name) == "process":
+        return await _run_in_process(name, function, kwargs, timeout_s, output_limit, masked,
+                                     node, killed)
+    on_thread = False
     try:
         # asyncio.timeout, not wait_for: no extra task per run (the start of many runs due
         # at the same instant is this function's cost times their number).
@@ -140,17 +168,33 @@ async def run_python(
             if inspect.iscoroutinefunction(function):
                 value = await function(**kwargs)
             else:
-                # A thread cannot be killed: on timeout the attempt ends, the thread runs out.
+                # A thread cannot be killed: on timeout or cancel the attempt ends at once
+                # and the thread runs out; ``linger`` is given what resolves when it does.
+                on_thread = True
                 call = functools.partial(function, **kwargs)
                 if threads is not None:
-                    value = await threads.submit(call, band)
+                    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    try:
+                        value = await threads.submit(call, band, ended)
+                    except asyncio.CancelledError:
+                        if linger is not None and not ended.done():
+                            linger(ended)
+                        raise
                 else:
                     value = await asyncio.get_running_loop().run_in_executor(None, call)
     except TimeoutError:
-        return AttemptResult(AttemptOutcome.TIMED_OUT, error=f"timed out after {timeout_s:g}s")
+        error = f"timed out after {timeout_s:g}s"
+        if on_thread:
+            error += f"; {THREAD_NOT_INTERRUPTED}"
+        return AttemptResult(AttemptOutcome.TIMED_OUT, error=error)
     except Exception as exc:  # noqa: BLE001 - the task's failure is the attempt's outcome
         return AttemptResult(AttemptOutcome.FAILED,
                              error=mask_bounded(f"{type(exc).__name__}: {exc}", masked, 4000))
+    return _succeeded(value, output_limit, masked, node)
+
+
+def _succeeded(value: Any, output_limit: int, masked: Sequence[str],
+               node: NodeInputs | None) -> AttemptResult:
     if node is not None:
         return node_result(value, output_limit, masked)
     if value is None:
@@ -161,6 +205,94 @@ async def run_python(
         rendered = repr(value).encode()
     return AttemptResult(AttemptOutcome.SUCCEEDED,
                          output=render_output(rendered, len(rendered), output_limit, masked))
+
+
+class _NotJson:
+    """A child process's return value that was not JSON: only its repr came back."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+async def _run_in_process(
+    name: str,
+    function: Callable[..., Any],
+    kwargs: dict[str, Any],
+    timeout_s: float,
+    output_limit: int,
+    masked: Sequence[str],
+    node: NodeInputs | None,
+    killed: Callable[[str], None] | None,
+) -> AttemptResult:
+    """A task registered with ``isolation="process"``: one child process per run
+    (jobsched.worker.child), in a session of its own, killed with all it started on a
+    timeout or a cancel. ``killed`` is told how, when a cancel killed it."""
+    context = kwargs.pop("context", None)
+    request = {
+        "sys_path": sys.path, "module": function.__module__, "name": name, "kwargs": kwargs,
+        "context": None if context is None else {
+            "execution_id": str(context.execution_id), "attempt": context.attempt,
+            "job_id": str(context.job_id), "scheduled_for": context.scheduled_for.isoformat()},
+    }
+    try:
+        encoded = orjson.dumps(request)
+    except TypeError as exc:
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error=f"the arguments cannot be passed to a child process as "
+                                   f"JSON ({exc})")
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jobsched.worker.child", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        async with asyncio.timeout(timeout_s):
+            answer, _ = await child.communicate(encoded)
+    except TimeoutError:
+        how = await _kill(child)
+        return AttemptResult(AttemptOutcome.TIMED_OUT,
+                             error=f"timed out after {timeout_s:g}s; process killed ({how})")
+    except asyncio.CancelledError:
+        how = await asyncio.shield(_kill(child))
+        if killed is not None:
+            killed(f"process killed ({how})")
+        raise
+    try:
+        reply = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error=f"the task's child process (pid {child.pid}) ended with "
+                                   f"exit code {child.returncode} without an answer")
+    if "error" in reply:
+        return AttemptResult(AttemptOutcome.FAILED,
+                             error=mask_bounded(str(reply["error"]), masked, 4000))
+    if "repr" in reply:
+        return _succeeded(_NotJson(str(reply["repr"])), output_limit, masked, node)
+    return _succeeded(reply.get("value"), output_limit, masked, node)
+
+
+#: How long a task's child process has to end after SIGTERM before it is sent SIGKILL.
+KILL_GRACE_S = 3.0
+
+
+async def _kill(child: asyncio.subprocess.Process) -> str:
+    """SIGTERM to the child's session, SIGKILL to it after ``KILL_GRACE_S``: how it went."""
+    if child.returncode is not None:
+        return f"pid {child.pid} had already exited"
+    how = f"pid {child.pid}, SIGTERM"
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(child.wait(), KILL_GRACE_S)
+    except TimeoutError:
+        how = f"pid {child.pid}, SIGKILL {KILL_GRACE_S:g}s after SIGTERM"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        await child.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)  # whatever it started and left behind
+    return how
 
 
 def node_result(value: Any, limit: int, masked: Sequence[str] = ()) -> AttemptResult:

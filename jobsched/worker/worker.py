@@ -41,7 +41,7 @@ from jobsched.settings import Settings
 from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.tasks import registry as default_registry
 from jobsched.worker.http import HttpRunner
-from jobsched.worker.python import ThreadRunner, run_python
+from jobsched.worker.python import THREAD_NOT_INTERRUPTED, ThreadRunner, run_python
 from jobsched.worker.results import AttemptResult
 from jobsched.worker.sandbox import ShellSandbox, ShellStatus
 from jobsched.worker.secrets import SecretResolver
@@ -150,6 +150,12 @@ class Worker:
         self._run_slots = BandSlots(settings.worker_concurrency)
         self._shell_slots = asyncio.Semaphore(settings.shell_concurrency)
         self._threads = ThreadRunner()  # runs plain-function python tasks
+        #: Plain functions timed out or cancelled whose threads still run: each resolves
+        #: when its thread ends, and the run's slot is held until then.
+        self._lingering: dict[uuid.UUID, asyncio.Future[None]] = {}
+        #: How the child process of a cancelled ``isolation="process"`` run was killed.
+        self._killed: dict[uuid.UUID, str] = {}
+        self._releasing: set[asyncio.Task[None]] = set()  # job locks of such threads
         self._http = HttpRunner(settings.egress_policy())
         self._sandbox = sandbox or ShellSandbox.from_settings(settings)
         self._secrets = secrets or SecretResolver.from_settings(settings)
@@ -367,7 +373,9 @@ class Worker:
         settled here (a lost claim, a claim that failed)."""
         band = message.priority
         self.metrics.waiting.set({"priority": band}, self._run_slots.waiting(band) + 1)
-        async with self._run_slots.slot(band):
+        await self._run_slots.acquire(band)
+        claimed_id: uuid.UUID | None = None
+        try:
             self.metrics.waiting.set({"priority": band}, self._run_slots.waiting(band))
             # A shell run waits for a shell slot before its claim too (its kind is in the
             # message; a message of an older version says nothing and waits after).
@@ -395,6 +403,7 @@ class Worker:
                     await delivery.ack()
                     return None
                 self._leases[claimed.id] = claimed_at
+                claimed_id = claimed.id
                 late_shell = claimed.kind == "shell" and message.kind != "shell"
                 try:
                     async with self._shell_slots if late_shell else contextlib.nullcontext():
@@ -404,6 +413,31 @@ class Worker:
                     self._started_at.pop(claimed.id, None)
                     raise
                 return claimed, result, state, delay
+        finally:
+            self._release_slot(claimed_id)
+
+    def _release_later(self, lock: JobLock) -> None:
+        async def release() -> None:
+            try:
+                await lock.release()
+            except Exception as exc:  # noqa: BLE001 - the session's end releases it too
+                log.warning("releasing a job lock failed (%r)", exc)
+
+        task = asyncio.create_task(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    def _release_slot(self, claimed_id: uuid.UUID | None) -> None:
+        """Free a run's slot, or, if its plain function's thread still runs (timed out or
+        cancelled: a thread cannot be killed), once that thread ends: threads left running
+        never make more runs at once than ``worker_concurrency``."""
+        ended = self._lingering.pop(claimed_id, None) if claimed_id is not None else None
+        if ended is None or ended.done():
+            self._run_slots.release()
+            return
+        log.info("execution %s: its function's thread still runs; its slot stays taken "
+                 "until it returns", claimed_id)
+        ended.add_done_callback(lambda _: self._run_slots.release())
 
     async def _attempt(self, delivery: Delivery, claimed: ClaimedExecution,
                        ) -> tuple[AttemptResult, ExecutionState | None, float]:
@@ -427,7 +461,13 @@ class Worker:
             raise
         finally:
             if lock is not None:
-                await lock.release()
+                ended = self._lingering.get(claimed.id)
+                if ended is not None and not ended.done():
+                    # Its function's thread still runs: the job's lock is held until it
+                    # returns, so forbid/replace never let a second run overlap it.
+                    ended.add_done_callback(lambda _: self._release_later(lock))
+                else:
+                    await lock.release()
 
     async def _settle(self, delivery: Delivery, claimed: ClaimedExecution,
                       result: AttemptResult, state: ExecutionState | None,
@@ -455,11 +495,21 @@ class Worker:
             if claimed.id not in self._taken_away:
                 raise
             self._taken_away.discard(claimed.id)
-            stopped = AttemptResult(AttemptOutcome.CANCELLED,
-                                    error="stopped: the execution was cancelled")
+            killed = self._killed.pop(claimed.id, None)
+            if killed is not None:
+                stopped = AttemptResult(AttemptOutcome.CANCELLED,
+                                        error=f"stopped: the execution was cancelled; {killed}")
+            elif claimed.id in self._lingering:
+                stopped = AttemptResult(AttemptOutcome.CANCELLED,
+                                        error=f"the execution was cancelled; "
+                                              f"{THREAD_NOT_INTERRUPTED}")
+            else:
+                stopped = AttemptResult(AttemptOutcome.CANCELLED,
+                                        error="stopped: the execution was cancelled")
             return stopped, None, 0.0
         finally:
             self._running.pop(claimed.id, None)
+            self._killed.pop(claimed.id, None)
         self.metrics.execution_duration.observe({"kind": claimed.kind},
                                                 time.perf_counter() - started)
         self.metrics.executions.inc({"kind": claimed.kind, "outcome": result.outcome})
@@ -631,6 +681,13 @@ class Worker:
         if kind == "python":
             context = TaskContext(claimed.id, claimed.attempt, claimed.job_id,
                                   claimed.scheduled_for)
+            def linger(ended: asyncio.Future[None]) -> None:
+                self._lingering[claimed.id] = ended
+
+            def killed(how: str) -> None:
+                self._killed[claimed.id] = how
+
             return await run_python(payload, timeout, limit, self.registry, context,
-                                    self._threads, claimed.band, secrets.masked, node)
+                                    self._threads, claimed.band, secrets.masked, node, linger,
+                                    killed)
         return AttemptResult(AttemptOutcome.FAILED, error=f"unknown job kind {kind!r}")

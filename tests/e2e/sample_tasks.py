@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 from jobsched import TaskContext, task
 
@@ -69,3 +71,27 @@ def fails_first_attempt(context: TaskContext, upstream: dict[str, object]) -> di
 @task(name="sample_tasks:upstream_keys")
 def upstream_keys(upstream: dict[str, object]) -> list[str]:
     return sorted(k for k, v in upstream.items() if v is not None)
+
+
+# Cancel and timeout of plain functions (tests/e2e/test_stop_plain_functions.py).
+
+
+@task(name="sample_tasks:doze")
+def doze(seconds: float) -> str:
+    """A plain function on the worker's thread runner: it cannot be interrupted."""
+    time.sleep(seconds)
+    return "woke up"
+
+
+@task(name="sample_tasks:doze_in_process", isolation="process")
+def doze_in_process(seconds: float, pidfile: str) -> str:
+    """The same in a child process of the worker, which a cancel or timeout kills."""
+    with open(pidfile, "w") as out:
+        out.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "woke up"
+
+
+@task(name="sample_tasks:whoami_in_process", isolation="process")
+def whoami_in_process(context: TaskContext) -> dict[str, int]:
+    return {"pid": os.getpid(), "parent": os.getppid(), "attempt": context.attempt}

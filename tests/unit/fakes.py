@@ -153,6 +153,7 @@ class FakeWorkerStore:
         self.inputs: dict[uuid.UUID, NodeInputs] = {}
         self.queues: dict[uuid.UUID, list[Dispatch]] = {}
         self.published: list[uuid.UUID] = []
+        self.concurrency = "allow"  # what claimed executions say of their job
 
     def add(self, execution: StoredExecution) -> StoredExecution:
         self.executions[execution.id] = execution
@@ -170,7 +171,7 @@ class FakeWorkerStore:
             won.append(ClaimedExecution(
                 row.id, row.job_id, "default", row.attempt, row.scheduled_for, self.kind,
                 self.payload,
-                30.0, self.max_attempts, 0.01, 0.01, "allow", None,
+                30.0, self.max_attempts, 0.01, 0.01, self.concurrency, None,
                 workflow_run_id=row.workflow_run_id))
         return won
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
+import orjson
 import pytest
 
+import tests.unit.process_tasks  # noqa: F401 - registers the isolation="process" tasks
+from jobsched import tasks
+from jobsched.ports import NodeInputs
 from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.worker.python import ThreadRunner, run_python
+from jobsched.worker.results import AttemptResult
 
 
 def _sleepy(seconds: float) -> str:
@@ -77,3 +84,107 @@ async def test_many_runs_at_once_all_come_back() -> None:
     results = await asyncio.gather(*(_run("t:_sleepy", threads=runner, seconds=0.01 * (i % 5))
                                      for i in range(200)))
     assert results == [("succeeded", '"slept"', None)] * 200
+
+
+async def test_a_timed_out_thread_is_handed_to_linger_until_it_ends() -> None:
+    """A plain function on a thread cannot be stopped: the attempt says so at once, and the
+    future given to ``linger`` resolves only when the function really returns."""
+    lingering: list[asyncio.Future[None]] = []
+    started = time.monotonic()
+    result = await run_python({"function": "t:_sleepy", "args": {"seconds": 0.5}}, 0.1,
+                              1000, REGISTRY, CONTEXT, ThreadRunner(2), linger=lingering.append)
+    assert result.outcome == "timed_out" and "could not be interrupted" in (result.error or "")
+    assert time.monotonic() - started < 0.4
+    (ended,) = lingering
+    assert not ended.done()
+    await asyncio.wait_for(ended, 2)
+    assert time.monotonic() - started >= 0.5
+
+
+async def test_a_run_that_ends_in_time_lingers_not() -> None:
+    lingering: list[asyncio.Future[None]] = []
+    result = await run_python({"function": "t:_sleepy", "args": {"seconds": 0}}, 1, 1000,
+                              REGISTRY, CONTEXT, ThreadRunner(2), linger=lingering.append)
+    assert result.outcome == "succeeded" and lingering == []
+
+
+# isolation="process": a child process per run, killed on a timeout or a cancel.
+
+
+async def _in_process(name: str, timeout_s: float = 10.0, **args: object) -> AttemptResult:
+    return await run_python({"function": name, "args": args}, timeout_s, 1000,
+                            tasks.registry, CONTEXT, ThreadRunner(2))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, not yet reaped
+
+
+async def test_a_process_task_returns_its_value_from_another_process() -> None:
+    result = await _in_process("unit:in_process", add=1)
+    assert result.outcome == "succeeded", result
+    value = orjson.loads(result.output or "")
+    assert value["attempt"] == 3 and value["pid"] != os.getpid()
+    result = await _in_process("unit:async_in_process")
+    assert result.outcome == "succeeded" and int(result.output or 0) != os.getpid()
+
+
+async def test_a_process_task_fails_or_renders_as_a_thread_one_does() -> None:
+    assert (await _in_process("unit:fails_in_process")).error == "ValueError: no"
+    result = await _in_process("unit:not_json_in_process")
+    assert result.outcome == "succeeded" and result.output == '"{1}"'
+
+
+async def test_a_process_task_that_times_out_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    started = time.monotonic()
+    result = await _in_process("unit:sleeps_in_process", 2.0, seconds=30, pidfile=str(pidfile))
+    assert result.outcome == "timed_out", result
+    assert "process killed" in (result.error or "") and "SIGTERM" in (result.error or "")
+    assert time.monotonic() - started < 5
+    assert not _alive(int(pidfile.read_text()))
+
+
+async def test_a_process_task_that_ignores_sigterm_gets_sigkill(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    result = await _in_process("unit:ignores_sigterm", 2.0, pidfile=str(pidfile))
+    assert result.outcome == "timed_out" and "SIGKILL" in (result.error or ""), result
+    assert not _alive(int(pidfile.read_text()))
+
+
+async def test_a_cancelled_process_task_is_killed_and_says_so(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    notes: list[str] = []
+    run = asyncio.ensure_future(run_python(
+        {"function": "unit:sleeps_in_process", "args": {"seconds": 30, "pidfile": str(pidfile)}},
+        30, 1000, tasks.registry, CONTEXT, ThreadRunner(2), killed=notes.append))
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        await asyncio.sleep(0.05)
+    pid = int(pidfile.read_text())
+    assert _alive(pid)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert not _alive(pid)
+    assert len(notes) == 1 and notes[0].startswith("process killed"), notes
+
+
+def test_isolation_is_checked() -> None:
+    with pytest.raises(ValueError, match="isolation must be one of thread, process"):
+        tasks.task(name="unit:bad", isolation="fork")  # type: ignore[arg-type]
+
+
+async def test_a_process_task_as_a_workflow_node_gets_its_inputs_as_json() -> None:
+    node = NodeInputs({"offset": 1}, {"a": 2, "b": 3}, None)
+    result = await run_python({"function": "unit:node_in_process"}, 10, 1000, tasks.registry,
+                              CONTEXT, ThreadRunner(2), node=node)
+    assert result.outcome == "succeeded" and orjson.loads(result.result or "") == {"sum": 6}
+    not_json = await run_python({"function": "unit:not_json_in_process"}, 10, 1000,
+                                tasks.registry, CONTEXT, ThreadRunner(2), node=node)
+    assert not_json.outcome == "failed" and "not JSON" in (not_json.error or "")
