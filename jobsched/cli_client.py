@@ -34,6 +34,7 @@ from jobsched.client import (
     check_base_url,
     check_token,
 )
+from jobsched.domain.explain import why_not
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the API refused (409, 5xx, ...) or something else went wrong
@@ -641,7 +642,7 @@ def print_explain(report: dict[str, Any]) -> None:
     click.echo("recent runs not as planned (newest first):")
     table(["  SCHEDULED FOR", "STATE", "REASON"],
           [["  " + show_time(e["scheduled_for"]), e["state"],
-            e.get("reason") or e.get("error") or "-"] for e in recent], state_column=1)
+            why_not(e) or "-"] for e in recent], state_column=1)
 
 
 @jobs.command("update")

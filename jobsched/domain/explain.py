@@ -26,6 +26,8 @@ NextFireReason = Literal[
 #: Execution states that are a fire not run, or a run that gave up: always worth showing.
 NOTABLE_STATES = frozenset({ExecutionState.MISSED, ExecutionState.SKIPPED,
                             ExecutionState.DEAD, ExecutionState.FAILED})
+#: The reason of a run a person asked for: as planned, not worth showing by itself.
+TRIGGERED = "triggered"
 #: A fire later than this (seconds) and still not fired reads as "overdue".
 OVERDUE_AFTER_S = 10.0
 
@@ -88,8 +90,19 @@ def next_fire(job: Any, now: datetime) -> NextFire:
 
 def is_notable(execution: Any) -> bool:
     """A fire not run as planned: missed, skipped, dead or failed, or one with a reason
-    (a run that coalesced missed fires, a retry by hand, a cancel)."""
-    return execution["state"] in NOTABLE_STATES or bool(execution.get("reason"))
+    (a run that coalesced missed fires, a retry by hand, a cancel) other than
+    ``triggered``."""
+    reason = execution.get("reason")
+    return execution["state"] in NOTABLE_STATES or bool(reason and reason != TRIGGERED)
+
+
+def why_not(execution: Any) -> str:
+    """What to show of an execution that did not go as planned: its reason, or its error
+    when it has no reason but ``triggered``."""
+    reason = execution.get("reason")
+    if reason and reason != TRIGGERED:
+        return str(reason)
+    return str(execution.get("error") or reason or "")
 
 
 def summary(job: Any, fire: NextFire, workers: int | None, depth: int | None,
@@ -106,7 +119,7 @@ def summary(job: Any, fire: NextFire, workers: int | None, depth: int | None,
         parts.append(f"{depth} run(s) waiting in the {job_band(job)} queue")
     if recent:
         latest = recent[0]
-        why = latest.get("reason") or latest.get("error") or ""
+        why = why_not(latest)
         parts.append(f"latest notable run {latest['state']}"
                      + (f": {why}" if why else ""))
     return "; ".join(parts)

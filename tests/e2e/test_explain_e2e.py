@@ -164,6 +164,25 @@ def test_a_coalesced_misfire_after_resume_is_explained_and_listed(
     assert catch_up["reason"] in shown.stdout
 
 
+def test_a_dead_run_is_listed_with_its_error(running_cluster: LocalCluster,
+                                             client: SyncClient) -> None:
+    job = client.create_job({"name": "explain-dead", "schedule": NEVER_SOON,
+                             "kind": "python", "python": {"function": "sample_tasks:always_fails"},
+                             "retry": {"max_attempts": 1}})
+    ok_run = client.create_job(shell_job(NEVER_SOON))
+    dead = client.trigger_job(job["id"])
+    fine = client.trigger_job(ok_run["id"])
+    wait_for(lambda: client.get_execution(dead["id"])["state"] == "dead", 30, "a dead run")
+    wait_for(lambda: client.get_execution(fine["id"])["state"] == "succeeded", 30,
+             "a run that succeeds")
+    report = client.explain_job(job["id"])
+    assert [e["id"] for e in report["recent"]] == [dead["id"]]
+    assert report["recent"][0]["state"] == "dead"
+    assert "latest notable run dead: " in report["summary"]
+    assert "triggered" not in report["summary"]  # its error, not "triggered", says why
+    assert client.explain_job(ok_run["id"])["recent"] == []  # a triggered run that succeeded
+
+
 def test_no_worker_alive_is_said(local_cluster: LocalCluster) -> None:
     local_cluster.start("scheduler")
     local_cluster.start("api")

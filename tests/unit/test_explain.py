@@ -57,6 +57,8 @@ def test_notable_executions() -> None:
     assert is_notable({"state": "dead", "reason": None})
     assert is_notable({"state": "succeeded", "reason": "coalesced 2 later missed fires"})
     assert not is_notable({"state": "succeeded", "reason": None})
+    assert not is_notable({"state": "succeeded", "reason": "triggered"})
+    assert is_notable({"state": "dead", "reason": "triggered"})
 
 
 def test_the_summary_warns_of_no_worker_and_names_the_latest_reason() -> None:

@@ -291,7 +291,7 @@ export async function jobPage(ctx, jobId) {
         h("thead", {}, h("tr", {}, ["Scheduled for", "State", "Reason"].map((t) => h("th", { text: t })))),
         h("tbody", {}, ...report.recent.map((e) => h("tr", { dataset: { executionId: e.id } },
           h("td", { text: when(e.scheduled_for) }), h("td", {}, badge(e.state)),
-          h("td", { class: "small", text: e.reason || e.error || "—" })))))
+          h("td", { class: "small", text: (e.reason && e.reason !== "triggered" ? e.reason : e.error || e.reason) || "—" })))))
       : h("p", { class: "muted small", text: "No missed, skipped, coalesced or dead runs lately." });
     why.replaceChildren(
       h("p", { id: "explain-summary", text: report.summary }),
