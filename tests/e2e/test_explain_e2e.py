@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from jobsched.client import SyncClient
+from jobsched.client import ApiError, SyncClient
 from tests.e2e.conftest import LocalCluster
 from tests.e2e.tokens import admin_token
 from tests.helpers import ROOT
@@ -74,6 +74,20 @@ def test_an_active_job_is_due_at_its_next_fire(client: SyncClient) -> None:
     assert isinstance(report["queue"]["depth"], int)
     assert report["recent"] == []
     assert report["summary"].startswith("active: next fire at ")
+
+
+def test_another_namespaces_job_is_not_found(running_cluster: LocalCluster,
+                                             client: SyncClient) -> None:
+    job = client.create_job(shell_job(NEVER_SOON))
+    other = admin_token(running_cluster, namespace="explain-other")
+    with SyncClient(running_cluster.api, other) as theirs:
+        with pytest.raises(ApiError) as raised:
+            theirs.explain_job(job["id"])
+    assert raised.value.status == 404
+    with SyncClient(running_cluster.api, "jsk_not-a-token") as nobody:
+        with pytest.raises(ApiError) as raised:
+            nobody.explain_job(job["id"])
+    assert raised.value.status == 401
 
 
 def test_a_paused_job_shows_no_stale_next_fire(running_cluster: LocalCluster,
