@@ -34,6 +34,7 @@ from jobsched.client import (
     check_base_url,
     check_token,
 )
+from jobsched.domain.explain import why_not
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the API refused (409, 5xx, ...) or something else went wrong
@@ -598,6 +599,52 @@ def jobs_get(conn: Conn, job_id: str) -> None:
     emit_json(job) if conn.json else print_job(job)
 
 
+@jobs.command("explain")
+@click.argument("job_id")
+@api_options
+def jobs_explain(conn: Conn, job_id: str) -> None:
+    """Why a job did or did not run: its next fire and why, recent runs missed, skipped,
+    coalesced or dead with their reasons, live workers and its queue's depth."""
+    report = call(conn, lambda c: c.explain_job(job_id), f"job {job_id}")
+    emit_json(report) if conn.json else print_explain(report)
+
+
+def print_explain(report: dict[str, Any]) -> None:
+    fire = report["next_fire"]
+    workers = report["workers"]
+    queue = report["queue"]
+    alive = ("unknown (" + str(workers.get("error")) + ")" if workers["alive"] is None
+             else f"{workers['alive']}" + (f" ({', '.join(workers['instances'])})"
+                                           if workers["instances"] else ""))
+    depth = ("unknown (" + str(queue.get("error")) + ")" if queue["depth"] is None
+             else str(queue["depth"]))
+    runs = str(report["run_count"]) + (f" of max {report['max_runs']}"
+                                       if report.get("max_runs") is not None else "")
+    pairs = [
+        ("summary", report["summary"]),
+        ("state", report["state"]),
+        ("next fire", show_time(fire.get("at"), rel=True) if fire.get("at") else "none"),
+        ("why", f"{fire['reason']}: {fire['detail']}"),
+        ("runs", runs),
+        ("workers", alive),
+        (f"queue ({queue['priority']})", depth),
+    ]
+    if report.get("paused_since"):
+        pairs.insert(3, ("paused since", show_time(report["paused_since"], rel=True)))
+    width = max(len(k) for k, _ in pairs)
+    for key, value in pairs:
+        text = styled_state(value) if key == "state" else line(value)
+        click.echo(f"{key + ':':<{width + 1}} {text}")
+    recent = report.get("recent") or []
+    if not recent:
+        click.echo("recent:  no missed, skipped, coalesced or dead runs")
+        return
+    click.echo("recent runs not as planned (newest first):")
+    table(["  SCHEDULED FOR", "STATE", "REASON"],
+          [["  " + show_time(e["scheduled_for"]), e["state"],
+            why_not(e) or "-"] for e in recent], state_column=1)
+
+
 @jobs.command("update")
 @click.argument("job_id")
 @click.option("--name")
@@ -704,9 +751,10 @@ def executions_list(conn: Conn, job_id: str, limit: int) -> None:
     if conn.json:
         emit_json(page)
         return
-    table(["ID", "SCHEDULED FOR", "STATE", "ATTEMPT", "DURATION", "WORKER"],
+    table(["ID", "SCHEDULED FOR", "STATE", "ATTEMPT", "DURATION", "WORKER", "REASON"],
           [[e["id"], show_time(e["scheduled_for"]), e["state"], str(e["attempt"]),
-            duration(e), e.get("worker") or "-"] for e in page["items"]], state_column=2)
+            duration(e), e.get("worker") or "-", e.get("reason") or "-"]
+           for e in page["items"]], state_column=2)
 
 
 @executions.command("get")

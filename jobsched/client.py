@@ -450,6 +450,12 @@ class Client:
     async def get_job(self, job_id: str) -> Job:
         return cast(Job, await self.request("GET", f"/api/v1/jobs/{_id(job_id)}"))
 
+    async def explain_job(self, job_id: str) -> dict[str, Any]:
+        """Why a job did or did not run: its next fire and why, its recent fires not run
+        as planned with their reasons, live workers and its band's queue depth."""
+        return cast(dict[str, Any],
+                    await self.request("GET", f"/api/v1/jobs/{_id(job_id)}/explain"))
+
     async def update_job(self, job_id: str, changes: Mapping[str, Any]) -> Job:
         """Change a job's schedule, payload or policies. ``changes`` is a JSON merge patch
         (RFC 7396): objects merge, ``None`` removes a key, anything else replaces."""
@@ -779,6 +785,9 @@ class SyncClient:
 
     def get_job(self, job_id: str) -> Job:
         return self._run(self.client.get_job(job_id))
+
+    def explain_job(self, job_id: str) -> dict[str, Any]:
+        return self._run(self.client.explain_job(job_id))
 
     def update_job(self, job_id: str, changes: Mapping[str, Any]) -> Job:
         return self._run(self.client.update_job(job_id, changes))

@@ -40,6 +40,13 @@ class ClusterView:
         return {"leader": leader, "schedulers": schedulers, "workers": workers,
                 "queues": queues}
 
+    async def workers_and_queues(self) -> tuple[Any, Any]:
+        """The live workers and the queue depths, each part failing alone (as in
+        ``describe``): what ``GET /api/v1/jobs/{id}/explain`` shows of the cluster."""
+        workers, queues = await asyncio.gather(self._part(self._workers()),
+                                               self._part(self._queues()))
+        return workers, queues
+
     @staticmethod
     async def _part(coro: Any) -> Any:
         try:

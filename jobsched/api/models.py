@@ -742,3 +742,41 @@ class ListWorkflowsQuery(_Strict):
     label: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+=[^\x00-\x1f]*$")]] = []
     limit: Annotated[int, Field(ge=1, le=500)] = 50
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class NextFireOut(BaseModel):
+    at: datetime | None
+    reason: Literal["due", "overdue", "waiting_for_start_at", "paused", "cancelled",
+                    "max_runs_reached", "end_at_passed", "one_shot_fired", "completed"]
+    detail: str
+
+
+class WorkersOut(BaseModel):
+    alive: int | None  # None: ZooKeeper could not be asked
+    instances: list[str]
+    error: str | None = None
+
+
+class QueueOut(BaseModel):
+    priority: Priority
+    depth: int | None  # messages waiting in the job's band; None: RabbitMQ not asked
+    error: str | None = None
+
+
+class ExplainOut(BaseModel):
+    """``GET /api/v1/jobs/{id}/explain``: why a job runs when it does, or does not."""
+
+    job_id: uuid.UUID
+    state: JobState
+    next_fire: NextFireOut
+    paused_since: datetime | None
+    run_count: int
+    max_runs: int | None
+    start_at: datetime | None
+    end_at: datetime | None
+    # The latest executions that were missed, skipped, dead or failed, or carry a reason
+    # (a coalesced misfire), newest first.
+    recent: list[ExecutionOut]
+    workers: WorkersOut
+    queue: QueueOut
+    summary: str

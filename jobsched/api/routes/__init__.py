@@ -4,6 +4,7 @@ router and the OpenAPI document are both built (``jobsched.api.app``)."""
 from jobsched.api.openapi import Operation
 from jobsched.api.routes import (
     executions,
+    explain,
     jobs,
     schedules,
     secrets,
@@ -13,8 +14,8 @@ from jobsched.api.routes import (
 )
 
 OPERATIONS: tuple[Operation, ...] = (
-    *jobs.OPERATIONS, *executions.OPERATIONS, *schedules.OPERATIONS, *secrets.OPERATIONS,
-    *workflows.OPERATIONS, *system.OPERATIONS, *webhooks.OPERATIONS,
+    *jobs.OPERATIONS, *explain.OPERATIONS, *executions.OPERATIONS, *schedules.OPERATIONS,
+    *secrets.OPERATIONS, *workflows.OPERATIONS, *system.OPERATIONS, *webhooks.OPERATIONS,
 )
 
 __all__ = ["OPERATIONS"]

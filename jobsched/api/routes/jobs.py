@@ -59,7 +59,9 @@ def job_out(row: Row) -> JobOut:
             "id": row["id"],
             "namespace": row["namespace"],
             "state": row["state"],
-            "next_fire_at": row["next_fire_at"],
+            # A paused job keeps its pending fire (for resume's misfire policy) but has no
+            # next fire to show until it is resumed.
+            "next_fire_at": row["next_fire_at"] if row["state"] == JobState.ACTIVE else None,
             "created_at": row["created_at"],
             "updated_at": row["updated_at"],
             "last_execution": ExecutionOut.model_validate(last) if last else None,

@@ -78,6 +78,7 @@ const id = (value) => encodeURIComponent(value);
 
 export const listJobs = (params) => request("GET", `/api/v1/jobs?${new URLSearchParams(params)}`);
 export const getJob = (jobId) => request("GET", `/api/v1/jobs/${id(jobId)}`);
+export const explainJob = (jobId) => request("GET", `/api/v1/jobs/${id(jobId)}/explain`);
 export const createJob = (job) => request("POST", "/api/v1/jobs", job);
 export const patchJob = (jobId, patch) => request("PATCH", `/api/v1/jobs/${id(jobId)}`, patch);
 export const cancelJob = (jobId) => request("DELETE", `/api/v1/jobs/${id(jobId)}`);

@@ -1,8 +1,9 @@
 // One job: what it runs, its schedule and next fire times (from the preview endpoint),
-// actions, the latest output, and its execution history with durations and attempts.
+// actions, the latest output, why it runs when it does (the explain endpoint), and its
+// execution history with durations and attempts.
 
 import {
-  cancelJob, getExecution, getJob, listExecutions, pauseJob, previewSchedule, resumeJob, triggerJob,
+  cancelJob, explainJob, getExecution, getJob, listExecutions, pauseJob, previewSchedule, resumeJob, triggerJob,
 } from "./api.js";
 import { errorBanner, h, svg, toast } from "./dom.js";
 import {
@@ -10,6 +11,8 @@ import {
 } from "./format.js";
 
 const HISTORY = 50;
+// The explanation asks ZooKeeper and RabbitMQ too: fetched less often than the job.
+const EXPLAIN_EVERY_MS = 5000;
 
 export async function jobPage(ctx, jobId) {
   let job = null;
@@ -28,6 +31,9 @@ export async function jobPage(ctx, jobId) {
   const fires = h("ol", { class: "fires", id: "next-fires" });
   const firesNote = h("p", { class: "muted small" });
   const latest = h("div", { id: "latest-output" });
+  const why = h("div", { id: "job-explain" }, h("p", { class: "muted", text: "Loading…" }));
+  let explainedAt = 0;
+  let explainedKey = "";
   const chart = h("div", { class: "chart", id: "duration-chart" });
   const history = h("tbody");
 
@@ -38,6 +44,7 @@ export async function jobPage(ctx, jobId) {
     h("div", { class: "grid two" },
       h("section", { class: "card" }, h("h2", { text: "Definition" }), details),
       h("section", { class: "card" }, h("h2", { text: "Next fire times" }), firesNote, fires)),
+    h("section", { class: "card", id: "job-explain-card" }, h("h2", { text: "Why / next run" }), why),
     h("section", { class: "card" }, h("h2", { text: "Latest output" }), latest),
     h("section", { class: "card" },
       h("div", { class: "page-head" }, h("h2", { text: "Executions" }),
@@ -254,6 +261,44 @@ export async function jobPage(ctx, jobId) {
     }
   }
 
+  async function drawExplain() {
+    // Again after EXPLAIN_EVERY_MS, or at once when the job's state or a run changed.
+    const key = `${job.state}|${job.updated_at}|${executions.map((e) => `${e.id}:${e.state}`).join(",")}`;
+    if (key === explainedKey && Date.now() - explainedAt < EXPLAIN_EVERY_MS) return;
+    explainedKey = key;
+    explainedAt = Date.now();
+    let report;
+    try {
+      report = await explainJob(jobId);
+    } catch (error) {
+      why.replaceChildren(errorBanner(error));
+      return;
+    }
+    const fire = report.next_fire;
+    const workers = report.workers;
+    const queue = report.queue;
+    const rows = [
+      ["Next fire", fire.at ? [timeCell(fire.at), " ", h("span", { class: "muted small", text: when(fire.at) })] : "none"],
+      ["Why", h("span", { id: "explain-reason", dataset: { reason: fire.reason }, text: fire.detail })],
+      report.paused_since ? ["Paused since", when(report.paused_since)] : null,
+      ["Runs", report.max_runs != null ? `${report.run_count} of max ${report.max_runs}` : String(report.run_count)],
+      ["Workers alive", h("span", { id: "explain-workers", class: workers.alive === 0 ? "warn" : "",
+        text: workers.alive == null ? `unknown (${workers.error})` : String(workers.alive) })],
+      [`Queue (${queue.priority})`, queue.depth == null ? `unknown (${queue.error})` : `${queue.depth} waiting`],
+    ].filter(Boolean);
+    const recent = report.recent.length
+      ? h("table", { class: "data", id: "explain-recent" },
+        h("thead", {}, h("tr", {}, ["Scheduled for", "State", "Reason"].map((t) => h("th", { text: t })))),
+        h("tbody", {}, ...report.recent.map((e) => h("tr", { dataset: { executionId: e.id } },
+          h("td", { text: when(e.scheduled_for) }), h("td", {}, badge(e.state)),
+          h("td", { class: "small", text: (e.reason && e.reason !== "triggered" ? e.reason : e.error || e.reason) || "—" })))))
+      : h("p", { class: "muted small", text: "No missed, skipped, coalesced or dead runs lately." });
+    why.replaceChildren(
+      h("p", { id: "explain-summary", text: report.summary }),
+      h("dl", { class: "details" }, ...rows.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)])),
+      recent);
+  }
+
   async function refresh() {
     try {
       [job, executions] = await Promise.all([getJob(jobId), listExecutions(jobId, HISTORY).then((p) => p.items)]);
@@ -270,7 +315,7 @@ export async function jobPage(ctx, jobId) {
     drawDetails();
     drawHistory();
     drawChart();
-    await Promise.all([drawFires(), drawLatest()]);
+    await Promise.all([drawFires(), drawLatest(), drawExplain()]);
   }
 
   await refresh();
