@@ -298,7 +298,10 @@ def _every(value: timedelta | float | str) -> str:
     if isinstance(value, str):
         return value if value.startswith("@every") else f"@every {value}"
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    return f"@every {seconds:g}s"
+    # Plain decimal seconds, never an exponent (``:g`` wrote 12 days as 1.0368e+06s),
+    # to the microsecond, the finest the duration grammar takes.
+    text = f"{seconds:.6f}".rstrip("0").rstrip(".")
+    return f"@every {text}s"
 
 
 def task_name(function: Callable[..., Any]) -> str:

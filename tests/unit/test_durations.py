@@ -180,3 +180,14 @@ def test_every_keeps_its_bounds_in_its_own_words() -> None:
         with pytest.raises(ScheduleError) as caught:
             parse_schedule(f"@every {text}")
         assert str(caught.value) == reason
+
+
+@pytest.mark.parametrize("every", [timedelta(days=12), timedelta(days=3650),
+                                   timedelta(seconds=1.5), 90, 0.25, timedelta(hours=1)])
+def test_the_clients_every_is_read_back_as_the_same_duration(every: timedelta | float) -> None:
+    from jobsched.client import _every
+
+    text = _every(every)
+    assert "e" not in text.removeprefix("@every "), text
+    expected = every if isinstance(every, timedelta) else timedelta(seconds=every)
+    assert parse_duration(text.removeprefix("@every ")) == expected
