@@ -54,8 +54,11 @@ log = logging.getLogger(__name__)
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CPU_GRACE_S = 5  # SIGXCPU at the soft limit, SIGKILL this much later
 CWD_FAILED_EXIT = 126
-#: Blocks tried after shell_uid_base's own, when other workers on the host hold those.
+#: Blocks tried after shell_uid_base's own, when other workers on the host hold those:
+#: at least this many, and as many as fit in MAX_UIDS (a worker with few shell slots
+#: looks as far as one with the default 64, past the blocks other workers hold).
 MAX_BLOCKS = 256
+MAX_UIDS = 256 * 64
 #: How long the end of a run waits for its uid's processes to be gone before the slot is
 #: set aside (a process in uninterruptible sleep dies only when its I/O returns).
 KILL_WAIT_S = 5.0
@@ -314,7 +317,7 @@ class ShellSandbox:
 
     def _claim_block(self) -> int:
         reasons = []
-        for index in range(MAX_BLOCKS):
+        for index in range(max(MAX_BLOCKS, MAX_UIDS // self.slots)):
             first = self.uid_base + index * self.slots
             if first + self.slots - 1 > 2**31 - 2:
                 break

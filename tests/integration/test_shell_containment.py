@@ -199,6 +199,25 @@ async def test_workers_on_one_host_take_different_blocks(tmp_path: Path) -> None
         two.close()
 
 
+async def test_a_worker_with_few_slots_looks_past_blocks_that_wider_workers_hold(
+        tmp_path: Path) -> None:
+    """Four workers of 64 shell slots hold the first 256 uids; a worker of one slot (a
+    test's shell_concurrency=1 beside them) still finds a uid past them."""
+    base = _base()
+    wide = [ShellSandbox(uid_base=base, slots=64, lock_directory=str(tmp_path))
+            for _ in range(4)]
+    narrow = ShellSandbox(uid_base=base, slots=1, lock_directory=str(tmp_path))
+    try:
+        assert [box.start().uids for box in wide] == [
+            (base + 64 * i, base + 64 * i + 63) for i in range(4)]
+        status = narrow.start()
+        assert status.enabled, status.reason
+        assert status.uids == (base + 256, base + 256)
+    finally:
+        for box in (*wide, narrow):
+            box.close()
+
+
 async def test_a_slot_whose_uid_will_not_die_is_set_aside_not_waited_for(
         sandbox: ShellSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     """A survivor stuck in uninterruptible I/O cannot be killed at once: the run's result
