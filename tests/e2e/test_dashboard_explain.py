@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import LocalCluster
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, shot, sign_in
+from tests.e2e.conftest import CHROMIUM, LocalCluster
+from tests.e2e.test_dashboard import shot, sign_in
 from tests.e2e.tokens import admin_token
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing: run scripts/install-browser.sh",
                 allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,14 +30,6 @@ NEVER_SOON = "0 0 1 1 *"
 @pytest.fixture(scope="module")
 def token(running_cluster: LocalCluster) -> str:
     return admin_token(running_cluster)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

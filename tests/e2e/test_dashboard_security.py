@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
 # (importing test_dashboard skips this module too where Chromium is missing)
 from tests.e2e.conftest import LocalCluster
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, api_get, sign_in
+from tests.e2e.test_dashboard import api_get, sign_in
 from tests.e2e.tokens import admin_token
 
 pytestmark = pytest.mark.timeout(90)
@@ -26,14 +26,6 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture(scope="module")
 def token(running_cluster: LocalCluster) -> str:
     return admin_token(running_cluster)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from standardwebhooks import Webhook
 
 from jobsched.crypto import new_key
 from tests.e2e.conftest import LocalCluster, _new_cluster, _teardown
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, shot, sign_in
+from tests.e2e.test_dashboard import shot, sign_in
 from tests.e2e.tokens import admin_token
 
 pytestmark = pytest.mark.timeout(120)
@@ -58,16 +58,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
     deployment.start("api", **env)
     yield deployment
     _teardown(deployment)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: run scripts/install-browser.sh")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

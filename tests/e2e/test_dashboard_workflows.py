@@ -12,25 +12,17 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import LocalCluster
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, shot, sign_in
+from tests.e2e.conftest import CHROMIUM, LocalCluster
+from tests.e2e.test_dashboard import shot, sign_in
 from tests.e2e.tokens import admin_token
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing: run scripts/install-browser.sh",
                 allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
