@@ -205,7 +205,10 @@ class PostgresJobs:
 
     async def get_execution(self, execution_id: uuid.UUID,
                             namespace: str) -> tuple[Row, list[Row]] | None:
-        async with self.pool.acquire() as conn:
+        # One snapshot for both reads: at READ COMMITTED a result committed between them
+        # showed an execution still running beside its finished attempt.
+        async with self.pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
             row = await Q.get_execution.fetchrow(conn, id=execution_id, namespace=namespace)
             if row is None:
                 return None
