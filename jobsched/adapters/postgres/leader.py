@@ -66,14 +66,23 @@ class PostgresLeaderStore:
 
         Jobs of concurrency 'allow' due up to ``horizon`` are included (fired ahead; the
         worker holds them until due), others only once due at ``now``. Returns the
-        executions to publish, how many jobs were selected, and the fires recorded as not
-        run (missed or skipped), for counting.
+        executions to publish, how many jobs were selected (a full batch: call again), and
+        the fires recorded as not run (missed or skipped), for counting. A batch that spans
+        priority bands fires its highest band only.
         """
         async with fenced(self.pool, epoch) as conn:
             rows = await Q.select_due_jobs.fetch(conn, horizon=horizon or now, now=now,
                                                  limit=limit)
             if not rows:
                 return [], 0, []
+            selected = len(rows)
+            top = rows[0]["priority"]  # the rows come highest band first
+            if rows[-1]["priority"] != top:
+                # The highest band alone in this transaction (the rest, locked, unchanged,
+                # come in the next): a few high fires commit and go out without waiting
+                # for a batch of low ones to be written with them.
+                rows = [r for r in rows if r["priority"] == top]
+                selected = limit  # the rest is due: reported as a full batch, to call again
             due = [DueJob(**dict(r)) for r in rows]
             tick = plan(due)
             jobs = {j.id: j for j in due}
@@ -104,7 +113,7 @@ class PostgresLeaderStore:
                                fresh=True)
                       for r in created if r["state"] == ExecutionState.QUEUED]
         not_run = [f for f in tick.fires if f.state != ExecutionState.QUEUED]
-        return dispatches, len(rows), not_run
+        return dispatches, selected, not_run
 
     async def requeue_retries(self, epoch: int, now: datetime, limit: int) -> list[Dispatch]:
         async with fenced(self.pool, epoch) as conn:
