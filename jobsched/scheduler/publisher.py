@@ -2,9 +2,11 @@
 chunks' confirms in flight at once, each chunk filled by priority band (the weighted round
 robin of jobsched.domain.priority). A burst of high fires therefore goes out ahead of a
 backlog of low ones still waiting to be published, instead of behind every message already
-handed to the channel. What is confirmed is marked published; what is not stays in the
-outbox (published_at IS NULL) for the re-publish sweep, including whatever is still queued
-here when the leadership term ends.
+handed to the channel. High dispatches also have a lane of their own, one chunk in flight
+beside the shared ones: a high fire never waits for a slot held by low chunks (each in
+flight for a broker's confirm, 0.2-0.8 s under a saturating backlog). What is confirmed is
+marked published; what is not stays in the outbox (published_at IS NULL) for the
+re-publish sweep, including whatever is still queued here when the leadership term ends.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -52,6 +54,8 @@ class Publisher:
         self._picks = WeightedRoundRobin()
         self._slots = asyncio.Semaphore(in_flight)
         self._wake = asyncio.Event()
+        self._high_slot = asyncio.Semaphore(1)
+        self._high_wake = asyncio.Event()
         self._taken = asyncio.Event()  # set each time a chunk leaves the queue
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -68,6 +72,8 @@ class Publisher:
         for dispatch in dispatches:
             self._pending[dispatch.priority].append((dispatch, batch))
         self._wake.set()
+        if self._pending[Priority.HIGH]:
+            self._high_wake.set()
         return batch.future
 
     async def wait_below(self, limit: int) -> None:
@@ -86,22 +92,16 @@ class Publisher:
             taken.append(self._pending[band].popleft())
         return taken
 
+    def _take_high(self) -> list[tuple[Dispatch, _Batch]]:
+        queue = self._pending[Priority.HIGH]
+        return [queue.popleft() for _ in range(min(self.chunk, len(queue)))]
+
     async def run(self) -> None:
         """Publish until cancelled (the end of the term); what is left stays unpublished
         in the database and the sweep re-publishes it."""
         try:
-            while True:
-                await self._wake.wait()
-                await self._slots.acquire()
-                taken = self._take()
-                if not taken:
-                    self._slots.release()
-                    self._wake.clear()
-                    continue
-                self._taken.set()
-                task = asyncio.create_task(self._send(taken))
-                self._sending.add(task)
-                task.add_done_callback(self._sending.discard)
+            await asyncio.gather(self._lane(self._wake, self._slots, self._take),
+                                 self._lane(self._high_wake, self._high_slot, self._take_high))
         finally:
             for task in self._sending:
                 task.cancel()
@@ -110,7 +110,23 @@ class Publisher:
                     batch.settle(0, 1)
                 queue.clear()
 
-    async def _send(self, taken: list[tuple[Dispatch, _Batch]]) -> None:
+    async def _lane(self, wake: asyncio.Event, slots: asyncio.Semaphore,
+                    take: Callable[[], list[tuple[Dispatch, _Batch]]]) -> None:
+        while True:
+            await wake.wait()
+            await slots.acquire()
+            taken = take()
+            if not taken:
+                slots.release()
+                wake.clear()
+                continue
+            self._taken.set()
+            task = asyncio.create_task(self._send(taken, slots))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, taken: list[tuple[Dispatch, _Batch]],
+                    slots: asyncio.Semaphore) -> None:
         dispatches = [d for d, _ in taken]
         confirmed = [False] * len(taken)
         try:
@@ -120,7 +136,7 @@ class Publisher:
         except Exception as exc:  # noqa: BLE001 - the outbox sweep re-publishes
             log.warning("publishing %d executions failed: %r", len(taken), exc)
         finally:
-            self._slots.release()
+            slots.release()
             self._record(dispatches, confirmed)
             for (_, batch), ok in zip(taken, confirmed, strict=True):
                 batch.settle(int(ok), 1)

@@ -62,3 +62,34 @@ async def test_what_is_unconfirmed_or_left_at_the_end_of_a_term_stays_in_the_out
     running.cancel()  # the term ends with a backlog: settled, nothing marked
     await asyncio.gather(running, return_exceptions=True)
     assert await asyncio.wait_for(waiting, 5) == 0 and publisher.backlog == 0
+
+
+class StuckLowBroker(FakeBroker):
+    """A broker whose confirms of low chunks are held until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release_lows = asyncio.Event()
+
+    async def publish_many(self, messages: Sequence[AttemptMessage]) -> list[bool]:
+        if any(m.priority == Priority.LOW for m in messages):
+            await self.release_lows.wait()
+        return await super().publish_many(messages)
+
+
+async def test_high_fires_have_a_lane_of_their_own_when_low_chunks_hold_every_slot() -> None:
+    broker, store = StuckLowBroker(), FakeLeaderStore()
+    publisher = Publisher(broker, store, Metrics("scheduler", "t"), chunk=50, in_flight=2)
+    running = asyncio.create_task(publisher.run())
+    try:
+        lows = publisher.submit(_dispatches(500, Priority.LOW))
+        await asyncio.sleep(0.02)  # both shared slots hold a low chunk awaiting its confirm
+        assert broker.published == []
+        highs = publisher.submit(_dispatches(120, Priority.HIGH))
+        assert await asyncio.wait_for(highs, 5) == 120  # the lows are still unconfirmed
+        assert {m.priority for m in broker.published} == {Priority.HIGH}
+        broker.release_lows.set()
+        assert await asyncio.wait_for(lows, 5) == 500
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
