@@ -101,3 +101,12 @@ def test_a_difference_is_a_diff_naming_both_sides() -> None:
     assert "--- doc\n+++ printed" in diff
     assert "-job <new id> paused: paused\n+job <new id> paused: active" in diff
     assert compare(("a",), "a\nb\n", Bindings()) is not None
+
+
+def test_a_watch_line_of_the_running_state_may_be_printed_or_not() -> None:
+    expected = ("08:53:14  queued     attempt 1", "08:53:14  succeeded  attempt 1 on w")
+    printed = "09:00:01  queued     attempt 1\n09:00:01  running    attempt 1 on w\n" \
+              "09:00:02  succeeded  attempt 1 on w\n"
+    assert compare(expected, printed, Bindings()) is None
+    assert compare(expected, printed.replace("succeeded", "failed"), Bindings()) is not None
+    assert compare(("running attempt 1",), "", Bindings()) is not None
