@@ -26,8 +26,9 @@ SESSIONS = [session for doc in DOCS
             for session in parse_sessions(doc.read_text(), str(doc.relative_to(ROOT)))]
 #: The api root the docs show; the commands are given this cluster's instead.
 DOC_URL = "http://127.0.0.1:8080"
-#: The name the docs' cluster status shows for the one `--role all` process (by default
-#: the host's name and the process id).
+#: The instance name the docs show for the one `--role all` process. By default it is the
+#: host's name and the process id, different on every machine: the test's process is given
+#: this one, as `--instance` would.
 DOC_INSTANCE = "myhost-4021"
 
 
@@ -50,7 +51,7 @@ def test_every_session_of_the_docs_is_found() -> None:
 
 def _console_script(bin_dir: Path) -> Path:
     """A `jobsched` command as pip installs it (so usage lines name `jobsched`), running
-    this checkout's code (the cluster's PYTHONPATH has the checkout first)."""
+    this checkout's code (the cluster's PYTHONPATH puts it ahead of an installed one)."""
     script = bin_dir / "jobsched"
     script.write_text(f"#!{sys.executable}\nimport sys\nfrom jobsched.cli import main\n"
                       "sys.exit(main())\n")
