@@ -874,14 +874,24 @@ def cluster_status(conn: Conn) -> None:
     schedulers = status.get("schedulers") or []
     names = [s["instance"] + (" (leader)" if s.get("leader") else "") for s in schedulers]
     click.echo(line(f"schedulers: {', '.join(names) or '-'}"))
-    queues = status.get("queues") or {}
-    click.echo(line("queues:     " + (", ".join(f"{k} {v}" for k, v in queues.items())
-                                     or "-")))
+    click.echo(line("queues:     " + queue_depths(status.get("queues") or {})))
     workers = status.get("workers") or []
     click.echo(f"workers:    {len(workers)}")
     if workers:
         table(["  WORKER", "IN FLIGHT"],
               [["  " + w["instance"], str(w.get("inflight", "-"))] for w in workers])
+
+
+def queue_depths(queues: dict[str, Any]) -> str:
+    """``executions 3 (high 0, normal 3, low 0), dead 1``: a breakdown (the priority bands
+    of ``by_priority``) in brackets after the total it breaks down, not as a dict."""
+    text = ""
+    for name, depth in queues.items():
+        if isinstance(depth, dict):
+            text += " (" + ", ".join(f"{part} {count}" for part, count in depth.items()) + ")"
+        else:
+            text += f"{', ' if text else ''}{name} {depth}"
+    return text or "-"
 
 
 def register(main: click.Group) -> None:
