@@ -1,0 +1,43 @@
+"""Streaming a running attempt's output on a real database: written only while the
+attempt runs on the writing worker, never over a recorded result, never waiting for a
+row whose result is being recorded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from jobsched.adapters.postgres.worker import PostgresWorkerStore
+from jobsched.domain.states import AttemptOutcome, ExecutionState
+from jobsched.ports import FinishedAttempt
+from tests.integration.test_leases import _held_rows
+
+
+async def _outputs(pool: asyncpg.Pool) -> dict[object, str | None]:
+    rows = await pool.fetch("SELECT execution_id, output FROM attempts")
+    return {r["execution_id"]: r["output"] for r in rows}
+
+
+async def test_output_so_far_goes_to_running_attempts_of_this_worker_only(
+        pool: asyncpg.Pool) -> None:
+    store = PostgresWorkerStore(pool)
+    running, finished, elsewhere, locked = await _held_rows(pool, 4)
+    await store.finish_attempts([FinishedAttempt(finished, 1, ExecutionState.SUCCEEDED,
+                                                 AttemptOutcome.SUCCEEDED, 0, None, "final", 0)],
+                                "w")
+    await pool.execute("UPDATE attempts SET worker = 'other' WHERE execution_id = $1", elsewhere)
+    async with pool.acquire() as other, other.transaction():
+        await other.execute("SELECT 1 FROM attempts WHERE execution_id = $1 FOR UPDATE", locked)
+        await asyncio.wait_for(store.stream_output(
+            [(i, 1, f"so far {n}") for n, i in enumerate((running, finished, elsewhere, locked))],
+            "w"), 5)  # does not wait for the locked row
+    assert await _outputs(pool) == {running: "so far 0", finished: "final", elsewhere: None,
+                                    locked: None}
+    await store.stream_output([(running, 2, "a later attempt's")], "w")
+    assert (await _outputs(pool))[running] == "so far 0"
+    await store.finish_attempts([FinishedAttempt(running, 1, ExecutionState.FAILED,
+                                                 AttemptOutcome.FAILED, 1, "x", "the end", 0)],
+                                "w")
+    await store.stream_output([(running, 1, "too late")], "w")
+    assert (await _outputs(pool))[running] == "the end"
