@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import contextvars
+import functools
 import logging
 import sys
 import threading
@@ -44,6 +45,8 @@ class OutputBuffer:
     run's thread or task, read by the worker's loop: a lock guards both. ``changes`` grows
     when what is kept changes (and once when the first byte past it arrives), so the
     worker flushes a run only when its recorded output would differ."""
+
+    __slots__ = ("_data", "_lock", "_total", "changes", "keep")
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
@@ -132,12 +135,13 @@ def routed_to(buffer: OutputBuffer) -> Iterator[None]:
         _current.reset(token)
 
 
-def in_run_context(buffer: OutputBuffer, function: Callable[[], T]) -> Callable[[], T]:
-    """``function`` to be called on another thread with its output routed to ``buffer``:
-    it runs inside a copy of the caller's context with the buffer set."""
+def in_run_context(buffer: OutputBuffer, function: Callable[..., T],
+                   *args: Any) -> Callable[[], T]:
+    """``function(*args)`` to be called on another thread with its output routed to
+    ``buffer``: it runs inside a copy of the caller's context with the buffer set."""
     context = contextvars.copy_context()
     context.run(_current.set, buffer)
-    return lambda: context.run(function)
+    return functools.partial(context.run, function, *args)
 
 
 def call_with_traceback(function: Callable[..., T], kwargs: dict[str, Any],

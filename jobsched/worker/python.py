@@ -7,7 +7,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import functools
 import inspect
 import logging
 import os
@@ -189,8 +188,7 @@ async def run_python(
                 # A thread cannot be killed: on timeout or cancel the attempt ends at once
                 # and the thread runs out; ``linger`` is given what resolves when it does.
                 on_thread = True
-                call = in_run_context(output, functools.partial(
-                    call_with_traceback, function, kwargs, output))
+                call = in_run_context(output, call_with_traceback, function, kwargs, output)
                 if threads is not None:
                     ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                     try:
