@@ -5,13 +5,16 @@ row whose result is being recorded."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import asyncpg
 
+from jobsched.adapters.postgres.leader import PostgresLeaderStore
 from jobsched.adapters.postgres.worker import PostgresWorkerStore
 from jobsched.domain.states import AttemptOutcome, ExecutionState
 from jobsched.ports import FinishedAttempt
-from tests.integration.test_leases import _held_rows
+from tests.integration.test_leases import _expire, _held_rows, _one_shot
+from tests.integration.test_postgres import _job
 
 
 async def _outputs(pool: asyncpg.Pool) -> dict[object, str | None]:
@@ -41,3 +44,19 @@ async def test_output_so_far_goes_to_running_attempts_of_this_worker_only(
                                 "w")
     await store.stream_output([(running, 1, "too late")], "w")
     assert (await _outputs(pool))[running] == "the end"
+
+
+async def test_the_output_of_an_attempt_lost_with_its_worker_stays(pool: asyncpg.Pool) -> None:
+    """A worker that dies mid-run leaves what it last flushed: the reaper ends the attempt
+    ``lost`` and keeps its output."""
+    leader, store = PostgresLeaderStore(pool), PostgresWorkerStore(pool)
+    now = datetime.now(UTC)
+    await _job(pool, now, schedule="immediate")
+    await leader.claim_epoch(1, "leader")
+    (dispatch,), _, _ = await leader.fire_due_jobs(1, now, 10, _one_shot)
+    await store.claim_executions([(dispatch.execution_id, 1)], "w", 30)
+    await store.stream_output([(dispatch.execution_id, 1, "step 1 of 3\n")], "w")
+    await _expire(pool)
+    await leader.reap_expired(1, 10, lost_limit=3)
+    row = await pool.fetchrow("SELECT outcome, output FROM attempts")
+    assert dict(row) == {"outcome": "lost", "output": "step 1 of 3\n"}
