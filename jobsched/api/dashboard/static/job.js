@@ -37,6 +37,8 @@ export async function jobPage(ctx, jobId) {
   const live = h("div", { id: "live-output" });
   const liveCard = h("section", { class: "card", id: "live-card", hidden: true },
     h("h2", { text: "Running now" }), live);
+  let liveId = null; // the execution the live card shows
+  const seenRunning = new Set();
   const why = h("div", { id: "job-explain" }, h("p", { class: "muted", text: "Loading…" }));
   let explainedAt = 0;
   let explainedKey = "";
@@ -183,18 +185,35 @@ export async function jobPage(ctx, jobId) {
     }
   }
 
+  function hideLive() {
+    liveCard.hidden = true;
+    live.replaceChildren();
+    liveId = null;
+  }
+
   async function drawLive() {
     // The newest run going on: its attempt's output so far, every LIVE_EVERY_MS.
     const running = executions.find((e) => e.state === "running");
     if (!running) {
-      liveCard.hidden = true;
-      live.replaceChildren();
+      hideLive();
+      seenRunning.clear();
       return;
     }
     try {
       const full = await getExecution(running.id);
       if (!ctx.active) return;
       const current = (full.attempts || []).filter((a) => a.attempt === full.attempt);
+      // Shown once seen running twice or with output so far (a run of a moment, as an
+      // every-second job's, does not flash up), then until the list says it ended.
+      const going = full.state === "running";
+      const show = liveId === full.id
+        || (going && (seenRunning.has(full.id) || current.some((a) => a.output)));
+      if (going) seenRunning.add(full.id);
+      if (!show) {
+        hideLive();
+        return;
+      }
+      liveId = full.id;
       liveCard.hidden = false;
       replaceKeepingScroll(live, [
         h("p", {}, badge(full.state), " ", h("span", { class: "muted small", text: `run for ${when(full.scheduled_for)}, output so far (refreshed every second)` })),
