@@ -56,6 +56,12 @@ def progress(steps: int, pause_s: float = 0.5, fail: bool = False) -> dict[str, 
     return {"steps": steps}
 
 
+@task(name="sample_tasks:progress_in_process", isolation="process")
+def progress_in_process(steps: int, pause_s: float = 0.5) -> dict[str, int]:
+    """``progress`` in a child process of the worker: its stdout and stderr stream."""
+    return progress(steps, pause_s)
+
+
 # Workflow nodes (tests/e2e/test_workflows.py): they ask for ``upstream`` and ``input``.
 
 

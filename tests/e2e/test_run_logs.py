@@ -35,11 +35,12 @@ def api(cluster: LocalCluster, method: str, path: str, body: Any = None) -> Any:
         return json.loads(response.read())
 
 
-def start_progress(cluster: LocalCluster, name: str, **args: Any) -> tuple[str, str]:
+def start_progress(cluster: LocalCluster, name: str, function: str = "sample_tasks:progress",
+                   **args: Any) -> tuple[str, str]:
     """A one-shot job of sample_tasks:progress; its id and its execution's, once fired."""
     job = api(cluster, "POST", "/api/v1/jobs", {
         "name": name, "schedule": "immediate", "kind": "python", "timeout_s": 30,
-        "python": {"function": "sample_tasks:progress", "args": args}})
+        "python": {"function": function, "args": args}})
     deadline = time.monotonic() + 10
     while True:
         items = api(cluster, "GET", f"/api/v1/jobs/{job['id']}/executions")["items"]
@@ -153,6 +154,24 @@ def test_a_failed_run_keeps_its_traceback(running_cluster: LocalCluster,
         printed.append(item[1])
     assert "".join(printed) == output
     assert "gave up after" not in worker_log(cluster)  # the traceback is not the worker's
+
+
+def test_a_process_isolated_runs_output_streams_too(running_cluster: LocalCluster) -> None:
+    """Its child's stdout and stderr (prints, log lines at the worker's level) stream."""
+    cluster = running_cluster
+    _, execution_id = start_progress(cluster, "logs-process", "sample_tasks:progress_in_process",
+                                     steps=4, pause_s=0.6)
+    running = wait_until(cluster, execution_id, lambda e: "step 1 of 4" in (
+        (e.get("attempts") or [{}])[-1].get("output") or "") or e["state"] not in (
+        "queued", "running"))
+    assert running["state"] == "running", running
+    final = wait_until(cluster, execution_id, lambda e: e["state"] not in ("queued", "running"))
+    assert final["state"] == "succeeded", final
+    lines = final["output"].splitlines()
+    assert lines[:2] == ["step 1 of 4", lines[1]] and lines[1].endswith(
+        " INFO sample_tasks.progress: logged step 1")
+    assert lines[-1] == '{"steps":4}' and "step 4 of 4" in lines
+    assert "step 1 of 4" not in worker_log(cluster)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="shell runs drop to a uid of their own: root")
