@@ -188,6 +188,32 @@ class _RoutedStream:
         if _current.get() is None:
             self._original.flush()
 
+    @property
+    def buffer(self) -> _RoutedBinary:
+        """The binary stream under it (``sys.stdout.buffer.write(b"…")``), routed too."""
+        return _RoutedBinary(self._original.buffer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+class _RoutedBinary:
+    """``sys.stdout.buffer`` or ``sys.stderr.buffer`` under a ``_RoutedStream``."""
+
+    def __init__(self, original: Any) -> None:
+        self._original = original
+
+    def write(self, data: bytes) -> int:
+        buffer = _current.get()
+        if buffer is None:
+            return int(self._original.write(data))
+        buffer.write(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self._original.flush()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._original, name)
 

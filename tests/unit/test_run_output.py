@@ -31,6 +31,10 @@ def _chatty(tag: str, lines: int) -> str:
     return tag
 
 
+def _writes_bytes() -> None:
+    sys.stdout.buffer.write(b"raw bytes\n")
+
+
 async def _async_chatty(tag: str, lines: int) -> str:
     for i in range(lines):
         print(f"{tag} print {i}")
@@ -53,7 +57,7 @@ def _waits(started: threading.Event, go_on: threading.Event) -> None:
 
 
 REGISTRY = TaskRegistry()
-for function in (_chatty, _async_chatty, _logs_and_fails, _waits):
+for function in (_chatty, _async_chatty, _logs_and_fails, _waits, _writes_bytes):
     REGISTRY.register(function, f"out:{function.__name__}")
 CONTEXT = TaskContext(uuid.uuid4(), 1, uuid.uuid4(), datetime.now(UTC))
 
@@ -193,6 +197,22 @@ def test_partial_output_holds_back_an_incomplete_character() -> None:
     assert buffer.render_partial(1000, []) == "na"
     buffer.write("naïve".encode()[3:])
     assert buffer.render_partial(1000, []) == "naïve"
+
+
+async def test_writes_to_the_binary_stream_are_routed_too() -> None:
+    saved = sys.stdout
+    raw = io.BytesIO()
+    worker_stdout = sys.stdout = io.TextIOWrapper(raw)
+    capture.install()
+    try:
+        _, output, _ = await _run("out:_writes_bytes", ThreadRunner(1))
+        sys.stdout.buffer.write(b"the worker's\n")
+        written = raw.getvalue()
+    finally:
+        capture.uninstall()
+        sys.stdout = saved
+        worker_stdout.detach()
+    assert output == "raw bytes\n" and written == b"the worker's\n"
 
 
 def test_outside_a_run_the_proxies_change_nothing() -> None:
