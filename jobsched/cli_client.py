@@ -776,8 +776,8 @@ def executions_get(conn: Conn, execution_id: str, watch: bool) -> None:
 @click.argument("execution_id")
 @click.option("--attempt", type=int, help="Only this attempt's output, as it is.")
 @click.option("--watch", "-w", is_flag=True,
-              help="Print each attempt's output as it is recorded, until the execution "
-              "ends; exit 5 unless it succeeded.")
+              help="Print each attempt's output as it is written (new lines about every "
+              "second while it runs) until the execution ends; exit 5 unless it succeeded.")
 @api_options
 def executions_logs(conn: Conn, execution_id: str, attempt: int | None, watch: bool) -> None:
     """The captured (truncated) output of an execution's attempts."""
@@ -801,41 +801,91 @@ def executions_logs(conn: Conn, execution_id: str, attempt: int | None, watch: b
 
 def _print_logs(item: Any, header: bool) -> None:
     if header:
-        exit_code = "" if item.get("exit_code") is None else f", exit {item['exit_code']}"
-        click.echo(click.style(line(f"--- attempt {item['attempt']} "
-                                    f"({item.get('outcome') or 'running'}{exit_code}) "
-                                    f"on {item.get('worker')} ---"), bold=True))
+        _print_header(item)
     output = block(item.get("output") or "")
     click.echo(output, nl=not output.endswith("\n") and bool(output))
+
+
+def _print_header(item: Any) -> None:
+    exit_code = "" if item.get("exit_code") is None else f", exit {item['exit_code']}"
+    click.echo(click.style(line(f"--- attempt {item['attempt']} "
+                                f"({item.get('outcome') or 'running'}{exit_code}) "
+                                f"on {item.get('worker')} ---"), bold=True))
+
+
+_TRUNCATION_NOTE = re.compile(r"\n\[output truncated: \d+ more bytes\]\Z")
+
+
+class _OutputFollower:
+    """Prints attempts' output as it is written: of a running attempt, the complete lines
+    not printed yet (its output so far is written every output_flush_s); of an ended one,
+    the rest. A header goes before an attempt's first line when ``header`` says so."""
+
+    def __init__(self, header: Callable[[Any], bool]) -> None:
+        self.header = header
+        self.printed: dict[int, str] = {}  # attempt -> its output printed so far (made safe)
+        self.ended: set[int] = set()
+
+    def show(self, item: Any) -> None:
+        number = item["attempt"]
+        if number in self.ended:
+            return
+        done = item.get("finished_at") is not None
+        text = block(item.get("output") or "")
+        if not done:  # only whole lines, and not a cut's note that will change
+            text = _TRUNCATION_NOTE.sub("", text)
+            text = text[:text.rfind("\n") + 1]
+        before = self.printed.get(number)
+        if before is None:
+            if not text and not done:
+                return
+            if self.header(item):
+                _print_header(item)
+            before = ""
+        if text.startswith(before):
+            click.echo(text[len(before):], nl=False)
+        else:  # (never expected) it changed under what was printed: its lines again
+            same = next((i for i, (a, b) in enumerate(zip(before, text, strict=False))
+                         if a != b), min(len(before), len(text)))
+            click.echo(text[text.rfind("\n", 0, same) + 1:], nl=False)
+        self.printed[number] = text
+        if done:
+            self.ended.add(number)
+            if text and not text.endswith("\n"):
+                click.echo()
 
 
 def _watch(conn: Conn, execution_id: str, *, logs: bool, only_attempt: int | None = None,
            quiet: bool = False) -> None:
     """Follow an execution to its end: one line per change (or one JSON object per line
-    with --output json), each finished attempt's output when ``logs``; exit 0 if it
-    succeeded, 5 if it ended otherwise."""
-    printed: set[int] = set()
+    with --output json) and, when ``logs``, each attempt's output as it is written (lines
+    of a running attempt as they arrive, the rest when it ends); exit 0 if it succeeded,
+    5 if it ended otherwise."""
+    follower = _OutputFollower(lambda item: not quiet or (
+        only_attempt is None and item["attempt"] > 1))
 
     async def follow(client: Client) -> Execution:
         last: Execution | None = None
-        async for execution in client.watch_execution(execution_id, interval=0.25):
+        shown: tuple[Any, ...] | None = None
+        stream = logs and not conn.json
+        async for execution in client.watch_execution(execution_id, interval=0.25,
+                                                      output=stream):
             last = execution
             if conn.json:
                 click.echo(json_text(execution))
                 continue
-            if not quiet:
+            marker = (execution["state"], execution["attempt"],
+                      len(execution.get("attempts") or []))
+            if not quiet and marker != shown:  # not again for each new line of output
                 worker = f" on {line(execution['worker'])}" if execution.get("worker") else ""
                 click.echo(f"{datetime.now(UTC):%H:%M:%S}  "
                            f"{styled_state(execution['state'], 9)}  "
                            f"attempt {line(execution['attempt'])}{worker}")
+            shown = marker
             if logs:
                 for item in execution.get("attempts") or []:
-                    done = item.get("finished_at") is not None
-                    wanted = only_attempt is None or item["attempt"] == only_attempt
-                    if done and wanted and item["attempt"] not in printed:
-                        printed.add(item["attempt"])
-                        _print_logs(item, header=not quiet or (
-                            only_attempt is None and item["attempt"] > 1))
+                    if only_attempt is None or item["attempt"] == only_attempt:
+                        follower.show(item)
         assert last is not None
         return last
 

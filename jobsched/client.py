@@ -539,15 +539,19 @@ class Client:
                     await self.request("GET", f"/api/v1/executions/{_id(execution_id)}"))
 
     async def watch_execution(self, execution_id: str, *, interval: float = 0.5,
-                              timeout: float | None = None) -> AsyncIterator[Execution]:
-        """Yield the execution each time its state or attempt changes, ending with the
-        terminal one. ``TimeoutError`` if it is not over within ``timeout`` seconds."""
+                              timeout: float | None = None,
+                              output: bool = False) -> AsyncIterator[Execution]:
+        """Yield the execution each time its state or attempt changes (with ``output``,
+        also each time a running attempt's output grows: it is written every
+        ``output_flush_s``), ending with the terminal one. ``TimeoutError`` if it is not
+        over within ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: tuple[Any, ...] | None = None
         while True:
             execution = await self.get_execution(execution_id)
-            marker = (execution["state"], execution["attempt"],
-                      len(execution.get("attempts") or []))
+            attempts = execution.get("attempts") or []
+            marker = (execution["state"], execution["attempt"], len(attempts),
+                      tuple(a.get("output") for a in attempts) if output else None)
             if marker != seen:
                 seen = marker
                 yield execution

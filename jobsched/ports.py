@@ -501,6 +501,11 @@ class WorkerRepository(Protocol):
                             outcome: AttemptOutcome, error: str | None, output: str | None,
                             exit_code: int | None) -> None: ...
 
+    async def stream_output(self, outputs: Sequence[tuple[uuid.UUID, int, str]],
+                            worker: str) -> None:
+        """Running attempts' output so far: (execution id, attempt, output)."""
+        ...
+
     async def node_inputs(self, execution_ids: Sequence[uuid.UUID],
                           ) -> dict[uuid.UUID, NodeInputs]: ...
 

@@ -97,6 +97,9 @@ class Settings(BaseModel):
     # worker every time must end.
     lost_attempts_limit: int = Field(3, ge=1, le=100)
     output_limit_bytes: int = Field(65_536, ge=0)
+    # A running python or shell attempt's output so far is written this often (one
+    # statement for every run whose output changed; 0: only when the attempt ends).
+    output_flush_s: float = Field(1.0, ge=0, le=3600)
     drain_timeout_s: float = Field(30.0, ge=0)
     imports: tuple[str, ...] = ()
 

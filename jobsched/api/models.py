@@ -299,6 +299,8 @@ class AttemptOut(BaseModel):
     outcome: AttemptOutcome | None
     exit_code: int | None
     error: str | None
+    # While the attempt runs (finished_at null), its output so far: a python or shell
+    # run's worker writes it every output_flush_s; the recorded result replaces it.
     output: str | None
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
+import dataclasses
 import inspect
+import logging
 import os
 import signal
 import sys
@@ -21,8 +22,15 @@ from jobsched.domain.priority import Priority, WeightedRoundRobin
 from jobsched.domain.states import AttemptOutcome
 from jobsched.ports import NodeInputs
 from jobsched.tasks import TaskContext, TaskRegistry
-from jobsched.worker.results import AttemptResult, render_output
-from jobsched.worker.secrets import mask, mask_bounded
+from jobsched.worker.capture import (
+    OutputBuffer,
+    await_with_traceback,
+    call_with_traceback,
+    in_run_context,
+    routed_to,
+)
+from jobsched.worker.results import AttemptResult
+from jobsched.worker.secrets import longest, mask, mask_bounded
 
 #: Said of a plain function on a thread that was timed out or cancelled.
 THREAD_NOT_INTERRUPTED = (
@@ -133,6 +141,7 @@ async def run_python(
     node: NodeInputs | None = None,
     linger: Callable[[asyncio.Future[None]], None] | None = None,
     killed: Callable[[str], None] | None = None,
+    output: OutputBuffer | None = None,
 ) -> AttemptResult:
     """``masked``: values no recorded output or error may show (the worker's own
     credentials), masked before either is cut to its limit. A workflow node (``node``
@@ -142,7 +151,14 @@ async def run_python(
     ``threads`` times out or is cancelled, with a future resolved once its thread really
     ends (the worker holds the run's slot until then). A task registered with
     ``isolation="process"`` runs in a child process instead, killed on a timeout or a
-    cancel; ``killed`` is told how when a cancel killed it."""
+    cancel; ``killed`` is told how when a cancel killed it.
+
+    What the function prints and logs, and its traceback if it raises, go to ``output``
+    (jobsched.worker.capture), which the worker streams while the run goes on; the
+    recorded output is that, then the return value's JSON (alone, as before, when the
+    function wrote nothing)."""
+    if output is None:
+        output = OutputBuffer(output_limit + longest(masked))
     name = payload["function"]
     function = registry.get(name)
     if function is None:
@@ -159,19 +175,20 @@ async def run_python(
             kwargs["input"] = node.input
     if registry.isolation(name) == "process":
         return await _run_in_process(name, function, kwargs, timeout_s, output_limit, masked,
-                                     node, killed)
+                                     node, killed, output)
     on_thread = False
     try:
         # asyncio.timeout, not wait_for: no extra task per run (the start of many runs due
         # at the same instant is this function's cost times their number).
         async with asyncio.timeout(timeout_s):
             if inspect.iscoroutinefunction(function):
-                value = await function(**kwargs)
+                with routed_to(output):
+                    value = await await_with_traceback(function, kwargs, output)
             else:
                 # A thread cannot be killed: on timeout or cancel the attempt ends at once
                 # and the thread runs out; ``linger`` is given what resolves when it does.
                 on_thread = True
-                call = functools.partial(function, **kwargs)
+                call = in_run_context(output, call_with_traceback, function, kwargs, output)
                 if threads is not None:
                     ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                     try:
@@ -186,25 +203,38 @@ async def run_python(
         error = f"timed out after {timeout_s:g}s"
         if on_thread:
             error += f"; {THREAD_NOT_INTERRUPTED}"
-        return AttemptResult(AttemptOutcome.TIMED_OUT, error=error)
+        return AttemptResult(AttemptOutcome.TIMED_OUT, error=error,
+                             output=output.render(output_limit, masked))
     except Exception as exc:  # noqa: BLE001 - the task's failure is the attempt's outcome
         return AttemptResult(AttemptOutcome.FAILED,
-                             error=mask_bounded(f"{type(exc).__name__}: {exc}", masked, 4000))
-    return _succeeded(value, output_limit, masked, node)
+                             error=mask_bounded(f"{type(exc).__name__}: {exc}", masked, 4000),
+                             output=output.render(output_limit, masked))
+    return _succeeded(value, output_limit, masked, node, output)
 
 
 def _succeeded(value: Any, output_limit: int, masked: Sequence[str],
-               node: NodeInputs | None) -> AttemptResult:
+               node: NodeInputs | None, output: OutputBuffer) -> AttemptResult:
+    """The output is what the function wrote, then its return value's JSON on a line of
+    its own (a workflow node's value as its children get it)."""
     if node is not None:
-        return node_result(value, output_limit, masked)
-    if value is None:
-        return AttemptResult(AttemptOutcome.SUCCEEDED)
-    try:
-        rendered = orjson.dumps(value, default=repr)
-    except TypeError:
-        rendered = repr(value).encode()
-    return AttemptResult(AttemptOutcome.SUCCEEDED,
-                         output=render_output(rendered, len(rendered), output_limit, masked))
+        result = node_result(value, output_limit, masked)
+        if result.outcome == AttemptOutcome.SUCCEEDED and result.output is not None:
+            _append_value(output, result.output.encode())
+        return dataclasses.replace(result, output=output.render(output_limit, masked))
+    if value is not None:
+        try:
+            rendered = orjson.dumps(value, default=repr)
+        except TypeError:
+            rendered = repr(value).encode()
+        _append_value(output, rendered)
+    return AttemptResult(AttemptOutcome.SUCCEEDED, output=output.render(output_limit, masked))
+
+
+def _append_value(output: OutputBuffer, rendered: bytes) -> None:
+    data, total = output.snapshot()
+    if total and not data.endswith(b"\n"):
+        output.write(b"\n")
+    output.write(rendered)
 
 
 class _NotJson:
@@ -226,16 +256,20 @@ async def _run_in_process(
     masked: Sequence[str],
     node: NodeInputs | None,
     killed: Callable[[str], None] | None,
+    output: OutputBuffer,
 ) -> AttemptResult:
     """A task registered with ``isolation="process"``: one child process per run
     (jobsched.worker.child), in a session of its own, killed with all it started on a
-    timeout or a cancel. ``killed`` is told how, when a cancel killed it."""
+    timeout or a cancel. ``killed`` is told how, when a cancel killed it. Whatever the
+    child writes to stdout or stderr (prints, log records, a traceback), and whatever it
+    starts writes there, is read into ``output`` as it comes."""
     context = kwargs.pop("context", None)
     request = {
         "sys_path": sys.path, "module": function.__module__, "name": name, "kwargs": kwargs,
         "context": None if context is None else {
             "execution_id": str(context.execution_id), "attempt": context.attempt,
             "job_id": str(context.job_id), "scheduled_for": context.scheduled_for.isoformat()},
+        "log_level": logging.getLogger().getEffectiveLevel(),
     }
     try:
         encoded = orjson.dumps(request)
@@ -245,31 +279,68 @@ async def _run_in_process(
                                    f"JSON ({exc})")
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "jobsched.worker.child", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, start_new_session=True)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True)
+    assert child.stderr is not None
+    reading = asyncio.ensure_future(_read_into(child.stderr, output))
     try:
         async with asyncio.timeout(timeout_s):
-            answer, _ = await child.communicate(encoded)
+            answer = await _answer_of(child, encoded)
     except TimeoutError:
         how = await _kill(child)
+        await _stop_reading(reading)
         return AttemptResult(AttemptOutcome.TIMED_OUT,
-                             error=f"timed out after {timeout_s:g}s; process killed ({how})")
+                             error=f"timed out after {timeout_s:g}s; process killed ({how})",
+                             output=output.render(output_limit, masked))
     except asyncio.CancelledError:
         how = await asyncio.shield(_kill(child))
+        reading.cancel()
         if killed is not None:
             killed(f"process killed ({how})")
         raise
+    await _stop_reading(reading)
     try:
         reply = orjson.loads(answer)
     except orjson.JSONDecodeError:
         return AttemptResult(AttemptOutcome.FAILED,
                              error=f"the task's child process (pid {child.pid}) ended with "
-                                   f"exit code {child.returncode} without an answer")
+                                   f"exit code {child.returncode} without an answer",
+                             output=output.render(output_limit, masked))
     if "error" in reply:
         return AttemptResult(AttemptOutcome.FAILED,
-                             error=mask_bounded(str(reply["error"]), masked, 4000))
+                             error=mask_bounded(str(reply["error"]), masked, 4000),
+                             output=output.render(output_limit, masked))
     if "repr" in reply:
-        return _succeeded(_NotJson(str(reply["repr"])), output_limit, masked, node)
-    return _succeeded(reply.get("value"), output_limit, masked, node)
+        return _succeeded(_NotJson(str(reply["repr"])), output_limit, masked, node, output)
+    return _succeeded(reply.get("value"), output_limit, masked, node, output)
+
+
+async def _answer_of(child: asyncio.subprocess.Process, request: bytes) -> bytes:
+    """Send the request, read the answer to EOF, and wait for the child to exit."""
+    assert child.stdin is not None and child.stdout is not None
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        child.stdin.write(request)
+        await child.stdin.drain()
+    child.stdin.close()
+    answer = await child.stdout.read()
+    await child.wait()
+    return answer
+
+
+async def _read_into(stream: asyncio.StreamReader, output: OutputBuffer) -> None:
+    while chunk := await stream.read(65_536):
+        output.write(chunk)
+
+
+async def _stop_reading(reading: asyncio.Future[None], grace: float = 1.0) -> None:
+    """Let the child's output drain (a moment: what it started may hold the pipe open),
+    then stop reading."""
+    try:
+        await asyncio.wait_for(asyncio.shield(reading), grace)
+    except TimeoutError:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
 
 
 #: How long a task's child process has to end after SIGTERM before it is sent SIGKILL.

@@ -13,11 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jobsched.domain.states import AttemptOutcome
+from jobsched.worker.capture import OutputBuffer
 from jobsched.worker.results import AttemptResult, render_output
 from jobsched.worker.sandbox import Identity, SandboxError, ShellSandbox
 from jobsched.worker.secrets import MissingSecret, RunSecrets, longest, mask
-
-Captured = tuple[bytes, int]  # what was kept, and how many bytes there were in all
 
 
 async def _open_pipe(fd: int) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
@@ -28,21 +27,15 @@ async def _open_pipe(fd: int) -> tuple[asyncio.StreamReader, asyncio.ReadTranspo
     return stream, transport
 
 
-async def _read_capped(stream: asyncio.StreamReader, transport: asyncio.ReadTransport,
-                       keep: int) -> Captured:
-    """Read the pipe to EOF keeping at most ``keep`` bytes (the rest is counted, not held),
-    then close it."""
-    kept = bytearray()
-    total = 0
+async def _read_into(stream: asyncio.StreamReader, transport: asyncio.ReadTransport,
+                     output: OutputBuffer) -> None:
+    """Read the pipe to EOF into ``output`` as it comes (it keeps its head, counts the
+    rest), then close it."""
     try:
         while chunk := await stream.read(65_536):
-            total += len(chunk)
-            room = keep - len(kept)
-            if room > 0:
-                kept += chunk[:room]
+            output.write(chunk)
     finally:
         transport.close()
-    return bytes(kept), total
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:
@@ -51,18 +44,22 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
 
 
 async def run_shell(payload: dict[str, Any], timeout_s: float, output_limit: int,
-                    sandbox: ShellSandbox, secrets: RunSecrets) -> AttemptResult:
+                    sandbox: ShellSandbox, secrets: RunSecrets,
+                    output: OutputBuffer | None = None) -> AttemptResult:
     """Run argv confined by ``sandbox`` (docs/security.md): a uid of its own, a clean
     environment, a private directory, resource limits. Secret references in env are
-    resolved in the job's namespace and masked in what is recorded."""
+    resolved in the job's namespace and masked in what is recorded. Its stdout and
+    stderr are read into ``output`` as they come (the worker streams it meanwhile)."""
     try:
         job_env = await secrets.resolve(payload.get("env") or {})
     except MissingSecret as exc:
         return AttemptResult(AttemptOutcome.FAILED, error=str(exc))
+    if output is not None:  # past the limit, keep enough to mask the values just resolved
+        output.keep = max(output.keep, output_limit + longest(secrets.masked))
     try:
         async with sandbox.run_slot() as (identity, home):
             result = await _run_confined(payload, timeout_s, output_limit, sandbox,
-                                         identity, home, job_env, secrets.masked)
+                                         identity, home, job_env, secrets.masked, output)
     except SandboxError as exc:
         return AttemptResult(AttemptOutcome.FAILED, error=str(exc))
     return AttemptResult(result.outcome, result.exit_code,
@@ -71,7 +68,8 @@ async def run_shell(payload: dict[str, Any], timeout_s: float, output_limit: int
 
 async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit: int,
                         sandbox: ShellSandbox, identity: Identity, home: str,
-                        job_env: dict[str, str], masked: list[str]) -> AttemptResult:
+                        job_env: dict[str, str], masked: list[str],
+                        output: OutputBuffer | None = None) -> AttemptResult:
     program = payload["argv"][0]
     # Output through a pipe of our own, not the subprocess transport's: its wait() would
     # also wait for the pipe to close, which a process the run left behind can delay.
@@ -102,28 +100,29 @@ async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit:
         os.close(write_end)
     # Past the limit, keep as much as the longest secret: one that straddles the limit is
     # then whole when it is masked, before the cut.
+    if output is None:
+        output = OutputBuffer(output_limit + longest(masked))
     stream, transport = await _open_pipe(read_end)
-    reading = asyncio.ensure_future(_read_capped(stream, transport,
-                                                 output_limit + longest(masked)))
+    reading = asyncio.ensure_future(_read_into(stream, transport, output))
 
     async def kill_all() -> None:
         _kill_group(process)
         await sandbox.kill_run(identity)
 
-    def rendered(captured: Captured) -> str:
-        return render_output(captured[0], captured[1], output_limit, masked)
+    def rendered() -> str:
+        return render_output(*output.snapshot(), output_limit, masked)
 
     try:
         await asyncio.wait_for(asyncio.shield(process.wait()), timeout_s)
     except TimeoutError:
         await kill_all()
         await process.wait()
-        captured = await _finish_reading(reading, kill_all)
+        await _finish_reading(reading, kill_all)
         return AttemptResult(
             AttemptOutcome.TIMED_OUT,
             exit_code=process.returncode,
             error=f"timed out after {timeout_s:g}s; every process of the run killed",
-            output=rendered(captured),
+            output=rendered(),
         )
     except asyncio.CancelledError:
         _kill_group(process)
@@ -132,25 +131,25 @@ async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit:
         raise  # the sandbox kills the rest of the run's uid on the way out
     # Processes the run left may hold the pipe open after the main one exits: a moment to
     # flush, then the run is over and they are killed (nothing it started outlives it).
-    captured = await _finish_reading(reading, kill_all, grace=1.0)
+    await _finish_reading(reading, kill_all, grace=1.0)
     code = process.returncode
     if code == 0:
-        return AttemptResult(AttemptOutcome.SUCCEEDED, exit_code=0, output=rendered(captured))
+        return AttemptResult(AttemptOutcome.SUCCEEDED, exit_code=0, output=rendered())
     error = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
     if code == -signal.SIGXCPU:
         error += f" (SIGXCPU: over its CPU time limit, shell_cpu_s={sandbox.cpu_s})"
     return AttemptResult(AttemptOutcome.FAILED, exit_code=code, error=error,
-                         output=rendered(captured))
+                         output=rendered())
 
 
-async def _finish_reading(reading: asyncio.Future[Captured],
+async def _finish_reading(reading: asyncio.Future[None],
                           kill_all: Callable[[], Awaitable[None]],
-                          grace: float = 2.0) -> Captured:
+                          grace: float = 2.0) -> None:
+    """Read to EOF; past ``grace``, kill what still holds the pipe, and past 2 s more
+    keep what was read."""
     try:
-        return await asyncio.wait_for(asyncio.shield(reading), grace)
+        await asyncio.wait_for(asyncio.shield(reading), grace)
     except TimeoutError:
         await kill_all()  # every writer of the pipe is gone: EOF follows at once
-        try:
-            return await asyncio.wait_for(reading, 2.0)
-        except TimeoutError:
-            return b"", 0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reading, 2.0)

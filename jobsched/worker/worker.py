@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
@@ -40,17 +41,36 @@ from jobsched.ports import (
 from jobsched.settings import Settings
 from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.tasks import registry as default_registry
+from jobsched.worker import capture
+from jobsched.worker.capture import OutputBuffer
 from jobsched.worker.http import HttpRunner
 from jobsched.worker.python import THREAD_NOT_INTERRUPTED, ThreadRunner, run_python
 from jobsched.worker.results import AttemptResult
 from jobsched.worker.sandbox import ShellSandbox, ShellStatus
-from jobsched.worker.secrets import SecretResolver
+from jobsched.worker.secrets import RunSecrets, SecretResolver, longest
 from jobsched.worker.shell import run_shell
 from jobsched.worker.slots import BandSlots
 
 log = logging.getLogger(__name__)
 
 Claim = tuple[uuid.UUID, int]
+
+
+@dataclass(slots=True)
+class LiveOutput:
+    """A running attempt's output, as the worker streams it: ``flushed`` is the buffer's
+    ``changes`` when it was last written to the database."""
+
+    attempt: int
+    buffer: OutputBuffer
+    secrets: RunSecrets  # what to mask: read when rendered (a shell run resolves its own)
+    flushed: int = 0
+
+    def render(self, limit: int) -> str | None:
+        return self.buffer.render(limit, self.secrets.masked)
+
+    def render_partial(self, limit: int) -> str:
+        return self.buffer.render_partial(limit, self.secrets.masked)
 
 
 class TaskModuleNotFound(ImportError):
@@ -144,6 +164,8 @@ class Worker:
         self._leases: dict[uuid.UUID, float] = {}
         self._taken_away: set[uuid.UUID] = set()
         self._started_at: dict[uuid.UUID, datetime] = {}
+        #: Output of the python and shell runs going on, flushed by ``_stream_output``.
+        self._outputs: dict[uuid.UUID, LiveOutput] = {}
         # Deliveries not claimed yet (held until due, or waiting for a slot): on a drain
         # they go back to the queue at once, unrun and unclaimed.
         self._unclaimed: set[asyncio.Task[None]] = set()
@@ -231,8 +253,10 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         import_task_modules(self.settings.imports)
+        capture.install()  # runs' prints and log records go to their own output
         self.start_shell()
-        background = [asyncio.create_task(self._heartbeat())]
+        background = [asyncio.create_task(self._heartbeat()),
+                      asyncio.create_task(self._stream_output())]
         if self.coordinator is not None:
             background.append(asyncio.create_task(self.coordinator.stay_registered(
                 self.name, self._describe, self._inflight_changed, self.drained)))
@@ -296,6 +320,33 @@ class Worker:
                     self._leases[execution_id] = sent
                 else:
                     self._lose_lease(execution_id)
+
+    async def _stream_output(self) -> None:
+        """Every ``output_flush_s``, write the output so far of the running attempts whose
+        output changed, in one statement; nothing when none did. The recorded result
+        replaces it when the attempt ends (the statement touches only attempts still
+        running on this worker, and skips one whose result is being recorded)."""
+        period = self.settings.output_flush_s
+        if period <= 0:
+            return
+        limit = self.settings.output_limit_bytes
+        while True:
+            await asyncio.sleep(period)
+            changed = [(execution_id, live, live.buffer.changes)
+                       for execution_id, live in self._outputs.items()
+                       if live.buffer.changes != live.flushed]
+            if not changed:
+                continue
+            try:
+                await self.store.stream_output(
+                    [(execution_id, live.attempt, live.render_partial(limit))
+                     for execution_id, live, _ in changed], self.name)
+            except Exception as exc:  # noqa: BLE001 - the next period tries again
+                log.warning("writing the output of %d running attempts failed (%r)",
+                            len(changed), exc)
+                continue
+            for _, live, changes in changed:
+                live.flushed = changes
 
     def _lose_lease(self, execution_id: uuid.UUID) -> None:
         self._leases.pop(execution_id, None)
@@ -496,20 +547,19 @@ class Worker:
                 raise
             self._taken_away.discard(claimed.id)
             killed = self._killed.pop(claimed.id, None)
+            live = self._outputs.get(claimed.id)
+            output = None if live is None else live.render(self.settings.output_limit_bytes)
             if killed is not None:
-                stopped = AttemptResult(AttemptOutcome.CANCELLED,
-                                        error=f"stopped: the execution was cancelled; {killed}")
+                error = f"stopped: the execution was cancelled; {killed}"
             elif claimed.id in self._lingering:
-                stopped = AttemptResult(AttemptOutcome.CANCELLED,
-                                        error=f"the execution was cancelled; "
-                                              f"{THREAD_NOT_INTERRUPTED}")
+                error = f"the execution was cancelled; {THREAD_NOT_INTERRUPTED}"
             else:
-                stopped = AttemptResult(AttemptOutcome.CANCELLED,
-                                        error="stopped: the execution was cancelled")
-            return stopped, None, 0.0
+                error = "stopped: the execution was cancelled"
+            return AttemptResult(AttemptOutcome.CANCELLED, error=error, output=output), None, 0.0
         finally:
             self._running.pop(claimed.id, None)
             self._killed.pop(claimed.id, None)
+            self._outputs.pop(claimed.id, None)
         self.metrics.execution_duration.observe({"kind": claimed.kind},
                                                 time.perf_counter() - started)
         self.metrics.executions.inc({"kind": claimed.kind, "outcome": result.outcome})
@@ -674,8 +724,11 @@ class Worker:
                                        "(disabled_kinds)")
         # Secret references resolve in the job's own namespace only.
         secrets = self._secrets.for_namespace(claimed.namespace)
+        if kind in ("shell", "python"):  # their output is streamed while they run
+            output = OutputBuffer(limit + longest(secrets.masked))
+            self._outputs[claimed.id] = LiveOutput(claimed.attempt, output, secrets)
         if kind == "shell":
-            return await run_shell(payload, timeout, limit, self._sandbox, secrets)
+            return await run_shell(payload, timeout, limit, self._sandbox, secrets, output)
         if kind == "http":
             return await self._http.run(payload, timeout, limit, secrets)
         if kind == "python":
@@ -689,5 +742,5 @@ class Worker:
 
             return await run_python(payload, timeout, limit, self.registry, context,
                                     self._threads, claimed.band, secrets.masked, node, linger,
-                                    killed)
+                                    killed, output)
         return AttemptResult(AttemptOutcome.FAILED, error=f"unknown job kind {kind!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
@@ -40,6 +41,25 @@ def report(team: str, count: int = 1) -> dict[str, object]:
 @task
 async def nap(seconds: float) -> None:
     await asyncio.sleep(seconds)
+
+
+@task(name="sample_tasks:progress")
+def progress(steps: int, pause_s: float = 0.5, fail: bool = False) -> dict[str, int]:
+    """Prints and logs a line per step (tests/e2e/test_run_logs.py: the run's output
+    streams while it goes on); with ``fail`` it raises after the last one."""
+    for step in range(1, steps + 1):
+        print(f"step {step} of {steps}")
+        logging.getLogger("sample_tasks.progress").info("logged step %d", step)
+        time.sleep(pause_s)
+    if fail:
+        raise ValueError(f"gave up after {steps} steps")
+    return {"steps": steps}
+
+
+@task(name="sample_tasks:progress_in_process", isolation="process")
+def progress_in_process(steps: int, pause_s: float = 0.5) -> dict[str, int]:
+    """``progress`` in a child process of the worker: its stdout and stderr stream."""
+    return progress(steps, pause_s)
 
 
 # Workflow nodes (tests/e2e/test_workflows.py): they ask for ``upstream`` and ``input``.

@@ -225,6 +225,11 @@ class FakeWorkerStore:
                             exit_code: int | None) -> None:
         self.events.add("close_attempt", execution_id)
 
+    async def stream_output(self, outputs: Sequence[tuple[uuid.UUID, int, str]],
+                            worker: str) -> None:
+        for execution_id, _, output in outputs:
+            self.events.add("stream_output", (execution_id, output))
+
 
 class FakeLeaderStore:
     """Due jobs and the executions the leader records. Writes are fenced like the real

@@ -52,3 +52,13 @@ def ignores_sigterm(pidfile: str) -> None:
 @task(name="unit:node_in_process", isolation="process")
 def node_in_process(upstream: dict[str, int], input: dict[str, int]) -> dict[str, int]:
     return {"sum": sum(upstream.values()) + input["offset"]}
+
+
+@task(name="unit:logs_and_fails_in_process", isolation="process")
+def logs_and_fails_in_process() -> None:
+    import logging
+
+    print("printed in a child")
+    logging.getLogger(__name__).info("logged in a child")
+    logging.getLogger(__name__).debug("not at the worker's level")
+    raise KeyError("missing")

@@ -73,7 +73,13 @@ async def test_timeouts_end_the_attempt_without_waiting_for_the_function(
 
 
 async def test_failures_and_unknown_functions(runner: ThreadRunner | None) -> None:
-    assert await _run("t:_broken", threads=runner) == ("failed", None, "ValueError: no")
+    """The error is the exception's type and message; its traceback is in the output,
+    from the task's own frame (none of the worker's)."""
+    outcome, output, error = await _run("t:_broken", threads=runner)
+    assert (outcome, error) == ("failed", "ValueError: no")
+    assert output == (f'Traceback (most recent call last):\n  File "{__file__}", line '
+                      f'{_broken.__code__.co_firstlineno + 1}, in _broken\n'
+                      '    raise ValueError("no")\nValueError: no\n')
     outcome, _, error = await _run("t:missing", threads=runner)
     assert outcome == "failed" and "not registered" in (error or "")
 
@@ -127,14 +133,20 @@ def _alive(pid: int) -> bool:
 async def test_a_process_task_returns_its_value_from_another_process() -> None:
     result = await _in_process("unit:in_process", add=1)
     assert result.outcome == "succeeded", result
-    value = orjson.loads(result.output or "")
+    printed, answer = (result.output or "").split("\n")
+    assert printed == "printed, not the answer"
+    value = orjson.loads(answer)
     assert value["attempt"] == 3 and value["pid"] != os.getpid()
     result = await _in_process("unit:async_in_process")
     assert result.outcome == "succeeded" and int(result.output or 0) != os.getpid()
 
 
 async def test_a_process_task_fails_or_renders_as_a_thread_one_does() -> None:
-    assert (await _in_process("unit:fails_in_process")).error == "ValueError: no"
+    failed = await _in_process("unit:fails_in_process")
+    assert failed.error == "ValueError: no"
+    assert (failed.output or "").startswith("Traceback (most recent call last):\n  File ")
+    assert (failed.output or "").endswith('    raise ValueError("no")\nValueError: no\n')
+    assert "jobsched" not in (failed.output or ""), failed.output  # the task's frames only
     result = await _in_process("unit:not_json_in_process")
     assert result.outcome == "succeeded" and result.output == '"{1}"'
 

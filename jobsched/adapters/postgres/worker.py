@@ -74,6 +74,14 @@ class PostgresWorkerStore:
                                       outcome=str(outcome), error=error, output=output,
                                       exit_code=exit_code)
 
+    async def stream_output(self, outputs: Sequence[tuple[uuid.UUID, int, str]],
+                            worker: str) -> None:
+        """Write running attempts' output so far, in one statement."""
+        outputs = sorted(outputs)
+        await Q.stream_output.execute(self.pool, ids=[o[0] for o in outputs],
+                                      attempts=[o[1] for o in outputs],
+                                      outputs=[o[2] for o in outputs], worker=worker)
+
     async def node_inputs(self, execution_ids: Sequence[uuid.UUID],
                           ) -> dict[uuid.UUID, NodeInputs]:
         """What workflow nodes' functions may ask for (their run's input, their parents'

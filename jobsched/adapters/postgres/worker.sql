@@ -70,6 +70,23 @@ UPDATE attempts SET finished_at = now(), outcome = :outcome, error = :error,
                     output = :output, exit_code = :exit_code
 WHERE execution_id = :execution_id AND attempt = :attempt AND finished_at IS NULL
 
+-- stream_output --
+-- Running attempts' output so far (the worker writes it every output_flush_s for the runs
+-- whose output changed). Only an attempt still running on this worker: once its result is
+-- recorded (finished_at set) this matches nothing, and a row whose result is being
+-- recorded right now (locked) is skipped, never waited for: that result replaces it.
+WITH live AS (
+    SELECT a.execution_id, a.attempt FROM attempts a
+    WHERE (a.execution_id, a.attempt) IN (SELECT * FROM unnest(:ids::uuid[], :attempts::int[]))
+      AND a.worker = :worker AND a.finished_at IS NULL
+    ORDER BY a.execution_id, a.attempt
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE attempts a SET output = u.output
+FROM unnest(:ids::uuid[], :attempts::int[], :outputs::text[]) AS u(id, attempt, output), live l
+WHERE a.execution_id = u.id AND a.attempt = u.attempt
+  AND l.execution_id = u.id AND l.attempt = u.attempt
+
 -- finish_executions --
 -- Results of a batch: the execution moves on only if this worker still holds the attempt.
 -- The rows are locked in id order first (locked), as the lease renewal locks them: left

@@ -1,6 +1,7 @@
 // One job: what it runs, its schedule and next fire times (from the preview endpoint),
-// actions, the latest output, why it runs when it does (the explain endpoint), and its
-// execution history with durations and attempts.
+// actions, the output of the run going on (live, every second) and the latest output, why
+// it runs when it does (the explain endpoint), and its execution history with durations
+// and attempts (an open running one also refreshed every second).
 
 import {
   cancelJob, explainJob, getExecution, getJob, listExecutions, pauseJob, previewSchedule, resumeJob, triggerJob,
@@ -13,6 +14,8 @@ import {
 const HISTORY = 50;
 // The explanation asks ZooKeeper and RabbitMQ too: fetched less often than the job.
 const EXPLAIN_EVERY_MS = 5000;
+// A running attempt's output is written by its worker every second (output_flush_s).
+const LIVE_EVERY_MS = 1000;
 
 export async function jobPage(ctx, jobId) {
   let job = null;
@@ -31,6 +34,11 @@ export async function jobPage(ctx, jobId) {
   const fires = h("ol", { class: "fires", id: "next-fires" });
   const firesNote = h("p", { class: "muted small" });
   const latest = h("div", { id: "latest-output" });
+  const live = h("div", { id: "live-output" });
+  const liveCard = h("section", { class: "card", id: "live-card", hidden: true },
+    h("h2", { text: "Running now" }), live);
+  let liveId = null; // the execution the live card shows
+  const seenRunning = new Set();
   const why = h("div", { id: "job-explain" }, h("p", { class: "muted", text: "Loading…" }));
   let explainedAt = 0;
   let explainedKey = "";
@@ -45,6 +53,7 @@ export async function jobPage(ctx, jobId) {
       h("section", { class: "card" }, h("h2", { text: "Definition" }), details),
       h("section", { class: "card" }, h("h2", { text: "Next fire times" }), firesNote, fires)),
     h("section", { class: "card", id: "job-explain-card" }, h("h2", { text: "Why / next run" }), why),
+    liveCard,
     h("section", { class: "card" }, h("h2", { text: "Latest output" }), latest),
     h("section", { class: "card" },
       h("div", { class: "page-head" }, h("h2", { text: "Executions" }),
@@ -158,7 +167,60 @@ export async function jobPage(ctx, jobId) {
           ` on ${a.worker} · ${when(a.started_at)} · ${duration(a.started_at, a.finished_at)}`
           + (a.exit_code !== null && a.exit_code !== undefined ? ` · exit ${a.exit_code}` : ""))),
       a.error ? h("p", { class: "attempt-error", text: a.error }) : null,
-      h("pre", { class: "output", text: a.output || "(no output)" })));
+      h("pre", { class: "output", dataset: { attempt: a.attempt }, text: a.output || (a.finished_at ? "(no output)" : "(no output yet)") })));
+  }
+
+  /** Put ``fresh`` (attempt views) in ``box``, keeping each output's scroll: one read to
+   *  its end stays at its end as lines arrive. */
+  function replaceKeepingScroll(box, fresh) {
+    const scrolled = new Map();
+    for (const pre of box.querySelectorAll("pre.output[data-attempt]")) {
+      const atEnd = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 4;
+      scrolled.set(pre.dataset.attempt, atEnd ? Infinity : pre.scrollTop);
+    }
+    box.replaceChildren(...fresh);
+    for (const pre of box.querySelectorAll("pre.output[data-attempt]")) {
+      const top = scrolled.get(pre.dataset.attempt);
+      if (top !== undefined) pre.scrollTop = top === Infinity ? pre.scrollHeight : top;
+    }
+  }
+
+  function hideLive() {
+    liveCard.hidden = true;
+    live.replaceChildren();
+    liveId = null;
+  }
+
+  async function drawLive() {
+    // The newest run going on: its attempt's output so far, every LIVE_EVERY_MS.
+    const running = executions.find((e) => e.state === "running");
+    if (!running) {
+      hideLive();
+      seenRunning.clear();
+      return;
+    }
+    try {
+      const full = await getExecution(running.id);
+      if (!ctx.active) return;
+      const current = (full.attempts || []).filter((a) => a.attempt === full.attempt);
+      // Shown once seen running twice or with output so far (a run of a moment, as an
+      // every-second job's, does not flash up), then until the list says it ended.
+      const going = full.state === "running";
+      const show = liveId === full.id
+        || (going && (seenRunning.has(full.id) || current.some((a) => a.output)));
+      if (going) seenRunning.add(full.id);
+      if (!show) {
+        hideLive();
+        return;
+      }
+      liveId = full.id;
+      liveCard.hidden = false;
+      replaceKeepingScroll(live, [
+        h("p", {}, badge(full.state), " ", h("span", { class: "muted small", text: `run for ${when(full.scheduled_for)}, output so far (refreshed every second)` })),
+        ...[].concat(attemptsView({ attempts: current }))]);
+    } catch (error) {
+      live.replaceChildren(errorBanner(error));
+    }
   }
 
   async function drawLatest() {
@@ -228,8 +290,9 @@ export async function jobPage(ctx, jobId) {
     if (!detail) return;
     try {
       const full = await getExecution(executionId);
+      detail.dataset.state = full.state;
       const reason = full.reason ? h("p", { class: "muted", text: `Reason: ${full.reason}` }) : null;
-      detail.firstChild.replaceChildren(...[reason, ...[].concat(attemptsView(full))].filter(Boolean));
+      replaceKeepingScroll(detail.firstChild, [reason, ...[].concat(attemptsView(full))].filter(Boolean));
     } catch (error) {
       detail.firstChild.replaceChildren(errorBanner(error));
     }
@@ -256,9 +319,12 @@ export async function jobPage(ctx, jobId) {
     }
     if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 6, class: "empty", text: "This job has not fired yet." })));
     history.replaceChildren(...rows);
-    for (const e of executions) {
-      if (expanded.has(e.id) && !TERMINAL.has(e.state)) loadDetail(e.id);
-    }
+  }
+
+  async function followRunning() {
+    // Open executions still going, and the live card, again every LIVE_EVERY_MS.
+    const open = [...expanded].filter(([, detail]) => !TERMINAL.has(detail.dataset.state || ""));
+    await Promise.all([drawLive(), ...open.map(([id]) => loadDetail(id))]);
   }
 
   async function drawExplain() {
@@ -319,5 +385,7 @@ export async function jobPage(ctx, jobId) {
   }
 
   await refresh();
+  await drawLive();
   ctx.every(1500, refresh);
+  ctx.every(LIVE_EVERY_MS, followRunning);
 }

@@ -165,7 +165,9 @@ export async function runPage(ctx, runId) {
     const node = (run.nodes || []).find((n) => n.key === selected);
     if (!node) return;
     const key = `${node.key}|${node.state}|${node.attempt}`;
-    if (key === detailKey) return;
+    // A running node's output grows while it runs: fetched again on every refresh.
+    const again = key === detailKey;
+    if (again && node.state !== RUNNING) return;
     detailKey = key;
     const head = [
       h("p", {}, h("strong", { class: "mono", text: node.key }), " ", badge(node.state),
@@ -176,7 +178,7 @@ export async function runPage(ctx, runId) {
         ? "Waiting for its parents." : "It did not run in this run (no execution)." }));
       return;
     }
-    detail.replaceChildren(...head, h("p", { class: "muted", text: "Loading…" }));
+    if (!again) detail.replaceChildren(...head, h("p", { class: "muted", text: "Loading…" }));
     try {
       const execution = await getExecution(node.execution_id);
       if (selected !== node.key) return;
