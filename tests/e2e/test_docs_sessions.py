@@ -22,8 +22,15 @@ from tests.helpers import ROOT
 pytestmark = pytest.mark.timeout(90)
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SESSIONS = [session for doc in DOCS
-            for session in parse_sessions(doc.read_text(), str(doc.relative_to(ROOT)))]
+ALL_SESSIONS = [session for doc in DOCS
+                for session in parse_sessions(doc.read_text(), str(doc.relative_to(ROOT)))]
+SESSIONS = [session for session in ALL_SESSIONS if session.not_run is None]
+#: Sessions marked `<!-- not-run: why -->`, by doc: a new marker is a deliberate change here.
+NOT_RUN = {
+    "README.md": 1,  # webhooks create: needs JOBSCHED_SECRETS_KEY, prints a new secret
+    "docs/operations.md": 2,  # migrate --status one migration behind; cluster purge
+    "docs/workflows.md": 1,  # ids shortened; tests/e2e/test_workflow_docs.py runs it
+}
 #: The api root the docs show; the commands are given this cluster's instead.
 DOC_URL = "http://127.0.0.1:8080"
 #: The instance name the docs show for the one `--role all` process. By default it is the
@@ -44,9 +51,16 @@ def docs_cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
 
 
 def test_every_session_of_the_docs_is_found() -> None:
-    """The docs this module runs, so that a session moved elsewhere is not lost unseen."""
-    runnable = {session.doc for session in SESSIONS if session.not_run is None}
+    """The docs this module runs, so that a session moved elsewhere is not lost unseen;
+    and the sessions it does not run are the known ones, each with its reason."""
+    runnable = {session.doc for session in SESSIONS}
     assert {"README.md", "docs/cli.md"} <= runnable, runnable
+    not_run: dict[str, int] = {}
+    for session in ALL_SESSIONS:
+        if session.not_run is not None:
+            assert session.not_run.strip(), session.name
+            not_run[session.doc] = not_run.get(session.doc, 0) + 1
+    assert not_run == NOT_RUN, [(s.name, s.not_run) for s in ALL_SESSIONS if s.not_run]
 
 
 def _console_script(bin_dir: Path) -> Path:
@@ -72,8 +86,6 @@ def _bash(command: str, env: dict[str, str], state: Path) -> subprocess.Complete
 @pytest.mark.parametrize("session", SESSIONS, ids=[s.name for s in SESSIONS])
 def test_session_prints_what_the_doc_shows(session: Session, docs_cluster: LocalCluster,
                                            tmp_path: Path) -> None:
-    if session.not_run is not None:
-        pytest.skip(f"{session.name}: not-run: {session.not_run}")
     # A namespace of its own, so that one session's jobs do not show in another's lists.
     namespace = "docs-" + re.sub(r"[^a-z0-9]+", "-", session.name.lower())
     bin_dir = _console_script(tmp_path).parent
