@@ -7,6 +7,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import os
@@ -26,7 +27,6 @@ from jobsched.worker.capture import (
     OutputBuffer,
     await_with_traceback,
     call_with_traceback,
-    in_run_context,
     routed_to,
 )
 from jobsched.worker.results import AttemptResult
@@ -188,7 +188,7 @@ async def run_python(
                 # A thread cannot be killed: on timeout or cancel the attempt ends at once
                 # and the thread runs out; ``linger`` is given what resolves when it does.
                 on_thread = True
-                call = in_run_context(output, call_with_traceback, function, kwargs, output)
+                call = functools.partial(call_with_traceback, function, kwargs, output)
                 if threads is not None:
                     ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -255,6 +256,10 @@ class Worker:
         import_task_modules(self.settings.imports)
         capture.install()  # runs' prints and log records go to their own output
         self.start_shell()
+        # What start-up made (modules, settings, connections) lives as long as the process:
+        # kept out of the cyclic collector's full passes, which otherwise walk it all while
+        # runs due at the same instant wait to start.
+        gc.freeze()
         background = [asyncio.create_task(self._heartbeat()),
                       asyncio.create_task(self._stream_output())]
         if self.coordinator is not None:
