@@ -35,8 +35,13 @@ def _columns(columns: EndpointColumns) -> dict[str, Any]:
 #: or a result lost to a crash of PostgreSQL only means the delivery is sent again, which
 #: at-least-once allows; and each claim and each batch of results would otherwise wait
 #: for an fsync (the outbox row itself is written by the ending transaction, with the
-#: durability of the execution's own commit).
-DELIVERY_SESSION = {"synchronous_commit": "off"}
+#: durability of the execution's own commit). And they never scan a table whole: each of
+#: their statements reads deliveries through an index (due, or the primary key), but the
+#: generic plan of a prepared statement is made once, early, while webhook_deliveries is
+#: small (and without statistics where autovacuum is off or has not come by); it then
+#: scanned the whole table on every claim and every batch of results as it grew (bench
+#: webhooks: most of PostgreSQL's CPU per delivery).
+DELIVERY_SESSION = {"synchronous_commit": "off", "enable_seqscan": "off"}
 
 
 class PostgresWebhooks:

@@ -99,6 +99,15 @@ SELECT again.*, pg_notify(:channel, '') IS NULL AS woke FROM again
 -- its lease lapses (its worker died); the leased ones the walk steps over are at most
 -- those in flight to the endpoint. Only unindexed columns change (a HOT update). An
 -- attempt left unrecorded by a worker that lost its lease is noted on the delivery.
+--
+-- The update looks each picked row up on the whole primary key, and the endpoint is
+-- joined to what the update returns, not inside it. With the endpoint beside the update
+-- (w.id = d.endpoint_id, so endpoint_id had three sides), the generic plan, made while
+-- the table was small and without statistics, looked the rows up by endpoint_id alone and
+-- filtered on event_id: every claim read every delivery row of the endpoint, dead
+-- versions included (1,500 rows per picked row once 2,000 had been delivered). The
+-- delivering sessions also run without sequential scans (DELIVERY_SESSION in
+-- webhooks.py): otherwise that small-table plan hash-joins a scan of the whole table.
 WITH picked AS (
     SELECT d.endpoint_id, d.event_id
     FROM webhook_endpoints w
@@ -114,27 +123,36 @@ WITH picked AS (
     ) d
     WHERE w.enabled AND coalesce(f.slots, :per_endpoint) > 0
     LIMIT :limit
+), claimed AS (
+    UPDATE webhook_deliveries d
+    SET attempts = d.attempts + 1, leased_by = :worker,
+        lease_expires_at = now() + make_interval(secs => :lease_s),
+        last_error = CASE WHEN d.leased_by IS NULL THEN d.last_error
+                          ELSE 'attempt ' || d.attempts || ': worker ' || d.leased_by
+                               || ' stopped before recording it' END
+    FROM picked p
+    WHERE d.endpoint_id = p.endpoint_id AND d.event_id = p.event_id
+    RETURNING d.endpoint_id, d.event_id, d.event_type, d.data, d.created_at,
+              d.attempts AS attempt
 )
-UPDATE webhook_deliveries d
-SET attempts = d.attempts + 1, leased_by = :worker,
-    lease_expires_at = now() + make_interval(secs => :lease_s),
-    last_error = CASE WHEN d.leased_by IS NULL THEN d.last_error
-                      ELSE 'attempt ' || d.attempts || ': worker ' || d.leased_by
-                           || ' stopped before recording it' END
-FROM picked p, webhook_endpoints w
-WHERE d.endpoint_id = p.endpoint_id AND d.event_id = p.event_id AND w.id = d.endpoint_id
-RETURNING d.endpoint_id, d.event_id, d.event_type, d.data, d.created_at,
-          d.attempts AS attempt, w.url, w.secret,
-          CASE WHEN w.previous_secret_until > now() THEN w.previous_secret END
-              AS previous_secret
+SELECT c.*, w.url, w.secret,
+       CASE WHEN w.previous_secret_until > now() THEN w.previous_secret END
+           AS previous_secret
+FROM claimed c JOIN webhook_endpoints w ON w.id = c.endpoint_id
 
 -- record_attempts --
 -- Results of a batch: only deliveries this worker still holds at the attempt it made (a
 -- lease that lapsed, a redelivery or a deleted endpoint drops the result). A delivery of
--- an endpoint disabled meanwhile is parked rather than scheduled.
+-- an endpoint disabled meanwhile is parked rather than scheduled. The endpoint is read by
+-- scalar subqueries per row, not joined (nor EXISTS, which becomes a join): beside the
+-- batch in the join it let the plan look the deliveries up by endpoint_id alone (as
+-- claim_deliveries says). Each row is looked up on the primary key, in the batch's order
+-- (the caller sorts it by key: rows are locked in key order).
 UPDATE webhook_deliveries d
 SET state = r.state,
-    next_attempt_at = CASE WHEN w.enabled AND NOT r.gone THEN r.next_attempt_at END,
+    next_attempt_at = CASE WHEN NOT r.gone AND (SELECT w.enabled FROM webhook_endpoints w
+                                                WHERE w.id = d.endpoint_id)
+                           THEN r.next_attempt_at END,
     leased_by = NULL, lease_expires_at = NULL, last_attempt_at = now(),
     last_status = r.status, last_error = r.error, last_answer = r.answer,
     last_duration_ms = r.duration_ms,
@@ -143,10 +161,10 @@ FROM unnest(:endpoint_ids::uuid[], :event_ids::uuid[], :attempts::int[], :states
             :next_attempt_at::timestamptz[], :statuses::int[], :errors::text[],
             :answers::text[], :durations_ms::real[], :gone::boolean[])
     AS r(endpoint_id, event_id, attempt, state, next_attempt_at, status, error, answer,
-         duration_ms, gone),
-    webhook_endpoints w
+         duration_ms, gone)
 WHERE d.endpoint_id = r.endpoint_id AND d.event_id = r.event_id AND d.attempts = r.attempt
-  AND d.leased_by = :worker AND w.id = d.endpoint_id
+  AND d.leased_by = :worker
+  AND (SELECT true FROM webhook_endpoints w WHERE w.id = d.endpoint_id)
 RETURNING d.endpoint_id
 
 -- disable_endpoints --
