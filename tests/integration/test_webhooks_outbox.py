@@ -14,9 +14,11 @@ import asyncpg
 import orjson
 import pytest
 
+from jobsched.adapters import postgres
 from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.leader import PostgresLeaderStore
-from jobsched.adapters.postgres.webhooks import PostgresWebhooks
+from jobsched.adapters.postgres.webhooks import DELIVERY_SESSION, PostgresWebhooks
+from jobsched.adapters.postgres.webhooks import Q as WEBHOOK_SQL
 from jobsched.adapters.postgres.worker import PostgresWorkerStore
 from jobsched.domain.firing import TickPlan
 from jobsched.domain.states import AttemptOutcome, ExecutionState
@@ -342,3 +344,53 @@ async def test_rotation_keeps_the_previous_secret_signing_for_the_overlap(
     [two] = await store.claim_deliveries("w", 30, limit=1, per_endpoint=1, free={})
     assert (two.secret, two.previous_secret) == (b"new", None)
     assert orjson.loads(orjson.dumps(two.data)) == two.data
+
+
+def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan that reads webhook_deliveries (the
+    update itself aside)."""
+    found = [plan] if (plan.get("Relation Name") == "webhook_deliveries"
+                       and plan["Node Type"] != "ModifyTable") else []
+    for child in plan.get("Plans", []):
+        found += _scans(child)
+    return found
+
+
+async def _generic_plan(conn: asyncpg.Connection, text: str, args: str) -> list[dict[str, Any]]:
+    await conn.execute(f"PREPARE delivery_statement AS {text}")
+    try:
+        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE delivery_statement({args})")
+    finally:
+        await conn.execute("DEALLOCATE delivery_statement")
+    return _scans(orjson.loads(plan)[0]["Plan"])
+
+
+async def test_claims_and_results_read_deliveries_by_index_whatever_the_plan_was_made_on(
+        database_url: str) -> None:
+    """A prepared statement's generic plan is made once, early, on a small table without
+    statistics (autovacuum off, or not come by yet). The delivering sessions' claim and
+    result statements must still read deliveries on an index, the primary key on both its
+    columns: not by endpoint_id alone (every delivery of the endpoint per row), nor by a
+    scan of the table."""
+    pool = await postgres.create_pool(database_url, server_settings=DELIVERY_SESSION)
+    try:
+        endpoint = await _endpoint(pool, events=["execution.succeeded"])
+        await _enqueue(pool, 30)
+        event = await pool.fetchval("SELECT event_id FROM webhook_deliveries LIMIT 1")
+        async with pool.acquire() as conn:
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            claim = await _generic_plan(conn, WEBHOOK_SQL.claim_deliveries.text,
+                                        "'{}', '{}', 8, 8, 'w', 25")
+            record = await _generic_plan(
+                conn, WEBHOOK_SQL.record_attempts.text,
+                f"'{{{endpoint}}}', '{{{event}}}', '{{1}}', '{{succeeded}}', '{{NULL}}', "
+                "'{204}', '{NULL}', '{\"\"}', '{1}', '{f}', 'w'")
+    finally:
+        await pool.close()
+    assert any(s.get("Index Name") == "webhook_deliveries_due" for s in claim)
+    for scan in claim + record:
+        assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), scan
+        if scan["Index Name"] == "webhook_deliveries_pkey":
+            assert "event_id" in scan["Index Cond"], scan
+    assert any(s.get("Index Name") == "webhook_deliveries_pkey" for s in claim)
+    assert [s["Index Name"] for s in record] == ["webhook_deliveries_pkey"]
