@@ -19,6 +19,7 @@ run kind's output is (``render_output``)."""
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import contextvars
@@ -112,6 +113,13 @@ def _secret_prefix_at_end(text: str, secrets: Iterable[str]) -> int:
                 break
             start += 1
     return held
+
+
+async def read_into(stream: asyncio.StreamReader, output: OutputBuffer) -> None:
+    """Read a pipe to EOF into ``output`` as it comes (a shell run's, or a process-
+    isolated task's stderr)."""
+    while chunk := await stream.read(65_536):
+        output.write(chunk)
 
 
 _current: contextvars.ContextVar[OutputBuffer | None] = contextvars.ContextVar(

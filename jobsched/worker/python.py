@@ -27,6 +27,7 @@ from jobsched.worker.capture import (
     OutputBuffer,
     await_with_traceback,
     call_with_traceback,
+    read_into,
     routed_to,
 )
 from jobsched.worker.results import AttemptResult
@@ -282,7 +283,7 @@ async def _run_in_process(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True)
     assert child.stderr is not None
-    reading = asyncio.ensure_future(_read_into(child.stderr, output))
+    reading = asyncio.ensure_future(read_into(child.stderr, output))
     try:
         async with asyncio.timeout(timeout_s):
             answer = await _answer_of(child, encoded)
@@ -325,11 +326,6 @@ async def _answer_of(child: asyncio.subprocess.Process, request: bytes) -> bytes
     answer = await child.stdout.read()
     await child.wait()
     return answer
-
-
-async def _read_into(stream: asyncio.StreamReader, output: OutputBuffer) -> None:
-    while chunk := await stream.read(65_536):
-        output.write(chunk)
 
 
 async def _stop_reading(reading: asyncio.Future[None], grace: float = 1.0) -> None:

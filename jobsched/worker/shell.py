@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jobsched.domain.states import AttemptOutcome
-from jobsched.worker.capture import OutputBuffer
+from jobsched.worker.capture import OutputBuffer, read_into
 from jobsched.worker.results import AttemptResult, render_output
 from jobsched.worker.sandbox import Identity, SandboxError, ShellSandbox
 from jobsched.worker.secrets import MissingSecret, RunSecrets, longest, mask
@@ -32,8 +32,7 @@ async def _read_into(stream: asyncio.StreamReader, transport: asyncio.ReadTransp
     """Read the pipe to EOF into ``output`` as it comes (it keeps its head, counts the
     rest), then close it."""
     try:
-        while chunk := await stream.read(65_536):
-            output.write(chunk)
+        await read_into(stream, output)
     finally:
         transport.close()
 
