@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +70,18 @@ class LocalCluster:
         )
         env.update(overrides)
         return env
+
+    def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        """One API request over plain blocking HTTP, its JSON answer (for tests driving
+        Playwright's sync API, which runs an event loop on this thread); ``token``
+        defaults to the cluster's admin token."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.api + path, data=data, method=method,
+            headers={"Authorization": f"Bearer {token or self.token}",
+                     "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
 
     def jobsched(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a ``jobsched`` command against this deployment's database."""

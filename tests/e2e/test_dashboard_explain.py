@@ -4,9 +4,7 @@ fire, paused since), and a coalesced misfire listed with its reason."""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,20 +44,8 @@ def page(browser: Browser) -> Iterator[Page]:
     assert errors == [], errors  # no uncaught exception, no CSP violation
 
 
-def api(cluster: LocalCluster, token: str, method: str, path: str,
-        body: Any = None) -> Any:
-    """The API over plain HTTP (Playwright's sync API runs an event loop on this thread:
-    the async-backed client cannot run here)."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        cluster.api + path, data=data, method=method,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def executions(cluster: LocalCluster, token: str, job_id: str) -> list[dict[str, Any]]:
-    return api(cluster, token, "GET", f"/api/v1/jobs/{job_id}/executions?limit=100")["items"]
+    return cluster.call("GET", f"/api/v1/jobs/{job_id}/executions?limit=100", token=token)["items"]
 
 
 def shell_job(schedule: str) -> dict[str, Any]:
@@ -69,7 +55,7 @@ def shell_job(schedule: str) -> dict[str, Any]:
 
 def test_the_why_card_explains_an_active_then_paused_job(
         running_cluster: LocalCluster, page: Page, token: str) -> None:
-    job = api(running_cluster, token, "POST", "/api/v1/jobs", shell_job(NEVER_SOON))
+    job = running_cluster.call("POST", "/api/v1/jobs", shell_job(NEVER_SOON), token=token)
     sign_in(page, running_cluster, token)
     page.goto(f"{running_cluster.api}/#/jobs/{job['id']}")
     card = page.locator("#job-explain-card")
@@ -92,20 +78,20 @@ def test_the_why_card_explains_an_active_then_paused_job(
 def test_the_why_card_lists_a_coalesced_misfire(
         running_cluster: LocalCluster, page: Page, token: str) -> None:
     cluster = running_cluster
-    job = api(cluster, token, "POST", "/api/v1/jobs", shell_job("@every 2s"))
+    job = cluster.call("POST", "/api/v1/jobs", shell_job("@every 2s"), token=token)
     deadline = time.monotonic() + 20
     while not executions(cluster, token, job["id"]):
         assert time.monotonic() < deadline, "no first run"
         time.sleep(0.3)
-    api(cluster, token, "POST", f"/api/v1/jobs/{job['id']}/pause")
+    cluster.call("POST", f"/api/v1/jobs/{job['id']}/pause", token=token)
     time.sleep(12)  # several fires fall due while paused, the first > 5 s late
-    api(cluster, token, "POST", f"/api/v1/jobs/{job['id']}/resume")
+    cluster.call("POST", f"/api/v1/jobs/{job['id']}/resume", token=token)
     deadline = time.monotonic() + 20
     while not any((e.get("reason") or "").startswith("coalesced")
                   for e in executions(cluster, token, job["id"])):
         assert time.monotonic() < deadline, "no catch-up run"
         time.sleep(0.3)
-    api(cluster, token, "POST", f"/api/v1/jobs/{job['id']}/pause")
+    cluster.call("POST", f"/api/v1/jobs/{job['id']}/pause", token=token)
     sign_in(page, running_cluster, token)
     page.goto(f"{running_cluster.api}/#/jobs/{job['id']}")
     recent = page.locator("#explain-recent tbody tr")

@@ -4,9 +4,7 @@ execution and return value, and retry of a failed run from the page."""
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,15 +40,6 @@ def token(running_cluster: LocalCluster) -> str:
     return admin_token(running_cluster)
 
 
-def api(cluster: LocalCluster, method: str, path: str, token: str,
-        body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(
-        cluster.api + path, method=method, data=json.dumps(body).encode() if body else None,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def py(key: str, function: str, *parents: str, **args: Any) -> dict[str, Any]:
     return {"key": key, "depends_on": list(parents), "kind": "python",
             "python": {"function": f"sample_tasks:{function}", "args": args}}
@@ -58,7 +47,7 @@ def py(key: str, function: str, *parents: str, **args: Any) -> dict[str, Any]:
 
 def test_a_run_is_drawn_as_its_graph(running_cluster: LocalCluster, page: Page,
                                      token: str) -> None:
-    workflow = api(running_cluster, "POST", "/api/v1/workflows", token, {
+    workflow = running_cluster.call("POST", "/api/v1/workflows", token=token, body={
         "name": "dash-diamond", "nodes": [
             py("numbers", "numbers", count=3), py("double", "scale", "numbers", factor=2),
             py("triple", "scale", "numbers", factor=3), py("total", "total", "double", "triple"),

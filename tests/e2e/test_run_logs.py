@@ -5,14 +5,12 @@ prints its lines as they come, and the dashboard's job page shows them live."""
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -27,24 +25,15 @@ pytestmark = pytest.mark.timeout(60)
 IMAGES = ROOT / "docs" / "images"
 
 
-def api(cluster: LocalCluster, method: str, path: str, body: Any = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        cluster.api + path, data=data, method=method,
-        headers={"Authorization": f"Bearer {cluster.token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def start_progress(cluster: LocalCluster, name: str, function: str = "sample_tasks:progress",
                    **args: Any) -> tuple[str, str]:
     """A one-shot job of sample_tasks:progress; its id and its execution's, once fired."""
-    job = api(cluster, "POST", "/api/v1/jobs", {
+    job = cluster.call("POST", "/api/v1/jobs", {
         "name": name, "schedule": "immediate", "kind": "python", "timeout_s": 30,
         "python": {"function": function, "args": args}})
     deadline = time.monotonic() + 10
     while True:
-        items = api(cluster, "GET", f"/api/v1/jobs/{job['id']}/executions")["items"]
+        items = cluster.call("GET", f"/api/v1/jobs/{job['id']}/executions")["items"]
         if items:
             return job["id"], items[0]["id"]
         assert time.monotonic() < deadline, "the job did not fire"
@@ -52,7 +41,7 @@ def start_progress(cluster: LocalCluster, name: str, function: str = "sample_tas
 
 
 def execution(cluster: LocalCluster, execution_id: str) -> dict[str, Any]:
-    return api(cluster, "GET", f"/api/v1/executions/{execution_id}")  # type: ignore[no-any-return]
+    return cluster.call("GET", f"/api/v1/executions/{execution_id}")  # type: ignore[no-any-return]
 
 
 def wait_until(cluster: LocalCluster, execution_id: str, check: Any,
@@ -179,11 +168,11 @@ def test_a_process_isolated_runs_output_streams_too(running_cluster: LocalCluste
 @pytest.mark.skipif(os.geteuid() != 0, reason="shell runs drop to a uid of their own: root")
 def test_a_shell_runs_output_streams_too(running_cluster: LocalCluster) -> None:
     cluster = running_cluster
-    job = api(cluster, "POST", "/api/v1/jobs", {
+    job = cluster.call("POST", "/api/v1/jobs", {
         "name": "logs-shell", "schedule": "immediate", "kind": "shell",
         "shell": {"argv": ["/bin/sh", "-c", "echo first; sleep 2; echo second"]}})
     deadline = time.monotonic() + 10
-    while not (items := api(cluster, "GET", f"/api/v1/jobs/{job['id']}/executions")["items"]):
+    while not (items := cluster.call("GET", f"/api/v1/jobs/{job['id']}/executions")["items"]):
         assert time.monotonic() < deadline, "the job did not fire"
         time.sleep(0.1)
     execution_id = items[0]["id"]
