@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from jobsched.api.models import UNION_TAGS, FieldProblem
 
@@ -76,6 +77,37 @@ def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, 
         field = _field_path(loc) or "body"
         errors.append({"field": f"{prefix}{field}" if prefix else field, "reason": reason})
     return errors
+
+
+def unknown_patch_member(patch: dict[str, Any], model: type[BaseModel],
+                         path: str = "") -> str | None:
+    """The first member of a merge patch that ``model`` (extra="forbid") does not have, as a
+    field path, at any depth the patch reaches through nested models. Validating the merged
+    document misses one case: a null for an unknown member deletes nothing and vanishes
+    (``{"": null}`` would be a 200 that changed nothing)."""
+    fields = {(f.alias or name): f for name, f in model.model_fields.items()}
+    for key, value in patch.items():
+        field = fields.get(key)
+        name = key or '""'  # an empty member name, shown as such
+        where = f"{path}.{name}" if path else name
+        if field is None:
+            if model.model_config.get("extra") == "forbid":
+                return where
+            continue
+        nested = _model_in(field.annotation)
+        if isinstance(value, dict) and nested is not None:
+            found = unknown_patch_member(value, nested, where)
+            if found is not None:
+                return found
+    return None
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The one pydantic model an annotation holds (``X``, ``X | None``, ``Annotated[X, …]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    models = {m for arg in typing.get_args(annotation) if (m := _model_in(arg)) is not None}
+    return models.pop() if len(models) == 1 else None
 
 
 def invalid(exc: ValidationError, title: str = "Invalid request body") -> web.Response:

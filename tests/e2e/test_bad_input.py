@@ -118,3 +118,23 @@ async def test_api_still_serves_after_bad_input(api: ApiClient) -> None:
     created = await api.create(GOOD)
     status, _, _ = await api.request("GET", f"/api/v1/jobs/{created['id']}")
     assert status == 200
+
+
+@pytest.mark.parametrize(("patch", "field"), [
+    ({"": None}, '""'),  # a null deletes nothing: without the check, a 200 that did nothing
+    ({"priorty": None}, "priorty"),
+    ({"priorty": "high"}, "priorty"),
+    ({"shell": {"argvv": None}}, "shell.argvv"),
+    ({"retry": {"tries": None}}, "retry.tries"),
+])
+async def test_patch_naming_an_unknown_member_is_a_422(api: ApiClient, patch: dict[str, Any],
+                                                      field: str) -> None:
+    created = await api.create(GOOD)
+    status, problem, content_type = await api.request(
+        "PATCH", f"/api/v1/jobs/{created['id']}", json=patch,
+        headers={"Content-Type": "application/merge-patch+json"})
+    assert status == 422, problem
+    assert content_type == "application/problem+json"
+    assert {e["field"]: e["reason"] for e in problem["errors"]} == {field: "unknown field"}
+    status, job, _ = await api.request("GET", f"/api/v1/jobs/{created['id']}")
+    assert status == 200 and job["updated_at"] == created["updated_at"]

@@ -34,7 +34,7 @@ from jobsched.api.models import (
 )
 from jobsched.api.openapi import Operation
 from jobsched.api.pagination import decode_cursor, page
-from jobsched.api.problems import invalid, problem
+from jobsched.api.problems import invalid, problem, unknown_patch_member
 from jobsched.api.routes.executions import execution_out
 from jobsched.api.security import principal
 from jobsched.domain.auth import Forbidden, check_kind
@@ -264,6 +264,10 @@ async def patch_job(request: web.Request) -> web.Response:
         reason = f"nested deeper than {MAX_DOCUMENT_DEPTH} levels"
         return problem(422, "Invalid job patch", f"{deep}: {reason}",
                        [{"field": deep, "reason": reason}])
+    unknown = unknown_patch_member(patch, JobCreate)
+    if unknown is not None:
+        return problem(422, "Invalid job patch", f"{unknown}: unknown field",
+                       [{"field": unknown, "reason": "unknown field"}])
     if "kind" in patch and patch["kind"] is not None:
         # A new kind replaces the payload: drop the old kind's object unless re-given.
         patch = {**{k: None for k in ("shell", "http", "python") if k not in patch}, **patch}
