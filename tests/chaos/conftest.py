@@ -42,6 +42,10 @@ HERE = Path(__file__).resolve().parent
 SESSION_TIMEOUT_S = 3.0
 LEASE_S = 3.0
 DRAIN_TIMEOUT_S = 4.0
+# The ensemble's tickTime: 500 ms by default (a dead leader's session ends at most half a
+# second after its timeout); CHAOS_ZOOKEEPER_TICK_MS=1000 measures take-overs at the tick
+# that compose.yaml and the Kubernetes manifests configure (docs/deploy.md).
+ZOOKEEPER_TICK_MS = int(os.environ.get("CHAOS_ZOOKEEPER_TICK_MS", "500"))
 # Shorter than the defaults so that every recovery fits in a few minutes of test; the
 # docs (docs/reliability.md) say which numbers scale with which setting.
 CHAOS_SETTINGS = {
@@ -82,8 +86,8 @@ def chaos_deployment(database_url: str, name: str, request: pytest.FixtureReques
     cluster = DevCluster(
         directory=directory, database_url=database_url, amqp_url=AMQP_URL,
         cluster=f"{name.replace('-', '')}{uuid.uuid4().hex[:8]}",
-        zookeeper_port=free_zookeeper_base(), api_port=0, health_port=0,
-        imports=("chaos_tasks",), env=role_env, **sizes,
+        zookeeper_port=free_zookeeper_base(), zookeeper_tick_ms=ZOOKEEPER_TICK_MS,
+        api_port=0, health_port=0, imports=("chaos_tasks",), env=role_env, **sizes,
     )
     try:
         cluster.start()

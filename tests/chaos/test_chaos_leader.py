@@ -12,7 +12,7 @@ import time
 import asyncpg
 import pytest
 
-from tests.chaos.conftest import SESSION_TIMEOUT_S, Chaos
+from tests.chaos.conftest import SESSION_TIMEOUT_S, ZOOKEEPER_TICK_MS, Chaos
 from tests.chaos.harness import (
     assert_no_missed_fire,
     assert_one_execution_per_fire,
@@ -57,13 +57,15 @@ async def test_leader_kill9_storm(chaos: Chaos) -> None:
     states = {f.state for f in fires}
     assert states == {"succeeded"}, states
     assert len(completed) == len(fires)
-    record("leader_kill9_storm", kills=len(takeovers), executions=len(fires),
+    record("leader_kill9_storm", zookeeper_tick_ms=ZOOKEEPER_TICK_MS, kills=len(takeovers),
+           executions=len(fires),
            coalesced_fires=coalesced, takeover_s=summary(takeovers),
            leader_reported_s=summary(elections),
            epochs=len({f.epoch for f in fires}))
     assert len(takeovers) >= 8
-    # Every gap: from the kill to the new leader's first fire.
-    assert max(takeovers) <= SESSION_TIMEOUT_S + 1, takeovers
+    # Every gap: from the kill to the new leader's first fire. The dead leader's session
+    # ends within one tick after its timeout; half a second more to claim and fire.
+    assert max(takeovers) <= SESSION_TIMEOUT_S + ZOOKEEPER_TICK_MS / 1000 + 0.5, takeovers
 
 
 @pytest.mark.timeout(120)
