@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 import typing
 from typing import Any
 
@@ -106,6 +107,11 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     """The one pydantic model an annotation holds (``X``, ``X | None``, ``Annotated[X, …]``)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _model_in(typing.get_args(annotation)[0])
+    if origin not in (typing.Union, types.UnionType):
+        return None  # a dict or list of models: its members are the user's, not fields
     models = {m for arg in typing.get_args(annotation) if (m := _model_in(arg)) is not None}
     return models.pop() if len(models) == 1 else None
 

@@ -138,3 +138,16 @@ async def test_patch_naming_an_unknown_member_is_a_422(api: ApiClient, patch: di
     assert {e["field"]: e["reason"] for e in problem["errors"]} == {field: "unknown field"}
     status, job, _ = await api.request("GET", f"/api/v1/jobs/{created['id']}")
     assert status == 200 and job["updated_at"] == created["updated_at"]
+
+
+async def test_patch_deleting_a_user_named_member_is_no_unknown_field(api: ApiClient) -> None:
+    """Members of maps (env, labels) are the user's: a null for one that is not there
+    deletes nothing and is no error, unlike a null for a field the job does not have."""
+    created = await api.create(with_(shell={"argv": ["/bin/true"], "env": {"KEEP": "1"}},
+                                     labels={"team": "a"}))
+    status, job, _ = await api.request(
+        "PATCH", f"/api/v1/jobs/{created['id']}",
+        json={"shell": {"env": {"GONE": None}}, "labels": {"absent": None}},
+        headers={"Content-Type": "application/merge-patch+json"})
+    assert status == 200, job
+    assert job["shell"]["env"] == {"KEEP": "1"} and job["labels"] == {"team": "a"}, job
