@@ -4,9 +4,13 @@
 run:
 	scripts/run-local.sh
 
-# The whole test suite on real PostgreSQL, RabbitMQ and ZooKeeper (started if missing).
+# The whole test suite on real PostgreSQL, RabbitMQ and ZooKeeper (started if missing):
+# two processes, a module (the chaos suite: all of it) per process at a time; then, alone,
+# the tests that stop the machine's RabbitMQ. TEST_PROCESSES=1 runs it on one process.
+TEST_PROCESSES ?= 2
 test: install services test-tools
-	python3 -m pytest -q --durations=40
+	python3 -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup -m "not serial" --durations=40
+	python3 -m pytest -q -m serial --durations=5
 
 # The fuzzing tier at a large budget, by hand (make test runs it at FUZZ_EXAMPLES=20).
 fuzz: install services

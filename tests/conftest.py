@@ -24,6 +24,21 @@ from tests.helpers import (
     drop_database,
 )
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for ``pytest -n 2 --dist loadgroup`` (make test): a module's tests run on one
+    process, so its module-scoped cluster starts once; the chaos suite is one group, sharing
+    its private PostgreSQL and its deployment. Tests marked ``serial`` stop or load what
+    every test uses (the machine's RabbitMQ): make test runs them alone, after the rest."""
+    chaos = os.path.join(HERE, "chaos") + os.sep
+    for item in items:
+        path = str(item.path)
+        group = "chaos" if path.startswith(chaos) else os.path.relpath(path, HERE)
+        item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(scope="session")
 def zookeeper() -> str:

@@ -58,6 +58,7 @@ async def _all_ready(chaos: Chaos, timeout: float = 60) -> float:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.serial  # every other test's RabbitMQ goes away with it
 @pytest.mark.skipif(not rabbitmq_controllable(), reason="needs rabbitmqctl on this machine")
 async def test_rabbitmq_restart_under_load(chaos: Chaos) -> None:
     """Scenario 4: RabbitMQ's app stops for a few seconds while 50 jobs fire every second

@@ -100,6 +100,7 @@ def test_vs_celery_without_celery_fails_in_one_line(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.timeout(240)  # 30 s of load, kills and restarts included, then the read-back
+@pytest.mark.serial  # kills on a 12-s schedule: each take-over must fire before the next
 def test_soak_survives_its_kills_with_nothing_lost(zookeeper: str, tmp_path: Path) -> None:
     result = bench(zookeeper, tmp_path, "soak", "--minutes", "0.5", "--kill-every", "0.2",
                    "--every-second-jobs", "10", "--five-second-jobs", "2",
