@@ -311,6 +311,10 @@ class FakeLeaderStore:
         self._fence(epoch)
         return 0
 
+    async def ensure_partitions(self, epoch: int, now: datetime) -> list[str]:
+        self._fence(epoch)
+        return []
+
     async def purge_history(self, epoch: int, before: datetime, batch: int) -> int:
         self._fence(epoch)
         return 0

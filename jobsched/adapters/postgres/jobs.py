@@ -212,7 +212,8 @@ class PostgresJobs:
             row = await Q.get_execution.fetchrow(conn, id=execution_id, namespace=namespace)
             if row is None:
                 return None
-            attempts = await Q.list_attempts.fetch(conn, execution_id=execution_id)
+            attempts = await Q.list_attempts.fetch(conn, execution_id=execution_id,
+                                                   scheduled_for=row["scheduled_for"])
             return dict(row), [dict(a) for a in attempts]
 
     async def current_leader(self) -> LeaderInfo | None:

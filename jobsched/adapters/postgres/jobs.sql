@@ -161,7 +161,10 @@ SELECT e.* FROM executions e JOIN jobs j ON j.id = e.job_id
 WHERE e.id = :id AND j.namespace = :namespace
 
 -- list_attempts --
-SELECT * FROM attempts WHERE execution_id = :execution_id ORDER BY attempt
+-- With the execution's scheduled_for: read in its one partition.
+SELECT * FROM attempts
+WHERE execution_id = :execution_id AND scheduled_for = :scheduled_for
+ORDER BY attempt
 
 -- list_dead --
 -- The dead executions of a namespace (or of one of its jobs), newest first (cursor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -21,6 +21,11 @@ from jobsched.ports import Dispatch, ReapedExecution
 log = logging.getLogger(__name__)
 
 Q = load_queries("leader.sql")
+
+#: Day partitions of history are made this many days ahead (a leader outage shorter than
+#: that never sends fires to the DEFAULT partition).
+PARTITION_DAYS_AHEAD = 7
+DROP_LOCK_TIMEOUT = "500ms"
 
 
 def _dispatches(rows: Sequence[asyncpg.Record]) -> list[Dispatch]:
@@ -151,16 +156,53 @@ class PostgresLeaderStore:
             status = await Q.complete_finished_jobs.execute(conn, limit=limit)
         return int(status.split()[-1])
 
+    async def ensure_partitions(self, epoch: int, now: datetime,
+                                days_ahead: int = PARTITION_DAYS_AHEAD) -> list[str]:
+        """Make the day partitions of history from yesterday to ``days_ahead`` days after
+        ``now`` that are missing (fenced): fires land in a partition of their own day, not
+        in the DEFAULT one. Returns the partitions made."""
+        async with fenced(self.pool, epoch) as conn:
+            made: list[str] = await Q.ensure_partitions.fetchval(
+                conn, start=now - timedelta(days=1), stop=now + timedelta(days=days_ahead + 1))
+        if made:
+            log.info("made history partitions %s", ", ".join(made))
+        return made
+
+    async def drop_expired_partitions(self, epoch: int, before: datetime) -> list[str]:
+        """Drop the day partitions of executions (with their attempts) wholly before
+        ``before`` that hold no unfinished execution, one fenced transaction each. A drop
+        that cannot get its lock within ``DROP_LOCK_TIMEOUT`` is left for the next pass."""
+        dropped: list[str] = []
+        for row in await Q.expired_partitions.fetch(self.pool, before=before):
+            try:
+                async with fenced(self.pool, epoch) as conn:
+                    await Q.drop_lock_timeout.execute(conn, timeout=DROP_LOCK_TIMEOUT)
+                    name = await Q.drop_partition.fetchval(
+                        conn, partition=row["partition_name"], before=before)
+            except asyncpg.LockNotAvailableError:
+                log.info("retention: partition %s busy, dropped on a later pass",
+                         row["partition_name"])
+                continue
+            if name is not None:
+                dropped.append(name)
+        if dropped:
+            log.info("retention dropped history partitions %s", ", ".join(dropped))
+        return dropped
+
     async def purge_history(self, epoch: int, before: datetime, batch: int) -> int:
-        """One retention pass: executions finished before ``before`` (oldest first, by the
-        finished_at index), then, job by job, those beyond the history limits of the jobs
-        that set one; a fenced batch per transaction. Returns how many were deleted. The
-        cost is the rows deleted plus the kept history of limited jobs: never a scan of
-        all history."""
+        """One retention pass: the day partitions wholly before ``before`` are dropped
+        (their rows are not counted); then executions of earlier days finished before
+        ``before`` that no drop took (oldest first, by the finished_at index), and, job by
+        job, those beyond the history limits of the jobs that set one; a fenced batch per
+        transaction. Returns how many rows were deleted. The cost is the rows deleted plus
+        the kept history of limited jobs: never a scan of all history."""
+        await self.drop_expired_partitions(epoch, before)
+        before_day = before.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         deleted = 0
         while True:
             async with fenced(self.pool, epoch) as conn:
-                status = await Q.purge_expired.execute(conn, before=before, limit=batch)
+                status = await Q.purge_expired.execute(conn, before=before,
+                                                       before_day=before_day, limit=batch)
             count = int(status.split()[-1])
             deleted += count
             if count < batch:

@@ -20,8 +20,8 @@ WITH claimed AS (
 ), attempt_rows AS (
     -- started_at: provisional (a run fired ahead starts when due); the worker's result
     -- records when it really began.
-    INSERT INTO attempts (execution_id, attempt, worker, started_at)
-    SELECT id, attempt, :worker, started_at FROM claimed
+    INSERT INTO attempts (execution_id, attempt, worker, started_at, scheduled_for)
+    SELECT id, attempt, :worker, started_at, scheduled_for FROM claimed
 )
 -- A triggered run's args are merged over the python job's own (executions.args).
 SELECT c.id, c.job_id, j.namespace, c.attempt, c.scheduled_for, j.kind,
@@ -40,11 +40,12 @@ WITH handed AS (
                           uncounted_attempts = uncounted_attempts + 1,
                           error = 'handed back: worker ' || worker || ' shut down'
     WHERE id = :id AND attempt = :attempt AND worker = :worker AND state = 'running'
-    RETURNING id, attempt
+    RETURNING id, attempt, scheduled_for
 )
 UPDATE attempts a SET finished_at = now(), outcome = 'cancelled',
                       error = 'handed back on shutdown'
 FROM handed h WHERE a.execution_id = h.id AND a.attempt = h.attempt
+  AND a.scheduled_for = h.scheduled_for
 
 -- wake --
 SELECT pg_notify(:channel, :payload)
@@ -119,13 +120,14 @@ WITH locked AS (
     WHERE e.id = r.id AND l.id = r.id AND e.attempt = r.attempt
       AND e.state || '' = 'running' AND e.worker = :worker
     RETURNING e.id, e.job_id, e.attempt, e.state, e.exit_code, e.error, e.output,
-              r.outcome, r.started_at AS began
+              r.outcome, r.started_at AS began, e.scheduled_for
 ), attempt_rows AS (
     UPDATE attempts a
     SET finished_at = now(), outcome = f.outcome, exit_code = f.exit_code, error = f.error,
         output = f.output, started_at = coalesce(f.began, a.started_at)
     FROM finished f
-    WHERE a.execution_id = f.id AND a.attempt = f.attempt
+    -- The whole key, partition key included: one partition's index per row.
+    WHERE a.execution_id = f.id AND a.attempt = f.attempt AND a.scheduled_for = f.scheduled_for
 ), ended AS (
     SELECT id, job_id FROM finished WHERE state <> 'retrying'
 ), completed_jobs AS (
