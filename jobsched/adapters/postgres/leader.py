@@ -163,7 +163,7 @@ class PostgresLeaderStore:
         in the DEFAULT one. Returns the partitions made."""
         async with fenced(self.pool, epoch) as conn:
             made: list[str] = await Q.ensure_partitions.fetchval(
-                conn, start=now - timedelta(days=1), stop=now + timedelta(days=days_ahead + 1))
+                conn, start=now - timedelta(days=1), stop=now + timedelta(days=days_ahead))
         if made:
             log.info("made history partitions %s", ", ".join(made))
         return made

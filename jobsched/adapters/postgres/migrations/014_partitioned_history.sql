@@ -18,6 +18,10 @@
 -- and a row-level delete of executions (per-job history limits, a job's deletion) deletes
 -- its attempts in the same statement (history_delete_attempts).
 
+-- Both tables at once, in the order every statement of the roles takes them (executions,
+-- then attempts): a worker's claim never deadlocks with this migration.
+LOCK TABLE executions, attempts IN ACCESS EXCLUSIVE MODE;
+
 -- 1. The legacy attempts learn their execution's scheduled_for.
 ALTER TABLE attempts ADD COLUMN IF NOT EXISTS scheduled_for timestamptz;
 DO $$
