@@ -160,7 +160,9 @@ class FakeWorkerStore:
         return execution
 
     async def claim_executions(self, claims: Sequence[tuple[uuid.UUID, int]], worker: str,
-                               lease_s: float) -> list[ClaimedExecution]:
+                               lease_s: float,
+                               scheduled_for: Sequence[datetime | None] | None = None,
+                               ) -> list[ClaimedExecution]:
         won = []
         for execution_id, attempt in claims:
             row = self.executions.get(execution_id)
@@ -217,7 +219,9 @@ class FakeWorkerStore:
         self.events.add("hand_back", execution_id)
 
     async def heartbeat(self, execution_ids: Sequence[uuid.UUID], worker: str,
-                        lease_s: float) -> set[uuid.UUID]:
+                        lease_s: float,
+                        scheduled_for: Sequence[datetime | None] | None = None,
+                        ) -> set[uuid.UUID]:
         return {i for i in execution_ids if self.executions[i].worker == worker}
 
     async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
