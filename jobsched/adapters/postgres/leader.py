@@ -25,7 +25,7 @@ Q = load_queries("leader.sql")
 #: Day partitions of history are made this many days ahead (a leader outage shorter than
 #: that never sends fires to the DEFAULT partition).
 PARTITION_DAYS_AHEAD = 7
-DROP_LOCK_TIMEOUT = "500ms"
+DROP_LOCK_TIMEOUT = "100ms"
 
 
 def _dispatches(rows: Sequence[asyncpg.Record]) -> list[Dispatch]:
@@ -201,6 +201,7 @@ class PostgresLeaderStore:
         deleted = 0
         while True:
             async with fenced(self.pool, epoch) as conn:
+                await Q.purge_by_key.execute(conn)
                 status = await Q.purge_expired.execute(conn, before=before,
                                                        before_day=before_day, limit=batch)
             count = int(status.split()[-1])
@@ -217,6 +218,7 @@ class PostgresLeaderStore:
                         continue
                     while True:
                         async with fenced(self.pool, epoch) as conn:
+                            await Q.purge_by_key.execute(conn)
                             status = await Q.purge_job_history.execute(
                                 conn, job_id=job["id"], state=str(state), keep=keep,
                                 limit=batch)

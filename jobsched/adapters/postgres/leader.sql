@@ -215,6 +215,14 @@ SELECT set_config('lock_timeout', :timeout, true)
 -- drop_partition --
 SELECT history_drop_partition(:partition, :before)
 
+-- purge_by_key --
+-- The purges delete rows found by (id, scheduled_for): each must be a lookup in its own
+-- day's partition (a nested loop, pruned per row). The planner does not count that
+-- pruning and prices a nested loop as probing every partition, so for a batch of a few
+-- hundred it chose a hash join over a sequential scan of every partition (the whole
+-- history) instead. Within the purge's transaction only.
+SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)
+
 -- purge_expired --
 -- Retention row by row, for what no partition drop takes: finished executions of days
 -- wholly past the retention period that sit in a partition still holding unfinished work,
