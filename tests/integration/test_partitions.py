@@ -133,6 +133,34 @@ async def test_retention_drops_old_days_whole_but_never_one_with_unfinished_work
     assert {r["id"] for r in await pool.fetch("SELECT id FROM executions")} == {recent}
 
 
+async def test_a_day_whose_drop_cannot_get_its_lock_waits_for_the_next_pass_whole(
+        pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long reader holds executions: the drop gives up after its lock timeout (it never
+    queues the hot path behind that reader for long), and the day is not deleted row by
+    row instead (that would be the vacuum debt partitions avoid): the next pass drops it."""
+    from jobsched.adapters.postgres import leader as leader_module
+
+    monkeypatch.setattr(leader_module, "DROP_TRIES", 2)
+    monkeypatch.setattr(leader_module, "DROP_RETRY_S", 0.01)
+    leader = PostgresLeaderStore(pool)
+    assert await leader.claim_epoch(1, "leader")
+    now = datetime.now(UTC)
+    old = now - timedelta(days=40)
+    await pool.execute("SELECT history_ensure_partitions($1, $2)", old, old)
+    job = await _due_job(pool, now)
+    done = await _execution(pool, job, old, "succeeded", old)
+    async with pool.acquire() as reader:
+        reader_tx = reader.transaction()
+        await reader_tx.start()
+        await reader.fetchval("SELECT count(*) FROM executions")
+        assert await leader.purge_history(1, now - timedelta(days=30), BATCH) == 0
+        assert f"executions_p{_day(old)}" in await _partitions(pool)
+        assert await pool.fetchval("SELECT count(*) FROM executions WHERE id = $1", done) == 1
+        await reader_tx.rollback()
+    assert await leader.purge_history(1, now - timedelta(days=30), BATCH) == 0
+    assert f"executions_p{_day(old)}" not in await _partitions(pool)
+
+
 async def test_a_deposed_leader_drops_nothing(pool: asyncpg.Pool) -> None:
     leader = PostgresLeaderStore(pool)
     now = datetime.now(UTC)

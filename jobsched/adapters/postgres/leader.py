@@ -3,6 +3,7 @@ Every write runs in ``fenced()``: it commits only while the caller's epoch is cu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ Q = load_queries("leader.sql")
 #: that never sends fires to the DEFAULT partition).
 PARTITION_DAYS_AHEAD = 7
 DROP_LOCK_TIMEOUT = "100ms"
+DROP_TRIES = 5
+DROP_RETRY_S = 0.2
 
 
 def _dispatches(rows: Sequence[asyncpg.Record]) -> list[Dispatch]:
@@ -168,26 +171,36 @@ class PostgresLeaderStore:
             log.info("made history partitions %s", ", ".join(made))
         return made
 
-    async def drop_expired_partitions(self, epoch: int, before: datetime) -> list[str]:
+    async def drop_expired_partitions(self, epoch: int, before: datetime,
+                                      ) -> tuple[list[str], list[datetime | None]]:
         """Drop the day partitions of executions (with their attempts) wholly before
         ``before`` that hold no unfinished execution, one fenced transaction each. A drop
-        that cannot get its lock within ``DROP_LOCK_TIMEOUT`` is left for the next pass."""
+        that cannot get its lock within ``DROP_LOCK_TIMEOUT`` is tried again, up to
+        ``DROP_TRIES`` times, then left for the next pass. Returns the partitions dropped
+        and the lower bounds of those left for want of the lock (None: MINVALUE)."""
         dropped: list[str] = []
+        deferred: list[datetime | None] = []
         for row in await Q.expired_partitions.fetch(self.pool, before=before):
-            try:
-                async with fenced(self.pool, epoch) as conn:
-                    await Q.drop_lock_timeout.execute(conn, timeout=DROP_LOCK_TIMEOUT)
-                    name = await Q.drop_partition.fetchval(
-                        conn, partition=row["partition_name"], before=before)
-            except asyncpg.LockNotAvailableError:
-                log.info("retention: partition %s busy, dropped on a later pass",
-                         row["partition_name"])
-                continue
-            if name is not None:
-                dropped.append(name)
+            for attempt in range(1, DROP_TRIES + 1):
+                try:
+                    async with fenced(self.pool, epoch) as conn:
+                        await Q.drop_lock_timeout.execute(conn, timeout=DROP_LOCK_TIMEOUT)
+                        name = await Q.drop_partition.fetchval(
+                            conn, partition=row["partition_name"], before=before)
+                except asyncpg.LockNotAvailableError:
+                    if attempt < DROP_TRIES:
+                        await asyncio.sleep(DROP_RETRY_S)
+                        continue
+                    log.info("retention: partition %s busy, dropped on a later pass",
+                             row["partition_name"])
+                    deferred.append(row["lower"])
+                    break
+                if name is not None:
+                    dropped.append(name)
+                break
         if dropped:
             log.info("retention dropped history partitions %s", ", ".join(dropped))
-        return dropped
+        return dropped, deferred
 
     async def purge_history(self, epoch: int, before: datetime, batch: int) -> int:
         """One retention pass: the day partitions wholly before ``before`` are dropped
@@ -196,10 +209,15 @@ class PostgresLeaderStore:
         job, those beyond the history limits of the jobs that set one; a fenced batch per
         transaction. Returns how many rows were deleted. The cost is the rows deleted plus
         the kept history of limited jobs: never a scan of all history."""
-        await self.drop_expired_partitions(epoch, before)
-        before_day = before.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        _, deferred = await self.drop_expired_partitions(epoch, before)
+        before_day: datetime | None = before.astimezone(UTC).replace(
+            hour=0, minute=0, second=0, microsecond=0)
+        # A day whose drop is only deferred (its lock) is never deleted row by row: the next
+        # pass drops it. Below it, what no drop takes still goes row by row.
+        for lower in deferred:
+            before_day = None if lower is None or before_day is None else min(before_day, lower)
         deleted = 0
-        while True:
+        while before_day is not None:
             async with fenced(self.pool, epoch) as conn:
                 await Q.purge_by_key.execute(conn)
                 status = await Q.purge_expired.execute(conn, before=before,

@@ -202,7 +202,7 @@ SELECT history_ensure_partitions(:start, :stop)
 
 -- expired_partitions --
 -- Day partitions wholly before :before, oldest first: retention drops them whole.
-SELECT partition_name FROM history_partitions()
+SELECT partition_name, lower FROM history_partitions()
 WHERE table_name = 'executions' AND upper <= :before
 ORDER BY upper
 
