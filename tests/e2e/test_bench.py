@@ -89,6 +89,7 @@ def test_scale_compares_both_cases(zookeeper: str, tmp_path: Path) -> None:
     assert compare["submits/s"]["baseline"] > 0 and compare["submits/s"]["scaled"] > 0
 
 
+@pytest.mark.timeout(180)  # six clusters: lateness, api and a burn-down, twice
 def test_scale_with_history_reads_it_and_drops_its_oldest_days(zookeeper: str,
                                                               tmp_path: Path) -> None:
     result = bench(zookeeper, tmp_path, "scale", "--schedules", "0", "--history", "3000",
