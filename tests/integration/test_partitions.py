@@ -316,12 +316,13 @@ def _array(values: list[Any]) -> str:
     return "'{" + ",".join("NULL" if v is None else f'"{v}"' for v in values) + "}'"
 
 
-async def test_claims_renewals_and_results_read_one_partition_in_a_generic_plan(
+async def test_publish_marks_claims_renewals_and_results_read_one_partition(
         pool: asyncpg.Pool) -> None:
     """With a month of day partitions, the worker's statements must read the batch's day's
     partition only, not every partition (a hash join over all of them took 236 ms for a
     claim of 500 on 1 M rows of history), in a generic plan made on partitions without
     statistics too (which scans that one small partition rather than use its index)."""
+    from jobsched.adapters.postgres.leader import Q as LEADER_SQL
     from jobsched.adapters.postgres.worker import Q as WORKER_SQL
 
     now = datetime.now(UTC)
@@ -345,8 +346,8 @@ async def test_claims_renewals_and_results_read_one_partition_in_a_generic_plan(
              "started_at": _array([None] * 3)}
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        for name in ("claim_executions", "heartbeat", "finish_executions"):
-            query = getattr(WORKER_SQL, name)
+        for name in ("mark_published", "claim_executions", "heartbeat", "finish_executions"):
+            query = getattr(LEADER_SQL if name == "mark_published" else WORKER_SQL, name)
             await conn.execute(f"PREPARE {name} AS {query.text}")
             args = ", ".join(three[param] for param in query.params)
             plan = await conn.fetchval(

@@ -210,7 +210,8 @@ class FakeWorkerStore:
         self.events.add("node_inputs", tuple(execution_ids))
         return {i: self.inputs[i] for i in execution_ids if i in self.inputs}
 
-    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID],
+                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
         self.published.extend(execution_ids)
         for execution_id in execution_ids:
             self.events.add("mark_published", execution_id)
@@ -294,7 +295,8 @@ class FakeLeaderStore:
         self._fence(epoch)
         return []
 
-    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID],
+                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
         self.published.extend(execution_ids)
 
     async def unpublished(self, queued_before: datetime, limit: int) -> list[Dispatch]:

@@ -14,6 +14,7 @@ import asyncpg
 from jobsched.adapters.postgres.listen import CANCEL_CHANNEL
 from jobsched.adapters.postgres.pool import fenced
 from jobsched.adapters.postgres.sql import load_queries
+from jobsched.adapters.postgres.worker import mark_published
 from jobsched.domain.firing import DueJob, FireRecord, TickPlan
 from jobsched.domain.priority import Priority
 from jobsched.domain.states import ExecutionState
@@ -128,9 +129,10 @@ class PostgresLeaderStore:
             return _dispatches(await Q.requeue_retries.fetch(conn, now=now, limit=limit,
                                                              epoch=epoch))
 
-    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID],
+                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
         if execution_ids:
-            await Q.mark_published.execute(self.pool, ids=list(execution_ids))
+            await mark_published(self.pool, execution_ids, scheduled_for)
 
     async def unpublished(self, queued_before: datetime, limit: int) -> list[Dispatch]:
         return _dispatches(await Q.select_unpublished.fetch(

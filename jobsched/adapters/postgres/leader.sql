@@ -88,12 +88,17 @@ SELECT pg_notify(:channel, id::text) FROM unnest(:ids::uuid[]) AS id
 -- (a write saved, and no new row version with all of executions' index entries). The mark
 -- never waits for a row lock (SKIP LOCKED): a row locked now is being claimed, and
 -- waiting deadlocked with the claims (seen as 1 s stalls, PostgreSQL's deadlock_timeout).
+-- Each row is read in its day's partition (its scheduled_for, and the batch's earliest
+-- and latest prune the other days: see worker.sql).
 UPDATE executions SET published_at = now()
-WHERE id IN (
-    SELECT id FROM executions
-    WHERE id = ANY(:ids::uuid[]) AND state = 'queued' AND published_at IS NULL
-    FOR UPDATE SKIP LOCKED
-)
+WHERE (id, scheduled_for) IN (
+    SELECT x.id, x.scheduled_for
+    FROM unnest(:ids::uuid[], :scheduled_for::timestamptz[]) AS m(id, scheduled_for)
+    JOIN executions x ON x.id = m.id AND x.scheduled_for = m.scheduled_for
+    WHERE x.scheduled_for BETWEEN :earliest AND :latest AND x.state = 'queued'
+      AND x.published_at IS NULL
+    FOR UPDATE OF x SKIP LOCKED
+) AND scheduled_for BETWEEN :earliest AND :latest
 
 -- requeue_retries --
 UPDATE executions e

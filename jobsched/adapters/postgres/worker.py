@@ -35,7 +35,7 @@ class PostgresWorkerStore:
         batch = sorted(zip(claims, given, strict=True), key=lambda c: c[0])
         ids = [c[0][0] for c in batch]
         async with self.pool.acquire() as conn:
-            days, earliest, latest = await _days(conn, ids, [c[1] for c in batch])
+            days, earliest, latest = await known_days(conn, ids, [c[1] for c in batch])
             rows = await Q.claim_executions.fetch(
                 conn, ids=ids, attempts=[c[0][1] for c in batch], scheduled_for=days,
                 earliest=earliest, latest=latest, worker=worker, lease_s=lease_s)
@@ -51,7 +51,7 @@ class PostgresWorkerStore:
         """Record a batch of results; returns the executions this worker still held."""
         results = sorted(results, key=lambda r: r.execution_id)  # rows locked in id order
         async with self.pool.acquire() as conn, conn.transaction():
-            days, earliest, latest = await _days(conn, [r.execution_id for r in results],
+            days, earliest, latest = await known_days(conn, [r.execution_id for r in results],
                                                  [r.scheduled_for for r in results])
             rows = await Q.finish_executions.fetch(
                 conn,
@@ -83,7 +83,7 @@ class PostgresWorkerStore:
         batch = sorted(zip(execution_ids, given, strict=True), key=lambda b: b[0])
         ids = [b[0] for b in batch]
         async with self.pool.acquire() as conn:
-            days, earliest, latest = await _days(conn, ids, [b[1] for b in batch])
+            days, earliest, latest = await known_days(conn, ids, [b[1] for b in batch])
             rows = await Q.heartbeat.fetch(conn, ids=ids, scheduled_for=days, earliest=earliest,
                                            latest=latest, worker=worker, lease_s=lease_s)
         return {r["id"] for r in rows}
@@ -122,7 +122,7 @@ class PostgresWorkerStore:
             await WORKFLOWS.record_results.execute(
                 conn, ids=[r.execution_id for r in kept], attempts=[r.attempt for r in kept],
                 results=[r.result for r in kept], worker=worker)
-            days, earliest, latest = await _days(conn, [r.execution_id for r in results],
+            days, earliest, latest = await known_days(conn, [r.execution_id for r in results],
                                                  [r.scheduled_for for r in results])
             rows = await Q.finish_executions.fetch(
                 conn,
@@ -147,10 +147,11 @@ class PostgresWorkerStore:
         held = {r["id"]: ExecutionState(r["state"]) for r in rows}
         return held, _queued_nodes(queued)
 
-    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID],
+                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
         """Nodes this worker published: out of the outbox the leader sweeps."""
         if execution_ids:
-            await LEADER.mark_published.execute(self.pool, ids=list(execution_ids))
+            await mark_published(self.pool, execution_ids, scheduled_for)
 
 
 def _queued_nodes(listed: str | None) -> list[Dispatch]:
@@ -167,7 +168,7 @@ def _queued_nodes(listed: str | None) -> list[Dispatch]:
     return dispatches
 
 
-async def _days(conn: asyncpg.Connection, ids: Sequence[uuid.UUID],
+async def known_days(conn: asyncpg.Connection, ids: Sequence[uuid.UUID],
                 days: Sequence[datetime | None],
                 ) -> tuple[list[datetime | None], datetime | None, datetime | None]:
     """Each execution's scheduled_for (its day partition): as given, or looked up for those
@@ -182,3 +183,14 @@ async def _days(conn: asyncpg.Connection, ids: Sequence[uuid.UUID],
                  for i, day in zip(ids, known, strict=True)]
     present = [day for day in known if day is not None]
     return known, min(present, default=None), max(present, default=None)
+
+
+async def mark_published(pool: asyncpg.Pool, execution_ids: Sequence[uuid.UUID],
+                         scheduled_for: Sequence[datetime | None] | None) -> None:
+    """Out of the outbox: executions confirmed by RabbitMQ (``scheduled_for``: each one's
+    fire time where known, its day partition)."""
+    given = list(scheduled_for) if scheduled_for is not None else [None] * len(execution_ids)
+    async with pool.acquire() as conn:
+        days, earliest, latest = await known_days(conn, execution_ids, given)
+        await LEADER.mark_published.execute(conn, ids=list(execution_ids), scheduled_for=days,
+                                            earliest=earliest, latest=latest)
