@@ -184,8 +184,13 @@ class PostgresJobs:
     async def list_executions(self, job_id: uuid.UUID, *,
                               after: tuple[datetime, uuid.UUID] | None,
                               limit: int) -> list[Row]:
-        rows = await Q.list_executions.fetch(self.pool, job_id=job_id,
-                                             after_at=after[0] if after else None, limit=limit)
+        # A generic plan: planned afresh for each call (custom plans), the statement spent
+        # ~10 ms planning its scans of ~39 day partitions for ~1.5 ms of reading.
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            await Q.generic_plans.execute(conn)
+            rows = await Q.list_executions.fetch(conn, job_id=job_id,
+                                                 after_at=after[0] if after else None,
+                                                 limit=limit)
         return [dict(r) for r in rows]
 
     async def list_dead(self, namespace: str, *, after: tuple[datetime, uuid.UUID] | None,
