@@ -154,6 +154,8 @@ class FinishedAttempt:
     started_at: datetime | None = None  # when the run really began (after any hold)
     result: str | None = None  # a workflow node's return value as JSON text (None: none kept)
     workflow_run_id: uuid.UUID | None = None  # set for the node of a workflow run
+    #: The execution's fire time: its day's partition (None: looked up by id).
+    scheduled_for: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +471,9 @@ class LeaderRepository(Protocol):
     async def requeue_retries(self, epoch: int, now: datetime,
                               limit: int) -> list[Dispatch]: ...
 
-    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None: ...
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID],
+                             scheduled_for: Sequence[datetime | None] | None = None,
+                             ) -> None: ...
 
     async def unpublished(self, queued_before: datetime, limit: int) -> list[Dispatch]: ...
 
@@ -482,12 +486,16 @@ class LeaderRepository(Protocol):
 
     async def complete_finished_jobs(self, epoch: int, limit: int) -> int: ...
 
+    async def ensure_partitions(self, epoch: int, now: datetime) -> list[str]: ...
+
     async def purge_history(self, epoch: int, before: datetime, batch: int) -> int: ...
 
 
 class WorkerRepository(Protocol):
     async def claim_executions(self, claims: Sequence[tuple[uuid.UUID, int]], worker: str,
-                               lease_s: float) -> list[ClaimedExecution]: ...
+                               lease_s: float,
+                               scheduled_for: Sequence[datetime | None] | None = None,
+                               ) -> list[ClaimedExecution]: ...
 
     async def finish_attempts(self, results: Sequence[FinishedAttempt],
                               worker: str) -> dict[uuid.UUID, ExecutionState]: ...
@@ -495,7 +503,9 @@ class WorkerRepository(Protocol):
     async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str) -> None: ...
 
     async def heartbeat(self, execution_ids: Sequence[uuid.UUID], worker: str,
-                        lease_s: float) -> set[uuid.UUID]: ...
+                        lease_s: float,
+                        scheduled_for: Sequence[datetime | None] | None = None,
+                        ) -> set[uuid.UUID]: ...
 
     async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
                             outcome: AttemptOutcome, error: str | None, output: str | None,
@@ -513,7 +523,9 @@ class WorkerRepository(Protocol):
                                    ) -> tuple[dict[uuid.UUID, ExecutionState],
                                               list[Dispatch]]: ...
 
-    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None: ...
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID],
+                             scheduled_for: Sequence[datetime | None] | None = None,
+                             ) -> None: ...
 
 
 class WebhookRepository(Protocol):

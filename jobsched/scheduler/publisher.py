@@ -131,8 +131,9 @@ class Publisher:
         confirmed = [False] * len(taken)
         try:
             confirmed = await self.broker.publish_many([d.message() for d in dispatches])
-            await self.store.mark_published(
-                [d.execution_id for d, ok in zip(dispatches, confirmed, strict=True) if ok])
+            sent = [d for d, ok in zip(dispatches, confirmed, strict=True) if ok]
+            await self.store.mark_published([d.execution_id for d in sent],
+                                            scheduled_for=[d.scheduled_for for d in sent])
         except Exception as exc:  # noqa: BLE001 - the outbox sweep re-publishes
             log.warning("publishing %d executions failed: %r", len(taken), exc)
         finally:

@@ -1,6 +1,8 @@
 """History retention, run by the leader: a global age limit and per-job history limits
-(like Kubernetes' successfulJobsHistoryLimit), purged in bounded batches, fenced by the
-leader's epoch so only one scheduler ever purges."""
+(like Kubernetes' successfulJobsHistoryLimit), fenced by the leader's epoch so only one
+scheduler ever purges. History is partitioned by day (migration 014): each pass first makes
+the partitions of the days ahead, then drops the days wholly past the age limit; what no
+drop takes is purged in bounded batches."""
 
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ async def run_retention(store: LeaderRepository, current_epoch: Callable[[], int
         if epoch is not None:
             started = time.perf_counter()
             try:
-                before = datetime.now(UTC) - retention
+                now = datetime.now(UTC)
+                await store.ensure_partitions(epoch, now)
+                before = now - retention
                 deleted = await store.purge_history(epoch, before, BATCH)
                 if deleted:
                     log.info("retention purged %d executions", deleted)

@@ -54,7 +54,8 @@ from jobsched.worker.slots import BandSlots
 
 log = logging.getLogger(__name__)
 
-Claim = tuple[uuid.UUID, int]
+#: (execution id, attempt, the message's due time: the execution's day partition)
+Claim = tuple[uuid.UUID, int, datetime | None]
 
 
 @dataclass(slots=True)
@@ -122,7 +123,7 @@ def assign_claims(claims: Sequence[Claim],
     """Each claimed row to the first delivery that asked for it, None to the others. Two
     copies of one message in the same batch claim one row: only one of them may run it."""
     by_key = {(r.id, r.attempt): r for r in rows}
-    return [by_key.pop(claim, None) for claim in claims]
+    return [by_key.pop((claim[0], claim[1]), None) for claim in claims]
 
 
 class Worker:
@@ -163,6 +164,8 @@ class Worker:
         # Claimed executions -> when (monotonic) their lease was last known to be extended:
         # from the claim until the attempt is recorded, whether it runs, waits or commits.
         self._leases: dict[uuid.UUID, float] = {}
+        #: The fire time (day partition) of each execution holding a lease, for its renewals.
+        self._days: dict[uuid.UUID, datetime] = {}
         self._taken_away: set[uuid.UUID] = set()
         self._started_at: dict[uuid.UUID, datetime] = {}
         #: Output of the python and shell runs going on, flushed by ``_stream_output``.
@@ -190,7 +193,9 @@ class Worker:
         return len(self._inflight)
 
     async def _claim_batch(self, claims: list[Claim]) -> list[ClaimedExecution | None]:
-        rows = await self.store.claim_executions(claims, self.name, self.settings.worker_lease_s)
+        rows = await self.store.claim_executions([(c[0], c[1]) for c in claims], self.name,
+                                                 self.settings.worker_lease_s,
+                                                 scheduled_for=[c[2] for c in claims])
         return assign_claims(claims, rows)
 
     async def _read_node_inputs(self, ids: list[uuid.UUID]) -> list[NodeInputs | None]:
@@ -214,8 +219,9 @@ class Worker:
         async def publish() -> None:
             try:
                 confirmed = await self.broker.publish_many([d.message() for d in dispatches])
-                await self.store.mark_published(
-                    [d.execution_id for d, ok in zip(dispatches, confirmed, strict=True) if ok])
+                sent = [d for d, ok in zip(dispatches, confirmed, strict=True) if ok]
+                await self.store.mark_published([d.execution_id for d in sent],
+                                                scheduled_for=[d.scheduled_for for d in sent])
             except Exception as exc:  # noqa: BLE001 - the leader's outbox sweep publishes
                 log.warning("publishing %d workflow nodes failed (%r); the leader will",
                             len(dispatches), exc)
@@ -306,7 +312,10 @@ class Worker:
                 continue
             sent = time.monotonic()
             try:
-                held = await asyncio.wait_for(self.store.heartbeat(ids, self.name, lease), period)
+                held = await asyncio.wait_for(
+                    self.store.heartbeat(ids, self.name, lease,
+                                         scheduled_for=[self._days.get(i) for i in ids]),
+                    period)
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
                 log.warning("heartbeat failed (%r)", exc)
                 held = None
@@ -355,6 +364,7 @@ class Worker:
 
     def _lose_lease(self, execution_id: uuid.UUID) -> None:
         self._leases.pop(execution_id, None)
+        self._days.pop(execution_id, None)
         self.take_away(execution_id)
 
     async def _drain(self) -> None:
@@ -407,6 +417,7 @@ class Worker:
                 await self._settle(delivery, claimed, result, state, delay)
             finally:
                 self._leases.pop(claimed.id, None)
+                self._days.pop(claimed.id, None)
                 self._started_at.pop(claimed.id, None)
 
     async def _hold_until_due(self, message: AttemptMessage) -> None:
@@ -440,7 +451,7 @@ class Worker:
                 claimed_at = time.monotonic()
                 try:
                     claimed = await self._claims.submit(
-                        (message.execution_id, message.attempt), band)
+                        (message.execution_id, message.attempt, message.due), band)
                 except Exception as exc:  # noqa: BLE001 - database trouble: hand it back
                     log.warning("claim of %s failed (%r); requeueing", message.execution_id,
                                 exc)
@@ -459,6 +470,7 @@ class Worker:
                     await delivery.ack()
                     return None
                 self._leases[claimed.id] = claimed_at
+                self._days[claimed.id] = claimed.scheduled_for
                 claimed_id = claimed.id
                 late_shell = claimed.kind == "shell" and message.kind != "shell"
                 try:
@@ -466,6 +478,7 @@ class Worker:
                         result, state, delay = await self._attempt(delivery, claimed)
                 except BaseException:
                     self._leases.pop(claimed.id, None)
+                    self._days.pop(claimed.id, None)
                     self._started_at.pop(claimed.id, None)
                     raise
                 return claimed, result, state, delay
@@ -643,6 +656,7 @@ class Worker:
             started_at=self._started_at.pop(claimed.id, None),
             result=result.result,
             workflow_run_id=claimed.workflow_run_id,
+            scheduled_for=claimed.scheduled_for,
         )
         committed = await self._commit(finished, claimed.band)
         if committed is None:

@@ -23,6 +23,7 @@ import orjson
 from jobsched.settings import Settings
 from jobsched_dev.bench.cluster import BenchCluster, Services
 from jobsched_dev.bench.common import Options, connect, make_cluster, summary_of_cpu
+from jobsched_dev.bench.history import preload_history
 from jobsched_dev.bench.lateness import preload_idle
 from jobsched_dev.bench.procstat import CpuMeter
 from jobsched_dev.bench.stats import distribution_ms
@@ -31,6 +32,10 @@ from jobsched_dev.processes import source_env
 
 JOB = {"name": "bench-api", "schedule": "0 0 1 1 *", "kind": "python",
        "python": {"function": NOOP}}
+# The GET phases: one job; one execution of the history with its attempts; a job's history
+# (its newest page).
+PATHS = {"get": "/api/v1/jobs/{}", "get-execution": "/api/v1/executions/{}",
+         "list-executions": "/api/v1/jobs/{}/executions"}
 
 
 async def _phase(url: str, phase: str, concurrency: int, seconds: float, token: str | None,
@@ -58,8 +63,8 @@ async def _phase(url: str, phase: str, concurrency: int, seconds: float, token: 
                             if ok:
                                 created.append(orjson.loads(body)["id"])
                     else:
-                        job_id = rng.choice(ids)
-                        async with session.get(f"/api/v1/jobs/{job_id}") as response:
+                        path = PATHS[phase].format(rng.choice(ids))
+                        async with session.get(path) as response:
                             await response.read()
                             ok = response.status == 200
                     key = str(response.status)
@@ -108,7 +113,9 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
 
 
 async def measure_api(url: str, concurrency: int, seconds: float, token: str | None,
-                      clients: int, meter: CpuMeter) -> dict[str, Any]:
+                      clients: int, meter: CpuMeter,
+                      history: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``history``: what preload_history wrote; its executions and jobs are read too."""
     await _phase(url, "post", 2, 0.5, token, [])  # warm-up: connections, caches
     meter.start()
     posts = await _run_phase(url, "post", concurrency, seconds, token, [], clients)
@@ -119,9 +126,19 @@ async def measure_api(url: str, concurrency: int, seconds: float, token: str | N
     meter.start()
     gets = await _run_phase(url, "get", concurrency, seconds, token, posts["created"], clients)
     meter.stop()
-    return {"concurrency": concurrency, "seconds": seconds, "clients": clients,
-            "post": {**_summary(posts), "cpu": post_cpu},
-            "get": {**_summary(gets), "cpu": summary_of_cpu(meter.report())}}
+    result = {"concurrency": concurrency, "seconds": seconds, "clients": clients,
+              "post": {**_summary(posts), "cpu": post_cpu},
+              "get": {**_summary(gets), "cpu": summary_of_cpu(meter.report())}}
+    if history and history["execution_ids"]:
+        for phase, ids in (("get-execution", history["execution_ids"]),
+                           ("list-executions", history["job_ids"])):
+            meter.start()
+            done = await _run_phase(url, phase, concurrency, seconds, token, ids, clients)
+            meter.stop()
+            if not done["latencies"]:
+                raise RuntimeError(f"{phase}: no request succeeded: {done['errors']}")
+            result[phase] = {**_summary(done), "cpu": summary_of_cpu(meter.report())}
+    return result
 
 
 def _create_token(cluster: BenchCluster) -> str | None:
@@ -135,7 +152,8 @@ def _create_token(cluster: BenchCluster) -> str | None:
 
 
 async def run_api(services: Services, concurrency: int, seconds: float, clients: int,
-                  options: Options, idle_schedules: int = 0) -> dict[str, Any]:
+                  options: Options, idle_schedules: int = 0,
+                  history: int = 0) -> dict[str, Any]:
     async with make_cluster(services, options) as cluster:
         if "rate_limit_per_s" in Settings.model_fields:
             # The per-token limit guards a shared deployment; here it would cap what is
@@ -145,12 +163,13 @@ async def run_api(services: Services, concurrency: int, seconds: float, clients:
             cluster.settings.setdefault("JOBSCHED_MAX_ACTIVE_JOBS", "0")
         async with connect(cluster.database_url) as conn:
             preload_s = await preload_idle(conn, idle_schedules)
+            loaded = await preload_history(conn, history)
         token = await asyncio.to_thread(_create_token, cluster)
         await cluster.start_ready("api")
         result = await measure_api(cluster.api_url, concurrency, seconds, token, clients,
-                                   cluster.meter)
+                                   cluster.meter, loaded if history else None)
     return {"scenario": "api", "idle_schedules": idle_schedules, "preload_s": preload_s,
-            **result}
+            "history": history, "history_preload_s": loaded["preload_s"], **result}
 
 
 async def run_api_at(url: str, concurrency: int, seconds: float, clients: int,

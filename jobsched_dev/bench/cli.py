@@ -277,8 +277,12 @@ def bench_workflow(**params: Any) -> None:
 
 
 @bench.command("scale")
-@click.option("--schedules", default=1_000_000, show_default=True, type=click.IntRange(1),
+@click.option("--schedules", default=1_000_000, show_default=True, type=click.IntRange(0),
               help="Active schedules COPYed before the runs.")
+@click.option("--history", default=0, show_default=True, type=click.IntRange(0),
+              help="Finished executions (with attempts) written over the last 30 days "
+                   "before the scaled runs; adds a burn-down, the api's execution reads "
+                   "and a timed retention pass to the comparison.")
 @click.option("--jobs", default=1000, show_default=True, type=click.IntRange(1),
               help="lateness: every-second cron jobs.")
 @click.option("--seconds", default=20, show_default=True, type=click.IntRange(1))
@@ -288,7 +292,8 @@ def bench_workflow(**params: Any) -> None:
 @click.option("--clients", default=1, show_default=True, type=click.IntRange(1, 16))
 @_bench_options
 def bench_scale(**params: Any) -> None:
-    """lateness and api on an empty database and with SCHEDULES active schedules stored."""
+    """lateness and api on an empty database and with SCHEDULES active schedules (and
+    HISTORY executions of history) stored."""
     from jobsched_dev.bench import commands
 
     services, options = _bench_setup(params)

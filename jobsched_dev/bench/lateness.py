@@ -18,6 +18,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from jobsched.adapters import postgres
 from jobsched_dev.bench.cluster import BenchCluster, Services
 from jobsched_dev.bench.common import (
     Options,
@@ -29,6 +30,7 @@ from jobsched_dev.bench.common import (
     summary_of_cpu,
     wait_finished,
 )
+from jobsched_dev.bench.history import preload_history, retention_pass
 from jobsched_dev.bench.load import (
     COUNT_FINISHED_BETWEEN,
     DUPLICATE_FIRES,
@@ -41,6 +43,11 @@ from jobsched_dev.bench.load import (
 EVERY_SECOND = "* * * * * *"
 NEVER_DURING_RUN = "0 0 1 1 *"  # active, but next due on the 1st of January
 GRACE_S = 5.0
+
+
+# The retention pass in a run with history: a day under the 30 days written, so that the
+# oldest day partitions are dropped while the fires go on.
+RETENTION_IN_RUN = timedelta(days=29)
 
 
 async def preload_idle(conn: Any, count: int) -> float:
@@ -77,11 +84,15 @@ async def _duplicates(conn: Any, name: str, fires: list[Any]) -> int:
 
 
 async def run_lateness(services: Services, jobs: int, seconds: int, workers: int,
-                       options: Options, idle_schedules: int = 0) -> dict[str, Any]:
+                       options: Options, idle_schedules: int = 0,
+                       history: int = 0) -> dict[str, Any]:
+    """``history``: finished executions written over the last 30 days first; then a
+    retention pass runs halfway through the fires (timed; it drops the oldest days)."""
     async with make_cluster(services, options) as cluster, \
             connect(cluster.database_url) as conn:
         name = cluster.job_name("lateness")
         preload_s = await preload_idle(conn, idle_schedules)
+        loaded = await preload_history(conn, history)
         await cluster.start_pipeline(workers)
         first = next_whole_second(datetime.now(UTC), 1.0)
         await copy_jobs(conn, job_rows(name, EVERY_SECOND, first, jobs,
@@ -89,6 +100,14 @@ async def run_lateness(services: Services, jobs: int, seconds: int, workers: int
         await _sleep_until(first)
         cluster.meter.start()
         end = first + timedelta(seconds=seconds)
+        await _sleep_until(first + timedelta(seconds=seconds / 2))
+        retention = None
+        if history:
+            pool = await postgres.create_pool(cluster.database_url, min_size=1, max_size=1)
+            try:
+                retention = await retention_pass(pool, RETENTION_IN_RUN)
+            finally:
+                await pool.close()
         await _sleep_until(end)
         cluster.meter.stop()
         await _wait_finished(conn, name, first, end, jobs * seconds, cluster)
@@ -99,6 +118,7 @@ async def run_lateness(services: Services, jobs: int, seconds: int, workers: int
         "scenario": "lateness", "jobs": jobs, "seconds": seconds, "workers": workers,
         "task": options.task,
         "idle_schedules": idle_schedules, "preload_s": preload_s,
+        "history": history, "history_preload_s": loaded["preload_s"], "retention": retention,
         "expected_fires": expected, "fires": len(fires),
         "missed": expected - len(fires),
         "not_started": sum(1 for f in fires if f["started_at"] is None),

@@ -33,7 +33,8 @@ FROM generate_series(1, $6)
 SELECT_FIRES = """
 SELECT e.job_id, e.scheduled_for, e.state, e.attempt, e.queued_at, e.published_at,
        e.started_at, e.finished_at, j.created_at AS submitted_at, e.priority,
-       (SELECT count(*) FROM attempts a WHERE a.execution_id = e.id) AS attempts
+       (SELECT count(*) FROM attempts a
+        WHERE a.execution_id = e.id AND a.scheduled_for = e.scheduled_for) AS attempts
 FROM executions e JOIN jobs j ON j.id = e.job_id
 WHERE j.name = $1
 """

@@ -1,6 +1,13 @@
 """``jobsched bench scale``: ``lateness`` and ``api`` on an empty database and on one holding
 SCHEDULES active schedules (COPYed; none falls due during the run), in the same run, so the
-figures compare as ratios. The leader's RSS with the schedules stored is reported too."""
+figures compare as ratios. The leader's RSS with the schedules stored is reported too.
+
+With ``--history N`` the scaled database also holds N finished executions (and their
+attempts) spread over the last 30 days, and the baseline a small history
+(``BASELINE_HISTORY``, so that the history endpoints have something to read): a burn-down
+is compared too, the api reads executions (GET /api/v1/executions/{id}) and job histories
+(GET /api/v1/jobs/{id}/executions), and a retention pass, run halfway through the lateness
+fires, drops the oldest days (timed; the lateness figures include it)."""
 
 from __future__ import annotations
 
@@ -10,6 +17,10 @@ from jobsched_dev.bench.api import run_api
 from jobsched_dev.bench.cluster import Services
 from jobsched_dev.bench.common import Options
 from jobsched_dev.bench.lateness import run_lateness
+from jobsched_dev.bench.throughput import burn_down
+
+BASELINE_HISTORY = 60_000  # 60 executions for each of the 1,000 history jobs
+BURN_DOWN_JOBS = 5_000
 
 
 def _pick(result: dict[str, Any], *path: str) -> float:
@@ -31,23 +42,44 @@ COMPARED = {
     "GET p99 ms": ("api", "get", "latency_ms", "p99"),
 }
 
+COMPARED_WITH_HISTORY = {
+    **COMPARED,
+    "GET execution p50 ms": ("api", "get-execution", "latency_ms", "p50"),
+    "GET execution p99 ms": ("api", "get-execution", "latency_ms", "p99"),
+    "list executions p50 ms": ("api", "list-executions", "latency_ms", "p50"),
+    "list executions p99 ms": ("api", "list-executions", "latency_ms", "p99"),
+    "burn-down executions/s": ("burn_down", "executions_per_s"),
+    "burn-down queued -> started p99 ms": ("burn_down", "latency_ms", "queued -> started",
+                                           "p99"),
+    "retention pass s": ("lateness", "retention", "seconds"),
+    "partitions dropped": ("lateness", "retention", "partitions_dropped"),
+}
+
 
 async def run_scale(services: Services, schedules: int, jobs: int, seconds: int, workers: int,
                     concurrency: int, api_seconds: float, clients: int,
-                    options: Options) -> dict[str, Any]:
+                    options: Options, history: int = 0) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
-    for label, idle in (("baseline", 0), ("scaled", schedules)):
+    cases = (("baseline", 0, min(history, BASELINE_HISTORY)), ("scaled", schedules, history))
+    for label, idle, past in cases:
         runs[label] = {
-            "lateness": await run_lateness(services, jobs, seconds, workers, options, idle),
-            "api": await run_api(services, concurrency, api_seconds, clients, options, idle),
+            "lateness": await run_lateness(services, jobs, seconds, workers, options, idle,
+                                           history=past),
+            "api": await run_api(services, concurrency, api_seconds, clients, options, idle,
+                                 history=past),
         }
+        if history:
+            runs[label]["burn_down"] = await burn_down(services, BURN_DOWN_JOBS, workers,
+                                                       options, history=past)
     scaled = runs["scaled"]["lateness"]
+    compared = COMPARED_WITH_HISTORY if history else COMPARED
     return {
-        "scenario": "scale", "schedules": schedules,
+        "scenario": "scale", "schedules": schedules, "history": history,
         "compare": {label: {"baseline": _pick(runs["baseline"], *path),
                             "scaled": _pick(runs["scaled"], *path)}
-                    for label, path in COMPARED.items()},
+                    for label, path in compared.items()},
         "leader_rss_mb": scaled["cpu"].get("scheduler-1", {}).get("rss_mb", float("nan")),
         "preload_s": scaled["preload_s"],
+        "history_preload_s": scaled["history_preload_s"],
         "runs": runs,
     }

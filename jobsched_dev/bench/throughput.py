@@ -31,6 +31,7 @@ from jobsched_dev.bench.common import (
     summary_of_cpu,
     wait_finished,
 )
+from jobsched_dev.bench.history import preload_history
 from jobsched_dev.bench.load import copy_jobs, insert_immediate, job_rows
 from jobsched_dev.bench.stats import distribution_ms
 
@@ -38,9 +39,11 @@ TICK_S = 0.02
 
 
 async def burn_down(services: Services, jobs: int, workers: int, options: Options,
-                    timeout: float = 120) -> dict[str, Any]:
+                    timeout: float = 120, history: int = 0) -> dict[str, Any]:
+    """``history``: finished executions written over the last 30 days first."""
     async with make_cluster(services, options) as cluster, connect(cluster.database_url) as conn:
         name = cluster.job_name("burn-down")
+        loaded = await preload_history(conn, history)
         procs = await cluster.start_pipeline(workers)
         cluster.meter.start()
         started = time.monotonic()
@@ -57,7 +60,7 @@ async def burn_down(services: Services, jobs: int, workers: int, options: Option
     elapsed = (last - committed).total_seconds()
     return {
         "scenario": "throughput", "mode": "burn-down", "jobs": jobs, "workers": workers,
-        "task": options.task,
+        "task": options.task, "history": history, "history_preload_s": loaded["preload_s"],
         "drained": done, "finished": len(finished), "states": state_counts(fires),
         "wall_s": wall, "drain_s": elapsed,
         "executions_per_s": len(finished) / elapsed if elapsed > 0 else float("nan"),

@@ -89,6 +89,25 @@ def test_scale_compares_both_cases(zookeeper: str, tmp_path: Path) -> None:
     assert compare["submits/s"]["baseline"] > 0 and compare["submits/s"]["scaled"] > 0
 
 
+@pytest.mark.timeout(180)  # six clusters: lateness, api and a burn-down, twice
+def test_scale_with_history_reads_it_and_drops_its_oldest_days(zookeeper: str,
+                                                              tmp_path: Path) -> None:
+    result = bench(zookeeper, tmp_path, "scale", "--schedules", "0", "--history", "3000",
+                   "--jobs", "5", "--seconds", "2", "--concurrency", "4",
+                   "--api-seconds", "0.5")["median"]
+    assert result["history"] == 3000
+    compare = result["compare"]
+    assert compare["missed fires"] == {"baseline": 0, "scaled": 0}
+    for read in ("GET execution p50 ms", "list executions p50 ms", "burn-down executions/s"):
+        assert compare[read]["baseline"] > 0 and compare[read]["scaled"] > 0, read
+    # 30 days written, 29 kept: the oldest day (or two, across midnight) is dropped whole
+    assert compare["partitions dropped"]["scaled"] >= 1
+    assert 0 < compare["retention pass s"]["scaled"] < 5
+    history = result["runs"]["scaled"]["lateness"]
+    assert history["history"] == 3000 and history["retention"]["rows_deleted"] == 0
+    assert result["runs"]["scaled"]["api"]["get-execution"]["errors"] == {}
+
+
 def test_vs_celery_without_celery_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from jobsched_dev.bench import commands
 

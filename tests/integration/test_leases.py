@@ -83,8 +83,9 @@ async def _held_rows(pool: asyncpg.Pool, count: int) -> list[uuid.UUID]:
         "INSERT INTO executions (id, job_id, scheduled_for, epoch, state, worker, attempt,"
         " lease_expires_at) VALUES ($1, $2, $3, 1, 'running', 'w', 1, now())",
         [(i, job_id, now + timedelta(seconds=n)) for n, i in enumerate(ids)])
-    await pool.executemany("INSERT INTO attempts (execution_id, attempt, worker)"
-                           " VALUES ($1, 1, 'w')", [(i,) for i in ids])
+    await pool.executemany("INSERT INTO attempts (execution_id, attempt, worker, scheduled_for)"
+                           " VALUES ($1, 1, 'w', $2)",
+                           [(i, now + timedelta(seconds=n)) for n, i in enumerate(ids)])
     await pool.execute("ANALYZE executions")
     return sorted(ids)
 

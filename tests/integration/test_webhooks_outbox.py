@@ -52,8 +52,9 @@ async def _running(pool: asyncpg.Pool, namespace: str = "default",
             "lease_expires_at, started_at) VALUES ($1, now() - interval '1 hour', 1, "
             "'running', 'w', now() + make_interval(secs => $2), now()) RETURNING id",
             job_id, lease_s)
-        await conn.execute("INSERT INTO attempts (execution_id, attempt, worker) "
-                           "VALUES ($1, 1, 'w')", execution_id)
+        await conn.execute("INSERT INTO attempts (execution_id, attempt, worker, scheduled_for)"
+                           " SELECT id, 1, 'w', scheduled_for FROM executions WHERE id = $1",
+                           execution_id)
     return job_id, execution_id
 
 
@@ -113,7 +114,8 @@ async def test_a_retry_is_no_event_and_the_last_failure_is_dead(pool: asyncpg.Po
     assert await _deliveries(pool) == []
     await pool.execute("UPDATE executions SET state = 'running', attempt = 2 WHERE id = $1",
                        execution)
-    await pool.execute("INSERT INTO attempts (execution_id, attempt, worker) VALUES ($1, 2, 'w')",
+    await pool.execute("INSERT INTO attempts (execution_id, attempt, worker, scheduled_for)"
+                       " SELECT id, 2, 'w', scheduled_for FROM executions WHERE id = $1",
                        execution)
     await _finish(pool, execution, ExecutionState.DEAD, attempt=2)
     rows = await _deliveries(pool)
@@ -141,7 +143,8 @@ async def test_the_reaper_cancel_replace_and_redrive_record_events_too(
     assert await PostgresJobs(pool).redrive(reaped, "default") is not None
     await pool.execute("UPDATE executions SET state = 'running', worker = 'w' WHERE id = $1",
                        reaped)
-    await pool.execute("INSERT INTO attempts (execution_id, attempt, worker) VALUES ($1, 2, 'w')",
+    await pool.execute("INSERT INTO attempts (execution_id, attempt, worker, scheduled_for)"
+                       " SELECT id, 2, 'w', scheduled_for FROM executions WHERE id = $1",
                        reaped)
     await _finish(pool, reaped, ExecutionState.DEAD, attempt=2)
 

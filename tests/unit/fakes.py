@@ -160,7 +160,9 @@ class FakeWorkerStore:
         return execution
 
     async def claim_executions(self, claims: Sequence[tuple[uuid.UUID, int]], worker: str,
-                               lease_s: float) -> list[ClaimedExecution]:
+                               lease_s: float,
+                               scheduled_for: Sequence[datetime | None] | None = None,
+                               ) -> list[ClaimedExecution]:
         won = []
         for execution_id, attempt in claims:
             row = self.executions.get(execution_id)
@@ -208,7 +210,8 @@ class FakeWorkerStore:
         self.events.add("node_inputs", tuple(execution_ids))
         return {i: self.inputs[i] for i in execution_ids if i in self.inputs}
 
-    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID],
+                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
         self.published.extend(execution_ids)
         for execution_id in execution_ids:
             self.events.add("mark_published", execution_id)
@@ -217,7 +220,9 @@ class FakeWorkerStore:
         self.events.add("hand_back", execution_id)
 
     async def heartbeat(self, execution_ids: Sequence[uuid.UUID], worker: str,
-                        lease_s: float) -> set[uuid.UUID]:
+                        lease_s: float,
+                        scheduled_for: Sequence[datetime | None] | None = None,
+                        ) -> set[uuid.UUID]:
         return {i for i in execution_ids if self.executions[i].worker == worker}
 
     async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
@@ -290,7 +295,8 @@ class FakeLeaderStore:
         self._fence(epoch)
         return []
 
-    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID],
+                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
         self.published.extend(execution_ids)
 
     async def unpublished(self, queued_before: datetime, limit: int) -> list[Dispatch]:
@@ -310,6 +316,10 @@ class FakeLeaderStore:
     async def complete_finished_jobs(self, epoch: int, limit: int) -> int:
         self._fence(epoch)
         return 0
+
+    async def ensure_partitions(self, epoch: int, now: datetime) -> list[str]:
+        self._fence(epoch)
+        return []
 
     async def purge_history(self, epoch: int, before: datetime, batch: int) -> int:
         self._fence(epoch)

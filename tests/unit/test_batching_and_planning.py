@@ -114,6 +114,7 @@ def test_two_copies_of_a_message_in_one_claim_batch_get_one_row() -> None:
     a, b = uuid.uuid4(), uuid.uuid4()
     row_a = ClaimedExecution(a, uuid.uuid4(), "default", 1, datetime.now(UTC), "python", {},
                              1.0, 1, 1.0, 1.0, "allow", None)
-    claims = [(a, 1), (b, 1), (a, 1), (a, 2)]
+    due = datetime.now(UTC)
+    claims = [(a, 1, due), (b, 1, due), (a, 1, due), (a, 2, None)]
     assert assign_claims(claims, [row_a]) == [row_a, None, None, None]
-    assert assign_claims([(b, 1)], []) == [None]
+    assert assign_claims([(b, 1, None)], []) == [None]

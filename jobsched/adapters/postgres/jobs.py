@@ -184,8 +184,13 @@ class PostgresJobs:
     async def list_executions(self, job_id: uuid.UUID, *,
                               after: tuple[datetime, uuid.UUID] | None,
                               limit: int) -> list[Row]:
-        rows = await Q.list_executions.fetch(self.pool, job_id=job_id,
-                                             after_at=after[0] if after else None, limit=limit)
+        # A generic plan: planned afresh for each call (custom plans), the statement spent
+        # ~10 ms planning its scans of ~39 day partitions for ~1.5 ms of reading.
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            await Q.generic_plans.execute(conn)
+            rows = await Q.list_executions.fetch(conn, job_id=job_id,
+                                                 after_at=after[0] if after else None,
+                                                 limit=limit)
         return [dict(r) for r in rows]
 
     async def list_dead(self, namespace: str, *, after: tuple[datetime, uuid.UUID] | None,
@@ -212,7 +217,8 @@ class PostgresJobs:
             row = await Q.get_execution.fetchrow(conn, id=execution_id, namespace=namespace)
             if row is None:
                 return None
-            attempts = await Q.list_attempts.fetch(conn, execution_id=execution_id)
+            attempts = await Q.list_attempts.fetch(conn, execution_id=execution_id,
+                                                   scheduled_for=row["scheduled_for"])
             return dict(row), [dict(a) for a in attempts]
 
     async def current_leader(self) -> LeaderInfo | None:

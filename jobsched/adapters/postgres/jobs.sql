@@ -148,6 +148,11 @@ SELECT count(pg_notify(:cancel_channel, id::text)) FROM cancelled
 -- job_exists --
 SELECT 1 FROM jobs WHERE id = :id AND namespace = :namespace AND workflow_id IS NULL
 
+-- generic_plans --
+-- Statements over every day partition of executions (by job, by id): a generic plan,
+-- made once per connection, instead of a custom plan made for each call (transaction only).
+SELECT set_config('plan_cache_mode', 'force_generic_plan', true)
+
 -- list_executions --
 -- (job_id, scheduled_for) is unique: its index orders a job's executions on its own (the
 -- cursor's id is not needed to break ties).
@@ -161,7 +166,10 @@ SELECT e.* FROM executions e JOIN jobs j ON j.id = e.job_id
 WHERE e.id = :id AND j.namespace = :namespace
 
 -- list_attempts --
-SELECT * FROM attempts WHERE execution_id = :execution_id ORDER BY attempt
+-- With the execution's scheduled_for: read in its one partition.
+SELECT * FROM attempts
+WHERE execution_id = :execution_id AND scheduled_for = :scheduled_for
+ORDER BY attempt
 
 -- list_dead --
 -- The dead executions of a namespace (or of one of its jobs), newest first (cursor:

@@ -3,16 +3,18 @@ Every write runs in ``fenced()``: it commits only while the caller's epoch is cu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from jobsched.adapters.postgres.listen import CANCEL_CHANNEL
 from jobsched.adapters.postgres.pool import fenced
 from jobsched.adapters.postgres.sql import load_queries
+from jobsched.adapters.postgres.worker import mark_published
 from jobsched.domain.firing import DueJob, FireRecord, TickPlan
 from jobsched.domain.priority import Priority
 from jobsched.domain.states import ExecutionState
@@ -21,6 +23,13 @@ from jobsched.ports import Dispatch, ReapedExecution
 log = logging.getLogger(__name__)
 
 Q = load_queries("leader.sql")
+
+#: Day partitions of history are made this many days ahead (a leader outage shorter than
+#: that never sends fires to the DEFAULT partition).
+PARTITION_DAYS_AHEAD = 7
+DROP_LOCK_TIMEOUT = "100ms"
+DROP_TRIES = 5
+DROP_RETRY_S = 0.2
 
 
 def _dispatches(rows: Sequence[asyncpg.Record]) -> list[Dispatch]:
@@ -120,9 +129,10 @@ class PostgresLeaderStore:
             return _dispatches(await Q.requeue_retries.fetch(conn, now=now, limit=limit,
                                                              epoch=epoch))
 
-    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID],
+                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
         if execution_ids:
-            await Q.mark_published.execute(self.pool, ids=list(execution_ids))
+            await mark_published(self.pool, execution_ids, scheduled_for)
 
     async def unpublished(self, queued_before: datetime, limit: int) -> list[Dispatch]:
         return _dispatches(await Q.select_unpublished.fetch(
@@ -151,16 +161,69 @@ class PostgresLeaderStore:
             status = await Q.complete_finished_jobs.execute(conn, limit=limit)
         return int(status.split()[-1])
 
+    async def ensure_partitions(self, epoch: int, now: datetime,
+                                days_ahead: int = PARTITION_DAYS_AHEAD) -> list[str]:
+        """Make the day partitions of history from yesterday to ``days_ahead`` days after
+        ``now`` that are missing (fenced): fires land in a partition of their own day, not
+        in the DEFAULT one. Returns the partitions made."""
+        async with fenced(self.pool, epoch) as conn:
+            made: list[str] = await Q.ensure_partitions.fetchval(
+                conn, start=now - timedelta(days=1), stop=now + timedelta(days=days_ahead))
+        if made:
+            log.info("made history partitions %s", ", ".join(made))
+        return made
+
+    async def drop_expired_partitions(self, epoch: int, before: datetime,
+                                      ) -> tuple[list[str], list[datetime | None]]:
+        """Drop the day partitions of executions (with their attempts) wholly before
+        ``before`` that hold no unfinished execution, one fenced transaction each. A drop
+        that cannot get its lock within ``DROP_LOCK_TIMEOUT`` is tried again, up to
+        ``DROP_TRIES`` times, then left for the next pass. Returns the partitions dropped
+        and the lower bounds of those left for want of the lock (None: MINVALUE)."""
+        dropped: list[str] = []
+        deferred: list[datetime | None] = []
+        for row in await Q.expired_partitions.fetch(self.pool, before=before):
+            for attempt in range(1, DROP_TRIES + 1):
+                try:
+                    async with fenced(self.pool, epoch) as conn:
+                        await Q.drop_lock_timeout.execute(conn, timeout=DROP_LOCK_TIMEOUT)
+                        name = await Q.drop_partition.fetchval(
+                            conn, partition=row["partition_name"], before=before)
+                except asyncpg.LockNotAvailableError:
+                    if attempt < DROP_TRIES:
+                        await asyncio.sleep(DROP_RETRY_S)
+                        continue
+                    log.info("retention: partition %s busy, dropped on a later pass",
+                             row["partition_name"])
+                    deferred.append(row["lower"])
+                    break
+                if name is not None:
+                    dropped.append(name)
+                break
+        if dropped:
+            log.info("retention dropped history partitions %s", ", ".join(dropped))
+        return dropped, deferred
+
     async def purge_history(self, epoch: int, before: datetime, batch: int) -> int:
-        """One retention pass: executions finished before ``before`` (oldest first, by the
-        finished_at index), then, job by job, those beyond the history limits of the jobs
-        that set one; a fenced batch per transaction. Returns how many were deleted. The
-        cost is the rows deleted plus the kept history of limited jobs: never a scan of
-        all history."""
+        """One retention pass: the day partitions wholly before ``before`` are dropped
+        (their rows are not counted); then executions of earlier days finished before
+        ``before`` that no drop took (oldest first, by the finished_at index), and, job by
+        job, those beyond the history limits of the jobs that set one; a fenced batch per
+        transaction. Returns how many rows were deleted. The cost is the rows deleted plus
+        the kept history of limited jobs: never a scan of all history."""
+        _, deferred = await self.drop_expired_partitions(epoch, before)
+        before_day: datetime | None = before.astimezone(UTC).replace(
+            hour=0, minute=0, second=0, microsecond=0)
+        # A day whose drop is only deferred (its lock) is never deleted row by row: the next
+        # pass drops it. Below it, what no drop takes still goes row by row.
+        for lower in deferred:
+            before_day = None if lower is None or before_day is None else min(before_day, lower)
         deleted = 0
-        while True:
+        while before_day is not None:
             async with fenced(self.pool, epoch) as conn:
-                status = await Q.purge_expired.execute(conn, before=before, limit=batch)
+                await Q.purge_by_key.execute(conn)
+                status = await Q.purge_expired.execute(conn, before=before,
+                                                       before_day=before_day, limit=batch)
             count = int(status.split()[-1])
             deleted += count
             if count < batch:
@@ -175,6 +238,7 @@ class PostgresLeaderStore:
                         continue
                     while True:
                         async with fenced(self.pool, epoch) as conn:
+                            await Q.purge_by_key.execute(conn)
                             status = await Q.purge_job_history.execute(
                                 conn, job_id=job["id"], state=str(state), keep=keep,
                                 limit=batch)

@@ -88,12 +88,17 @@ SELECT pg_notify(:channel, id::text) FROM unnest(:ids::uuid[]) AS id
 -- (a write saved, and no new row version with all of executions' index entries). The mark
 -- never waits for a row lock (SKIP LOCKED): a row locked now is being claimed, and
 -- waiting deadlocked with the claims (seen as 1 s stalls, PostgreSQL's deadlock_timeout).
+-- Each row is read in its day's partition (its scheduled_for, and the batch's earliest
+-- and latest prune the other days: see worker.sql).
 UPDATE executions SET published_at = now()
-WHERE id IN (
-    SELECT id FROM executions
-    WHERE id = ANY(:ids::uuid[]) AND state = 'queued' AND published_at IS NULL
-    FOR UPDATE SKIP LOCKED
-)
+WHERE (id, scheduled_for) IN (
+    SELECT x.id, x.scheduled_for
+    FROM unnest(:ids::uuid[], :scheduled_for::timestamptz[]) AS m(id, scheduled_for)
+    JOIN executions x ON x.id = m.id AND x.scheduled_for = m.scheduled_for
+    WHERE x.scheduled_for BETWEEN :earliest AND :latest AND x.state = 'queued'
+      AND x.published_at IS NULL
+    FOR UPDATE OF x SKIP LOCKED
+) AND scheduled_for BETWEEN :earliest AND :latest
 
 -- requeue_retries --
 UPDATE executions e
@@ -179,12 +184,12 @@ WITH expired AS (
         lease_expires_at = NULL
     FROM expired x
     WHERE e.id = x.id
-    RETURNING e.id, e.job_id, e.attempt, e.state, e.worker
+    RETURNING e.id, e.job_id, e.attempt, e.state, e.worker, e.scheduled_for
 ), attempt_rows AS (
     UPDATE attempts a SET finished_at = now(), outcome = 'lost',
                           error = 'worker ' || coalesce(r.worker, '?') || ' lost its lease'
     FROM reaped r WHERE a.execution_id = r.id AND a.attempt = r.attempt
-      AND a.finished_at IS NULL
+      AND a.scheduled_for = r.scheduled_for AND a.finished_at IS NULL
 ), completed_jobs AS (
     UPDATE jobs j SET state = 'completed', updated_at = now()
     WHERE j.id = ANY(ARRAY(SELECT DISTINCT job_id FROM reaped WHERE state = 'dead'))
@@ -196,12 +201,43 @@ WITH expired AS (
 )
 SELECT id, job_id, attempt, state FROM reaped
 
+-- ensure_partitions --
+-- The day partitions of executions and attempts from :start to :stop (those missing).
+SELECT history_ensure_partitions(:start, :stop)
+
+-- expired_partitions --
+-- Day partitions wholly before :before, oldest first: retention drops them whole.
+SELECT partition_name, lower FROM history_partitions()
+WHERE table_name = 'executions' AND upper <= :before
+ORDER BY upper
+
+-- drop_lock_timeout --
+-- DROP TABLE of a partition takes ACCESS EXCLUSIVE on the parent for a moment: it waits at
+-- most this long behind a long reader (every statement on executions would queue behind
+-- it meanwhile), then gives up until the next pass.
+SELECT set_config('lock_timeout', :timeout, true)
+
+-- drop_partition --
+SELECT history_drop_partition(:partition, :before)
+
+-- purge_by_key --
+-- The purges delete rows found by (id, scheduled_for): each must be a lookup in its own
+-- day's partition (a nested loop, pruned per row). The planner does not count that
+-- pruning and prices a nested loop as probing every partition, so for a batch of a few
+-- hundred it chose a hash join over a sequential scan of every partition (the whole
+-- history) instead. Within the purge's transaction only.
+SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)
+
 -- purge_expired --
--- Retention: finished executions past the retention period, oldest first, a bounded batch
--- at a time (executions_finished index; attempts go with them by ON DELETE CASCADE).
-DELETE FROM executions WHERE id IN (
-    SELECT id FROM executions
-    WHERE finished_at IS NOT NULL AND finished_at < :before
+-- Retention row by row, for what no partition drop takes: finished executions of days
+-- wholly past the retention period that sit in a partition still holding unfinished work,
+-- in the DEFAULT partition, or in the legacy one of a migrated deployment. Oldest first, a
+-- bounded batch at a time (executions_finished index); :before_day (the start of the day
+-- holding :before) prunes the live partitions away, so rows of the day partitions still
+-- kept whole are never deleted one by one. Attempts go with them (history_delete_attempts).
+DELETE FROM executions WHERE (id, scheduled_for) IN (
+    SELECT id, scheduled_for FROM executions
+    WHERE finished_at IS NOT NULL AND finished_at < :before AND scheduled_for < :before_day
     ORDER BY finished_at LIMIT :limit
 )
 
@@ -217,8 +253,8 @@ LIMIT :limit
 -- purge_job_history --
 -- One job's executions of one state beyond its limit, newest kept, read by the job's own
 -- (job_id, scheduled_for) index: the cost is that job's kept history, not everyone's.
-DELETE FROM executions WHERE id IN (
-    SELECT id FROM executions
+DELETE FROM executions WHERE (id, scheduled_for) IN (
+    SELECT id, scheduled_for FROM executions
     WHERE job_id = :job_id AND state = :state
     ORDER BY scheduled_for DESC
     OFFSET :keep LIMIT :limit

@@ -29,8 +29,9 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(dsn: str) -> list[str]:
-    """Apply pending numbered migrations under an advisory lock; returns the applied names."""
+async def migrate(dsn: str, until: int | None = None) -> list[str]:
+    """Apply pending numbered migrations under an advisory lock; returns the applied names.
+    ``until``: apply none numbered above it (a test holding a database at an older schema)."""
     conn = await asyncpg.connect(dsn, timeout=10)
     applied: list[str] = []
     try:
@@ -43,7 +44,7 @@ async def migrate(dsn: str) -> list[str]:
             )
             done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
             for version, name, sql in migration_files():
-                if version in done:
+                if version in done or (until is not None and version > until):
                     continue
                 async with conn.transaction():
                     await conn.execute(sql)

@@ -25,11 +25,20 @@ class PostgresWorkerStore:
         self.pool = pool
 
     async def claim_executions(self, claims: Sequence[tuple[uuid.UUID, int]], worker: str,
-                               lease_s: float) -> list[ClaimedExecution]:
-        claims = sorted(claims)  # every multi-row write locks rows in id order: no deadlock
-        rows = await Q.claim_executions.fetch(
-            self.pool, ids=[c[0] for c in claims], attempts=[c[1] for c in claims],
-            worker=worker, lease_s=lease_s)
+                               lease_s: float,
+                               scheduled_for: Sequence[datetime | None] | None = None,
+                               ) -> list[ClaimedExecution]:
+        """``scheduled_for``: each claim's fire time where known (the message's due time),
+        so that its row is read in its own day's partition; None looks it up."""
+        given = list(scheduled_for) if scheduled_for is not None else [None] * len(claims)
+        # every multi-row write locks rows in id order: no deadlock
+        batch = sorted(zip(claims, given, strict=True), key=lambda c: c[0])
+        ids = [c[0][0] for c in batch]
+        async with self.pool.acquire() as conn:
+            days, earliest, latest = await known_days(conn, ids, [c[1] for c in batch])
+            rows = await Q.claim_executions.fetch(
+                conn, ids=ids, attempts=[c[0][1] for c in batch], scheduled_for=days,
+                earliest=earliest, latest=latest, worker=worker, lease_s=lease_s)
         return [ClaimedExecution(**dict(r)) for r in rows]
 
     async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str) -> None:
@@ -42,8 +51,12 @@ class PostgresWorkerStore:
         """Record a batch of results; returns the executions this worker still held."""
         results = sorted(results, key=lambda r: r.execution_id)  # rows locked in id order
         async with self.pool.acquire() as conn, conn.transaction():
+            days, earliest, latest = await known_days(conn, [r.execution_id for r in results],
+                                                 [r.scheduled_for for r in results])
             rows = await Q.finish_executions.fetch(
                 conn,
+                earliest=earliest,
+                latest=latest,
                 ids=[r.execution_id for r in results],
                 attempts=[r.attempt for r in results],
                 states=[str(r.state) for r in results],
@@ -55,16 +68,24 @@ class PostgresWorkerStore:
                 worker=worker,
                 reasons=[r.reason for r in results],
                 started_at=[r.started_at for r in results],
+                scheduled_for=days,
             )
             if any(r.state == ExecutionState.RETRYING for r in results):
                 await Q.wake.execute(conn, channel=WAKE_CHANNEL, payload="retry")
         return {r["id"]: ExecutionState(r["state"]) for r in rows}
 
     async def heartbeat(self, execution_ids: Sequence[uuid.UUID], worker: str,
-                        lease_s: float) -> set[uuid.UUID]:
-        """Extend the leases in one statement; returns the ids still held."""
-        rows = await Q.heartbeat.fetch(self.pool, ids=sorted(execution_ids), worker=worker,
-                                       lease_s=lease_s)
+                        lease_s: float,
+                        scheduled_for: Sequence[datetime | None] | None = None) -> set[uuid.UUID]:
+        """Extend the leases in one statement; returns the ids still held.
+        ``scheduled_for``: each one's fire time where known (its partition), else None."""
+        given = list(scheduled_for) if scheduled_for is not None else [None] * len(execution_ids)
+        batch = sorted(zip(execution_ids, given, strict=True), key=lambda b: b[0])
+        ids = [b[0] for b in batch]
+        async with self.pool.acquire() as conn:
+            days, earliest, latest = await known_days(conn, ids, [b[1] for b in batch])
+            rows = await Q.heartbeat.fetch(conn, ids=ids, scheduled_for=days, earliest=earliest,
+                                           latest=latest, worker=worker, lease_s=lease_s)
         return {r["id"] for r in rows}
 
     async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
@@ -101,8 +122,12 @@ class PostgresWorkerStore:
             await WORKFLOWS.record_results.execute(
                 conn, ids=[r.execution_id for r in kept], attempts=[r.attempt for r in kept],
                 results=[r.result for r in kept], worker=worker)
+            days, earliest, latest = await known_days(conn, [r.execution_id for r in results],
+                                                 [r.scheduled_for for r in results])
             rows = await Q.finish_executions.fetch(
                 conn,
+                earliest=earliest,
+                latest=latest,
                 ids=[r.execution_id for r in results],
                 attempts=[r.attempt for r in results],
                 states=[str(r.state) for r in results],
@@ -114,6 +139,7 @@ class PostgresWorkerStore:
                 worker=worker,
                 reasons=[r.reason for r in results],
                 started_at=[r.started_at for r in results],
+                scheduled_for=days,
             )
             if any(r.state == ExecutionState.RETRYING for r in results):
                 await Q.wake.execute(conn, channel=WAKE_CHANNEL, payload="retry")
@@ -121,10 +147,11 @@ class PostgresWorkerStore:
         held = {r["id"]: ExecutionState(r["state"]) for r in rows}
         return held, _queued_nodes(queued)
 
-    async def mark_published(self, execution_ids: Sequence[uuid.UUID]) -> None:
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID],
+                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
         """Nodes this worker published: out of the outbox the leader sweeps."""
         if execution_ids:
-            await LEADER.mark_published.execute(self.pool, ids=list(execution_ids))
+            await mark_published(self.pool, execution_ids, scheduled_for)
 
 
 def _queued_nodes(listed: str | None) -> list[Dispatch]:
@@ -139,3 +166,31 @@ def _queued_nodes(listed: str | None) -> list[Dispatch]:
                 datetime.fromtimestamp(float(scheduled), UTC), kind,
                 Priority.from_rank(int(rank))))
     return dispatches
+
+
+async def known_days(conn: asyncpg.Connection, ids: Sequence[uuid.UUID],
+                days: Sequence[datetime | None],
+                ) -> tuple[list[datetime | None], datetime | None, datetime | None]:
+    """Each execution's scheduled_for (its day partition): as given, or looked up for those
+    not given (a message of a version before 014, or a caller that does not know it); and
+    the batch's earliest and latest, which prune the other days' partitions."""
+    known = list(days)
+    missing = [i for i, day in zip(ids, known, strict=True) if day is None]
+    if missing:
+        found = {r["id"]: r["scheduled_for"]
+                 for r in await Q.execution_days.fetch(conn, ids=missing)}
+        known = [day if day is not None else found.get(i)
+                 for i, day in zip(ids, known, strict=True)]
+    present = [day for day in known if day is not None]
+    return known, min(present, default=None), max(present, default=None)
+
+
+async def mark_published(pool: asyncpg.Pool, execution_ids: Sequence[uuid.UUID],
+                         scheduled_for: Sequence[datetime | None] | None) -> None:
+    """Out of the outbox: executions confirmed by RabbitMQ (``scheduled_for``: each one's
+    fire time where known, its day partition)."""
+    given = list(scheduled_for) if scheduled_for is not None else [None] * len(execution_ids)
+    async with pool.acquire() as conn:
+        days, earliest, latest = await known_days(conn, execution_ids, given)
+        await LEADER.mark_published.execute(conn, ids=list(execution_ids), scheduled_for=days,
+                                            earliest=earliest, latest=latest)

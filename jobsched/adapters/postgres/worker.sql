@@ -1,6 +1,14 @@
 -- The worker's statements: claim, renew, record. Set-based: one statement per batch.
 -- Every multi-row write locks its rows in id order (the caller sorts the batch), so two
 -- of them never deadlock.
+--
+-- executions and attempts are partitioned by day of scheduled_for (migration 014). Each
+-- statement gets every row's scheduled_for (the message's due time; the adapter looks up
+-- any it lacks) and the batch's earliest and latest: `scheduled_for BETWEEN :earliest AND
+-- :latest` prunes the partitions of other days when the statement starts, in a generic
+-- plan too, whatever join the planner picked (a generic plan made on fresh partitions
+-- without statistics hash-joined a sequential scan of every partition), and the key
+-- (id, scheduled_for) reads each row in its own day.
 
 -- claim_executions --
 -- Guarantee 2: the claim is the queued -> running transition; a duplicate delivery, a
@@ -11,17 +19,19 @@ WITH claimed AS (
     UPDATE executions e
     SET state = 'running', worker = :worker, started_at = greatest(now(), e.scheduled_for),
         lease_expires_at = now() + make_interval(secs => :lease_s)
-    FROM unnest(:ids::uuid[], :attempts::int[]) AS m(id, attempt)
+    FROM unnest(:ids::uuid[], :attempts::int[], :scheduled_for::timestamptz[])
+        AS m(id, attempt, scheduled_for)
     -- Driven by the batch, row by key; `state || ''` keeps the partial indexes on state
     -- out of the plan (see finish_executions).
-    WHERE e.id = m.id AND e.attempt = m.attempt AND e.state || '' = 'queued'
+    WHERE e.id = m.id AND e.scheduled_for = m.scheduled_for AND e.attempt = m.attempt
+      AND e.scheduled_for BETWEEN :earliest AND :latest AND e.state || '' = 'queued'
     RETURNING e.id, e.job_id, e.attempt, e.scheduled_for, e.started_at, e.priority,
               e.uncounted_attempts, e.workflow_run_id, e.args
 ), attempt_rows AS (
     -- started_at: provisional (a run fired ahead starts when due); the worker's result
     -- records when it really began.
-    INSERT INTO attempts (execution_id, attempt, worker, started_at)
-    SELECT id, attempt, :worker, started_at FROM claimed
+    INSERT INTO attempts (execution_id, attempt, worker, started_at, scheduled_for)
+    SELECT id, attempt, :worker, started_at, scheduled_for FROM claimed
 )
 -- A triggered run's args are merged over the python job's own (executions.args).
 SELECT c.id, c.job_id, j.namespace, c.attempt, c.scheduled_for, j.kind,
@@ -32,6 +42,11 @@ SELECT c.id, c.job_id, j.namespace, c.attempt, c.scheduled_for, j.kind,
        j.starting_deadline_s, c.priority, c.uncounted_attempts, c.workflow_run_id
 FROM claimed c JOIN jobs j ON j.id = c.job_id
 
+-- execution_days --
+-- The scheduled_for of executions a caller did not know it for: by id alone, so every
+-- partition's primary key is probed once per id (rare: messages of versions before 014).
+SELECT id, scheduled_for FROM executions WHERE id = ANY(:ids::uuid[])
+
 -- hand_back --
 -- A draining worker gives a run back: it is retried at once by the leader, and the attempt
 -- does not count against the job's max_attempts (a shutdown is not the task's failure).
@@ -40,11 +55,12 @@ WITH handed AS (
                           uncounted_attempts = uncounted_attempts + 1,
                           error = 'handed back: worker ' || worker || ' shut down'
     WHERE id = :id AND attempt = :attempt AND worker = :worker AND state = 'running'
-    RETURNING id, attempt
+    RETURNING id, attempt, scheduled_for
 )
 UPDATE attempts a SET finished_at = now(), outcome = 'cancelled',
                       error = 'handed back on shutdown'
 FROM handed h WHERE a.execution_id = h.id AND a.attempt = h.attempt
+  AND a.scheduled_for = h.scheduled_for
 
 -- wake --
 SELECT pg_notify(:channel, :payload)
@@ -55,13 +71,17 @@ SELECT pg_notify(:channel, :payload)
 -- the table's physical order, deadlocking with the results of the same worker on another
 -- connection (158 "deadlock detected" in a 20-minute soak).
 WITH held AS (
-    SELECT id FROM executions
-    WHERE id = ANY(:ids::uuid[]) AND worker = :worker AND state || '' = 'running'
-    ORDER BY id
-    FOR UPDATE
+    SELECT e.id, e.scheduled_for
+    FROM unnest(:ids::uuid[], :scheduled_for::timestamptz[]) AS m(id, scheduled_for)
+    JOIN executions e ON e.id = m.id AND e.scheduled_for = m.scheduled_for
+    WHERE e.scheduled_for BETWEEN :earliest AND :latest AND e.worker = :worker
+      AND e.state || '' = 'running'
+    ORDER BY e.id
+    FOR UPDATE OF e
 )
 UPDATE executions e SET lease_expires_at = now() + make_interval(secs => :lease_s)
-FROM held WHERE e.id = held.id
+FROM held WHERE e.id = held.id AND e.scheduled_for = held.scheduled_for
+  AND e.scheduled_for BETWEEN :earliest AND :latest
 RETURNING e.id
 
 -- close_attempt --
@@ -93,10 +113,13 @@ WHERE a.execution_id = u.id AND a.attempt = u.attempt
 -- to the plan, a hash join took them in the table's physical order, a nested loop in the
 -- batch's, and the two statements of one worker deadlocked.
 WITH locked AS (
-    SELECT id FROM executions
-    WHERE id = ANY(:ids::uuid[]) AND worker = :worker AND state || '' = 'running'
-    ORDER BY id
-    FOR UPDATE
+    SELECT e.id, e.scheduled_for
+    FROM unnest(:ids::uuid[], :scheduled_for::timestamptz[]) AS m(id, scheduled_for)
+    JOIN executions e ON e.id = m.id AND e.scheduled_for = m.scheduled_for
+    WHERE e.scheduled_for BETWEEN :earliest AND :latest AND e.worker = :worker
+      AND e.state || '' = 'running'
+    ORDER BY e.id
+    FOR UPDATE OF e
 ), finished AS (
     -- The batch drives the plan: each row is looked up by key. Written plainly, the
     -- planner (on stale statistics, with a generic plan's guess of 10 rows per unnest)
@@ -116,16 +139,19 @@ WITH locked AS (
                 :started_at::timestamptz[])
         AS r(id, attempt, state, outcome, exit_code, error, output, retry_in_s, reason,
              started_at), locked l
-    WHERE e.id = r.id AND l.id = r.id AND e.attempt = r.attempt
+    WHERE e.id = r.id AND l.id = r.id AND e.scheduled_for = l.scheduled_for
+      AND e.scheduled_for BETWEEN :earliest AND :latest AND e.attempt = r.attempt
       AND e.state || '' = 'running' AND e.worker = :worker
     RETURNING e.id, e.job_id, e.attempt, e.state, e.exit_code, e.error, e.output,
-              r.outcome, r.started_at AS began
+              r.outcome, r.started_at AS began, e.scheduled_for
 ), attempt_rows AS (
     UPDATE attempts a
     SET finished_at = now(), outcome = f.outcome, exit_code = f.exit_code, error = f.error,
         output = f.output, started_at = coalesce(f.began, a.started_at)
     FROM finished f
-    WHERE a.execution_id = f.id AND a.attempt = f.attempt
+    -- The whole key, partition key included: one partition's index per row.
+    WHERE a.execution_id = f.id AND a.attempt = f.attempt AND a.scheduled_for = f.scheduled_for
+      AND a.scheduled_for BETWEEN :earliest AND :latest
 ), ended AS (
     SELECT id, job_id FROM finished WHERE state <> 'retrying'
 ), completed_jobs AS (
