@@ -216,7 +216,7 @@ class ProcessLife:
     rss: list[tuple[float, float]] = field(default_factory=list)
     samples: int = 0
     leader_samples: int = 0
-    led_from_s: float | None = None  # its first sample as leader (schedulers)
+    led_from_s: float | None = None  # its first sample as leader in its latest term
     ended_s: float | None = None
     ended_by: str = "still running at the end"
     exit_code: int | None = None
@@ -715,8 +715,8 @@ class SoakRun:
             life.samples += 1
             if scrape["leader"]:
                 life.leader_samples += 1
-                if life.led_from_s is None:
-                    life.led_from_s = t
+                if previous is None or not previous["leader"]:
+                    life.led_from_s = t  # a take-over: its latest term begins
                 sample["leader"] = life.instance
                 if previous is not None and previous["leader"]:
                     sample["tick"] = scrape["tick"].minus(previous["tick"])
@@ -931,7 +931,7 @@ class SoakRun:
                                          if life.samples else None),
                         **trend})
             if life.led_from_s is not None and life.rss and life.led_from_s > life.rss[0][0]:
-                # Took over during its life: the same process over its term alone.
+                # Took over during its life: the same process over its latest term alone.
                 out.append({"process": life.name, "instance": f"{life.instance} as leader",
                             "pid": life.pid, "from_s": life.led_from_s, "to_s": life.ended_s,
                             "ended_by": life.ended_by, "exit_code": life.exit_code,
