@@ -315,9 +315,15 @@ class MemoryReport:
         stats = snapshot.compare_to(self._last, "traceback")
         self._last = snapshot
         lines = [f"{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks at "
-                 + " <- ".join(f"{f.filename}:{f.lineno}" for f in stat.traceback[:6])
+                 + " <- ".join(f"{f.filename}:{f.lineno}" for f in _innermost(stat.traceback))
                  for stat in stats[: self.top]]
         log.warning("memory growth since the last report:\n%s", "\n".join(lines))
+
+
+def _innermost(traceback: tracemalloc.Traceback, frames: int = 6) -> list[tracemalloc.Frame]:
+    """The allocating frame and its callers. tracemalloc keeps a traceback oldest frame
+    first, so its head is the event loop's own machinery, the same for every site."""
+    return list(reversed(traceback))[:frames]
 
 
 def _broker_check(broker: RabbitBroker) -> Callable[[], Awaitable[None]]:

@@ -344,7 +344,9 @@ def _render_memory(r: dict[str, Any]) -> str:
     head = (f"RSS per process (MB; slopes in MB/h by least squares over the samples after "
             f"its first {r['plan']['warmup_min']:g} min; a verdict from "
             f"{TREND_SPAN_S / 60:g} min of them: flat within {FLAT_MB_PER_H:g} MB/h, levels "
-            "off when the last third is flat or grows at most half as fast as the first two)")
+            "off when the last third is flat or grows at most half as fast as the first two; "
+            "'as leader': a scheduler that took over during its life, over its latest term, "
+            "the warm-up counted from the take-over)")
     return head + "\n\n" + table(
         ("process", "from min", "to min", "ended by", "leader", "start", "end", "slope",
          "first 2/3", "last 1/3", "verdict"),

@@ -59,6 +59,7 @@ from jobsched_dev.bench.soak_analysis import (
     kill_plan,
     memory_trend,
     periodic_work,
+    term_trend,
     window_rows,
     windowed,
 )
@@ -215,6 +216,7 @@ class ProcessLife:
     rss: list[tuple[float, float]] = field(default_factory=list)
     samples: int = 0
     leader_samples: int = 0
+    led_from_s: float | None = None  # its first sample as leader in its latest term
     ended_s: float | None = None
     ended_by: str = "still running at the end"
     exit_code: int | None = None
@@ -713,6 +715,8 @@ class SoakRun:
             life.samples += 1
             if scrape["leader"]:
                 life.leader_samples += 1
+                if previous is None or not previous["leader"]:
+                    life.led_from_s = t  # a take-over: its latest term begins
                 sample["leader"] = life.instance
                 if previous is not None and previous["leader"]:
                     sample["tick"] = scrape["tick"].minus(previous["tick"])
@@ -926,6 +930,14 @@ class SoakRun:
                         "leader_share": (life.leader_samples / life.samples
                                          if life.samples else None),
                         **trend})
+            if life.led_from_s is not None and life.rss and life.led_from_s > life.rss[0][0]:
+                # Took over during its life: the same process over its latest term alone.
+                out.append({"process": life.name, "instance": f"{life.instance} as leader",
+                            "pid": life.pid, "from_s": life.led_from_s, "to_s": life.ended_s,
+                            "ended_by": life.ended_by, "exit_code": life.exit_code,
+                            "leader_share": None,
+                            **term_trend(life.rss, life.led_from_s,
+                                         self.plan.warmup_min * 60)})
         for service in ("postgresql", "rabbitmq"):
             points = [(s["t"], s["services_rss_mb"][service]) for s in self.samples
                       if s["services_rss_mb"].get(service)]

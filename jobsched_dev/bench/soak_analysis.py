@@ -100,6 +100,16 @@ def memory_trend(points: Sequence[tuple[float, float]], warmup_s: float,
     return out
 
 
+def term_trend(points: Sequence[tuple[float, float]], led_from_s: float,
+               warmup_s: float) -> dict[str, Any]:
+    """``memory_trend`` of a scheduler over its leadership term alone, its warm-up counted
+    from the take-over: leading is a second start-up (the pool opens its connections, the
+    statements are prepared, the outbox is re-published at once, the backlog of the
+    interregnum is fired), so a standby that takes over after its own warm-up shows that
+    one-time step as a slope over its whole life."""
+    return memory_trend([p for p in points if p[0] >= led_from_s], warmup_s)
+
+
 # -- fires ------------------------------------------------------------------------------
 
 _COALESCED = re.compile(r"^coalesced (?:more than )?(\d+) ")

@@ -20,6 +20,7 @@ from jobsched_dev.bench.soak_analysis import (
     next_multiple_after,
     periodic_work,
     slope_per_h,
+    term_trend,
     window_rows,
     windowed,
 )
@@ -73,6 +74,22 @@ def test_memory_trend_leaves_out_the_warmup() -> None:
     points = [(0.0, 50.0), (60.0, 90.0)] + [(120.0 + 10 * i, 100.0) for i in range(20)]
     trend = memory_trend(points, warmup_s=120)
     assert trend["slope_mb_per_h"] == 0 and trend["rss_start_mb"] == 50
+
+
+def test_a_take_over_step_is_judged_from_the_start_of_the_term() -> None:
+    # A standby flat at 70 MB for 3 min takes over: 8 MB in its first minute as leader
+    # (pool, statements, the interregnum's backlog), flat for the 8 min after.
+    points = [(10.0 * i, 70.0) for i in range(18)]
+    points += [(180.0 + 10 * i, 70.0 + 8 * i / 6) for i in range(6)]
+    points += [(240.0 + 10 * i, 78.0) for i in range(48)]
+    whole = memory_trend(points, warmup_s=120)
+    assert whole["verdict"] in ("grows", "levels off") and whole["slope_mb_per_h"] > 30
+    term = term_trend(points, led_from_s=180.0, warmup_s=120)
+    assert term["verdict"] == "flat" and term["rss_start_mb"] == 70.0
+    assert term["slope_mb_per_h"] == 0
+    # growth that goes on through the term is still growth
+    growing = points[:24] + [(240.0 + 10 * i, 78.0 + 40 * i / 360) for i in range(48)]
+    assert term_trend(growing, led_from_s=180.0, warmup_s=120)["verdict"] == "grows"
 
 
 def test_reasons_explain_the_fires_they_stand_for() -> None:
