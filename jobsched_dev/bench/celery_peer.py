@@ -248,7 +248,11 @@ def _start_worker(env: dict[str, str], concurrency: int, queue: str,
                   log_path: Path) -> subprocess.Popen[bytes]:
     return _start_celery(
         ["worker", "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel",
-         "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", queue],
+         "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", queue,
+         # a node name of its own: two workers named celery@<host> (a run's and one still
+         # stopping, or another run's) share the control queue and the second one fails
+         # ("... declared on another connection or the exclusive property ...")
+         "--hostname", f"{queue}@%h"],
         env, log_path)
 
 
