@@ -33,14 +33,20 @@ async def drop_database(name: str) -> None:
         await conn.close()
 
 
-async def clone_database(template: str) -> str:
+async def create_database(template: str | None = None) -> str:
+    """A new database of a unique name (a copy of ``template`` if given); its name."""
     name = f"jobsched_t_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template is not None else ""
     conn = await asyncpg.connect(PG_ADMIN_URL)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        await conn.execute(f'CREATE DATABASE "{name}"{copy}')
     finally:
         await conn.close()
     return name
+
+
+async def clone_database(template: str) -> str:
+    return await create_database(template)
 
 
 async def delete_queues(cluster: str) -> None:

@@ -18,7 +18,7 @@ from jobsched.adapters import postgres
 from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.leader import PostgresLeaderStore
 from jobsched.ports import StaleEpochError
-from tests.helpers import PG_ADMIN_URL, db_url, drop_database
+from tests.helpers import create_database, db_url, drop_database
 from tests.integration.test_postgres import _job as _due_job
 
 BATCH = 5_000
@@ -194,12 +194,7 @@ async def test_per_job_limits_delete_executions_with_their_attempts(pool: asyncp
 
 @pytest.fixture
 async def database_at_013() -> AsyncIterator[str]:
-    name = f"jobsched_t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    name = await create_database()
     url = db_url(name)
     assert (await postgres.migrate(url, until=13))[-1] == "013_trigger_args.sql"
     yield url
