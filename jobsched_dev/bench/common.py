@@ -29,6 +29,7 @@ class Options:
     settings: tuple[tuple[str, str], ...] = ()  # extra JOBSCHED_* for the role processes
     database_url: str | None = None  # a running deployment's database: start nothing
     task: str = "sync"  # the no-op: "sync" (thread pool) or "async" (the worker's loop)
+    template: str | None = None  # a database each run's database copies (a written history)
 
     @property
     def function(self) -> str:
@@ -38,7 +39,8 @@ class Options:
 def make_cluster(services: Services, options: Options) -> BenchCluster:
     return BenchCluster(services, log_level=options.log_level, keep=options.keep,
                         settings=dict(options.settings),
-                        external_database_url=options.database_url)
+                        external_database_url=options.database_url,
+                        template=options.template)
 
 
 @contextlib.asynccontextmanager
