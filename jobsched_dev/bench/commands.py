@@ -159,11 +159,16 @@ def api(services: Services, options: Options, *, url: str | None, token: str | N
 def scale(services: Services, options: Options, *, schedules: int, jobs: int, seconds: int,
           workers: int, concurrency: int, api_seconds: float, clients: int, repeat: int,
           json_out: str | None, echo: Echo, history: int = 0) -> dict[str, Any]:
-    from jobsched_dev.bench.scale import run_scale
+    from jobsched_dev.bench.scale import history_templates, run_scale
 
-    result = asyncio.run(report.repeated(
-        lambda: run_scale(services, schedules, jobs, seconds, workers, concurrency,
-                          api_seconds, clients, options, history), repeat, echo))
+    async def repeated() -> dict[str, Any]:
+        async with history_templates(services, schedules, history) as templates:
+            return await report.repeated(
+                lambda: run_scale(services, schedules, jobs, seconds, workers, concurrency,
+                                  api_seconds, clients, options, history, templates),
+                repeat, echo)
+
+    result = asyncio.run(repeated())
     _finish(result, report.render_scale(result["median"], repeat), json_out, echo)
     return result
 

@@ -160,9 +160,9 @@ def render_api(r: dict[str, Any], repeat: int) -> str:
 
 
 def render_scale(r: dict[str, Any], repeat: int) -> str:
-    history = r.get("history", 0)
-    scaled = f"{r['schedules']:,}" + (f" + {history:,} history" if history else "")
-    what = f"{r['schedules']:,} active schedules" + (
+    history, schedules = int(r.get("history", 0)), int(r["schedules"])  # medians: floats
+    scaled = f"{schedules:,}" + (f" + {history:,} history" if history else "")
+    what = f"{schedules:,} active schedules" + (
         f" and {history:,} executions of history (30 days)" if history else "")
     parts = [_heading(f"scale: {what} vs none", repeat)]
     rows = []
@@ -170,7 +170,7 @@ def render_scale(r: dict[str, Any], repeat: int) -> str:
         base, big = path["baseline"], path["scaled"]
         rows.append([label, base, big, big / base if base else float("nan")])
     parts.append(table(("", "none", scaled, "ratio"), rows))
-    line = (f"leader RSS with {r['schedules']:,} schedules: "
+    line = (f"leader RSS with {schedules:,} schedules: "
             f"{fmt(r['leader_rss_mb'])} MB; COPY took {fmt(r['preload_s'])} s")
     if history:
         line += f"; writing the history took {fmt(r.get('history_preload_s', float('nan')))} s"

@@ -8,11 +8,13 @@ attempts) spread over the last 30 days, and the baseline a small history
 is compared too, the api reads executions (GET /api/v1/executions/{id}) and job histories
 (GET /api/v1/jobs/{id}/executions), and a retention pass, run halfway through the lateness
 fires, drops the oldest days (timed; the lateness figures include it). Each case's history is
-written once, into a template database that its three runs copy."""
+written once, into a template database that its three runs (and every repetition)
+copy."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -60,28 +62,43 @@ COMPARED_WITH_HISTORY = {
 }
 
 
+def _cases(schedules: int, history: int) -> tuple[tuple[str, int, int], ...]:
+    """(label, idle schedules, executions of history) of the two cases."""
+    return (("baseline", 0, min(history, BASELINE_HISTORY)), ("scaled", schedules, history))
+
+
+@contextlib.asynccontextmanager
+async def history_templates(services: Services, schedules: int,
+                            history: int) -> AsyncIterator[dict[str, dict[str, Any]]]:
+    """Each case's history written once, for every run (and repetition) to copy."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield {label: await stack.enter_async_context(history_template(services, past))
+               for label, _, past in _cases(schedules, history) if past}
+
+
 async def run_scale(services: Services, schedules: int, jobs: int, seconds: int, workers: int,
                     concurrency: int, api_seconds: float, clients: int,
-                    options: Options, history: int = 0) -> dict[str, Any]:
+                    options: Options, history: int = 0,
+                    templates: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    if history and templates is None:
+        async with history_templates(services, schedules, history) as written:
+            return await run_scale(services, schedules, jobs, seconds, workers, concurrency,
+                                   api_seconds, clients, options, history, written)
+    templates = templates or {}
     runs: dict[str, dict[str, Any]] = {}
-    history_preload_s = 0.0
-    cases = (("baseline", 0, min(history, BASELINE_HISTORY)), ("scaled", schedules, history))
-    for label, idle, past in cases:
-        async with contextlib.AsyncExitStack() as stack:
-            run_options = options
-            if past:  # written once; each of the three runs copies it
-                template = await stack.enter_async_context(history_template(services, past))
-                run_options = replace(options, template=template["database"])
-                history_preload_s = template["preload_s"]
-            runs[label] = {
-                "lateness": await run_lateness(services, jobs, seconds, workers, run_options,
-                                               idle, history=past),
-                "api": await run_api(services, concurrency, api_seconds, clients,
-                                     run_options, idle, history=past),
-            }
-            if history:
-                runs[label]["burn_down"] = await burn_down(services, BURN_DOWN_JOBS, workers,
-                                                           run_options, history=past)
+    for label, idle, past in _cases(schedules, history):
+        run_options = options
+        if past:  # written once; each of the three runs copies it
+            run_options = replace(options, template=templates[label]["database"])
+        runs[label] = {
+            "lateness": await run_lateness(services, jobs, seconds, workers, run_options,
+                                           idle, history=past),
+            "api": await run_api(services, concurrency, api_seconds, clients,
+                                 run_options, idle, history=past),
+        }
+        if history:
+            runs[label]["burn_down"] = await burn_down(services, BURN_DOWN_JOBS, workers,
+                                                       run_options, history=past)
     scaled = runs["scaled"]["lateness"]
     compared = COMPARED_WITH_HISTORY if history else COMPARED
     return {
@@ -91,6 +108,6 @@ async def run_scale(services: Services, schedules: int, jobs: int, seconds: int,
                     for label, path in compared.items()},
         "leader_rss_mb": scaled["cpu"].get("scheduler-1", {}).get("rss_mb", float("nan")),
         "preload_s": scaled["preload_s"],
-        "history_preload_s": history_preload_s,
+        "history_preload_s": templates.get("scaled", {}).get("preload_s", 0.0),
         "runs": runs,
     }
