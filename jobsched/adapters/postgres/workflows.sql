@@ -144,7 +144,10 @@ WHERE r.id = :id AND w.namespace = :namespace
 -- run_nodes --
 -- Every node of a run, in the order submitted, with its execution; a node whose execution
 -- is active shows that execution's state. A node's execution has its run's scheduled_for
--- (workflow_advance): each is read in that day's partition alone.
+-- (workflow_advance): each is read in that day's partition alone. The run's time comes
+-- from a subquery (run once, before the join): the plan prunes the other partitions
+-- with it, which it does not with `e.scheduled_for = r.scheduled_for` (a join filter
+-- above the executions' scans of every partition).
 SELECT d.node, d.key, d.trigger_rule, d.parents, rn.state, rn.execution_id, rn.ready_at,
        rn.finished_at AS ended_at, e.state AS execution_state, e.attempt,
        e.started_at, e.finished_at, e.error
@@ -152,7 +155,8 @@ FROM workflow_runs r
 JOIN workflow_run_nodes rn ON rn.run_id = r.id
 JOIN workflow_nodes d ON d.workflow_id = r.workflow_id AND d.version = r.version
                      AND d.node = rn.node
-LEFT JOIN executions e ON e.id = rn.execution_id AND e.scheduled_for = r.scheduled_for
+LEFT JOIN executions e ON e.id = rn.execution_id
+    AND e.scheduled_for = (SELECT scheduled_for FROM workflow_runs WHERE id = :run_id)
 WHERE r.id = :run_id
 ORDER BY d.node
 
@@ -226,7 +230,8 @@ SELECT count(*) FROM gone
 -- let run (its start latency). Every row by key (LATERAL ... LIMIT 1: see
 -- workflow_advance in 012_workflows.sql), whatever the statistics say. The nodes by id
 -- within :lo, :hi (the batch's bound from its ids: see jobsched.domain.execution_ids);
--- a parent's execution has its run's scheduled_for, as the node's own.
+-- a parent's execution has its run's scheduled_for, as the node's own, so it is within
+-- :lo, :hi too (that bound prunes; r.scheduled_for, a lateral reference, does not).
 SELECT e.id, r.input, rn.ready_at, up.upstream
 FROM executions e
 CROSS JOIN LATERAL (SELECT id, workflow_id, version, input, scheduled_for FROM workflow_runs
@@ -245,6 +250,8 @@ CROSS JOIN LATERAL (
                        LIMIT 1) prn ON true
     LEFT JOIN LATERAL (SELECT result FROM executions
                        WHERE id = prn.execution_id AND scheduled_for = r.scheduled_for
+                         AND scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+                         AND scheduled_for < coalesce(:hi::timestamptz, 'infinity')
                        LIMIT 1) pe
         ON true
 ) up
