@@ -18,7 +18,7 @@ from jobsched.adapters import postgres
 from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.leader import PostgresLeaderStore
 from jobsched.adapters.postgres.worker import PostgresWorkerStore
-from jobsched.domain.execution_ids import scheduled_window, window_of
+from jobsched.domain.execution_ids import batch_window, scheduled_window, window_of
 from jobsched.domain.states import AttemptOutcome
 from jobsched.ports import StaleEpochError
 from tests.helpers import create_database, db_url, drop_database
@@ -416,7 +416,8 @@ async def test_execution_ids_carry_their_scheduled_for_and_lookups_by_id_find_th
 async def test_a_lookup_by_id_reads_one_partition_in_custom_and_generic_plans(
         pool: asyncpg.Pool) -> None:
     """get_execution, close_attempt and hand_back by a v7 id read the id's day partition
-    alone (pruned when planned or when the generic plan starts); by a pre-015 id, all."""
+    alone (pruned when planned or when the generic plan starts); by a pre-015 id, all, but
+    for a caller that knows its scheduled_for (the worker's claimed run)."""
     from jobsched.adapters.postgres.jobs import Q as JOBS_SQL
     from jobsched.adapters.postgres.worker import Q as WORKER_SQL
 
@@ -428,11 +429,12 @@ async def test_a_lookup_by_id_reads_one_partition_in_custom_and_generic_plans(
     assert row is not None
     await pool.execute("INSERT INTO attempts (execution_id, attempt, worker, scheduled_for)"
                        " VALUES ($1, 1, 'w', $2)", row["id"], at)
-    old = await _execution(pool, job, now - timedelta(days=2), "running", None)
-    day = _day(at)
+    old_at = now - timedelta(days=2)
+    old = await _execution(pool, job, old_at, "running", None)
+    cases = ((row["id"], window_of(row["id"]), _day(at)), (old, window_of(old), None),
+             (old, batch_window([old], [old_at]), _day(old_at)))
     for mode in ("force_custom_plan", "force_generic_plan"):
-        for execution_id, one in ((row["id"], True), (old, False)):
-            lo, hi = window_of(execution_id)
+        for execution_id, (lo, hi), day in cases:
             values = {"id": f"'{execution_id}'", "execution_id": f"'{execution_id}'",
                       "namespace": "'default'", "attempt": "1", "worker": "'w'",
                       "outcome": "'cancelled'", "error": "NULL", "output": "NULL",
@@ -449,7 +451,7 @@ async def test_a_lookup_by_id_reads_one_partition_in_custom_and_generic_plans(
                         f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {query.name}({args})")
                     scanned = {s["Relation Name"]
                                for s in _executed_scans(orjson.loads(plan)[0]["Plan"])}
-                    if one:
+                    if day is not None:
                         assert scanned <= {f"executions_p{day}", f"attempts_p{day}"}, (
                             mode, query.name, scanned)
                         assert scanned, (mode, query.name)

@@ -11,7 +11,7 @@ import asyncpg
 
 from jobsched.adapters.postgres.listen import WAKE_CHANNEL
 from jobsched.adapters.postgres.sql import load_queries
-from jobsched.domain.execution_ids import batch_window, window_of
+from jobsched.domain.execution_ids import batch_window
 from jobsched.domain.priority import Priority
 from jobsched.domain.states import AttemptOutcome, ExecutionState
 from jobsched.ports import ClaimedExecution, Dispatch, FinishedAttempt, NodeInputs
@@ -42,9 +42,12 @@ class PostgresWorkerStore:
                 earliest=earliest, latest=latest, worker=worker, lease_s=lease_s)
         return [ClaimedExecution(**dict(r)) for r in rows]
 
-    async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str) -> None:
+    async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str,
+                        scheduled_for: datetime | None = None) -> None:
+        """``scheduled_for``: the run's fire time where known (its partition, exactly),
+        else the id's millisecond of it bounds the lookup."""
+        lo, hi = batch_window([execution_id], [scheduled_for])
         async with self.pool.acquire() as conn, conn.transaction():
-            lo, hi = window_of(execution_id)
             await Q.hand_back.execute(conn, id=execution_id, attempt=attempt, worker=worker,
                                       lo=lo, hi=hi)
             await Q.wake.execute(conn, channel=WAKE_CHANNEL, payload="retry")
@@ -93,8 +96,10 @@ class PostgresWorkerStore:
 
     async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
                             outcome: AttemptOutcome, error: str | None, output: str | None,
-                            exit_code: int | None) -> None:
-        lo, hi = window_of(execution_id)
+                            exit_code: int | None,
+                            scheduled_for: datetime | None = None) -> None:
+        """``scheduled_for``: as for hand_back."""
+        lo, hi = batch_window([execution_id], [scheduled_for])
         await Q.close_attempt.execute(self.pool, execution_id=execution_id, attempt=attempt,
                                       outcome=str(outcome), error=error, output=output,
                                       exit_code=exit_code, lo=lo, hi=hi)
