@@ -500,7 +500,8 @@ class WorkerRepository(Protocol):
     async def finish_attempts(self, results: Sequence[FinishedAttempt],
                               worker: str) -> dict[uuid.UUID, ExecutionState]: ...
 
-    async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str) -> None: ...
+    async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str,
+                        scheduled_for: datetime | None = None) -> None: ...
 
     async def heartbeat(self, execution_ids: Sequence[uuid.UUID], worker: str,
                         lease_s: float,
@@ -509,7 +510,8 @@ class WorkerRepository(Protocol):
 
     async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
                             outcome: AttemptOutcome, error: str | None, output: str | None,
-                            exit_code: int | None) -> None: ...
+                            exit_code: int | None,
+                            scheduled_for: datetime | None = None) -> None: ...
 
     async def stream_output(self, outputs: Sequence[tuple[uuid.UUID, int, str]],
                             worker: str) -> None:

@@ -629,14 +629,16 @@ class Worker:
         reaper ends it instead."""
         try:
             await self.store.close_attempt(claimed.id, claimed.attempt, outcome, result.error,
-                                           result.output, result.exit_code)
+                                           result.output, result.exit_code,
+                                           scheduled_for=claimed.scheduled_for)
         except Exception as exc:  # noqa: BLE001
             log.warning("closing attempt %d of %s failed (%r)", claimed.attempt, claimed.id,
                         exc)
 
     async def _hand_back(self, claimed: ClaimedExecution) -> None:
         try:
-            await self.store.hand_back(claimed.id, claimed.attempt, self.name)
+            await self.store.hand_back(claimed.id, claimed.attempt, self.name,
+                                       scheduled_for=claimed.scheduled_for)
         except Exception as exc:  # noqa: BLE001 - the lease expiry recovers it anyway
             log.warning("hand-back of %s failed (%r); its lease will expire", claimed.id, exc)
 

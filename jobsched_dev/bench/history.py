@@ -30,11 +30,13 @@ SAMPLE = 2_000  # execution ids kept for the api's GETs
 
 WRITTEN_JOBS = "SELECT id FROM jobs WHERE name = 'bench-history' ORDER BY id"
 
-# One day's share: execution i of the day belongs to job i % jobs, at day + i * step.
+# One day's share: execution i of the day belongs to job i % jobs, at day + i * step;
+# ids as the roles make them (migration 015).
 INSERT_DAY = """
-INSERT INTO executions (job_id, scheduled_for, state, attempt, queued_at, published_at,
+INSERT INTO executions (id, job_id, scheduled_for, state, attempt, queued_at, published_at,
                         started_at, finished_at, epoch, exit_code, output)
-SELECT ($1::uuid[])[1 + i % cardinality($1::uuid[])], s, 'succeeded', 1, s, s,
+SELECT jobsched_execution_id(s), ($1::uuid[])[1 + i % cardinality($1::uuid[])], s,
+       'succeeded', 1, s, s,
        s + interval '5 ms', s + interval '20 ms', 1, 0, 'ok'
 FROM generate_series(0, $4 - 1) AS i
 CROSS JOIN LATERAL (SELECT $2::timestamptz + i * $3::interval AS s) t

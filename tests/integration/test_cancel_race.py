@@ -23,7 +23,8 @@ async def test_a_cancel_waits_for_a_redrive_and_cancels_its_run(pool: asyncpg.Po
         transaction = redriving.transaction()
         await transaction.start()
         row = await Q.redrive_dead.fetchrow(redriving, id=execution, namespace="default",
-                                            channel="jobsched_wake", refused_kinds=[])
+                                            channel="jobsched_wake", refused_kinds=[],
+                                            lo=None, hi=None)
         assert row is not None and row["state"] == "queued"  # not committed yet
         cancelling = asyncio.ensure_future(PostgresJobs(pool).cancel_job(job_id, "default"))
         await asyncio.sleep(0.3)

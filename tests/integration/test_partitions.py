@@ -17,9 +17,13 @@ import pytest
 from jobsched.adapters import postgres
 from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.leader import PostgresLeaderStore
+from jobsched.adapters.postgres.worker import PostgresWorkerStore
+from jobsched.domain.execution_ids import batch_window, scheduled_window, window_of
+from jobsched.domain.states import AttemptOutcome
 from jobsched.ports import StaleEpochError
 from tests.helpers import create_database, db_url, drop_database
 from tests.integration.test_postgres import _job as _due_job
+from tests.integration.test_postgres import _plan
 
 BATCH = 5_000
 
@@ -254,7 +258,8 @@ async def test_migrating_013_to_014_keeps_history_readable(database_at_013: str,
     finally:
         await conn.close()
 
-    assert await postgres.migrate(database_at_013) == ["014_partitioned_history.sql"]
+    assert await postgres.migrate(database_at_013) == ["014_partitioned_history.sql",
+                                                       "015_execution_ids.sql"]
 
     pool = await postgres.create_pool(database_at_013)
     try:
@@ -354,3 +359,102 @@ async def test_publish_marks_claims_renewals_and_results_read_one_partition(
                     name, scan["Relation Name"], scan.get("Parent Relationship"))
         assert await conn.fetchval("SELECT count(*) FROM executions WHERE state = 'succeeded'"
                                    " AND id = ANY($1)", [r["id"] for r in queued]) == 3
+
+
+# -- execution ids carry their partition key (migration 015) --------------------------------
+
+
+def _ms(at: datetime) -> int:
+    return (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+async def test_execution_ids_carry_their_scheduled_for_and_lookups_by_id_find_them(
+        pool: asyncpg.Pool) -> None:
+    """Ids are UUIDv7 of scheduled_for's millisecond, from each path that makes executions;
+    a lookup by id alone finds them, and still finds a random id made before 015."""
+    now = datetime.now(UTC)
+    await pool.execute("SELECT history_ensure_partitions($1, $2)", now - timedelta(days=10), now)
+    jobs, worker = PostgresJobs(pool), PostgresWorkerStore(pool)
+    job = await _due_job(pool, now)
+    made = []
+    for days in (1, 3, 7, 9):  # triggered runs (insert_record), microseconds and all
+        at = now - timedelta(days=days, microseconds=days * 137)
+        row = await jobs.trigger_job(job, at)
+        assert row is not None
+        made.append((row["id"], at))
+    leader = PostgresLeaderStore(pool)
+    assert await leader.claim_epoch(1, "leader")
+    fired, _, _ = await leader.fire_due_jobs(1, now, 10, _plan)  # the leader's fire
+    made += [(d.execution_id, d.scheduled_for) for d in fired]
+    assert len(made) == 5
+    for execution_id, at in made:
+        assert execution_id.version == 7
+        assert execution_id.int >> 80 == _ms(at)
+        lower, upper = scheduled_window(execution_id) or (now, now)
+        assert lower <= at < upper
+        assert await _where(pool, execution_id) == f"executions_p{_day(at)}"
+        await pool.execute("INSERT INTO attempts (execution_id, attempt, worker, scheduled_for)"
+                           " VALUES ($1, 1, 'w', $2)", execution_id, at)
+    # an execution made before 015 (a random id) in a day partition of its own
+    old = await _execution(pool, job, now - timedelta(days=5), "running", None)
+    assert old.version == 4
+    for execution_id in [m[0] for m in made] + [old]:
+        found = await jobs.get_execution(execution_id, "default")
+        assert found is not None and found[0]["id"] == execution_id
+        assert [a["attempt"] for a in found[1]] == [1]
+        assert await jobs.get_execution(execution_id, "other") is None
+        await worker.close_attempt(execution_id, 1, AttemptOutcome.CANCELLED, "stop", "out", None)
+        assert await pool.fetchval("SELECT outcome FROM attempts WHERE execution_id = $1",
+                                   execution_id) == "cancelled"
+    await worker.stream_output([(made[0][0], 1, "x")], "w")  # closed: nothing to write
+    # a v7 id whose row is not in its millisecond is not found (the bound is trusted)
+    elsewhere = _ms(now - timedelta(days=1)) << 80
+    stray = uuid.UUID(int=(made[1][0].int & ((1 << 80) - 1)) | elsewhere)
+    assert await jobs.get_execution(stray, "default") is None
+
+
+async def test_a_lookup_by_id_reads_one_partition_in_custom_and_generic_plans(
+        pool: asyncpg.Pool) -> None:
+    """get_execution, close_attempt and hand_back by a v7 id read the id's day partition
+    alone (pruned when planned or when the generic plan starts); by a pre-015 id, all, but
+    for a caller that knows its scheduled_for (the worker's claimed run)."""
+    from jobsched.adapters.postgres.jobs import Q as JOBS_SQL
+    from jobsched.adapters.postgres.worker import Q as WORKER_SQL
+
+    now = datetime.now(UTC)
+    await pool.execute("SELECT history_ensure_partitions($1, $2)", now - timedelta(days=10), now)
+    job = await _due_job(pool, now)
+    at = now - timedelta(days=4)
+    row = await PostgresJobs(pool).trigger_job(job, at)
+    assert row is not None
+    await pool.execute("INSERT INTO attempts (execution_id, attempt, worker, scheduled_for)"
+                       " VALUES ($1, 1, 'w', $2)", row["id"], at)
+    old_at = now - timedelta(days=2)
+    old = await _execution(pool, job, old_at, "running", None)
+    cases = ((row["id"], window_of(row["id"]), _day(at)), (old, window_of(old), None),
+             (old, batch_window([old], [old_at]), _day(old_at)))
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        for execution_id, (lo, hi), day in cases:
+            values = {"id": f"'{execution_id}'", "execution_id": f"'{execution_id}'",
+                      "namespace": "'default'", "attempt": "1", "worker": "'w'",
+                      "outcome": "'cancelled'", "error": "NULL", "output": "NULL",
+                      "exit_code": "NULL",
+                      "lo": "NULL" if lo is None else f"'{lo.isoformat()}'",
+                      "hi": "NULL" if hi is None else f"'{hi.isoformat()}'"}
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
+                for query in (JOBS_SQL.get_execution, WORKER_SQL.close_attempt,
+                              WORKER_SQL.hand_back):
+                    await conn.execute(f"PREPARE {query.name} AS {query.text}")
+                    args = ", ".join(values[param] for param in query.params)
+                    plan = await conn.fetchval(
+                        f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {query.name}({args})")
+                    scanned = {s["Relation Name"]
+                               for s in _executed_scans(orjson.loads(plan)[0]["Plan"])}
+                    if day is not None:
+                        assert scanned <= {f"executions_p{day}", f"attempts_p{day}"}, (
+                            mode, query.name, scanned)
+                        assert scanned, (mode, query.name)
+                    else:  # no bound: every day partition (and the DEFAULT one)
+                        assert len(scanned) > 10, (mode, query.name, scanned)
+                    await conn.execute(f"DEALLOCATE {query.name}")

@@ -216,7 +216,8 @@ class FakeWorkerStore:
         for execution_id in execution_ids:
             self.events.add("mark_published", execution_id)
 
-    async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str) -> None:
+    async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str,
+                        scheduled_for: datetime | None = None) -> None:
         self.events.add("hand_back", execution_id)
 
     async def heartbeat(self, execution_ids: Sequence[uuid.UUID], worker: str,
@@ -227,7 +228,8 @@ class FakeWorkerStore:
 
     async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
                             outcome: AttemptOutcome, error: str | None, output: str | None,
-                            exit_code: int | None) -> None:
+                            exit_code: int | None,
+                            scheduled_for: datetime | None = None) -> None:
         self.events.add("close_attempt", execution_id)
 
     async def stream_output(self, outputs: Sequence[tuple[uuid.UUID, int, str]],

@@ -41,7 +41,7 @@ async def test_running_output_is_streamed_only_when_it_changed() -> None:
 
     async def close_attempt(execution_id: uuid.UUID, attempt: int, outcome: object,
                             error: str | None, output: str | None, exit_code: int | None,
-                            ) -> None:
+                            scheduled_for: datetime | None = None) -> None:
         closed.append(output)
 
     store.close_attempt = close_attempt  # type: ignore[method-assign]

@@ -13,6 +13,7 @@ import asyncpg
 
 from jobsched.adapters.postgres.listen import CANCEL_CHANNEL, WAKE_CHANNEL
 from jobsched.adapters.postgres.sql import load_queries
+from jobsched.domain.execution_ids import window_of
 from jobsched.ports import IdempotencyConflict, JobColumns, LeaderInfo, QuotaExceeded, Row
 
 Q = load_queries("jobs.sql")
@@ -204,17 +205,21 @@ class PostgresJobs:
                       refused_kinds: Sequence[str] = ()) -> Row | None:
         """A dead execution queued again for one more attempt; None if it is not dead, its
         job is cancelled or of one of ``refused_kinds``."""
-        return _row(await Q.redrive_dead.fetchrow(self.pool, id=execution_id,
+        lo, hi = window_of(execution_id)
+        return _row(await Q.redrive_dead.fetchrow(self.pool, id=execution_id, lo=lo, hi=hi,
                                                   namespace=namespace, channel=WAKE_CHANNEL,
                                                   refused_kinds=list(refused_kinds)))
 
     async def get_execution(self, execution_id: uuid.UUID,
                             namespace: str) -> tuple[Row, list[Row]] | None:
         # One snapshot for both reads: at READ COMMITTED a result committed between them
-        # showed an execution still running beside its finished attempt.
+        # showed an execution still running beside its finished attempt. The id's
+        # millisecond of scheduled_for (lo, hi) prunes the other day partitions.
+        lo, hi = window_of(execution_id)
         async with self.pool.acquire() as conn, conn.transaction(
                 isolation="repeatable_read", readonly=True):
-            row = await Q.get_execution.fetchrow(conn, id=execution_id, namespace=namespace)
+            row = await Q.get_execution.fetchrow(conn, id=execution_id, namespace=namespace,
+                                                 lo=lo, hi=hi)
             if row is None:
                 return None
             attempts = await Q.list_attempts.fetch(conn, execution_id=execution_id,

@@ -86,10 +86,11 @@ RETURNING id
 -- insert_record --
 -- A run a person asked for (trigger: queued, epoch -1, published by the leader's next
 -- tick; with args over the job's own, or NULL) or a fire recorded without a run (skipped
--- while paused), in the job's band.
-INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at, priority,
-                        args)
-SELECT :job_id::uuid, :scheduled_for::timestamptz, -1, :state::text, :reason::text,
+-- while paused), in the job's band. The id carries scheduled_for (migration 015).
+INSERT INTO executions (id, job_id, scheduled_for, epoch, state, reason, finished_at,
+                        priority, args)
+SELECT jobsched_execution_id(:scheduled_for::timestamptz), :job_id::uuid,
+       :scheduled_for::timestamptz, -1, :state::text, :reason::text,
        CASE WHEN :state::text = 'queued' THEN NULL ELSE now() END, j.priority,
        :args::jsonb
 FROM jobs j WHERE j.id = :job_id
@@ -162,8 +163,13 @@ ORDER BY e.scheduled_for DESC
 LIMIT :limit
 
 -- get_execution --
+-- By id, within the millisecond of scheduled_for the id carries (:lo, :hi: see
+-- jobsched.domain.execution_ids; NULL for an id made before migration 015): one day
+-- partition is read, in a generic plan too (pruned when the statement starts).
 SELECT e.* FROM executions e JOIN jobs j ON j.id = e.job_id
 WHERE e.id = :id AND j.namespace = :namespace
+  AND e.scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+  AND e.scheduled_for < coalesce(:hi::timestamptz, 'infinity')
 
 -- list_attempts --
 -- With the execution's scheduled_for: read in its one partition.
@@ -186,10 +192,13 @@ LIMIT :limit
 -- are the manual ones it publishes every tick). Not for a job since cancelled, nor of a
 -- kind this deployment refuses; the job row is held (FOR SHARE) so a cancel waits for
 -- this statement, and one that went first is seen. A workflow node's is re-run by a retry
--- of its run, never alone (its children were decided on its failure).
+-- of its run, never alone (its children were decided on its failure). By id within :lo,
+-- :hi, as get_execution.
 WITH job AS (
     SELECT j.id FROM jobs j JOIN executions e ON e.job_id = j.id
     WHERE e.id = :id AND j.namespace = :namespace
+      AND e.scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+      AND e.scheduled_for < coalesce(:hi::timestamptz, 'infinity')
     FOR SHARE OF j
 ), redriven AS (
     UPDATE executions e
@@ -198,6 +207,8 @@ WITH job AS (
         reason = 'retried by hand after it was dead'
     FROM job, jobs j
     WHERE e.id = :id AND j.id = job.id AND e.job_id = j.id AND e.state = 'dead'
+      AND e.scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+      AND e.scheduled_for < coalesce(:hi::timestamptz, 'infinity')
       AND j.state <> 'cancelled' AND j.kind <> ALL(:refused_kinds::text[])
       AND e.workflow_run_id IS NULL
     RETURNING e.*

@@ -46,9 +46,12 @@ FOR UPDATE SKIP LOCKED
 
 -- insert_executions --
 -- One statement creates every execution of the batch; the unique (job_id, scheduled_for)
--- makes a repeated fire a no-op instead of a duplicate (guarantee 1).
-INSERT INTO executions (job_id, scheduled_for, epoch, state, reason, finished_at, priority)
-SELECT f.job_id, f.scheduled_for, :epoch, f.state, f.reason,
+-- makes a repeated fire a no-op instead of a duplicate (guarantee 1). The id carries
+-- scheduled_for (migration 015): a lookup by id reads one day partition.
+INSERT INTO executions (id, job_id, scheduled_for, epoch, state, reason, finished_at,
+                        priority)
+SELECT jobsched_execution_id(f.scheduled_for), f.job_id, f.scheduled_for, :epoch, f.state,
+       f.reason,
        CASE WHEN f.state = 'queued' THEN NULL ELSE now() END, f.priority
 FROM unnest(:job_ids::uuid[], :scheduled_for::timestamptz[], :states::text[],
             :reasons::text[], :priorities::smallint[])
@@ -101,12 +104,14 @@ WHERE (id, scheduled_for) IN (
 ) AND scheduled_for BETWEEN :earliest AND :latest
 
 -- requeue_retries --
+-- By the whole key (id, scheduled_for): by id alone, each row was looked for in every
+-- day partition.
 UPDATE executions e
 SET state = 'queued', attempt = e.attempt + 1, run_after = NULL, published_at = NULL,
     queued_at = now(), worker = NULL, epoch = :epoch
 FROM jobs j
-WHERE e.id IN (
-    SELECT id FROM executions
+WHERE (e.id, e.scheduled_for) IN (
+    SELECT id, scheduled_for FROM executions
     WHERE state = 'retrying' AND run_after <= :now
     ORDER BY run_after LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -166,7 +171,7 @@ WHERE j.id IN (
 -- reason. Leases are set and compared on the database's clock alone (now()), never
 -- against a leader's own. A one-shot job whose last run dies here completes here.
 WITH expired AS (
-    SELECT e.id FROM executions e
+    SELECT e.id, e.scheduled_for FROM executions e
     WHERE e.state = 'running' AND e.lease_expires_at < now()
     ORDER BY e.lease_expires_at LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -183,7 +188,8 @@ WITH expired AS (
                            || ' times (lease lapsed); not retried further' END,
         lease_expires_at = NULL
     FROM expired x
-    WHERE e.id = x.id
+    -- The whole key: each row in its own day partition.
+    WHERE e.id = x.id AND e.scheduled_for = x.scheduled_for
     RETURNING e.id, e.job_id, e.attempt, e.state, e.worker, e.scheduled_for
 ), attempt_rows AS (
     UPDATE attempts a SET finished_at = now(), outcome = 'lost',

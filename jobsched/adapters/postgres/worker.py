@@ -11,6 +11,7 @@ import asyncpg
 
 from jobsched.adapters.postgres.listen import WAKE_CHANNEL
 from jobsched.adapters.postgres.sql import load_queries
+from jobsched.domain.execution_ids import batch_window
 from jobsched.domain.priority import Priority
 from jobsched.domain.states import AttemptOutcome, ExecutionState
 from jobsched.ports import ClaimedExecution, Dispatch, FinishedAttempt, NodeInputs
@@ -41,9 +42,14 @@ class PostgresWorkerStore:
                 earliest=earliest, latest=latest, worker=worker, lease_s=lease_s)
         return [ClaimedExecution(**dict(r)) for r in rows]
 
-    async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str) -> None:
+    async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str,
+                        scheduled_for: datetime | None = None) -> None:
+        """``scheduled_for``: the run's fire time where known (its partition, exactly),
+        else the id's millisecond of it bounds the lookup."""
+        lo, hi = batch_window([execution_id], [scheduled_for])
         async with self.pool.acquire() as conn, conn.transaction():
-            await Q.hand_back.execute(conn, id=execution_id, attempt=attempt, worker=worker)
+            await Q.hand_back.execute(conn, id=execution_id, attempt=attempt, worker=worker,
+                                      lo=lo, hi=hi)
             await Q.wake.execute(conn, channel=WAKE_CHANNEL, payload="retry")
 
     async def finish_attempts(self, results: Sequence[FinishedAttempt],
@@ -90,24 +96,31 @@ class PostgresWorkerStore:
 
     async def close_attempt(self, execution_id: uuid.UUID, attempt: int,
                             outcome: AttemptOutcome, error: str | None, output: str | None,
-                            exit_code: int | None) -> None:
+                            exit_code: int | None,
+                            scheduled_for: datetime | None = None) -> None:
+        """``scheduled_for``: as for hand_back."""
+        lo, hi = batch_window([execution_id], [scheduled_for])
         await Q.close_attempt.execute(self.pool, execution_id=execution_id, attempt=attempt,
                                       outcome=str(outcome), error=error, output=output,
-                                      exit_code=exit_code)
+                                      exit_code=exit_code, lo=lo, hi=hi)
 
     async def stream_output(self, outputs: Sequence[tuple[uuid.UUID, int, str]],
                             worker: str) -> None:
         """Write running attempts' output so far, in one statement."""
         outputs = sorted(outputs)
+        lo, hi = batch_window(o[0] for o in outputs)
         await Q.stream_output.execute(self.pool, ids=[o[0] for o in outputs],
                                       attempts=[o[1] for o in outputs],
-                                      outputs=[o[2] for o in outputs], worker=worker)
+                                      outputs=[o[2] for o in outputs], worker=worker,
+                                      lo=lo, hi=hi)
 
     async def node_inputs(self, execution_ids: Sequence[uuid.UUID],
                           ) -> dict[uuid.UUID, NodeInputs]:
         """What workflow nodes' functions may ask for (their run's input, their parents'
         return values), read once the node is claimed: after every parent committed."""
-        rows = await WORKFLOWS.node_inputs.fetch(self.pool, ids=list(execution_ids))
+        lo, hi = batch_window(execution_ids)
+        rows = await WORKFLOWS.node_inputs.fetch(self.pool, ids=list(execution_ids),
+                                                 lo=lo, hi=hi)
         return {r["id"]: NodeInputs(r["input"], r["upstream"], r["ready_at"]) for r in rows}
 
     async def finish_node_attempts(self, results: Sequence[FinishedAttempt], worker: str,
@@ -119,9 +132,11 @@ class PostgresWorkerStore:
         results = sorted(results, key=lambda r: r.execution_id)  # rows locked in id order
         async with self.pool.acquire() as conn, conn.transaction():
             kept = [r for r in results if r.result is not None]
+            lo, hi = batch_window([r.execution_id for r in kept],
+                                  [r.scheduled_for for r in kept])
             await WORKFLOWS.record_results.execute(
                 conn, ids=[r.execution_id for r in kept], attempts=[r.attempt for r in kept],
-                results=[r.result for r in kept], worker=worker)
+                results=[r.result for r in kept], worker=worker, lo=lo, hi=hi)
             days, earliest, latest = await known_days(conn, [r.execution_id for r in results],
                                                  [r.scheduled_for for r in results])
             rows = await Q.finish_executions.fetch(
@@ -177,8 +192,9 @@ async def known_days(conn: asyncpg.Connection, ids: Sequence[uuid.UUID],
     known = list(days)
     missing = [i for i, day in zip(ids, known, strict=True) if day is None]
     if missing:
+        lo, hi = batch_window(missing)
         found = {r["id"]: r["scheduled_for"]
-                 for r in await Q.execution_days.fetch(conn, ids=missing)}
+                 for r in await Q.execution_days.fetch(conn, ids=missing, lo=lo, hi=hi)}
         known = [day if day is not None else found.get(i)
                  for i, day in zip(ids, known, strict=True)]
     present = [day for day in known if day is not None]

@@ -44,23 +44,33 @@ FROM claimed c JOIN jobs j ON j.id = c.job_id
 
 -- execution_days --
 -- The scheduled_for of executions a caller did not know it for: by id alone, so every
--- partition's primary key is probed once per id (rare: messages of versions before 014).
+-- partition's primary key is probed once per id (rare: messages of versions before 014),
+-- but for the partitions outside :lo, :hi (the batch's bound from its ids: see
+-- jobsched.domain.execution_ids; NULL as soon as one id was made before migration 015).
 SELECT id, scheduled_for FROM executions WHERE id = ANY(:ids::uuid[])
+  AND scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+  AND scheduled_for < coalesce(:hi::timestamptz, 'infinity')
 
 -- hand_back --
 -- A draining worker gives a run back: it is retried at once by the leader, and the attempt
 -- does not count against the job's max_attempts (a shutdown is not the task's failure).
+-- By id within the millisecond of scheduled_for the id carries (:lo, :hi; NULL for an id
+-- made before migration 015): one day partition of each table is read.
 WITH handed AS (
     UPDATE executions SET state = 'retrying', run_after = now(), lease_expires_at = NULL,
                           uncounted_attempts = uncounted_attempts + 1,
                           error = 'handed back: worker ' || worker || ' shut down'
     WHERE id = :id AND attempt = :attempt AND worker = :worker AND state = 'running'
+      AND scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+      AND scheduled_for < coalesce(:hi::timestamptz, 'infinity')
     RETURNING id, attempt, scheduled_for
 )
 UPDATE attempts a SET finished_at = now(), outcome = 'cancelled',
                       error = 'handed back on shutdown'
 FROM handed h WHERE a.execution_id = h.id AND a.attempt = h.attempt
   AND a.scheduled_for = h.scheduled_for
+  AND a.scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+  AND a.scheduled_for < coalesce(:hi::timestamptz, 'infinity')
 
 -- wake --
 SELECT pg_notify(:channel, :payload)
@@ -86,19 +96,26 @@ RETURNING e.id
 
 -- close_attempt --
 -- An attempt whose execution was taken away (cancelled, replaced, reaped) still ends.
+-- Within :lo, :hi, as hand_back.
 UPDATE attempts SET finished_at = now(), outcome = :outcome, error = :error,
                     output = :output, exit_code = :exit_code
 WHERE execution_id = :execution_id AND attempt = :attempt AND finished_at IS NULL
+  AND scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+  AND scheduled_for < coalesce(:hi::timestamptz, 'infinity')
 
 -- stream_output --
 -- Running attempts' output so far (the worker writes it every output_flush_s for the runs
 -- whose output changed). Only an attempt still running on this worker: once its result is
 -- recorded (finished_at set) this matches nothing, and a row whose result is being
 -- recorded right now (locked) is skipped, never waited for: that result replaces it.
+-- :lo, :hi bound the batch's scheduled_for (from its ids, as execution_days): the days of
+-- the runs going on are read, not the whole history.
 WITH live AS (
     SELECT a.execution_id, a.attempt FROM attempts a
     WHERE (a.execution_id, a.attempt) IN (SELECT * FROM unnest(:ids::uuid[], :attempts::int[]))
       AND a.worker = :worker AND a.finished_at IS NULL
+      AND a.scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+      AND a.scheduled_for < coalesce(:hi::timestamptz, 'infinity')
     ORDER BY a.execution_id, a.attempt
     FOR UPDATE SKIP LOCKED
 )
@@ -106,6 +123,8 @@ UPDATE attempts a SET output = u.output
 FROM unnest(:ids::uuid[], :attempts::int[], :outputs::text[]) AS u(id, attempt, output), live l
 WHERE a.execution_id = u.id AND a.attempt = u.attempt
   AND l.execution_id = u.id AND l.attempt = u.attempt
+  AND a.scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+  AND a.scheduled_for < coalesce(:hi::timestamptz, 'infinity')
 
 -- finish_executions --
 -- Results of a batch: the execution moves on only if this worker still holds the attempt.

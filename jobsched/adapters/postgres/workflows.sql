@@ -143,7 +143,11 @@ WHERE r.id = :id AND w.namespace = :namespace
 
 -- run_nodes --
 -- Every node of a run, in the order submitted, with its execution; a node whose execution
--- is active shows that execution's state.
+-- is active shows that execution's state. A node's execution has its run's scheduled_for
+-- (workflow_advance): each is read in that day's partition alone. The run's time comes
+-- from a subquery (run once, before the join): the plan prunes the other partitions
+-- with it, which it does not with `e.scheduled_for = r.scheduled_for` (a join filter
+-- above the executions' scans of every partition).
 SELECT d.node, d.key, d.trigger_rule, d.parents, rn.state, rn.execution_id, rn.ready_at,
        rn.finished_at AS ended_at, e.state AS execution_state, e.attempt,
        e.started_at, e.finished_at, e.error
@@ -152,6 +156,7 @@ JOIN workflow_run_nodes rn ON rn.run_id = r.id
 JOIN workflow_nodes d ON d.workflow_id = r.workflow_id AND d.version = r.version
                      AND d.node = rn.node
 LEFT JOIN executions e ON e.id = rn.execution_id
+    AND e.scheduled_for = (SELECT scheduled_for FROM workflow_runs WHERE id = :run_id)
 WHERE r.id = :run_id
 ORDER BY d.node
 
@@ -223,10 +228,13 @@ SELECT count(*) FROM gone
 -- What a node's function may ask for: the run's input and each parent's return value (by
 -- key; null for a parent that returned nothing or did not succeed), and when the node was
 -- let run (its start latency). Every row by key (LATERAL ... LIMIT 1: see
--- workflow_advance in 012_workflows.sql), whatever the statistics say.
+-- workflow_advance in 012_workflows.sql), whatever the statistics say. The nodes by id
+-- within :lo, :hi (the batch's bound from its ids: see jobsched.domain.execution_ids);
+-- a parent's execution has its run's scheduled_for, as the node's own, so it is within
+-- :lo, :hi too (that bound prunes; r.scheduled_for, a lateral reference, does not).
 SELECT e.id, r.input, rn.ready_at, up.upstream
 FROM executions e
-CROSS JOIN LATERAL (SELECT id, workflow_id, version, input FROM workflow_runs
+CROSS JOIN LATERAL (SELECT id, workflow_id, version, input, scheduled_for FROM workflow_runs
                     WHERE id = e.workflow_run_id LIMIT 1) r
 CROSS JOIN LATERAL (SELECT node, parents FROM workflow_nodes WHERE job_id = e.job_id LIMIT 1) d
 CROSS JOIN LATERAL (SELECT ready_at FROM workflow_run_nodes
@@ -240,20 +248,29 @@ CROSS JOIN LATERAL (
     LEFT JOIN LATERAL (SELECT execution_id FROM workflow_run_nodes
                        WHERE run_id = r.id AND node = parent.node AND state = 'succeeded'
                        LIMIT 1) prn ON true
-    LEFT JOIN LATERAL (SELECT result FROM executions WHERE id = prn.execution_id LIMIT 1) pe
+    LEFT JOIN LATERAL (SELECT result FROM executions
+                       WHERE id = prn.execution_id AND scheduled_for = r.scheduled_for
+                         AND scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+                         AND scheduled_for < coalesce(:hi::timestamptz, 'infinity')
+                       LIMIT 1) pe
         ON true
 ) up
 WHERE e.id = ANY(:ids::uuid[])
+  AND e.scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+  AND e.scheduled_for < coalesce(:hi::timestamptz, 'infinity')
 
 -- record_results --
 -- Node return values, written in the transaction that records the results (before it)
 -- and only while this worker still holds the attempt; and the mark that this transaction
 -- publishes the nodes its results queue (see workflow_advance), in the same round trip.
+-- :lo, :hi bound the batch's scheduled_for (as node_inputs).
 WITH kept AS (
     UPDATE executions e SET result = r.result::jsonb
     FROM unnest(:ids::uuid[], :attempts::int[], :results::text[]) AS r(id, attempt, result)
     WHERE e.id = r.id AND e.attempt = r.attempt AND e.state || '' = 'running'
       AND e.worker = :worker
+      AND e.scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
+      AND e.scheduled_for < coalesce(:hi::timestamptz, 'infinity')
     RETURNING e.id
 )
 SELECT set_config('jobsched.node_publisher', 'caller', true), (SELECT count(*) FROM kept)
