@@ -490,6 +490,8 @@ class LeaderRepository(Protocol):
 
     async def purge_history(self, epoch: int, before: datetime, batch: int) -> int: ...
 
+    async def purge_deliveries(self, epoch: int, before: datetime, batch: int) -> int: ...
+
 
 class WorkerRepository(Protocol):
     async def claim_executions(self, claims: Sequence[tuple[uuid.UUID, int]], worker: str,
@@ -578,8 +580,6 @@ class WebhookDeliveryStore(Protocol):
         ...
 
     async def oldest_pending(self) -> datetime | None: ...
-
-    async def purge(self, before: datetime, limit: int) -> int: ...
 
 
 # --- RabbitMQ ----------------------------------------------------------------------------

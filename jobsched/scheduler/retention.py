@@ -1,8 +1,8 @@
 """History retention, run by the leader: a global age limit and per-job history limits
 (like Kubernetes' successfulJobsHistoryLimit), fenced by the leader's epoch so only one
-scheduler ever purges. History is partitioned by day (migration 014): each pass first makes
-the partitions of the days ahead, then drops the days wholly past the age limit; what no
-drop takes is purged in bounded batches."""
+scheduler ever purges. History is partitioned by day (migration 014), and webhook deliveries
+too (migration 016): each pass first makes the partitions of the days ahead, then drops the
+days wholly past the age limit; what no drop takes is purged in bounded batches."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ async def run_retention(store: LeaderRepository, current_epoch: Callable[[], int
                         retention_days: float, interval_s: float,
                         stop: asyncio.Event, metrics: Metrics | None = None,
                         workflows: WorkflowLeaderRepository | None = None) -> None:
-    """While this process leads, purge once per interval (workflow runs too). Each pass is timed
+    """While this process leads, purge once per interval (webhook deliveries and workflow
+    runs too). Each pass is timed
     (``jobsched_scheduler_retention_seconds``): a pass that grows with the history rather
     than with what it deletes shows there, the soak benchmark reads it."""
     retention = timedelta(days=retention_days)
@@ -40,6 +41,9 @@ async def run_retention(store: LeaderRepository, current_epoch: Callable[[], int
                 deleted = await store.purge_history(epoch, before, BATCH)
                 if deleted:
                     log.info("retention purged %d executions", deleted)
+                deliveries = await store.purge_deliveries(epoch, before, BATCH)
+                if deliveries:
+                    log.info("retention purged %d webhook deliveries", deliveries)
                 if workflows is not None:
                     runs = await workflows.purge_runs(epoch, before, BATCH)
                     if runs:

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import aiohttp
 from standardwebhooks import Webhook
@@ -50,7 +50,8 @@ USER_AGENT = f"jobsched-webhooks/{__version__}"
 #: A lease outlives the attempt's timeout by this much: the claim, the signing and the
 #: recording of the result fit in it.
 LEASE_MARGIN_S = 10.0
-#: How often the oldest-pending gauge is read, and old deliveries purged.
+#: How often the oldest-pending gauge is read. (Old deliveries are the leader's to purge,
+#: in its retention pass: jobsched.scheduler.retention.)
 GAUGE_INTERVAL_S = 15.0
 #: The event loop's lag is sampled this often; above SATURATED_LAG_S (smoothed) the
 #: process is out of CPU, and each endpoint gets one delivery at a time until it is not:
@@ -58,8 +59,6 @@ GAUGE_INTERVAL_S = 15.0
 #: hung receiver still holds only its own slot.
 LAG_PROBE_S = 0.1
 SATURATED_LAG_S = 0.05
-PURGE_INTERVAL_S = 300.0
-PURGE_BATCH = 1000
 
 
 def sanitized(text: str) -> str:
@@ -337,21 +336,15 @@ class WebhookDeliverer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    # --- gauge and retention -----------------------------------------------------------
+    # --- gauge ------------------------------------------------------------------------
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
-        last_purge = 0.0
         while not stop.is_set():
             try:
                 oldest = await self.store.oldest_pending()
                 age = 0.0 if oldest is None else max(0.0, (self.clock() - oldest)
                                                      .total_seconds())
                 self.metrics.webhook_oldest_pending.set({}, age)
-                if time.monotonic() - last_purge > PURGE_INTERVAL_S:
-                    last_purge = time.monotonic()
-                    before = self.clock() - timedelta(days=self.settings.retention_days)
-                    while await self.store.purge(before, PURGE_BATCH) >= PURGE_BATCH:
-                        pass
             except Exception as exc:  # noqa: BLE001 - the next round tries again
                 log.warning("webhook housekeeping failed (%r)", exc)
             await sleep_unless(stop, GAUGE_INTERVAL_S)

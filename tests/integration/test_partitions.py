@@ -63,6 +63,8 @@ async def test_partitions_are_made_ahead_by_the_leader_and_only_once(
     later = datetime.now(UTC) + timedelta(days=20)
     made = await leader.ensure_partitions(5, later)
     # yesterday (of that moment) to a week after it: nine days, none of which existed
+    # (webhook deliveries' days follow: test_delivery_partitions)
+    made = [m for m in made if m.startswith("executions_")]
     assert made == [f"executions_p{_day(later + timedelta(days=n))}" for n in range(-1, 8)]
     executions, attempts = await _partitions(pool), await _partitions(pool, "attempts")
     for name in made:
@@ -258,8 +260,10 @@ async def test_migrating_013_to_014_keeps_history_readable(database_at_013: str,
     finally:
         await conn.close()
 
-    assert await postgres.migrate(database_at_013) == ["014_partitioned_history.sql",
-                                                       "015_execution_ids.sql"]
+    assert await postgres.migrate(database_at_013, until=15) == ["014_partitioned_history.sql",
+                                                                 "015_execution_ids.sql"]
+    # the rest, as the current code runs only on the current schema
+    await postgres.migrate(database_at_013)
 
     pool = await postgres.create_pool(database_at_013)
     try:

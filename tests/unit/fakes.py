@@ -327,6 +327,10 @@ class FakeLeaderStore:
         self._fence(epoch)
         return 0
 
+    async def purge_deliveries(self, epoch: int, before: datetime, batch: int) -> int:
+        self._fence(epoch)
+        return 0
+
 
 class FakeCampaign:
     """Elected as soon as the test allows (``allow``), with the epochs given in turn."""
@@ -403,6 +407,3 @@ class FakeWebhookStore:
 
     async def oldest_pending(self) -> datetime | None:
         return None
-
-    async def purge(self, before: datetime, limit: int) -> int:
-        return 0

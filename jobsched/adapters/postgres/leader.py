@@ -13,7 +13,7 @@ import asyncpg
 
 from jobsched.adapters.postgres.listen import CANCEL_CHANNEL
 from jobsched.adapters.postgres.pool import fenced
-from jobsched.adapters.postgres.sql import load_queries
+from jobsched.adapters.postgres.sql import Query, load_queries
 from jobsched.adapters.postgres.worker import mark_published
 from jobsched.domain.firing import DueJob, FireRecord, TickPlan
 from jobsched.domain.priority import Priority
@@ -30,6 +30,17 @@ PARTITION_DAYS_AHEAD = 7
 DROP_LOCK_TIMEOUT = "100ms"
 DROP_TRIES = 5
 DROP_RETRY_S = 0.2
+
+
+def _purge_below(before: datetime, deferred: Sequence[datetime | None]) -> datetime | None:
+    """Where the row-wise purge stops (None: nowhere to purge): the start of the day holding
+    ``before`` (that day goes whole, when it is past), or lower, at a day whose drop is only
+    deferred (its lock): that day is never deleted row by row, the next pass drops it."""
+    below: datetime | None = before.astimezone(UTC).replace(hour=0, minute=0, second=0,
+                                                            microsecond=0)
+    for lower in deferred:
+        below = None if lower is None or below is None else min(below, lower)
+    return below
 
 
 def _dispatches(rows: Sequence[asyncpg.Record]) -> list[Dispatch]:
@@ -163,12 +174,14 @@ class PostgresLeaderStore:
 
     async def ensure_partitions(self, epoch: int, now: datetime,
                                 days_ahead: int = PARTITION_DAYS_AHEAD) -> list[str]:
-        """Make the day partitions of history from yesterday to ``days_ahead`` days after
-        ``now`` that are missing (fenced): fires land in a partition of their own day, not
-        in the DEFAULT one. Returns the partitions made."""
+        """Make the day partitions of history and of webhook deliveries from yesterday to
+        ``days_ahead`` days after ``now`` that are missing (fenced): fires and events land
+        in a partition of their own day, not in the DEFAULT one. Returns the partitions
+        made (the executions ones, then the deliveries ones)."""
+        start, stop = now - timedelta(days=1), now + timedelta(days=days_ahead)
         async with fenced(self.pool, epoch) as conn:
-            made: list[str] = await Q.ensure_partitions.fetchval(
-                conn, start=now - timedelta(days=1), stop=now + timedelta(days=days_ahead))
+            made: list[str] = await Q.ensure_partitions.fetchval(conn, start=start, stop=stop)
+            made += await Q.ensure_delivery_partitions.fetchval(conn, start=start, stop=stop)
         if made:
             log.info("made history partitions %s", ", ".join(made))
         return made
@@ -180,14 +193,18 @@ class PostgresLeaderStore:
         that cannot get its lock within ``DROP_LOCK_TIMEOUT`` is tried again, up to
         ``DROP_TRIES`` times, then left for the next pass. Returns the partitions dropped
         and the lower bounds of those left for want of the lock (None: MINVALUE)."""
+        return await self._drop_expired(epoch, before, Q.expired_partitions, Q.drop_partition)
+
+    async def _drop_expired(self, epoch: int, before: datetime, expired: Query, drop: Query,
+                            ) -> tuple[list[str], list[datetime | None]]:
         dropped: list[str] = []
         deferred: list[datetime | None] = []
-        for row in await Q.expired_partitions.fetch(self.pool, before=before):
+        for row in await expired.fetch(self.pool, before=before):
             for attempt in range(1, DROP_TRIES + 1):
                 try:
                     async with fenced(self.pool, epoch) as conn:
                         await Q.drop_lock_timeout.execute(conn, timeout=DROP_LOCK_TIMEOUT)
-                        name = await Q.drop_partition.fetchval(
+                        name = await drop.fetchval(
                             conn, partition=row["partition_name"], before=before)
                 except asyncpg.LockNotAvailableError:
                     if attempt < DROP_TRIES:
@@ -212,12 +229,7 @@ class PostgresLeaderStore:
         transaction. Returns how many rows were deleted. The cost is the rows deleted plus
         the kept history of limited jobs: never a scan of all history."""
         _, deferred = await self.drop_expired_partitions(epoch, before)
-        before_day: datetime | None = before.astimezone(UTC).replace(
-            hour=0, minute=0, second=0, microsecond=0)
-        # A day whose drop is only deferred (its lock) is never deleted row by row: the next
-        # pass drops it. Below it, what no drop takes still goes row by row.
-        for lower in deferred:
-            before_day = None if lower is None or before_day is None else min(before_day, lower)
+        before_day = _purge_below(before, deferred)
         deleted = 0
         while before_day is not None:
             async with fenced(self.pool, epoch) as conn:
@@ -249,3 +261,25 @@ class PostgresLeaderStore:
             if len(limited) < batch:
                 return deleted
             after = limited[-1]["id"]
+
+    async def purge_deliveries(self, epoch: int, before: datetime, batch: int) -> int:
+        """Webhook delivery retention, as ``purge_history`` does history's: the day
+        partitions of deliveries wholly before ``before`` are dropped, unless one holds a
+        delivery still to be made (pending or failed); then the delivered and exhausted
+        deliveries of earlier events that no drop took are deleted in fenced batches.
+        Deliveries still to be made are never deleted. Returns how many rows were deleted
+        (dropped partitions' rows not counted)."""
+        _, deferred = await self._drop_expired(epoch, before, Q.expired_delivery_partitions,
+                                               Q.drop_delivery_partition)
+        before_day = _purge_below(before, deferred)
+        deleted = 0
+        while before_day is not None:
+            async with fenced(self.pool, epoch) as conn:
+                await Q.purge_by_key.execute(conn)
+                status = await Q.purge_deliveries.execute(conn, before_day=before_day,
+                                                          limit=batch)
+            count = int(status.split()[-1])
+            deleted += count
+            if count < batch:
+                break
+        return deleted

@@ -211,6 +211,10 @@ SELECT id, job_id, attempt, state FROM reaped
 -- The day partitions of executions and attempts from :start to :stop (those missing).
 SELECT history_ensure_partitions(:start, :stop)
 
+-- ensure_delivery_partitions --
+-- The day partitions of webhook_deliveries from :start to :stop (those missing).
+SELECT webhook_ensure_partitions(:start, :stop)
+
 -- expired_partitions --
 -- Day partitions wholly before :before, oldest first: retention drops them whole.
 SELECT partition_name, lower FROM history_partitions()
@@ -225,6 +229,15 @@ SELECT set_config('lock_timeout', :timeout, true)
 
 -- drop_partition --
 SELECT history_drop_partition(:partition, :before)
+
+-- expired_delivery_partitions --
+-- Day partitions of webhook deliveries wholly before :before, oldest first.
+SELECT partition_name, lower FROM webhook_partitions()
+WHERE upper <= :before
+ORDER BY upper
+
+-- drop_delivery_partition --
+SELECT webhook_drop_partition(:partition, :before)
 
 -- purge_by_key --
 -- The purges delete rows found by (id, scheduled_for): each must be a lookup in its own
@@ -265,3 +278,25 @@ DELETE FROM executions WHERE (id, scheduled_for) IN (
     ORDER BY scheduled_for DESC
     OFFSET :keep LIMIT :limit
 )
+
+-- purge_deliveries --
+-- Delivery retention row by row, for what no partition drop takes: delivered and exhausted
+-- deliveries of events before :before_day (the start of the day holding the retention
+-- limit, or of a day whose drop was deferred) that sit in a day partition kept for an
+-- undelivered one, in the DEFAULT partition, or in the legacy one of a migrated
+-- deployment. Deliveries still to be made (pending, failed) are never purged: committed
+-- means delivered at least once. A bounded batch per endpoint, oldest first on the primary
+-- key; each row deleted by its whole key (a lookup in its own partition, with
+-- purge_by_key). SKIP LOCKED: rows being leased or recorded now are left for next time.
+DELETE FROM webhook_deliveries d USING (
+    SELECT x.endpoint_id, x.event_id FROM (SELECT id FROM webhook_endpoints) w
+    CROSS JOIN LATERAL (
+        SELECT endpoint_id, event_id FROM webhook_deliveries
+        WHERE endpoint_id = w.id AND event_id < webhook_event_id_floor(:before_day)
+          AND state IN ('succeeded', 'exhausted')
+        ORDER BY event_id LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ) x
+    LIMIT :limit
+) old
+WHERE d.endpoint_id = old.endpoint_id AND d.event_id = old.event_id

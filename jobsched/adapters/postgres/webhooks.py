@@ -152,7 +152,3 @@ class PostgresWebhooks:
     async def oldest_pending(self) -> datetime | None:
         value: datetime | None = await Q.oldest_pending.fetchval(self.pool)
         return value
-
-    async def purge(self, before: datetime, limit: int) -> int:
-        status = await Q.purge_deliveries.execute(self.pool, before=before, limit=limit)
-        return int(status.split()[-1])

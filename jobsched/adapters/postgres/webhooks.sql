@@ -190,18 +190,3 @@ CROSS JOIN LATERAL (
       AND x.next_attempt_at IS NOT NULL
 ) d
 WHERE w.enabled
-
--- purge_deliveries --
--- Retention: deliveries of events before :before, a bounded batch per endpoint, oldest
--- first on the primary key (time-ordered event ids). SKIP LOCKED: rows being leased or
--- recorded now are left for next time.
-DELETE FROM webhook_deliveries WHERE ctid IN (
-    SELECT x.ctid FROM (SELECT id FROM webhook_endpoints) w
-    CROSS JOIN LATERAL (
-        SELECT ctid FROM webhook_deliveries
-        WHERE endpoint_id = w.id AND event_id < webhook_event_id_floor(:before)
-        ORDER BY event_id LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    ) x
-    LIMIT :limit
-)
