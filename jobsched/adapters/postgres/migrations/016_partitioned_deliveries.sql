@@ -37,9 +37,11 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint
                    WHERE conrelid = 'webhook_deliveries'::regclass
                      AND conname = 'webhook_deliveries_before_partitioning' AND convalidated) THEN
-        SELECT date_trunc('day', greatest(now(), max(webhook_event_id_time(event_id)))
-                                 AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '2 days'
-        INTO cut FROM webhook_deliveries;
+        -- event ids order as their moments do: the greatest id is the latest event
+        SELECT date_trunc('day', greatest(now(), webhook_event_id_time(
+                   (SELECT event_id FROM webhook_deliveries ORDER BY event_id DESC LIMIT 1)))
+                   AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '2 days'
+        INTO cut;
         ALTER TABLE webhook_deliveries DROP CONSTRAINT IF EXISTS webhook_deliveries_before_partitioning;
         EXECUTE format('ALTER TABLE webhook_deliveries ADD CONSTRAINT '
                        'webhook_deliveries_before_partitioning CHECK (event_id < %L::uuid)',
