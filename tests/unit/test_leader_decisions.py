@@ -64,7 +64,10 @@ async def leading() -> AsyncIterator[Leading]:
 
 async def test_a_deposed_leader_writes_and_publishes_nothing_more(leading: Leading) -> None:
     store, scheduler = leading.store, leading.scheduler
-    await leading.until(lambda: scheduler.is_leader and len(store.fires) >= 3)
+    # Its fires recorded and published (publishing follows the commit: snapshotting in
+    # between read 3 published after against 0 before, though nothing new was fired).
+    await leading.until(lambda: scheduler.is_leader and len(store.fires) >= 3
+                        and len(leading.broker.published) >= len(store.fires))
     assert {epoch for epoch, _ in store.fires} == {7}
     # Another scheduler wins a newer epoch (this one's ZooKeeper session is not yet known
     # to have ended): the fence refuses the next tick's writes.
@@ -76,7 +79,9 @@ async def test_a_deposed_leader_writes_and_publishes_nothing_more(leading: Leadi
     assert leading.campaign.resigned >= 1  # it left the election to stand again
     await asyncio.sleep(0.3)  # several poll periods: nothing more comes from it
     assert len(store.fires) == fires_before
-    assert len(leading.broker.published) == published_before
+    # Published since: at most fires it recorded while it led, their commit racing the
+    # fence (an outbox drained late is harmless: claims are idempotent).
+    assert published_before <= len(leading.broker.published) <= fires_before
     assert all(epoch == 7 for epoch, _ in store.fires)
 
 
