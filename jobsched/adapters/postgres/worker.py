@@ -4,8 +4,9 @@ lease renewals and results, each one statement per batch."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import asyncpg
 
@@ -20,6 +21,8 @@ Q = load_queries("worker.sql")
 WORKFLOWS = load_queries("workflows.sql")
 LEADER = load_queries("leader.sql")
 
+T = TypeVar("T")
+
 
 class PostgresWorkerStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -31,15 +34,13 @@ class PostgresWorkerStore:
                                ) -> list[ClaimedExecution]:
         """``scheduled_for``: each claim's fire time where known (the message's due time),
         so that its row is read in its own day's partition; None looks it up."""
-        given = list(scheduled_for) if scheduled_for is not None else [None] * len(claims)
-        # every multi-row write locks rows in id order: no deadlock
-        batch = sorted(zip(claims, given, strict=True), key=lambda c: c[0])
-        ids = [c[0][0] for c in batch]
         async with self.pool.acquire() as conn:
-            days, earliest, latest = await known_days(conn, ids, [c[1] for c in batch])
+            claims, days, earliest, latest = await in_id_order(
+                conn, claims, lambda claim: claim[0], scheduled_for)
             rows = await Q.claim_executions.fetch(
-                conn, ids=ids, attempts=[c[0][1] for c in batch], scheduled_for=days,
-                earliest=earliest, latest=latest, worker=worker, lease_s=lease_s)
+                conn, ids=[c[0] for c in claims], attempts=[c[1] for c in claims],
+                scheduled_for=days, earliest=earliest, latest=latest, worker=worker,
+                lease_s=lease_s)
         return [ClaimedExecution(**dict(r)) for r in rows]
 
     async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str,
@@ -55,29 +56,8 @@ class PostgresWorkerStore:
     async def finish_attempts(self, results: Sequence[FinishedAttempt],
                               worker: str) -> dict[uuid.UUID, ExecutionState]:
         """Record a batch of results; returns the executions this worker still held."""
-        results = sorted(results, key=lambda r: r.execution_id)  # rows locked in id order
         async with self.pool.acquire() as conn, conn.transaction():
-            days, earliest, latest = await known_days(conn, [r.execution_id for r in results],
-                                                 [r.scheduled_for for r in results])
-            rows = await Q.finish_executions.fetch(
-                conn,
-                earliest=earliest,
-                latest=latest,
-                ids=[r.execution_id for r in results],
-                attempts=[r.attempt for r in results],
-                states=[str(r.state) for r in results],
-                outcomes=[str(r.outcome) for r in results],
-                exit_codes=[r.exit_code for r in results],
-                errors=[r.error for r in results],
-                outputs=[r.output for r in results],
-                retry_in_s=[r.retry_in_s for r in results],
-                worker=worker,
-                reasons=[r.reason for r in results],
-                started_at=[r.started_at for r in results],
-                scheduled_for=days,
-            )
-            if any(r.state == ExecutionState.RETRYING for r in results):
-                await Q.wake.execute(conn, channel=WAKE_CHANNEL, payload="retry")
+            rows = await _finish(conn, results, worker)
         return {r["id"]: ExecutionState(r["state"]) for r in rows}
 
     async def heartbeat(self, execution_ids: Sequence[uuid.UUID], worker: str,
@@ -85,11 +65,9 @@ class PostgresWorkerStore:
                         scheduled_for: Sequence[datetime | None] | None = None) -> set[uuid.UUID]:
         """Extend the leases in one statement; returns the ids still held.
         ``scheduled_for``: each one's fire time where known (its partition), else None."""
-        given = list(scheduled_for) if scheduled_for is not None else [None] * len(execution_ids)
-        batch = sorted(zip(execution_ids, given, strict=True), key=lambda b: b[0])
-        ids = [b[0] for b in batch]
         async with self.pool.acquire() as conn:
-            days, earliest, latest = await known_days(conn, ids, [b[1] for b in batch])
+            ids, days, earliest, latest = await in_id_order(conn, execution_ids, lambda i: i,
+                                                            scheduled_for)
             rows = await Q.heartbeat.fetch(conn, ids=ids, scheduled_for=days, earliest=earliest,
                                            latest=latest, worker=worker, lease_s=lease_s)
         return {r["id"] for r in rows}
@@ -137,27 +115,7 @@ class PostgresWorkerStore:
             await WORKFLOWS.record_results.execute(
                 conn, ids=[r.execution_id for r in kept], attempts=[r.attempt for r in kept],
                 results=[r.result for r in kept], worker=worker, lo=lo, hi=hi)
-            days, earliest, latest = await known_days(conn, [r.execution_id for r in results],
-                                                 [r.scheduled_for for r in results])
-            rows = await Q.finish_executions.fetch(
-                conn,
-                earliest=earliest,
-                latest=latest,
-                ids=[r.execution_id for r in results],
-                attempts=[r.attempt for r in results],
-                states=[str(r.state) for r in results],
-                outcomes=[str(r.outcome) for r in results],
-                exit_codes=[r.exit_code for r in results],
-                errors=[r.error for r in results],
-                outputs=[r.output for r in results],
-                retry_in_s=[r.retry_in_s for r in results],
-                worker=worker,
-                reasons=[r.reason for r in results],
-                started_at=[r.started_at for r in results],
-                scheduled_for=days,
-            )
-            if any(r.state == ExecutionState.RETRYING for r in results):
-                await Q.wake.execute(conn, channel=WAKE_CHANNEL, payload="retry")
+            rows = await _finish(conn, results, worker)
             queued = await WORKFLOWS.nodes_queued_here.fetchval(conn)
         held = {r["id"]: ExecutionState(r["state"]) for r in rows}
         return held, _queued_nodes(queued)
@@ -183,30 +141,63 @@ def _queued_nodes(listed: str | None) -> list[Dispatch]:
     return dispatches
 
 
-async def known_days(conn: asyncpg.Connection, ids: Sequence[uuid.UUID],
-                days: Sequence[datetime | None],
-                ) -> tuple[list[datetime | None], datetime | None, datetime | None]:
-    """Each execution's scheduled_for (its day partition): as given, or looked up for those
-    not given (a message of a version before 014, or a caller that does not know it); and
-    the batch's earliest and latest, which prune the other days' partitions."""
-    known = list(days)
-    missing = [i for i, day in zip(ids, known, strict=True) if day is None]
+async def in_id_order(conn: asyncpg.Connection, items: Sequence[T],
+                      execution_id: Callable[[T], uuid.UUID],
+                      scheduled_for: Sequence[datetime | None] | None,
+                      ) -> tuple[list[T], list[datetime | None], datetime | None, datetime | None]:
+    """A batch for one multi-row write: its items in execution id order (every such write
+    locks rows in id order: no deadlock), each one's scheduled_for (its day partition) as
+    given or, where not (a message of a version before 014, a caller that does not know
+    it), looked up; and the batch's earliest and latest, which prune the other days."""
+    given = list(scheduled_for) if scheduled_for is not None else [None] * len(items)
+    batch = sorted(zip(items, given, strict=True), key=lambda pair: execution_id(pair[0]))
+    ordered = [item for item, _ in batch]
+    known = [day for _, day in batch]
+    missing = [execution_id(item) for item, day in batch if day is None]
     if missing:
         lo, hi = batch_window(missing)
         found = {r["id"]: r["scheduled_for"]
                  for r in await Q.execution_days.fetch(conn, ids=missing, lo=lo, hi=hi)}
-        known = [day if day is not None else found.get(i)
-                 for i, day in zip(ids, known, strict=True)]
+        known = [day if day is not None else found.get(execution_id(item))
+                 for item, day in batch]
     present = [day for day in known if day is not None]
-    return known, min(present, default=None), max(present, default=None)
+    return ordered, known, min(present, default=None), max(present, default=None)
+
+
+async def _finish(conn: asyncpg.Connection, results: Sequence[FinishedAttempt],
+                  worker: str) -> list[asyncpg.Record]:
+    """A batch of results recorded (in the caller's transaction): the executions this
+    worker still held."""
+    results, days, earliest, latest = await in_id_order(
+        conn, results, lambda r: r.execution_id, [r.scheduled_for for r in results])
+    rows = await Q.finish_executions.fetch(
+        conn,
+        earliest=earliest,
+        latest=latest,
+        ids=[r.execution_id for r in results],
+        attempts=[r.attempt for r in results],
+        states=[str(r.state) for r in results],
+        outcomes=[str(r.outcome) for r in results],
+        exit_codes=[r.exit_code for r in results],
+        errors=[r.error for r in results],
+        outputs=[r.output for r in results],
+        retry_in_s=[r.retry_in_s for r in results],
+        worker=worker,
+        reasons=[r.reason for r in results],
+        started_at=[r.started_at for r in results],
+        scheduled_for=days,
+    )
+    if any(r.state == ExecutionState.RETRYING for r in results):
+        await Q.wake.execute(conn, channel=WAKE_CHANNEL, payload="retry")
+    return list(rows)
 
 
 async def mark_published(pool: asyncpg.Pool, execution_ids: Sequence[uuid.UUID],
                          scheduled_for: Sequence[datetime | None] | None) -> None:
     """Out of the outbox: executions confirmed by RabbitMQ (``scheduled_for``: each one's
     fire time where known, its day partition)."""
-    given = list(scheduled_for) if scheduled_for is not None else [None] * len(execution_ids)
     async with pool.acquire() as conn:
-        days, earliest, latest = await known_days(conn, execution_ids, given)
-        await LEADER.mark_published.execute(conn, ids=list(execution_ids), scheduled_for=days,
+        ids, days, earliest, latest = await in_id_order(conn, execution_ids, lambda i: i,
+                                                        scheduled_for)
+        await LEADER.mark_published.execute(conn, ids=ids, scheduled_for=days,
                                             earliest=earliest, latest=latest)
