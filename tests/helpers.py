@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import asyncpg
 
+from jobsched.adapters import postgres
 from jobsched.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +50,18 @@ async def create_database(template: str | None = None) -> str:
 
 async def clone_database(template: str) -> str:
     return await create_database(template)
+
+
+@contextlib.asynccontextmanager
+async def database_at(version: int) -> AsyncIterator[tuple[str, list[str]]]:
+    """A new database migrated up to ``version`` only (an existing deployment that a later
+    migration upgrades): its URL and the migrations applied; dropped afterwards."""
+    name = await create_database()
+    url = db_url(name)
+    try:
+        yield url, await postgres.migrate(url, until=version)
+    finally:
+        await drop_database(name)
 
 
 async def delete_queues(cluster: str) -> None:

@@ -35,7 +35,7 @@ import aio_pika
 import asyncpg
 
 from jobsched.adapters import postgres
-from jobsched_dev.bench.cluster import Services
+from jobsched_dev.bench.cluster import Services, drop_database
 from jobsched_dev.bench.common import summary_of_cpu
 from jobsched_dev.bench.procstat import CpuMeter
 from jobsched_dev.bench.stats import distribution_ms
@@ -343,8 +343,4 @@ async def _cleanup(services: Services, queue: str, database: str | None) -> None
     finally:
         await connection.close()
     if database:
-        conn = await asyncpg.connect(services.database_url("postgres"), timeout=10)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(services, database)

@@ -21,7 +21,7 @@ from jobsched.adapters.postgres.leader import PostgresLeaderStore
 from jobsched.adapters.postgres.webhooks import DELIVERY_SESSION, PostgresWebhooks
 from jobsched.adapters.postgres.webhooks import Q as WEBHOOK_SQL
 from jobsched.ports import DeliveryResult, StaleEpochError
-from tests.helpers import create_database, db_url, drop_database
+from tests.helpers import database_at
 from tests.integration.test_partitions import _statements
 from tests.integration.test_webhooks_outbox import _endpoint
 
@@ -260,11 +260,9 @@ OLD_WORKER_PURGE = """DELETE FROM webhook_deliveries WHERE ctid IN (
 @pytest.fixture
 async def database_at_014() -> AsyncIterator[str]:
     """A database at migration 014 (not 015: 016 depends on nothing after 014)."""
-    name = await create_database()
-    url = db_url(name)
-    assert (await postgres.migrate(url, until=14))[-1] == "014_partitioned_history.sql"
-    yield url
-    await drop_database(name)
+    async with database_at(14) as (url, applied):
+        assert applied[-1] == "014_partitioned_history.sql"
+        yield url
 
 
 @pytest.mark.parametrize("prepared", [False, True], ids=["in-migration", "prepared-online"])

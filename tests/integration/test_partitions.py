@@ -21,7 +21,7 @@ from jobsched.adapters.postgres.worker import PostgresWorkerStore
 from jobsched.domain.execution_ids import batch_window, scheduled_window, window_of
 from jobsched.domain.states import AttemptOutcome
 from jobsched.ports import StaleEpochError
-from tests.helpers import create_database, db_url, drop_database
+from tests.helpers import database_at
 from tests.integration.test_postgres import _job as _due_job
 from tests.integration.test_postgres import _plan
 
@@ -200,11 +200,9 @@ async def test_per_job_limits_delete_executions_with_their_attempts(pool: asyncp
 
 @pytest.fixture
 async def database_at_013() -> AsyncIterator[str]:
-    name = await create_database()
-    url = db_url(name)
-    assert (await postgres.migrate(url, until=13))[-1] == "013_trigger_args.sql"
-    yield url
-    await drop_database(name)
+    async with database_at(13) as (url, applied):
+        assert applied[-1] == "013_trigger_args.sql"
+        yield url
 
 
 async def _history_at_013(conn: asyncpg.Connection) -> tuple[uuid.UUID, list[uuid.UUID]]:

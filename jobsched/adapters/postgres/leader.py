@@ -231,15 +231,9 @@ class PostgresLeaderStore:
         _, deferred = await self.drop_expired_partitions(epoch, before)
         before_day = _purge_below(before, deferred)
         deleted = 0
-        while before_day is not None:
-            async with fenced(self.pool, epoch) as conn:
-                await Q.purge_by_key.execute(conn)
-                status = await Q.purge_expired.execute(conn, before=before,
-                                                       before_day=before_day, limit=batch)
-            count = int(status.split()[-1])
-            deleted += count
-            if count < batch:
-                break
+        if before_day is not None:
+            deleted += await self._purge_batches(epoch, Q.purge_expired, batch, before=before,
+                                                 before_day=before_day)
         after: uuid.UUID | None = None
         while True:
             limited = await Q.limited_jobs.fetch(self.pool, after=after, limit=batch)
@@ -248,16 +242,9 @@ class PostgresLeaderStore:
                                     (ExecutionState.DEAD, job["keep_failed"])):
                     if keep is None:
                         continue
-                    while True:
-                        async with fenced(self.pool, epoch) as conn:
-                            await Q.purge_by_key.execute(conn)
-                            status = await Q.purge_job_history.execute(
-                                conn, job_id=job["id"], state=str(state), keep=keep,
-                                limit=batch)
-                        count = int(status.split()[-1])
-                        deleted += count
-                        if count < batch:
-                            break
+                    deleted += await self._purge_batches(
+                        epoch, Q.purge_job_history, batch, job_id=job["id"], state=str(state),
+                        keep=keep)
             if len(limited) < batch:
                 return deleted
             after = limited[-1]["id"]
@@ -272,14 +259,21 @@ class PostgresLeaderStore:
         _, deferred = await self._drop_expired(epoch, before, Q.expired_delivery_partitions,
                                                Q.drop_delivery_partition)
         before_day = _purge_below(before, deferred)
+        if before_day is None:
+            return 0
+        return await self._purge_batches(epoch, Q.purge_deliveries, batch,
+                                         before_day=before_day)
+
+    async def _purge_batches(self, epoch: int, purge: Query, batch: int,
+                             **params: object) -> int:
+        """``purge`` (a DELETE of at most ``limit`` rows) in fenced transactions of one
+        batch each, until a batch comes back short; returns the rows deleted."""
         deleted = 0
-        while before_day is not None:
+        while True:
             async with fenced(self.pool, epoch) as conn:
                 await Q.purge_by_key.execute(conn)
-                status = await Q.purge_deliveries.execute(conn, before_day=before_day,
-                                                          limit=batch)
+                status = await purge.execute(conn, limit=batch, **params)
             count = int(status.split()[-1])
             deleted += count
             if count < batch:
-                break
-        return deleted
+                return deleted
