@@ -175,9 +175,12 @@ LEADER_ROW = "SELECT epoch, holder, acquired_at FROM leader WHERE id = 1"
 DB_NOW = "SELECT clock_timestamp()"
 DEADLOCKS = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
 # Kept by PostgreSQL's statistics as rows are inserted and deleted: free to read, unlike a
-# count(*) over millions of rows every few seconds.
+# count(*) over millions of rows every few seconds. The table is partitioned by day
+# (migration 014): its rows are its partitions'.
 HISTORY_ROWS = """
-SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = 'executions'
+SELECT coalesce(sum(n_live_tup), 0) FROM pg_stat_user_tables
+WHERE relid = 'executions'::regclass
+   OR relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'executions'::regclass)
 """
 AUTOVACUUM_OFF = "SELECT current_setting('autovacuum') = 'off'"
 # What autovacuum would do, throttled as it would be (autovacuum_vacuum_cost_delay).
