@@ -168,6 +168,9 @@ class Settings(BaseModel):
     # holds at most webhook_endpoint_concurrency of a worker's slots.
     webhook_concurrency: int = Field(64, ge=1, le=4096)
     webhook_endpoint_concurrency: int = Field(8, ge=1, le=1024)
+    # Deliveries per second a worker sends while its event loop lags (the process is out of
+    # CPU): the jobs it runs come first, deliveries go on at this pace and catch up after.
+    webhook_saturated_rate: float = Field(50.0, gt=0, le=100_000)
     # The bounded poll behind the NOTIFY wake-up (retries fall due without one).
     webhook_poll_s: float = Field(1.0, gt=0, le=60)
 

@@ -54,8 +54,9 @@ LEASE_MARGIN_S = 10.0
 #: in its retention pass: jobsched.scheduler.retention.)
 GAUGE_INTERVAL_S = 15.0
 #: The event loop's lag is sampled this often; above SATURATED_LAG_S (smoothed) the
-#: process is out of CPU, and each endpoint gets one delivery at a time until it is not:
-#: the jobs this worker runs come first, webhooks (asynchronous anyway) never stop, and a
+#: process is out of CPU, and until it is not, each endpoint gets one delivery at a time
+#: and the worker sends at most ``webhook_saturated_rate`` a second: the jobs this worker
+#: runs come first, webhooks (asynchronous anyway) never stop and catch up after, and a
 #: hung receiver still holds only its own slot.
 LAG_PROBE_S = 0.1
 SATURATED_LAG_S = 0.05
@@ -94,6 +95,11 @@ class WebhookDeliverer:
                                                                max_size=500)
         self._session: aiohttp.ClientSession | None = None
         self._lag = 0.0  # smoothed event-loop lag, seconds
+        #: While throttled: deliveries that may still be claimed (a token bucket holding up
+        #: to one second of ``webhook_saturated_rate``), and when it was last filled.
+        self._tokens = max(settings.webhook_saturated_rate, 1.0)
+        self._filled = time.monotonic()
+        self._refill: asyncio.TimerHandle | None = None
         self.stats = {"succeeded": 0, "failed": 0, "exhausted": 0, "gone": 0, "dropped": 0}
 
     def on_notify(self, _payload: str = "") -> None:
@@ -132,6 +138,8 @@ class WebhookDeliverer:
         finally:
             housekeeping.cancel()
             lag.cancel()
+            if self._refill is not None:
+                self._refill.cancel()
             await self._drain()
             await asyncio.gather(housekeeping, lag, return_exceptions=True)
             await self._results.close()
@@ -158,9 +166,38 @@ class WebhookDeliverer:
             if was and not self.throttled:
                 self.wake.set()  # full speed again: claim what waited
 
+    def _paced(self, slots: int) -> int:
+        """How many of ``slots`` may be claimed now: all of them unless throttled; then what
+        the token bucket holds, and with none a wake-up is set for when one will be."""
+        rate = self.settings.webhook_saturated_rate
+        now = time.monotonic()
+        self._tokens = min(max(rate, 1.0), self._tokens + (now - self._filled) * rate)
+        self._filled = now
+        if not self.throttled:
+            self._tokens = max(rate, 1.0)  # a lag begins with one second's worth
+            return slots
+        if self._tokens < 1.0:
+            self._wake_when_refilled()
+            return 0
+        return min(slots, int(self._tokens))
+
+    def _wake_when_refilled(self) -> None:
+        """Claim again when the bucket holds a delivery (more is due than it held)."""
+        if self._refill is None:
+            delay = max(0.0, 1.0 - self._tokens) / self.settings.webhook_saturated_rate
+            self._refill = asyncio.get_running_loop().call_later(delay, self._refilled)
+
+    def _refilled(self) -> None:
+        self._refill = None
+        self.wake.set()
+
     async def claim_and_send(self) -> int:
         """Lease what this worker has slots for and start sending it; returns how many."""
         slots = self._free_slots()
+        if slots <= 0:
+            self._more_due = True
+            return 0
+        slots = self._paced(slots)
         if slots <= 0:
             self._more_due = True
             return 0
@@ -169,6 +206,8 @@ class WebhookDeliverer:
                 if busy > 0}
         claimed = await self.store.claim_deliveries(self.name, self.lease_s, limit=slots,
                                                     per_endpoint=per_endpoint, free=free)
+        if self.throttled:
+            self._tokens -= len(claimed)
         taken = Counter(d.endpoint_id for d in claimed)
         # More may be due than this claim could take: it used every free slot, or every
         # slot of an endpoint (those with none free were not even asked about).
@@ -176,6 +215,8 @@ class WebhookDeliverer:
                           or any(slots_left <= 0 for slots_left in free.values())
                           or any(count >= free.get(endpoint, per_endpoint)
                                  for endpoint, count in taken.items()))
+        if self._more_due and self.throttled and self._tokens < 1.0:
+            self._wake_when_refilled()
         for delivery in claimed:
             key = (delivery.endpoint_id, delivery.event_id)
             self._per_endpoint[delivery.endpoint_id] += 1

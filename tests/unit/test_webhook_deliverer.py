@@ -95,3 +95,38 @@ async def test_a_process_out_of_cpu_sends_one_at_a_time_then_resumes() -> None:
     for _, gate in deliverer.open:
         gate.set()
     await asyncio.wait_for(task, 5)
+
+
+class Saturated(Gated):
+    """Throttled for as long as the test says (the loop's lag, stood in for)."""
+
+    saturated = True
+
+    @property
+    def throttled(self) -> bool:
+        return self.saturated
+
+
+async def test_a_process_out_of_cpu_sends_at_the_saturated_rate_then_catches_up() -> None:
+    """Out of CPU, the worker claims no more than webhook_saturated_rate deliveries a
+    second (one second's worth at once, then as the bucket refills), whatever its slots;
+    once it keeps up again, it claims everything due at once."""
+    store = FakeWebhookStore()
+    for _ in range(30):
+        store.add(_due(uuid.uuid4()))  # 30 endpoints: one at a time each is no limit here
+    deliverer = Saturated(store, webhook_concurrency=64, webhook_saturated_rate=10)
+    stop = asyncio.Event()
+    task = asyncio.create_task(deliverer.run(stop))
+    await _settle()
+    assert len(deliverer.open) == 10  # the bucket's one second
+    await asyncio.sleep(0.5)
+    assert 13 <= len(deliverer.open) <= 17  # ~5 more at 10/s, woken by the refill timer
+    deliverer.saturated = False
+    deliverer.wake.set()  # as the lag watcher does when the lag ends
+    await _settle()
+    assert len(deliverer.open) == 30
+    stop.set()
+    for _, gate in deliverer.open:
+        gate.set()
+    await asyncio.wait_for(task, 5)
+    assert len(store.recorded) == 30
