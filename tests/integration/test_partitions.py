@@ -4,6 +4,7 @@ no partition of their own, and an existing deployment's rows kept across the mig
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -460,3 +461,34 @@ async def test_a_lookup_by_id_reads_one_partition_in_custom_and_generic_plans(
                     else:  # no bound: every day partition (and the DEFAULT one)
                         assert len(scanned) > 10, (mode, query.name, scanned)
                     await conn.execute(f"DEALLOCATE {query.name}")
+
+
+async def test_making_a_partition_never_deadlocks_with_a_writer_of_jobs_reading_history(
+        pool: asyncpg.Pool) -> None:
+    """The hot path locks jobs, then the partitions of executions (a worker's result batch
+    names jobs; its plan locks every partition). Attaching a day took executions_default,
+    then jobs (the foreign key): with a writer of jobs that then read executions, that was
+    a deadlock (`jobsched bench soak`). The leader now takes jobs first: the writer's read
+    goes through, and the day is made once the writer is done."""
+    leader = PostgresLeaderStore(pool)
+    assert await leader.claim_epoch(1, "leader")
+    later = datetime.now(UTC) + timedelta(days=40)
+    deadlocks = await pool.fetchval(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+    async with pool.acquire() as writer:
+        tx = writer.transaction()
+        await tx.start()
+        await writer.execute("LOCK TABLE jobs IN ROW EXCLUSIVE MODE")  # as a write of jobs
+        making = asyncio.create_task(leader.ensure_partitions(1, later))
+        await asyncio.sleep(0.3)  # the leader is at its locks now
+        # the read locks every partition, executions_default too
+        assert await writer.fetchval("SELECT count(*) FROM executions") == 0
+        await tx.commit()
+    made = await asyncio.wait_for(making, 10)
+    if not made:  # the writer outlasted every try of that pass: the next one makes them
+        made = await leader.ensure_partitions(1, later)
+    assert f"executions_p{_day(later)}" in made
+    assert f"executions_p{_day(later)}" in await _partitions(pool)
+    assert await pool.fetchval(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") \
+        == deadlocks

@@ -27,6 +27,8 @@ Q = load_queries("leader.sql")
 #: Day partitions of history are made this many days ahead (a leader outage shorter than
 #: that never sends fires to the DEFAULT partition).
 PARTITION_DAYS_AHEAD = 7
+#: Partitions made or dropped (DDL): how long each lock is waited for, how many tries a
+#: pass makes, and the pause between them; then the next pass tries again.
 DROP_LOCK_TIMEOUT = "100ms"
 DROP_TRIES = 5
 DROP_RETRY_S = 0.2
@@ -179,9 +181,26 @@ class PostgresLeaderStore:
         in a partition of their own day, not in the DEFAULT one. Returns the partitions
         made (the executions ones, then the deliveries ones)."""
         start, stop = now - timedelta(days=1), now + timedelta(days=days_ahead)
-        async with fenced(self.pool, epoch) as conn:
-            made: list[str] = await Q.ensure_partitions.fetchval(conn, start=start, stop=stop)
-            made += await Q.ensure_delivery_partitions.fetchval(conn, start=start, stop=stop)
+        if not await Q.partitions_missing.fetchval(self.pool, start=start, stop=stop):
+            return []
+        # Locks in the hot path's order (jobs, then the partitions), each wait bounded: a
+        # busy moment defers the days to a later pass (they are made a week ahead).
+        made: list[str] = []
+        for attempt in range(1, DROP_TRIES + 1):
+            try:
+                async with fenced(self.pool, epoch) as conn:
+                    await Q.drop_lock_timeout.execute(conn, timeout=DROP_LOCK_TIMEOUT)
+                    await Q.lock_jobs_for_partitions.execute(conn)
+                    made = await Q.ensure_partitions.fetchval(conn, start=start, stop=stop)
+                    made += await Q.ensure_delivery_partitions.fetchval(conn, start=start,
+                                                                        stop=stop)
+                break
+            except asyncpg.LockNotAvailableError:
+                if attempt < DROP_TRIES:
+                    await asyncio.sleep(DROP_RETRY_S)
+                    continue
+                log.info("partitions to make: tables busy, made on a later pass")
+                return []
         if made:
             log.info("made history partitions %s", ", ".join(made))
         return made

@@ -207,6 +207,36 @@ WITH expired AS (
 )
 SELECT id, job_id, attempt, state FROM reaped
 
+-- partitions_missing --
+-- Whether a day from :start to :stop has no range partition of executions or of
+-- webhook_deliveries yet (a day history_ensure_partitions or webhook_ensure_partitions would
+-- make): a read of the catalogue, so that a pass with nothing to make takes no lock.
+SELECT EXISTS (
+    SELECT 1
+    FROM generate_series(date_trunc('day', :start::timestamptz AT TIME ZONE 'UTC')
+                             AT TIME ZONE 'UTC',
+                         :stop::timestamptz, interval '1 day') AS d(day)
+    WHERE d.day < :stop::timestamptz
+      AND (NOT EXISTS (SELECT 1 FROM history_partitions() h
+                       WHERE h.table_name = 'executions' AND h.upper > d.day
+                         AND (h.lower IS NULL OR h.lower < d.day + interval '1 day'))
+           OR NOT EXISTS (SELECT 1 FROM webhook_partitions() w
+                          WHERE w.upper > d.day
+                            AND (w.lower IS NULL OR w.lower < d.day + interval '1 day')))
+)
+
+-- lock_jobs_for_partitions --
+-- Attaching a day partition of executions takes ACCESS EXCLUSIVE on executions_default and
+-- then SHARE ROW EXCLUSIVE on jobs (the partition's copy of the job_id foreign key). Every
+-- statement of the hot path takes its locks the other way round: jobs (a parent named in
+-- it) before the partitions of executions. A worker's result batch holding jobs and
+-- waiting for executions_default, while the leader held that and waited for jobs, was a
+-- deadlock (2 in the first minute of `jobsched bench soak`, at the pass that made
+-- yesterday's partition). Taken first, under the caller's lock_timeout, the order is the
+-- hot path's own: writers of jobs wait for the leader (a moment, once a day), never the
+-- reverse.
+LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE
+
 -- ensure_partitions --
 -- The day partitions of executions and attempts from :start to :stop (those missing).
 SELECT history_ensure_partitions(:start, :stop)
