@@ -194,10 +194,8 @@ class WebhookDeliverer:
     async def claim_and_send(self) -> int:
         """Lease what this worker has slots for and start sending it; returns how many."""
         slots = self._free_slots()
-        if slots <= 0:
-            self._more_due = True
-            return 0
-        slots = self._paced(slots)
+        if slots > 0:
+            slots = self._paced(slots)
         if slots <= 0:
             self._more_due = True
             return 0

@@ -4,10 +4,12 @@ Every write runs in ``fenced()``: it commits only while the caller's epoch is cu
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import asyncpg
 
@@ -23,6 +25,7 @@ from jobsched.ports import Dispatch, ReapedExecution
 log = logging.getLogger(__name__)
 
 Q = load_queries("leader.sql")
+T = TypeVar("T")
 
 #: Day partitions of history are made this many days ahead (a leader outage shorter than
 #: that never sends fires to the DEFAULT partition).
@@ -185,25 +188,34 @@ class PostgresLeaderStore:
             return []
         # Locks in the hot path's order (jobs, then the partitions), each wait bounded: a
         # busy moment defers the days to a later pass (they are made a week ahead).
-        made: list[str] = []
+        async def make(conn: asyncpg.Connection) -> list[str]:
+            await Q.lock_jobs_for_partitions.execute(conn)
+            made: list[str] = await Q.ensure_partitions.fetchval(conn, start=start, stop=stop)
+            return made + await Q.ensure_delivery_partitions.fetchval(conn, start=start,
+                                                                      stop=stop)
+
+        done, made = await self._ddl(epoch, make)
+        if not done or made is None:
+            log.info("partitions to make: tables busy, made on a later pass")
+            return []
+        if made:
+            log.info("made history partitions %s", ", ".join(made))
+        return made
+
+    async def _ddl(self, epoch: int, work: Callable[[asyncpg.Connection], Awaitable[T]],
+                   ) -> tuple[bool, T | None]:
+        """``work`` (partitions made or dropped) in a fenced transaction whose every lock is
+        waited for at most ``DROP_LOCK_TIMEOUT``, tried up to ``DROP_TRIES`` times:
+        (True, its result), or (False, None) when the tables stayed busy."""
         for attempt in range(1, DROP_TRIES + 1):
             try:
                 async with fenced(self.pool, epoch) as conn:
                     await Q.drop_lock_timeout.execute(conn, timeout=DROP_LOCK_TIMEOUT)
-                    await Q.lock_jobs_for_partitions.execute(conn)
-                    made = await Q.ensure_partitions.fetchval(conn, start=start, stop=stop)
-                    made += await Q.ensure_delivery_partitions.fetchval(conn, start=start,
-                                                                        stop=stop)
-                break
+                    return True, await work(conn)
             except asyncpg.LockNotAvailableError:
                 if attempt < DROP_TRIES:
                     await asyncio.sleep(DROP_RETRY_S)
-                    continue
-                log.info("partitions to make: tables busy, made on a later pass")
-                return []
-        if made:
-            log.info("made history partitions %s", ", ".join(made))
-        return made
+        return False, None
 
     async def drop_expired_partitions(self, epoch: int, before: datetime,
                                       ) -> tuple[list[str], list[datetime | None]]:
@@ -219,23 +231,14 @@ class PostgresLeaderStore:
         dropped: list[str] = []
         deferred: list[datetime | None] = []
         for row in await expired.fetch(self.pool, before=before):
-            for attempt in range(1, DROP_TRIES + 1):
-                try:
-                    async with fenced(self.pool, epoch) as conn:
-                        await Q.drop_lock_timeout.execute(conn, timeout=DROP_LOCK_TIMEOUT)
-                        name = await drop.fetchval(
-                            conn, partition=row["partition_name"], before=before)
-                except asyncpg.LockNotAvailableError:
-                    if attempt < DROP_TRIES:
-                        await asyncio.sleep(DROP_RETRY_S)
-                        continue
-                    log.info("retention: partition %s busy, dropped on a later pass",
-                             row["partition_name"])
-                    deferred.append(row["lower"])
-                    break
-                if name is not None:
-                    dropped.append(name)
-                break
+            partition = row["partition_name"]
+            done, name = await self._ddl(
+                epoch, functools.partial(drop.fetchval, partition=partition, before=before))
+            if not done:
+                log.info("retention: partition %s busy, dropped on a later pass", partition)
+                deferred.append(row["lower"])
+            elif name is not None:
+                dropped.append(name)
         if dropped:
             log.info("retention dropped history partitions %s", ", ".join(dropped))
         return dropped, deferred
