@@ -10,6 +10,8 @@ import base64
 import os
 import random
 import secrets
+import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from jobsched.domain.states import AttemptOutcome
+from jobsched.worker import shell as shell_module
 from jobsched.worker.results import AttemptResult
 from jobsched.worker.sandbox import ShellSandbox, processes_of
 from jobsched.worker.secrets import RunSecrets
@@ -109,6 +112,50 @@ async def test_nothing_survives_a_cancelled_run(sandbox: ShellSandbox) -> None:
     with pytest.raises(asyncio.CancelledError):
         await run
     assert survivors(marker) == []
+
+
+def zombie_children() -> list[int]:
+    """This process's children that have exited and are not reaped."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and int(fields[1]) == os.getpid():
+            found.append(int(entry))
+    return found
+
+
+async def test_a_run_is_forked_off_the_event_loop_and_reaped(
+        sandbox: ShellSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fork waits here until the loop has run: forked in the loop, it would hold the
+    loop (and this test) until the 10 s wait gives up and the run fails."""
+    real_popen = subprocess.Popen
+    loop_ran = threading.Event()
+    forked_in: list[int] = []
+
+    def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        forked_in.append(threading.get_ident())
+        if len(forked_in) == 1 and not loop_ran.wait(10):
+            raise AssertionError("the event loop did not run while the run was forked")
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(shell_module.subprocess, "Popen", popen)
+    run = asyncio.create_task(shell(sandbox, "echo forked; exit 7"))
+    deadline = time.monotonic() + 10
+    while not forked_in:
+        assert time.monotonic() < deadline, "the run was never forked"
+        await asyncio.sleep(0.01)
+    loop_ran.set()
+    result = await run
+    assert forked_in[0] != threading.get_ident()
+    assert (result.outcome, result.exit_code) == (AttemptOutcome.FAILED, 7), result
+    assert result.output == "forked\n"
+    assert zombie_children() == []
 
 
 async def test_a_later_run_of_the_same_uid_reads_no_earlier_environment(
