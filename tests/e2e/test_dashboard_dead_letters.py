@@ -78,6 +78,12 @@ def test_list_inspect_and_retry_dead_executions(running_cluster: LocalCluster,
     # one job's only
     _, (elsewhere,) = dead_job(running_cluster, "dash-dead-other")
     page.goto(f"{running_cluster.api}/#/jobs/{job_id}")
+    # The job page draws the link at once and its cards fill in as their requests come
+    # back, moving it down: click once they have (a click as the layout moves can land
+    # beside the link).
+    expect(page.locator("#executions-table tbody tr").first).to_be_visible()
+    expect(page.locator("#job-explain")).not_to_contain_text("Loading…")
+    expect(page.locator("#next-fires li, #job-details dd").first).to_be_visible()
     page.click("#job-dead-letters")
     expect(page).to_have_url(re.compile(rf"#/dead\?job={job_id}$"))
     expect(page.locator("#dead-filter")).to_contain_text(job_id)
