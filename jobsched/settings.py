@@ -64,6 +64,9 @@ class Settings(BaseModel):
 
     log_format: Literal["json", "text"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Seconds between two malloc_trim(0) calls, which give the pages glibc's heap holds
+    # free back to the OS (jobsched/memory.py); 0: never.
+    memory_trim_interval_s: float = Field(60.0, ge=0, le=86_400)
 
     # scheduler
     scheduler_poll_s: float = Field(1.0, gt=0, le=60)

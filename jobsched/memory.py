@@ -1,0 +1,65 @@
+"""Giving memory the process has freed back to the operating system.
+
+CPython hands every block over 512 bytes (query results, message bodies, the tables of
+large dicts and lists) to the C library's malloc. glibc keeps what is freed in its heap
+for reuse and returns it only from the heap's top, so a long-running process whose
+large blocks come and go at changing sizes keeps pages it no longer uses: the leader's
+RSS rose ~1 MB a minute in `jobsched bench soak` while the bytes malloc had in use stayed
+flat (15.3 → 15.4 MB in 5 minutes against 20.0 → 22.8 MB of heap), and one
+``malloc_trim(0)`` took it from 79.1 to 72.2 MB. Every role calls it on a timer
+(``memory_trim_interval_s``); it returns the free pages anywhere in the heap (glibc 2.8+)
+and costs about a millisecond on a role's heap. Elsewhere (musl, macOS) there is no
+``malloc_trim`` and nothing is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim  # type: ignore[no-any-return]
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def can_release() -> bool:
+    """Whether this C library can give freed heap pages back (glibc)."""
+    return _malloc_trim is not None
+
+
+def release_free_memory() -> bool:
+    """Give the heap's free pages back to the OS; True if any were."""
+    if _malloc_trim is None:
+        return False
+    return bool(_malloc_trim(0))
+
+
+async def release_free_memory_every(interval_s: float, stop: asyncio.Event) -> None:
+    """``release_free_memory`` every ``interval_s`` seconds until ``stop``."""
+    if interval_s <= 0 or not can_release():
+        return
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+        except TimeoutError:
+            began = time.perf_counter()
+            released = release_free_memory()
+            log.debug("malloc_trim: %s in %.1f ms", "released" if released else "nothing",
+                      (time.perf_counter() - began) * 1000)
