@@ -148,8 +148,11 @@ class Worker:
         #: Set once the drain is over: what serves draining runs (leases, cancellations,
         #: the registry) runs until then.
         self.drained = asyncio.Event()
+        # High claims do not wait behind a flush in flight (claims lock only their own
+        # executions, in id order: two flushes at once cannot deadlock).
         self._claims: Batcher[Claim, ClaimedExecution | None] = Batcher(
-            self._claim_batch, max_size=min(settings.worker_prefetch, 1000)
+            self._claim_batch, max_size=min(settings.worker_prefetch, 1000),
+            express=Priority.HIGH,
         )
         self._results: Batcher[FinishedAttempt, ExecutionState | None] = Batcher(
             self._finish_batch, max_size=min(settings.worker_prefetch, 1000)

@@ -11,6 +11,7 @@ import pytest
 from jobsched.batching import Batcher
 from jobsched.domain.firing import DueJob, JobAdvance
 from jobsched.domain.firing import plan_tick as plan_fires
+from jobsched.domain.priority import Priority
 from jobsched.domain.retry import RetryPolicy
 from jobsched.domain.schedule import next_fire_after, parse_schedule
 from jobsched.ports import ClaimedExecution
@@ -48,6 +49,32 @@ async def test_batches_are_capped_and_failures_reach_every_waiter() -> None:
     assert max(sizes) == 10 and sum(sizes) == 25
     failed = [i for i, r in enumerate(results) if isinstance(r, RuntimeError)]
     assert failed == list(range(10, 20))
+
+
+async def test_express_items_flush_beside_a_flush_in_flight_and_others_wait() -> None:
+    release = asyncio.Event()
+    flushes: list[list[str]] = []
+
+    async def flush(items: list[str]) -> list[str]:
+        flushes.append(items)
+        if "low-1" in items:
+            await release.wait()  # a slow flush, as a claim of 500 under load is
+        return items
+
+    batcher: Batcher[str, str] = Batcher(flush, max_size=10, max_delay=0.001,
+                                         express=Priority.HIGH)
+    lows = asyncio.gather(*(batcher.submit(f"low-{i}", Priority.LOW) for i in range(3)))
+    await asyncio.sleep(0.02)  # the low flush is in flight
+    later_low = asyncio.ensure_future(batcher.submit("low-9", Priority.LOW))
+    highs = await asyncio.wait_for(asyncio.gather(
+        *(batcher.submit(f"high-{i}", Priority.HIGH) for i in range(2))), 1)
+    assert highs == ["high-0", "high-1"]  # flushed while the low flush still hangs
+    assert not later_low.done()  # a non-express item waits for the flush in flight
+    release.set()
+    assert await asyncio.wait_for(lows, 1) == ["low-0", "low-1", "low-2"]
+    assert await asyncio.wait_for(later_low, 1) == "low-9"
+    await batcher.close()
+    assert flushes == [["low-0", "low-1", "low-2"], ["high-0", "high-1"], ["low-9"]]
 
 
 def test_plan_fires_coalesces_missed_fires() -> None:
