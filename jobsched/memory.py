@@ -8,8 +8,8 @@ RSS rose ~1 MB a minute in `jobsched bench soak` while the bytes malloc had in u
 flat (15.3 → 15.4 MB in 5 minutes against 20.0 → 22.8 MB of heap), and one
 ``malloc_trim(0)`` took it from 79.1 to 72.2 MB. Every role calls it on a timer
 (``memory_trim_interval_s``); it returns the free pages anywhere in the heap (glibc 2.8+)
-and costs about a millisecond on a role's heap. Elsewhere (musl, macOS) there is no
-``malloc_trim`` and nothing is done.
+and costs little (0.04 ms median, 0.65 ms at most, on a 20 MB heap; 15 ms when it
+returned 120 MB). Elsewhere (musl, macOS) there is no ``malloc_trim`` and nothing is done.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import ctypes.util
 import logging
 import time
 from collections.abc import Callable
+
+from jobsched.backoff import sleep_unless
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,11 @@ async def release_free_memory_every(interval_s: float, stop: asyncio.Event) -> N
     """``release_free_memory`` every ``interval_s`` seconds until ``stop``."""
     if interval_s <= 0 or not can_release():
         return
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), interval_s)
-        except TimeoutError:
-            began = time.perf_counter()
-            released = release_free_memory()
-            log.debug("malloc_trim: %s in %.1f ms", "released" if released else "nothing",
-                      (time.perf_counter() - began) * 1000)
+    while True:
+        await sleep_unless(stop, interval_s)
+        if stop.is_set():
+            return
+        began = time.perf_counter()
+        released = release_free_memory()
+        log.debug("malloc_trim: %s in %.1f ms", "released" if released else "nothing",
+                  (time.perf_counter() - began) * 1000)

@@ -104,7 +104,6 @@ async def test_high_fires_have_a_lane_of_their_own_when_low_chunks_hold_every_sl
         await asyncio.gather(running, return_exceptions=True)
 
 
-
 class HeldBroker(FakeBroker):
     """A broker that confirms nothing until released: what it was handed went out without
     waiting for a confirm."""
