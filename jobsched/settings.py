@@ -90,6 +90,10 @@ class Settings(BaseModel):
     # limit is high and 1,000 runs due at the same second all start at once; shell runs
     # are processes and have their own, lower limit within it.
     worker_concurrency: int = Field(1024, ge=1, le=65535)
+    # The share of those slots kept for high-priority runs: normal and low ones together
+    # hold at most the rest, so a high run that comes while a backlog of low work fills
+    # the worker starts at once (normal and low always keep at least one slot).
+    worker_high_reserve: float = Field(0.125, ge=0, lt=1)
     shell_concurrency: int = Field(64, ge=1, le=65535)
     worker_lease_s: float = Field(30.0, ge=1)
     # A run fired ahead of its time is claimed this long before it is due, so the claim's
@@ -241,6 +245,12 @@ class Settings(BaseModel):
             if not re.fullmatch(r"[A-Za-z0-9_.\-\[\]:]+:\d{1,5}", host.strip()):
                 raise ValueError(f"{host!r} is not host:port")
         return value
+
+    @property
+    def high_reserved_slots(self) -> int:
+        """Run slots of a worker only high-priority runs may take (``worker_high_reserve``)."""
+        return min(int(self.worker_concurrency * self.worker_high_reserve),
+                   self.worker_concurrency - 1)
 
     @property
     def queue_name(self) -> str:

@@ -176,7 +176,8 @@ class Worker:
         # Deliveries not claimed yet (held until due, or waiting for a slot): on a drain
         # they go back to the queue at once, unrun and unclaimed.
         self._unclaimed: set[asyncio.Task[None]] = set()
-        self._run_slots = BandSlots(settings.worker_concurrency)
+        self._run_slots = BandSlots(settings.worker_concurrency,
+                                    reserved=settings.high_reserved_slots)
         self._shell_slots = asyncio.Semaphore(settings.shell_concurrency)
         self._threads = ThreadRunner()  # runs plain-function python tasks
         #: Plain functions timed out or cancelled whose threads still run: each resolves
@@ -486,7 +487,7 @@ class Worker:
                     raise
                 return claimed, result, state, delay
         finally:
-            self._release_slot(claimed_id)
+            self._release_slot(band, claimed_id)
 
     def _release_later(self, lock: JobLock) -> None:
         async def release() -> None:
@@ -499,17 +500,17 @@ class Worker:
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 
-    def _release_slot(self, claimed_id: uuid.UUID | None) -> None:
+    def _release_slot(self, band: Priority, claimed_id: uuid.UUID | None) -> None:
         """Free a run's slot, or, if its plain function's thread still runs (timed out or
         cancelled: a thread cannot be killed), once that thread ends: threads left running
         never make more runs at once than ``worker_concurrency``."""
         ended = self._lingering.pop(claimed_id, None) if claimed_id is not None else None
         if ended is None or ended.done():
-            self._run_slots.release()
+            self._run_slots.release(band)
             return
         log.info("execution %s: its function's thread still runs; its slot stays taken "
                  "until it returns", claimed_id)
-        ended.add_done_callback(lambda _: self._run_slots.release())
+        ended.add_done_callback(lambda _: self._run_slots.release(band))
 
     async def _attempt(self, delivery: Delivery, claimed: ClaimedExecution,
                        ) -> tuple[AttemptResult, ExecutionState | None, float]:

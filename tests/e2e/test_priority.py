@@ -74,6 +74,30 @@ async def test_newly_queued_high_work_starts_within_a_second_of_a_low_backlog(
     assert max(r["started_at"] for r in lows) > max(r["started_at"] for r in highs)
 
 
+async def test_a_high_run_takes_a_kept_slot_while_long_low_runs_hold_the_rest(
+        local_cluster: LocalCluster) -> None:
+    cluster = local_cluster
+    cluster.start("scheduler")
+    # 4 slots, 1 kept for high (worker_high_reserve): low runs hold at most 3
+    cluster.start("worker", extra=("--import", "sample_tasks"), JOBSCHED_WORKER_CONCURRENCY="4",
+                  JOBSCHED_WORKER_HIGH_RESERVE="0.25")
+    cluster.start("api")
+    async with aiohttp.ClientSession() as session:
+        api = ApiClient(session, cluster.api, token=cluster.token)
+        await asyncio.gather(*(api.create(_nap(f"long-low-{i}", "low", 4.0)) for i in range(6)))
+        await asyncio.sleep(1.5)  # three of them run, three wait; the kept slot is free
+        await api.create(_nap("kept-high", "high", 0.05))
+        highs = await _until_done(cluster.database_url, "kept-high", 1)
+        lows = await _until_done(cluster.database_url, "long-low-", 6)
+    assert {r["state"] for r in highs + lows} == {"succeeded"}
+    high = highs[0]
+    assert (high["started_at"] - high["queued_at"]).total_seconds() < 1.0
+    # it did not wait for a low run to end: the first three were still running
+    assert high["started_at"] < min(r["finished_at"] for r in lows)
+    started = sorted(r["started_at"] for r in lows)
+    assert started[3] >= min(r["finished_at"] for r in lows)  # low never took the kept slot
+
+
 async def test_low_work_keeps_a_share_while_high_work_floods(
         local_cluster: LocalCluster) -> None:
     cluster = local_cluster

@@ -65,8 +65,8 @@ async def test_band_slots_hand_freed_slots_by_weight_and_survive_cancellation() 
     cancelled = asyncio.create_task(wait(Priority.HIGH))
     await asyncio.sleep(0)
     cancelled.cancel()
-    for _ in range(36):
-        slots.release()
+    for _ in range(36):  # the two low runs' slots, then each one served's in turn
+        slots.release(served[-1] if served else Priority.LOW)
         await asyncio.sleep(0)
     counts = Counter(served)
     assert counts[Priority.HIGH] == 30 and counts[Priority.LOW] == 6  # high first, low still
@@ -74,3 +74,83 @@ async def test_band_slots_hand_freed_slots_by_weight_and_survive_cancellation() 
     for task in waiters:
         task.cancel()
     await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def test_reserved_slots_let_a_high_run_start_while_low_work_fills_the_rest() -> None:
+    import asyncio
+
+    from jobsched.worker.slots import BandSlots
+
+    slots = BandSlots(8, reserved=2)
+    for _ in range(6):
+        await slots.acquire(Priority.LOW)
+    low = asyncio.create_task(slots.acquire(Priority.LOW))
+    normal = asyncio.create_task(slots.acquire(Priority.NORMAL))
+    await asyncio.sleep(0)
+    assert not low.done() and not normal.done() and slots.free == 2  # kept for high
+    # high takes the kept slots at once, with low and normal waiting
+    await asyncio.wait_for(slots.acquire(Priority.HIGH), 1)
+    await asyncio.wait_for(slots.acquire(Priority.HIGH), 1)
+    assert slots.free == 0
+    third_high = asyncio.create_task(slots.acquire(Priority.HIGH))
+    await asyncio.sleep(0)
+    # a high slot freed goes to the high waiter, never to low or normal (still 6 of theirs)
+    slots.release(Priority.HIGH)
+    await asyncio.sleep(0)
+    assert third_high.done() and not low.done() and not normal.done()
+    slots.release(Priority.HIGH)
+    await asyncio.sleep(0)
+    assert slots.free == 1 and not low.done() and not normal.done()
+    # a low slot freed goes to a low or normal waiter (the weights pick normal first)
+    slots.release(Priority.LOW)
+    await asyncio.sleep(0)
+    assert normal.done() and not low.done()
+    slots.release(Priority.LOW)
+    await asyncio.sleep(0)
+    assert low.done() and slots.free == 1
+
+
+async def test_reserved_slots_never_starve_low_and_cancelled_waiters_pass_theirs_on() -> None:
+    import asyncio
+
+    from jobsched.worker.slots import BandSlots
+
+    slots = BandSlots(4, reserved=1)
+    held: list[Priority] = []
+
+    async def run(band: Priority) -> None:
+        await slots.acquire(band)
+        held.append(band)
+
+    tasks = [asyncio.create_task(run(b))
+             for b in [Priority.LOW] * 40 + [Priority.HIGH] * 40]
+    await asyncio.sleep(0)
+    assert held == [Priority.LOW] * 3 + [Priority.HIGH]  # low fills all but the kept one
+    gone = asyncio.create_task(slots.acquire(Priority.LOW))
+    await asyncio.sleep(0)
+    gone.cancel()
+    served = 0
+    while served < 60:
+        slots.release(held[served])
+        served += 1
+        await asyncio.sleep(0)
+    counts = Counter(held[4:])
+    assert counts[Priority.LOW] >= 3  # low kept a share while high work waited
+    assert counts[Priority.HIGH] > counts[Priority.LOW]
+    # every slot is free or held, and low never took the kept one
+    assert slots.free + len(held) - served == 4 and slots._others <= 3
+    assert slots.waiting(Priority.LOW) == 40 - counts[Priority.LOW] - 3
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_a_reserve_leaves_low_and_normal_a_slot() -> None:
+    from jobsched.settings import Settings
+    from jobsched.worker.slots import BandSlots
+
+    assert Settings(worker_concurrency=1024).high_reserved_slots == 128
+    assert Settings(worker_concurrency=1, worker_high_reserve=0.9).high_reserved_slots == 0
+    assert Settings(worker_concurrency=10, worker_high_reserve=0.99).high_reserved_slots == 9
+    with pytest.raises(ValueError):
+        BandSlots(4, reserved=4)
