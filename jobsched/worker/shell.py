@@ -14,28 +14,44 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jobsched.domain.states import AttemptOutcome
-from jobsched.worker.capture import OutputBuffer, read_into
+from jobsched.worker.capture import OutputBuffer
 from jobsched.worker.results import AttemptResult, render_output
 from jobsched.worker.sandbox import Identity, SandboxError, ShellSandbox
 from jobsched.worker.secrets import MissingSecret, RunSecrets, longest, mask
 
 
-async def _open_pipe(fd: int) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
+def _read_pipe(fd: int, output: OutputBuffer) -> asyncio.Task[None]:
+    """Read the pipe's read end ``fd`` to EOF into ``output`` as it comes (it keeps its
+    head, counts the rest), from the loop; the fd is closed once the task ends, however it
+    ends (even cancelled before its first step).
+
+    One owner of the fd, on purpose: a pipe transport (``connect_read_pipe``) under uvloop
+    closes its fd a second time after the file object it was given does, and a number
+    reused in between is another's (MagicStack/uvloop#763)."""
     loop = asyncio.get_running_loop()
-    stream = asyncio.StreamReader(loop=loop)
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(stream, loop=loop), os.fdopen(fd, "rb", 0))
-    return stream, transport
+    os.set_blocking(fd, False)
 
+    async def read() -> None:
+        readable = asyncio.Event()
+        loop.add_reader(fd, readable.set)
+        while True:
+            try:
+                chunk = os.read(fd, 65_536)
+            except BlockingIOError:
+                readable.clear()
+                await readable.wait()
+                continue
+            if not chunk:
+                return
+            output.write(chunk)
 
-async def _read_into(stream: asyncio.StreamReader, transport: asyncio.ReadTransport,
-                     output: OutputBuffer) -> None:
-    """Read the pipe to EOF into ``output`` as it comes (it keeps its head, counts the
-    rest), then close it."""
-    try:
-        await read_into(stream, output)
-    finally:
-        transport.close()
+    def close(_: asyncio.Task[None]) -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+    task = asyncio.ensure_future(read())
+    task.add_done_callback(close)
+    return task
 
 
 #: One thread forks every shell run of the worker, one at a time (created on first use).
@@ -168,8 +184,7 @@ async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit:
     # then whole when it is masked, before the cut.
     if output is None:
         output = OutputBuffer(output_limit + longest(masked))
-    stream, transport = await _open_pipe(read_end)
-    reading = asyncio.ensure_future(_read_into(stream, transport, output))
+    reading = _read_pipe(read_end, output)
 
     async def kill_all() -> None:
         _kill_group(process)
@@ -192,8 +207,7 @@ async def _run_confined(payload: dict[str, Any], timeout_s: float, output_limit:
         )
     except asyncio.CancelledError:
         _kill_group(process)
-        reading.cancel()
-        transport.close()
+        reading.cancel()  # its fd is closed as it ends
         raise  # the sandbox kills the rest of the run's uid on the way out
     # Processes the run left may hold the pipe open after the main one exits: a moment to
     # flush, then the run is over and they are killed (nothing it started outlives it).
