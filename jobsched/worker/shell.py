@@ -44,10 +44,13 @@ def _read_pipe(fd: int, output: OutputBuffer) -> asyncio.Task[None]:
             if not chunk:
                 return
             output.write(chunk)
+            await asyncio.sleep(0)  # a writer that keeps the pipe full does not hold the loop
 
     def close(_: asyncio.Task[None]) -> None:
-        loop.remove_reader(fd)
-        os.close(fd)
+        try:
+            loop.remove_reader(fd)
+        finally:
+            os.close(fd)
 
     task = asyncio.ensure_future(read())
     task.add_done_callback(close)
