@@ -246,11 +246,10 @@ class Settings(BaseModel):
                 raise ValueError(f"{host!r} is not host:port")
         return value
 
-    @property
-    def high_reserved_slots(self) -> int:
-        """Run slots of a worker only high-priority runs may take (``worker_high_reserve``)."""
-        return min(int(self.worker_concurrency * self.worker_high_reserve),
-                   self.worker_concurrency - 1)
+    def kept_for_high(self, slots: int) -> int:
+        """Of ``slots`` (a worker's run or shell slots), how many only high-priority runs
+        may take (``worker_high_reserve``; normal and low always keep one)."""
+        return min(int(slots * self.worker_high_reserve), slots - 1)
 
     @property
     def queue_name(self) -> str:

@@ -177,8 +177,12 @@ class Worker:
         # they go back to the queue at once, unrun and unclaimed.
         self._unclaimed: set[asyncio.Task[None]] = set()
         self._run_slots = BandSlots(settings.worker_concurrency,
-                                    reserved=settings.high_reserved_slots)
-        self._shell_slots = asyncio.Semaphore(settings.shell_concurrency)
+                                    reserved=settings.kept_for_high(settings.worker_concurrency))
+        # Shell slots are banded the same way: a high shell run is not queued behind low
+        # shell runs waiting for one, and takes a kept one while they hold the rest.
+        self._shell_slots = BandSlots(
+            settings.shell_concurrency,
+            reserved=settings.kept_for_high(settings.shell_concurrency))
         self._threads = ThreadRunner()  # runs plain-function python tasks
         #: Plain functions timed out or cancelled whose threads still run: each resolves
         #: when its thread ends, and the run's slot is held until then.
@@ -450,7 +454,8 @@ class Worker:
             self.metrics.waiting.set({"priority": band}, self._run_slots.waiting(band))
             # A shell run waits for a shell slot before its claim too (its kind is in the
             # message; a message of an older version says nothing and waits after).
-            shell = self._shell_slots if message.kind == "shell" else contextlib.nullcontext()
+            shell = (self._shell_slots.slot(band) if message.kind == "shell"
+                     else contextlib.nullcontext())
             async with shell:
                 claimed_at = time.monotonic()
                 try:
@@ -478,7 +483,8 @@ class Worker:
                 claimed_id = claimed.id
                 late_shell = claimed.kind == "shell" and message.kind != "shell"
                 try:
-                    async with self._shell_slots if late_shell else contextlib.nullcontext():
+                    async with (self._shell_slots.slot(band) if late_shell
+                                else contextlib.nullcontext()):
                         result, state, delay = await self._attempt(delivery, claimed)
                 except BaseException:
                     self._leases.pop(claimed.id, None)

@@ -98,6 +98,33 @@ async def test_a_high_run_takes_a_kept_slot_while_long_low_runs_hold_the_rest(
     assert started[3] >= min(r["finished_at"] for r in lows)  # low never took the kept slot
 
 
+async def test_a_high_shell_run_takes_a_kept_shell_slot_while_low_shell_runs_hold_the_rest(
+        local_cluster: LocalCluster) -> None:
+    cluster = local_cluster
+    cluster.start("scheduler")
+    # 2 shell slots, 1 kept for high: low shell runs hold at most 1, the rest queue
+    cluster.start("worker", JOBSCHED_SHELL_CONCURRENCY="2", JOBSCHED_WORKER_HIGH_RESERVE="0.5")
+    cluster.start("api")
+
+    def sleeper(name: str, priority: str, seconds: str) -> dict[str, object]:
+        return {"name": name, "schedule": "immediate", "kind": "shell", "priority": priority,
+                "shell": {"argv": ["/bin/sleep", seconds]}}
+
+    async with aiohttp.ClientSession() as session:
+        api = ApiClient(session, cluster.api, token=cluster.token)
+        await asyncio.gather(*(api.create(sleeper(f"sh-low-{i}", "low", "3")) for i in range(3)))
+        await asyncio.sleep(1.5)  # one low shell run runs, two wait for a shell slot
+        await api.create(sleeper("sh-high", "high", "0.1"))
+        highs = await _until_done(cluster.database_url, "sh-high", 1)
+        lows = await _until_done(cluster.database_url, "sh-low-", 3)
+    assert {r["state"] for r in highs + lows} == {"succeeded"}, highs + lows
+    high = highs[0]
+    assert (high["started_at"] - high["queued_at"]).total_seconds() < 1.0
+    assert high["started_at"] < min(r["finished_at"] for r in lows)  # it did not wait
+    started = sorted(r["started_at"] for r in lows)
+    assert started[1] >= min(r["finished_at"] for r in lows)  # low never took the kept one
+
+
 async def test_low_work_keeps_a_share_while_high_work_floods(
         local_cluster: LocalCluster) -> None:
     cluster = local_cluster

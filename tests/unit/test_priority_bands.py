@@ -149,8 +149,8 @@ def test_a_reserve_leaves_low_and_normal_a_slot() -> None:
     from jobsched.settings import Settings
     from jobsched.worker.slots import BandSlots
 
-    assert Settings(worker_concurrency=1024).high_reserved_slots == 128
-    assert Settings(worker_concurrency=1, worker_high_reserve=0.9).high_reserved_slots == 0
-    assert Settings(worker_concurrency=10, worker_high_reserve=0.99).high_reserved_slots == 9
+    assert Settings().kept_for_high(1024) == 128 and Settings().kept_for_high(64) == 8
+    assert Settings(worker_high_reserve=0.9).kept_for_high(1) == 0
+    assert Settings(worker_high_reserve=0.99).kept_for_high(10) == 9
     with pytest.raises(ValueError):
         BandSlots(4, reserved=4)
