@@ -95,12 +95,18 @@ class Batcher(Generic[T, R]):
                 self._flushing = False
 
     async def _flush_express(self, band: Priority) -> None:
-        """A flush of the express band's waiting items beside the one in flight."""
-        await asyncio.sleep(self._max_delay)
+        """Flushes of the express band's waiting items beside the one in flight, one after
+        another while it is in flight: items that came during an express flush go in the
+        next, not in the regular flush after the one in flight (~280 ms later)."""
         queue = self._pending[band]
-        batch = [queue.popleft() for _ in range(min(len(queue), self._max_size))]
-        if batch:
+        while True:
+            await asyncio.sleep(self._max_delay)
+            batch = [queue.popleft() for _ in range(min(len(queue), self._max_size))]
+            if not batch:
+                return
             await self._settle(batch)
+            if not self._flushing:  # the regular flush takes whatever came since
+                return
 
     async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:

@@ -77,6 +77,37 @@ async def test_express_items_flush_beside_a_flush_in_flight_and_others_wait() ->
     assert flushes == [["low-0", "low-1", "low-2"], ["high-0", "high-1"], ["low-9"]]
 
 
+async def test_express_items_that_come_during_an_express_flush_go_in_the_next_one() -> None:
+    release_low, release_high = asyncio.Event(), asyncio.Event()
+    flushes: list[list[str]] = []
+
+    async def flush(items: list[str]) -> list[str]:
+        flushes.append(items)
+        if "low-0" in items:
+            await release_low.wait()
+        if "high-0" in items:
+            await release_high.wait()  # the express flush in flight is slow too
+        return items
+
+    batcher: Batcher[str, str] = Batcher(flush, max_size=10, max_delay=0.001,
+                                         express=Priority.HIGH)
+    low = asyncio.ensure_future(batcher.submit("low-0", Priority.LOW))
+    await asyncio.sleep(0.02)  # the low flush is in flight
+    first = asyncio.ensure_future(batcher.submit("high-0", Priority.HIGH))
+    await asyncio.sleep(0.02)  # and the first express flush
+    second = asyncio.ensure_future(batcher.submit("high-1", Priority.HIGH))
+    await asyncio.sleep(0.02)
+    assert not second.done()
+    release_high.set()
+    # high-1 goes in an express flush of its own, not after the low flush in flight
+    assert await asyncio.wait_for(asyncio.gather(first, second), 1) == ["high-0", "high-1"]
+    assert not low.done()
+    release_low.set()
+    assert await asyncio.wait_for(low, 1) == "low-0"
+    await batcher.close()
+    assert flushes == [["low-0"], ["high-0"], ["high-1"]]
+
+
 def test_plan_fires_coalesces_missed_fires() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, 500_000, tzinfo=UTC)
     job = DueJob(uuid.uuid4(), "* * * * * *", "UTC", now - timedelta(seconds=30))
