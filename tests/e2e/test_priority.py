@@ -89,13 +89,7 @@ async def test_a_high_run_takes_a_kept_slot_while_long_low_runs_hold_the_rest(
         await api.create(_nap("kept-high", "high", 0.05))
         highs = await _until_done(cluster.database_url, "kept-high", 1)
         lows = await _until_done(cluster.database_url, "long-low-", 6)
-    assert {r["state"] for r in highs + lows} == {"succeeded"}
-    high = highs[0]
-    assert (high["started_at"] - high["queued_at"]).total_seconds() < 1.0
-    # it did not wait for a low run to end: the first three were still running
-    assert high["started_at"] < min(r["finished_at"] for r in lows)
-    started = sorted(r["started_at"] for r in lows)
-    assert started[3] >= min(r["finished_at"] for r in lows)  # low never took the kept slot
+    _assert_took_the_kept_slot(highs[0], lows, low_slots=3)
 
 
 async def test_a_high_shell_run_takes_a_kept_shell_slot_while_low_shell_runs_hold_the_rest(
@@ -117,12 +111,19 @@ async def test_a_high_shell_run_takes_a_kept_shell_slot_while_low_shell_runs_hol
         await api.create(sleeper("sh-high", "high", "0.1"))
         highs = await _until_done(cluster.database_url, "sh-high", 1)
         lows = await _until_done(cluster.database_url, "sh-low-", 3)
-    assert {r["state"] for r in highs + lows} == {"succeeded"}, highs + lows
-    high = highs[0]
+    _assert_took_the_kept_slot(highs[0], lows, low_slots=1)
+
+
+def _assert_took_the_kept_slot(high: asyncpg.Record, lows: list[asyncpg.Record],
+                               low_slots: int) -> None:
+    """``high`` started at once, while the first ``low_slots`` low runs still ran (it did
+    not wait for one to end), and no further low run started before one of them ended
+    (low never took the kept slot)."""
+    assert {r["state"] for r in [high, *lows]} == {"succeeded"}, [high, *lows]
     assert (high["started_at"] - high["queued_at"]).total_seconds() < 1.0
-    assert high["started_at"] < min(r["finished_at"] for r in lows)  # it did not wait
-    started = sorted(r["started_at"] for r in lows)
-    assert started[1] >= min(r["finished_at"] for r in lows)  # low never took the kept one
+    first_end = min(r["finished_at"] for r in lows)
+    assert high["started_at"] < first_end
+    assert sorted(r["started_at"] for r in lows)[low_slots] >= first_end
 
 
 async def test_low_work_keeps_a_share_while_high_work_floods(
