@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,10 @@ def run(ctx: click.Context, roles: tuple[str, ...], run_migrate: bool, imports: 
     logging.getLogger("jobsched").info("settings: %s", settings.masked())
     _warn_about_unknown_environment()
     try:
-        code = asyncio.run(serve(settings, hosted, migrate=run_migrate))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            logging.getLogger("jobsched").info(
+                "event loop: %s", type(runner.get_loop()).__module__.split(".")[0])
+            code = runner.run(serve(settings, hosted, migrate=run_migrate))
     except ImportError as exc:
         click.echo(f"jobsched: cannot import task module: {exc}", err=True)
         sys.exit(2)
@@ -119,6 +123,21 @@ def run(ctx: click.Context, roles: tuple[str, ...], run_migrate: bool, imports: 
         click.echo(f"jobsched: {exc}", err=True)
         sys.exit(2)
     sys.exit(code)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop a role runs on (``event_loop``): uvloop's unless told otherwise or
+    not installed; None is asyncio's own."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("event_loop=uvloop, but uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _warn_about_unknown_environment() -> None:

@@ -67,6 +67,10 @@ class Settings(BaseModel):
     # Seconds between two malloc_trim(0) calls, which give the pages glibc's heap holds
     # free back to the OS (jobsched/memory.py); 0: never.
     memory_trim_interval_s: float = Field(60.0, ge=0, le=86_400)
+    # The roles' event loop: uvloop where it is installed (a dependency on Linux and
+    # macOS), else asyncio's own; "asyncio" forces asyncio's, "uvloop" refuses to start
+    # without uvloop.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     # scheduler
     scheduler_poll_s: float = Field(1.0, gt=0, le=60)

@@ -389,11 +389,12 @@ class ShellSandbox:
         could start one)."""
         if not await asyncio.to_thread(live_processes_of, identity.uid):
             return False
-        helper = await asyncio.create_subprocess_exec(
-            self._true, user=identity.uid, group=identity.gid, extra_groups=[],
-            preexec_fn=_kill_everything_of_my_uid, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        await helper.wait()
+        # Started on a thread as subprocess.run: uvloop's subprocesses take no user or
+        # group, and a fork in the loop would stall it (see shell.py's spawning thread).
+        await asyncio.to_thread(
+            subprocess.run, [self._true], user=identity.uid, group=identity.gid,
+            extra_groups=[], preexec_fn=_kill_everything_of_my_uid, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10, check=False)
         return True
 
     async def _end_run(self, identity: Identity, home: str) -> None:

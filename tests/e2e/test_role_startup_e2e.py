@@ -46,6 +46,7 @@ def test_role_all_serves_metrics_on_the_metrics_port_and_names_misspelt_variable
         assert got.status == 200
     assert ("environment variable JOBSCHED_RETENTON_DAYS is not a jobsched setting and is "
             "ignored: did you mean JOBSCHED_RETENTION_DAYS?") in proc.log_tail(100_000)
+    assert "event loop: uvloop" in proc.log_tail(100_000)  # event_loop=auto, uvloop installed
 
 
 async def test_a_missing_database_is_retried_with_the_command_that_creates_it(

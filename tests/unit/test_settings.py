@@ -47,6 +47,7 @@ def test_imports_from_environment_are_a_list() -> None:
     ({"JOBSCHED_AMQP_URL": "http://x"}, "amqp_url"),
     ({"JOBSCHED_SCHEDULER_POLL_S": "0"}, "scheduler_poll_s"),
     ({"JOBSCHED_DATABASE_READ_URL": "mysql://replica/db"}, "database_read_url"),
+    ({"JOBSCHED_EVENT_LOOP": "tokio"}, "event_loop"),
 ])
 def test_bad_values_name_the_key(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=r"^invalid setting ") as raised:
