@@ -63,6 +63,8 @@ async def run_priority(services: Services, low: int, high: int, workers: int,
         "high queued -> started": distribution_ms(spans(highs, "queued_at", "started_at")),
         "high submitted -> started": distribution_ms(spans(highs, "submitted_at",
                                                            "started_at")),
+        # the leader's part: from the COPY's commit to the fire's transaction
+        "high submitted -> queued": distribution_ms(spans(highs, "submitted_at", "queued_at")),
         "burst_s": (window[1] - window[0]).total_seconds(),
         "runs_in_burst": len(in_burst), "low_in_burst": lows_in_burst,
         "low_share_in_burst": lows_in_burst / len(in_burst) if in_burst else float("nan"),

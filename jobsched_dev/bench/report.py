@@ -92,6 +92,7 @@ def render_priority(r: dict[str, Any], repeat: int) -> str:
     rows = [["high queued -> started p50 ms", queued["p50"]],
             ["high queued -> started p99 ms (target <= 250)", queued["p99"]],
             ["high submitted -> started p99 ms", submitted["p99"]],
+            ["high submitted -> queued p50 ms", r["high submitted -> queued"]["p50"]],
             ["runs started during the high burst", r["runs_in_burst"]],
             ["low share of them (target >= 5 %)", 100 * r["low_share_in_burst"]],
             ["low still waiting after the burst", r["low_still_waiting_after_burst"]],
