@@ -142,3 +142,31 @@ async def test_a_high_burst_of_several_chunks_goes_out_beside_a_stuck_low_backlo
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_the_fire_loop_waits_for_the_backlog_unless_woken_and_never_past_the_ceiling(
+        ) -> None:
+    broker, store = StuckLowBroker(), FakeLeaderStore()
+    publisher = Publisher(broker, store, Metrics("scheduler", "t"), chunk=50, in_flight=2)
+    running = asyncio.create_task(publisher.run())
+    woken = asyncio.Event()
+    try:
+        lows = publisher.submit(_dispatches(500, Priority.LOW))
+        await asyncio.sleep(0.02)  # two chunks out, unconfirmed: 400 wait
+        assert publisher.backlog == 400
+        plain = asyncio.ensure_future(publisher.wait_below(100))
+        woken.set()  # a job was submitted
+        over = asyncio.ensure_future(publisher.wait_below(100, woken=woken, ceiling=300))
+        # woken and under its ceiling: back at once, though over the limit
+        await asyncio.wait_for(publisher.wait_below(100, woken=woken, ceiling=450), 1)
+        await asyncio.sleep(0.05)
+        assert not over.done()  # 400 is past this one's ceiling: held
+        assert not plain.done()  # not told of a submit: held until the limit
+        assert publisher.backlog == 400
+        broker.release_lows.set()
+        await asyncio.wait_for(asyncio.gather(plain, over), 5)
+        assert publisher.backlog <= 100
+        assert await asyncio.wait_for(lows, 5) == 500
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
