@@ -58,11 +58,14 @@ def confined_cluster(tmp_path_factory: pytest.TempPathFactory, zookeeper: str,
 
 
 def shell_report(process: RoleProcess) -> dict[str, Any]:
-    """The "shell" entry of a worker's /readyz (shown once the worker role is set up)."""
+    """The "shell" entry of a worker's /readyz, once the worker has set its sandbox up (the
+    entry shows "not started" from the role's registration until then)."""
     deadline = time.monotonic() + 10
     while True:
         _, report = process.readyz()
-        if "shell" in report or time.monotonic() > deadline:
+        shell = report.get("shell")
+        started = isinstance(shell, dict) and shell.get("reason") != "not started"
+        if started or time.monotonic() > deadline:
             return report
         time.sleep(0.1)
 
