@@ -194,13 +194,18 @@ async def test_a_worker_crash_costs_no_execution(
         specs = [{**immediate(f"crash-{i}", "chaos_tasks:sleep", seconds=1.0),
                   "retry": {"max_attempts": 1}} for i in range(40)]
         jobs = [job["id"] for job in await asyncio.gather(*(api.create(s) for s in specs))]
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        running: list[Fire] = []
+        while time.monotonic() < started + 20:
             fires = await fetch_fires(url, jobs)
             running = [f for f in fires if f.state == "running"]
-            if len({f.worker for f in running}) == 2:
+            # Both workers busy is the usual case; one that got the whole backlog (the
+            # other's consumer came up after it was delivered) is the same scenario.
+            if len({f.worker for f in running}) == 2 or (
+                    running and time.monotonic() > started + 5):
                 break
             await asyncio.sleep(0.05)
+        assert running, "no run started within 20 s"
         victim = cluster[running[0].worker or ""]
         victim.kill()
         fires = await wait_terminal(url, jobs, timeout=90)
