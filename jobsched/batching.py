@@ -7,10 +7,10 @@ worker's run slots (jobsched.domain.priority), so high work waiting behind a low
 goes out in the next flush, and low work still gets its share of every flush.
 
 One flush is in flight at a time, except for an ``express`` band: its items that arrive
-while a flush is in flight go out in a second flush of their own at once, instead of
-waiting for the first to return (a claim flush of 500 runs took ~280 ms under a saturating
-low backlog in `jobsched bench priority`, and high runs that arrived meanwhile started
-that much later).
+while a flush is in flight go out at once in flushes of their own, one after another
+while it is in flight, instead of waiting for it to return (a claim flush of 500 runs
+took ~280 ms under a saturating low backlog in `jobsched bench priority`, and high runs
+that arrived meanwhile started that much later).
 """
 
 from __future__ import annotations

@@ -79,13 +79,13 @@ class Publisher:
         return batch.future
 
     async def wait_below(self, limit: int, *, woken: asyncio.Event | None = None,
-                         ceiling: int | None = None) -> None:
+                         ceiling: int = 0) -> None:
         """Back-pressure for the fire loop: until at most ``limit`` dispatches wait, or,
         once ``woken`` is set (a job was submitted: maybe a high one, due now), at most
         ``ceiling``: the loop's next batch, highest band first, need not wait for a low
         backlog to drain, and what waits stays bounded all the same."""
         while self.backlog > limit:
-            if woken is not None and woken.is_set() and self.backlog <= (ceiling or limit):
+            if woken is not None and woken.is_set() and self.backlog <= ceiling:
                 return
             self._taken.clear()
             await self._taken.wait()
