@@ -82,6 +82,28 @@ def test_a_query_file_with_a_repeated_or_empty_block_is_refused() -> None:
         parse_queries("SELECT 1\n-- q --\nSELECT 2\n")
 
 
+def test_a_block_marked_plan_generic_runs_on_a_generic_plan() -> None:
+    queries = parse_queries("""
+-- batch --
+-- plan: generic (why, in a word)
+SELECT * FROM unnest(:ids::uuid[])
+-- plain --
+-- a plan: generic mention inside a sentence does not count
+SELECT 1
+""")
+    assert queries["batch"].generic
+    assert not queries["plain"].generic
+
+
+def test_the_statements_that_join_a_batch_to_executions_run_on_generic_plans() -> None:
+    """Their custom plans scanned a day partition once per batch row (see sql.py)."""
+    generic = {(filename, q.name) for filename in ("worker.sql", "leader.sql", "workflows.sql")
+               for q in load_queries(filename) if q.generic}
+    assert generic == {("worker.sql", "claim_executions"), ("worker.sql", "heartbeat"),
+                       ("worker.sql", "stream_output"), ("worker.sql", "finish_executions"),
+                       ("leader.sql", "mark_published"), ("workflows.sql", "record_results")}
+
+
 @pytest.mark.parametrize("filename", ["jobs.sql", "leader.sql", "worker.sql", "tokens.sql",
                                       "webhooks.sql", "workflows.sql"])
 def test_every_shipped_query_file_loads(filename: str) -> None:
