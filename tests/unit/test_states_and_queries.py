@@ -82,26 +82,35 @@ def test_a_query_file_with_a_repeated_or_empty_block_is_refused() -> None:
         parse_queries("SELECT 1\n-- q --\nSELECT 2\n")
 
 
-def test_a_block_marked_plan_generic_runs_on_a_generic_plan() -> None:
+def test_a_block_says_how_it_is_planned() -> None:
     queries = parse_queries("""
 -- batch --
--- plan: generic (why, in a word)
+-- plan: by key (why, in a word)
 SELECT * FROM unnest(:ids::uuid[])
 -- plain --
 -- a plan: generic mention inside a sentence does not count
 SELECT 1
 """)
-    assert queries["batch"].generic
-    assert not queries["plain"].generic
+    assert queries["batch"].plan == "by key"
+    assert queries["plain"].plan is None
+    with pytest.raises(QueryError, match="plan"):
+        parse_queries("-- q --\n-- plan: fastest\nSELECT 1\n")
+    with pytest.raises(QueryError, match="plan"):
+        parse_queries("-- q --\n-- plan: by key\n-- plan: by key\nSELECT 1\n")
 
 
-def test_the_statements_that_join_a_batch_to_executions_run_on_generic_plans() -> None:
-    """Their custom plans scanned a day partition once per batch row (see sql.py)."""
-    generic = {(filename, q.name) for filename in ("worker.sql", "leader.sql", "workflows.sql")
-               for q in load_queries(filename) if q.generic}
-    assert generic == {("worker.sql", "claim_executions"), ("worker.sql", "heartbeat"),
-                       ("worker.sql", "stream_output"), ("worker.sql", "finish_executions"),
-                       ("leader.sql", "mark_published"), ("workflows.sql", "record_results")}
+def test_the_statements_that_join_a_batch_to_executions_are_planned_by_key() -> None:
+    """PostgreSQL's own plans for them compared every row of a day partition with every
+    batch row (see sql.py)."""
+    planned = {(filename, q.name, q.plan)
+               for filename in ("worker.sql", "leader.sql", "workflows.sql")
+               for q in load_queries(filename) if q.plan is not None}
+    assert planned == {("worker.sql", "claim_executions", "by key"),
+                       ("worker.sql", "heartbeat", "by key"),
+                       ("worker.sql", "finish_executions", "by key"),
+                       ("leader.sql", "mark_published", "by key"),
+                       ("worker.sql", "stream_output", "by key"),
+                       ("workflows.sql", "record_results", "by key")}
 
 
 @pytest.mark.parametrize("filename", ["jobs.sql", "leader.sql", "worker.sql", "tokens.sql",

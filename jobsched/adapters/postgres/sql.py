@@ -6,15 +6,20 @@ written ``:name`` and become asyncpg's ``$1, $2, …`` once, at import: callers 
 name (``await Q.get_job.fetchrow(conn, id=…, namespace=…)``), never by position, and no
 SQL is ever built from values at run time.
 
-A block with a comment line opening ``-- plan: generic`` runs on a generic plan
-(``plan_cache_mode = force_generic_plan``, set for its transaction only). Those are the
-statements that join a batch (``unnest`` of arrays) to executions by key: with the batch's
-values in view, PostgreSQL's custom plans for them took the day partition's estimate of
-"one row" (no statistics on a partition filled seconds ago, a batch all due at one instant)
-and scanned the partition once per batch row: 2-3 s for a claim or a result batch of 600,
-against 33 and 79 ms on the generic plan, whose index probe per batch row does not depend on
-statistics. asyncpg prepares every statement, and a fresh connection's first five
-executions get custom plans: half of PostgreSQL's CPU in a 20,000-job burn-down went there.
+A block that joins a batch of ids (``unnest`` of arrays) to executions says
+``-- plan: by key`` in a comment line: it then runs with, for its own transaction only
+(``SET LOCAL``), a generic plan (``plan_cache_mode = force_generic_plan``) and neither
+bitmap nor materialized scans, so that its plan looks each batch row up by key (an index
+probe per row: a generic plan assumes a batch of ten rows, and a scan of the table under
+it costs a scan per batch row). PostgreSQL's own choice took the day
+partition's estimate of "one row" (no statistics on a partition filled moments ago, a batch
+all due at one instant) and compared every row of the partition with every batch row. With
+the batch's arrays in view (a custom plan: asyncpg prepares every statement, and a
+connection's first five executions get one) a claim of 600 on a partition of 20,000 took
+2.4-4.2 s against 23-33 ms by key, the result batch 3.2 s against 79 ms; half of
+PostgreSQL's CPU in a 20,000-job burn-down went there. A generic plan made while the whole
+table was small (a fresh database's first herd) did the same with a sequential scan
+materialized under the batch, and kept it on that connection as the partition grew.
 """
 
 from __future__ import annotations
@@ -29,8 +34,12 @@ from typing import Any
 _BLOCK = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
 # :name, but not the second colon of a ::type cast
 _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
-_GENERIC_MARK = "-- plan: generic"
-_GENERIC = "SET LOCAL plan_cache_mode = force_generic_plan"
+_PLAN_MARK = "-- plan: "
+_PLANS = {
+    "by key": "SET LOCAL plan_cache_mode = force_generic_plan; "
+              "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_material = off",
+}
+_RESET = "RESET plan_cache_mode; RESET enable_bitmapscan; RESET enable_material"
 
 
 class QueryError(Exception):
@@ -42,7 +51,8 @@ class Query:
     name: str
     text: str  # with $1..$n
     params: tuple[str, ...]  # the name of $1, $2, ...
-    generic: bool = False  # runs on a generic plan (``-- plan: generic``)
+    #: The planner settings it runs with (``-- plan: …``; see the module's docstring).
+    plan: str | None = None
 
     def args(self, **values: Any) -> tuple[Any, ...]:
         """The positional arguments of this statement, from its parameters by name."""
@@ -75,23 +85,24 @@ class Query:
 
     @contextlib.asynccontextmanager
     async def _planned(self, conn: Any) -> AsyncIterator[Any]:
-        """The connection (or pool) to run on; for a generic-plan statement, a connection
-        in a transaction whose plan_cache_mode is force_generic_plan: the caller's own
-        transaction when there is one (the setting then lasts to its end), else one for
-        this statement alone."""
-        if not self.generic:
+        """The connection (or pool) to run on; for a statement with planner settings, a
+        connection in a transaction that has them: the caller's own transaction when there
+        is one (reset after the statement), else one for this statement alone."""
+        if self.plan is None:
             yield conn
             return
+        settings = _PLANS[self.plan]
         if not hasattr(conn, "is_in_transaction"):  # a pool
             async with conn.acquire() as acquired, acquired.transaction():
-                await acquired.execute(_GENERIC)
+                await acquired.execute(settings)
                 yield acquired
         elif conn.is_in_transaction():
-            await conn.execute(_GENERIC)
+            await conn.execute(settings)
             yield conn
+            await conn.execute(_RESET)  # the caller's next statements plan as usual
         else:
             async with conn.transaction():
-                await conn.execute(_GENERIC)
+                await conn.execute(settings)
                 yield conn
 
 
@@ -129,14 +140,17 @@ def parse_queries(source: str) -> dict[str, Query]:
                 params.append(param)
             return f"${params.index(param) + 1}"
 
-        generic = any(line.startswith(_GENERIC_MARK) for line in body.splitlines())
+        plans = [line[len(_PLAN_MARK):].split(" (", 1)[0].strip()
+                 for line in body.splitlines() if line.startswith(_PLAN_MARK)]
+        if any(plan not in _PLANS for plan in plans) or len(plans) > 1:
+            raise QueryError(f"query {name}: one '-- plan: ' line, of {sorted(_PLANS)}")
         # Comments stay in the file for readers; the server gets the statement alone (and
         # a ":word" in a comment is never taken for a parameter).
         code = "\n".join(line.split("--", 1)[0].rstrip() for line in body.splitlines())
         text = _PARAM.sub(number, "\n".join(ln for ln in code.splitlines() if ln)).strip()
         if not text:
             raise QueryError(f"query {name} is empty")
-        queries[name] = Query(name, text, tuple(params), generic)
+        queries[name] = Query(name, text, tuple(params), plans[0] if plans else None)
     return queries
 
 

@@ -1,6 +1,7 @@
-"""The statements that join a batch to executions by key run on generic plans (see
-jobsched/adapters/postgres/sql.py): on a day partition filled moments ago, every row due at
-one instant, the custom plan of a claim scanned the partition once per batch row."""
+"""How the statements that write a batch of executions are planned (``-- plan:`` in the
+.sql files; see jobsched/adapters/postgres/sql.py): on a day partition filled moments ago,
+every row due at one instant, a claim joined to its batch compared every row of the
+partition with every batch row."""
 
 from __future__ import annotations
 
@@ -19,26 +20,30 @@ from jobsched.api.routes.jobs import job_columns
 WORKER = load_queries("worker.sql")
 
 
-async def test_a_generic_statement_gets_its_plan_mode_wherever_it_is_called(
+SETTINGS = ("SELECT concat_ws(' ', current_setting('plan_cache_mode'), "
+            "current_setting('enable_bitmapscan'), current_setting('enable_material'))")
+
+
+async def test_a_statement_gets_its_planner_settings_wherever_it_is_called(
         pool: asyncpg.Pool) -> None:
-    queries = parse_queries("""
--- generic --
--- plan: generic
-SELECT current_setting('plan_cache_mode')
+    queries = parse_queries(f"""
+-- by_key --
+-- plan: by key
+{SETTINGS}
 -- plain --
-SELECT current_setting('plan_cache_mode')
+{SETTINGS}
 """)
-    generic, plain = queries["generic"], queries["plain"]
-    assert await generic.fetchval(pool) == "force_generic_plan"
-    assert await plain.fetchval(pool) == "auto"
+    by_key, plain = queries["by_key"], queries["plain"]
+    assert await by_key.fetchval(pool) == "force_generic_plan off off"
+    assert await plain.fetchval(pool) == "auto on on"
     async with pool.acquire() as conn:
-        assert await generic.fetchval(conn) == "force_generic_plan"
+        assert await by_key.fetchval(conn) == "force_generic_plan off off"
         assert not conn.is_in_transaction()
-        assert await plain.fetchval(conn) == "auto"  # it was set for that statement alone
+        assert await plain.fetchval(conn) == "auto on on"  # set for that statement alone
         async with conn.transaction():
-            assert await generic.fetchval(conn) == "force_generic_plan"
+            assert await by_key.fetchval(conn) == "force_generic_plan off off"
             assert conn.is_in_transaction()  # the caller's transaction, still open
-        assert await plain.fetchval(conn) == "auto"
+            assert await plain.fetchval(conn) == "auto on on"  # and planning as usual
 
 
 async def _herd(pool: asyncpg.Pool, due: datetime, size: int) -> None:
@@ -69,6 +74,7 @@ async def test_a_claim_of_a_herd_due_at_one_instant_looks_each_row_up_by_key(
     plans: list[str] = []
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT id, attempt FROM executions ORDER BY id LIMIT 600")
+
         def listen(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
             plans.append(message.message)
 
@@ -86,9 +92,27 @@ async def test_a_claim_of_a_herd_due_at_one_instant_looks_each_row_up_by_key(
             conn.remove_log_listener(listen)
     assert len(claimed) == 600
     claim_plan = next(p for p in plans if "Update on executions" in p)
-    # Each batch row looked up by key (an index probe: "Index Cond: ((id = m.id) …") or the
-    # batch hashed once ("Hash Cond"); never the partition scanned and every row of it
-    # compared with every batch row ("Join Filter: ((e.id = m.id) …"), as the custom plan
-    # did (4.2 s for this claim of 600, against 23 ms by key).
+    # Each batch row looked up by key; never every row of the partition compared with
+    # every batch row ("Join Filter: ((e.id = m.id) …"), as PostgreSQL's own custom plan
+    # did (4.2 s for this claim, against 23 ms by key).
     assert "Join Filter" not in claim_plan, claim_plan
-    assert "Index Cond: ((id = m.id)" in claim_plan or "Hash Cond" in claim_plan, claim_plan
+    assert "Seq Scan on executions" not in claim_plan, claim_plan
+    assert "Index Cond: ((id = m.id)" in claim_plan, claim_plan
+
+
+async def test_a_claim_batch_holding_two_attempts_of_one_execution_claims_the_current(
+        pool: asyncpg.Pool) -> None:
+    """A stale message (attempt 1) and the current one (attempt 2) of one execution, in one
+    claim batch: the current one is claimed, whichever comes first in the batch."""
+    due = datetime.now(UTC)
+    await _herd(pool, due, 3)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE executions SET attempt = 2")
+        ids = [r["id"] for r in await conn.fetch("SELECT id FROM executions ORDER BY id")]
+        claims = [(ids[0], 1), (ids[0], 2), (ids[1], 2), (ids[1], 1), (ids[2], 1)]
+        claimed = await WORKER.claim_executions.fetch(
+            conn, ids=[c[0] for c in claims], attempts=[c[1] for c in claims],
+            scheduled_for=[due] * len(claims), earliest=due, latest=due, worker="w1",
+            lease_s=30.0)
+    assert sorted((r["id"], r["attempt"]) for r in claimed) == sorted(
+        [(ids[0], 2), (ids[1], 2)])
