@@ -21,7 +21,8 @@ WORKER = load_queries("worker.sql")
 
 
 SETTINGS = ("SELECT concat_ws(' ', current_setting('plan_cache_mode'), "
-            "current_setting('enable_bitmapscan'), current_setting('enable_material'))")
+            "current_setting('enable_seqscan'), current_setting('enable_bitmapscan'), "
+            "current_setting('enable_material'), current_setting('enable_indexscan'))")
 
 
 async def test_a_statement_gets_its_planner_settings_wherever_it_is_called(
@@ -34,16 +35,16 @@ async def test_a_statement_gets_its_planner_settings_wherever_it_is_called(
 {SETTINGS}
 """)
     by_key, plain = queries["by_key"], queries["plain"]
-    assert await by_key.fetchval(pool) == "force_generic_plan off off"
-    assert await plain.fetchval(pool) == "auto on on"
+    assert await by_key.fetchval(pool) == "force_generic_plan off off off on"
+    assert await plain.fetchval(pool) == "auto on on on on"
     async with pool.acquire() as conn:
-        assert await by_key.fetchval(conn) == "force_generic_plan off off"
+        assert await by_key.fetchval(conn) == "force_generic_plan off off off on"
         assert not conn.is_in_transaction()
-        assert await plain.fetchval(conn) == "auto on on"  # set for that statement alone
+        assert await plain.fetchval(conn) == "auto on on on on"  # set for that statement alone
         async with conn.transaction():
-            assert await by_key.fetchval(conn) == "force_generic_plan off off"
+            assert await by_key.fetchval(conn) == "force_generic_plan off off off on"
             assert conn.is_in_transaction()  # the caller's transaction, still open
-            assert await plain.fetchval(conn) == "auto on on"  # and planning as usual
+            assert await plain.fetchval(conn) == "auto on on on on"  # and planning as usual
 
 
 async def _herd(pool: asyncpg.Pool, due: datetime, size: int) -> None:
