@@ -114,8 +114,7 @@ async def _locks_in_id_order(pool: asyncpg.Pool, statement: object) -> None:
 async def heap_order_pool(pool: asyncpg.Pool,
                           database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """Connections on which the planner reads rows in the table's physical order (no
-    plain index scans), as it chose for large batches in the soak. (The statements planned
-    "by key" turn index scans back on for themselves: see sql.py.)"""
+    plain index scans), as it chose for large batches in the soak."""
     await pool.execute(f"ALTER DATABASE {database_url.rsplit('/', 1)[1]} "
                        "SET enable_indexscan = off")
     heap = await postgres.create_pool(database_url)

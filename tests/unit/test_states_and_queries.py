@@ -85,32 +85,32 @@ def test_a_query_file_with_a_repeated_or_empty_block_is_refused() -> None:
 def test_a_block_says_how_it_is_planned() -> None:
     queries = parse_queries("""
 -- batch --
--- plan: by key (why, in a word)
+-- plan: generic (why, in a word)
 SELECT * FROM unnest(:ids::uuid[])
 -- plain --
 -- a plan: generic mention inside a sentence does not count
 SELECT 1
 """)
-    assert queries["batch"].plan == "by key"
+    assert queries["batch"].plan == "generic"
     assert queries["plain"].plan is None
     with pytest.raises(QueryError, match="plan"):
         parse_queries("-- q --\n-- plan: fastest\nSELECT 1\n")
     with pytest.raises(QueryError, match="plan"):
-        parse_queries("-- q --\n-- plan: by key\n-- plan: by key\nSELECT 1\n")
+        parse_queries("-- q --\n-- plan: generic\n-- plan: generic\nSELECT 1\n")
 
 
-def test_the_statements_that_join_a_batch_to_executions_are_planned_by_key() -> None:
+def test_the_statements_that_join_a_batch_to_executions_run_on_generic_plans() -> None:
     """PostgreSQL's own plans for them compared every row of a day partition with every
     batch row (see sql.py)."""
     planned = {(filename, q.name, q.plan)
                for filename in ("worker.sql", "leader.sql", "workflows.sql")
                for q in load_queries(filename) if q.plan is not None}
-    assert planned == {("worker.sql", "claim_executions", "by key"),
-                       ("worker.sql", "heartbeat", "by key"),
-                       ("worker.sql", "finish_executions", "by key"),
-                       ("leader.sql", "mark_published", "by key"),
-                       ("worker.sql", "stream_output", "by key"),
-                       ("workflows.sql", "record_results", "by key")}
+    assert planned == {("worker.sql", "claim_executions", "generic"),
+                       ("worker.sql", "heartbeat", "generic"),
+                       ("worker.sql", "finish_executions", "generic"),
+                       ("leader.sql", "mark_published", "generic"),
+                       ("worker.sql", "stream_output", "generic"),
+                       ("workflows.sql", "record_results", "generic")}
 
 
 @pytest.mark.parametrize("filename", ["jobs.sql", "leader.sql", "worker.sql", "tokens.sql",

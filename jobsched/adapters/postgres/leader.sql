@@ -87,7 +87,7 @@ RETURNING id, state
 SELECT pg_notify(:channel, id::text) FROM unnest(:ids::uuid[]) AS id
 
 -- mark_published --
--- plan: by key (see jobsched/adapters/postgres/sql.py)
+-- plan: generic (see jobsched/adapters/postgres/sql.py)
 -- Only rows still waiting in the outbox: one a worker has already claimed is left alone
 -- (a write saved, and no new row version with all of executions' index entries). The mark
 -- never waits for a row lock (SKIP LOCKED): a row locked now is being claimed, and

@@ -7,19 +7,23 @@ name (``await Q.get_job.fetchrow(conn, id=…, namespace=…)``), never by posit
 SQL is ever built from values at run time.
 
 A block that joins a batch of ids (``unnest`` of arrays) to executions says
-``-- plan: by key`` in a comment line: it then runs with, for its own transaction only
-(``SET LOCAL``), a generic plan (``plan_cache_mode = force_generic_plan``), index scans
-and neither sequential, bitmap nor materialized scans, so that its plan looks each batch
-row up by key (an index probe per row), whatever the statistics or the session's
-settings. PostgreSQL's own choice took the day partition's estimate of "one row" (no
-statistics on a partition filled moments ago, a batch all due at one instant) and
-compared every row of the partition with every batch row. With
-the batch's arrays in view (a custom plan: asyncpg prepares every statement, and a
-connection's first five executions get one) a claim of 600 on a partition of 20,000 took
-2.4-4.2 s against 23-33 ms by key, the result batch 3.2 s against 79 ms; half of
-PostgreSQL's CPU in a 20,000-job burn-down went there. A generic plan made while the whole
-table was small (a fresh database's first herd) did the same with a sequential scan, under
-the batch or over it, and kept it on that connection as the partition grew.
+``-- plan: generic`` in a comment line: it then runs on a generic plan
+(``plan_cache_mode = force_generic_plan``, for its own transaction only: ``SET LOCAL``).
+asyncpg prepares every statement, and PostgreSQL gives a connection's first five
+executions custom plans. With the batch's arrays in view and no statistics on a day
+partition filled moments ago (a herd or burn-down all due at one instant), the custom plans
+of these statements took the partition for "one row" and compared every row of it with
+every batch row: 2.4-4.2 s for a claim of 600 on a partition of 20,000 against 23-33 ms on
+the generic plan (an index probe per batch row), the result batch 3.2 s against 79 ms; the
+claim alone was 12 of PostgreSQL's ~17 s of statement time in a 20,000-job burn-down.
+
+A generic plan is made once per connection, for the table as it is then: one made while
+the whole table was small (a fresh database's first herd) can still compare rows pairwise
+and keeps doing so as the partition grows (seen in `jobsched bench herd` on a fresh
+database). Turning sequential, bitmap and materialized scans off for these statements made
+that every time instead of sometimes (the planner then took an index scan on the batch's
+instant, estimated at one row, as the outer side): a statement shape that no estimate can
+turn pairwise is still to be found (docs/benchmarks.md, "Plans of the batch statements").
 """
 
 from __future__ import annotations
@@ -35,13 +39,8 @@ _BLOCK = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
 # :name, but not the second colon of a ::type cast
 _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 _PLAN_MARK = "-- plan: "
-_PLANS = {
-    "by key": "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off;"
-              " SET LOCAL enable_bitmapscan = off; SET LOCAL enable_material = off;"
-              " SET LOCAL enable_indexscan = on",
-}
-_RESET = ("RESET plan_cache_mode; RESET enable_seqscan; RESET enable_bitmapscan; "
-          "RESET enable_material; RESET enable_indexscan")
+_PLANS = {"generic": "SET LOCAL plan_cache_mode = force_generic_plan"}
+_RESET = "RESET plan_cache_mode"
 
 
 class QueryError(Exception):

@@ -11,7 +11,7 @@
 -- (id, scheduled_for) reads each row in its own day.
 
 -- claim_executions --
--- plan: by key (see jobsched/adapters/postgres/sql.py)
+-- plan: generic (see jobsched/adapters/postgres/sql.py)
 -- Guarantee 2: the claim is the queued -> running transition; a duplicate delivery, a
 -- stale attempt or a cancelled execution matches no row and so is never run. A worker
 -- claims when it is about to start the run (due, and a run slot free), not when the
@@ -77,7 +77,7 @@ FROM handed h WHERE a.execution_id = h.id AND a.attempt = h.attempt
 SELECT pg_notify(:channel, :payload)
 
 -- heartbeat --
--- plan: by key (see jobsched/adapters/postgres/sql.py)
+-- plan: generic (see jobsched/adapters/postgres/sql.py)
 -- The rows are locked in id order first, as the worker's result batch locks them: a plain
 -- `UPDATE … WHERE id = ANY(…)` took a bitmap heap scan for large batches and locked in
 -- the table's physical order, deadlocking with the results of the same worker on another
@@ -106,7 +106,7 @@ WHERE execution_id = :execution_id AND attempt = :attempt AND finished_at IS NUL
   AND scheduled_for < coalesce(:hi::timestamptz, 'infinity')
 
 -- stream_output --
--- plan: by key (see jobsched/adapters/postgres/sql.py)
+-- plan: generic (see jobsched/adapters/postgres/sql.py)
 -- Running attempts' output so far (the worker writes it every output_flush_s for the runs
 -- whose output changed). Only an attempt still running on this worker: once its result is
 -- recorded (finished_at set) this matches nothing, and a row whose result is being
@@ -130,7 +130,7 @@ WHERE a.execution_id = u.id AND a.attempt = u.attempt
   AND a.scheduled_for < coalesce(:hi::timestamptz, 'infinity')
 
 -- finish_executions --
--- plan: by key (see jobsched/adapters/postgres/sql.py)
+-- plan: generic (see jobsched/adapters/postgres/sql.py)
 -- Results of a batch: the execution moves on only if this worker still holds the attempt.
 -- The rows are locked in id order first (locked), as the lease renewal locks them: left
 -- to the plan, a hash join took them in the table's physical order, a nested loop in the

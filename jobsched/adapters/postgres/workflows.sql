@@ -260,7 +260,7 @@ WHERE e.id = ANY(:ids::uuid[])
   AND e.scheduled_for < coalesce(:hi::timestamptz, 'infinity')
 
 -- record_results --
--- plan: by key (see jobsched/adapters/postgres/sql.py)
+-- plan: generic (see jobsched/adapters/postgres/sql.py)
 -- Node return values, written in the transaction that records the results (before it)
 -- and only while this worker still holds the attempt; and the mark that this transaction
 -- publishes the nodes its results queue (see workflow_advance), in the same round trip.
