@@ -389,8 +389,10 @@ class ShellSandbox:
         could start one)."""
         if not await asyncio.to_thread(live_processes_of, identity.uid):
             return False
-        # Started on a thread as subprocess.run: uvloop's subprocesses take no user or
-        # group, and a fork in the loop would stall it (see shell.py's spawning thread).
+        # subprocess.run on a thread of the loop's default executor: uvloop's subprocesses
+        # take no user or group, and a fork in the loop would stall it (shell.py forks the
+        # runs themselves in a thread of their own for that reason; a kill is rare, and is
+        # not queued behind runs starting there).
         await asyncio.to_thread(
             subprocess.run, [self._true], user=identity.uid, group=identity.gid,
             extra_groups=[], preexec_fn=_kill_everything_of_my_uid, stdin=subprocess.DEVNULL,

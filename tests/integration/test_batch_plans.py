@@ -1,4 +1,4 @@
-"""How the statements that write a batch of executions are planned (``-- plan:`` in the
+"""How the statements that join a batch to executions are planned (``-- plan:`` in the
 .sql files; see jobsched/adapters/postgres/sql.py): on a day partition filled moments ago,
 every row due at one instant, a claim joined to its batch compared every row of the
 partition with every batch row."""
@@ -18,8 +18,6 @@ from jobsched.api.models import JobCreate
 from jobsched.api.routes.jobs import job_columns
 
 WORKER = load_queries("worker.sql")
-
-
 SETTINGS = "SELECT current_setting('plan_cache_mode')"
 
 

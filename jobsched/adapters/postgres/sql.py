@@ -15,7 +15,7 @@ partition filled moments ago (a herd or burn-down all due at one instant), the c
 of these statements took the partition for "one row" and compared every row of it with
 every batch row: 2.4-4.2 s for a claim of 600 on a partition of 20,000 against 23-33 ms on
 the generic plan (an index probe per batch row), the result batch 3.2 s against 79 ms; the
-claim alone was 12 of PostgreSQL's ~17 s of statement time in a 20,000-job burn-down.
+claim alone was 12 of PostgreSQL's ~19.5 s of statement time in a 20,000-job burn-down.
 
 A generic plan is made once per connection, for the table as it is then: one made while
 the whole table was small (a fresh database's first herd) can still compare rows pairwise
