@@ -92,12 +92,12 @@ class Query:
         if self.plan is None:
             yield conn
             return
+        if not hasattr(conn, "is_in_transaction"):  # a pool: one of its connections
+            async with conn.acquire() as acquired, self._planned(acquired) as planned:
+                yield planned
+            return
         settings = _PLANS[self.plan]
-        if not hasattr(conn, "is_in_transaction"):  # a pool
-            async with conn.acquire() as acquired, acquired.transaction():
-                await acquired.execute(settings)
-                yield acquired
-        elif conn.is_in_transaction():
+        if conn.is_in_transaction():
             await conn.execute(settings)
             yield conn
             await conn.execute(_RESET)  # the caller's next statements plan as usual
