@@ -91,7 +91,8 @@ async def _start_site(app: web.Application, host: str, port: int, label: str) ->
 
 def _broker(settings: Settings) -> RabbitBroker:
     return RabbitBroker(settings.amqp_url, settings.queue_names,
-                        settings.dead_letter_exchange, settings.dead_letter_queue)
+                        settings.dead_letter_exchange, settings.dead_letter_queue,
+                        per_message=settings.message_attempts)
 
 
 def _zookeeper(settings: Settings) -> Any:

@@ -81,6 +81,9 @@ class Settings(BaseModel):
     scheduler_publish_concurrency: int = Field(8, ge=1, le=64)
     scheduler_batch_size: int = Field(1000, ge=1, le=100_000)
     republish_after_s: float = Field(10.0, gt=0)
+    # Attempts of one band published together travel in one RabbitMQ message, up to this
+    # many (1: a message per attempt, as workers before this setting read them).
+    message_attempts: int = Field(100, ge=1, le=1000)
     # A fire later than this is a misfire (its job's misfire policy decides it); a fire
     # late by less runs as a normal fire (Quartz's misfireThreshold).
     misfire_threshold_s: float = Field(5.0, ge=0, le=3600)

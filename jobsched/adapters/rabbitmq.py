@@ -32,6 +32,9 @@ from jobsched.ports import Delivery, QueueStats
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
+#: Attempts of one band published together travel in one message, up to this many
+#: (the ``message_attempts`` setting).
+MESSAGE_ATTEMPTS = 100
 
 
 class RabbitBroker:
@@ -39,8 +42,11 @@ class RabbitBroker:
     connection per band for consuming."""
 
     def __init__(self, url: str, queue_names: Mapping[Priority, str], dead_exchange: str,
-                 dead_queue: str) -> None:
+                 dead_queue: str, *, per_message: int = MESSAGE_ATTEMPTS) -> None:
+        if per_message < 1:
+            raise ValueError("per_message must be at least 1")
         self.url = url
+        self.per_message = per_message
         self.queue_names = dict(queue_names)
         self.dead_exchange = dead_exchange
         self.dead_queue = dead_queue
@@ -98,9 +104,10 @@ class RabbitBroker:
         )
 
     async def publish_many(self, messages: Sequence[AttemptMessage]) -> list[bool]:
-        """Publish a batch, each message to its band's queue, with all confirms in flight
-        at once; True where confirmed. While the connection is down nothing is tried: the
-        outbox keeps the batch."""
+        """Publish a batch, with all confirms in flight at once; True where confirmed. The
+        attempts of one band travel together, up to ``per_message`` in a message (one
+        message's cost in RabbitMQ, here and in the worker, for many executions). While the
+        connection is down nothing is tried: the outbox keeps the batch."""
         if not messages:
             return []
         assert self._publish_channel is not None, "connect() first"
@@ -110,17 +117,25 @@ class RabbitBroker:
         exchanges = {band: channel.default_exchange
                       for band, channel in self._band_channels.items()}
         errors: list[BaseException] = []
+        by_band: dict[Priority, list[int]] = {}
+        for index, message in enumerate(messages):
+            by_band.setdefault(message.priority, []).append(index)
+        groups = [indexes[start:start + self.per_message]
+                  for indexes in by_band.values()
+                  for start in range(0, len(indexes), self.per_message)]
 
-        async def one(message: AttemptMessage) -> bool:
+        async def one(group: list[int]) -> bool:
+            parts = [messages[i] for i in group]
+            band = parts[0].priority
             try:
-                await exchanges[message.priority].publish(
+                await exchanges[band].publish(
                     aio_pika.Message(
-                        message.encode(),
+                        AttemptMessage.encode_many(parts),
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         content_type="application/json",
-                        message_id=message.message_id,
+                        message_id=parts[0].message_id,
                     ),
-                    routing_key=self.queue_names[message.priority],
+                    routing_key=self.queue_names[band],
                     timeout=PUBLISH_TIMEOUT_S,
                 )
                 return True
@@ -128,10 +143,14 @@ class RabbitBroker:
                 errors.append(exc)
                 return False
 
-        confirmed = list(await asyncio.gather(*(one(m) for m in messages)))
+        outcomes = await asyncio.gather(*(one(group) for group in groups))
+        confirmed = [False] * len(messages)
+        for group, ok in zip(groups, outcomes, strict=True):
+            for index in group:
+                confirmed[index] = ok
         if errors:
-            log.warning("%d of %d publishes failed (they stay in the outbox): %r",
-                        len(errors), len(messages), errors[0])
+            log.warning("%d of %d publishes failed (their executions stay in the outbox): %r",
+                        len(errors), len(groups), errors[0])
         return confirmed
 
     async def publish_dead(self, messages: Sequence[AttemptMessage]) -> None:

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -73,6 +73,62 @@ class LiveOutput:
 
     def render_partial(self, limit: int) -> str:
         return self.buffer.render_partial(limit, self.secrets.masked)
+
+
+class SharedDelivery:
+    """A message of several attempts, settled once every attempt in it is: acked, or, if
+    any attempt was handed back unrun (a drain, a claim the database refused), requeued
+    whole: when it comes again the attempts already recorded lose their claims (acked
+    unrun) and the others run."""
+
+    def __init__(self, delivery: Delivery, parts: int) -> None:
+        self.delivery = delivery
+        self.left = parts
+        self.requeue = False
+
+    async def settle(self, *, requeue: bool = False) -> None:
+        self.requeue = self.requeue or requeue
+        self.left -= 1
+        if self.left == 0:
+            if self.requeue:
+                await self.delivery.nack(requeue=True)
+            else:
+                await self.delivery.ack()
+
+
+class PartDelivery:
+    """One attempt of a message of several, settled as a Delivery of its own: an ack or a
+    requeue counts towards its message's; a rejection dead-letters a copy of the attempt
+    alone (``dead_letter``) and counts as done."""
+
+    def __init__(self, shared: SharedDelivery, message: AttemptMessage,
+                 dead_letter: Callable[[AttemptMessage], Awaitable[None]]) -> None:
+        self.shared = shared
+        self.message = message
+        self.dead_letter = dead_letter
+        self.settled = False
+
+    @property
+    def body(self) -> bytes:
+        return self.message.encode()
+
+    def _settling(self) -> None:
+        if self.settled:
+            raise RuntimeError(f"attempt {self.message.message_id} settled twice")
+        self.settled = True
+
+    async def ack(self) -> None:
+        self._settling()
+        await self.shared.settle()
+
+    async def nack(self, requeue: bool = True) -> None:
+        await self.reject(requeue)
+
+    async def reject(self, requeue: bool = False) -> None:
+        self._settling()
+        if not requeue:
+            await self.dead_letter(self.message)
+        await self.shared.settle(requeue=requeue)
 
 
 class TaskModuleNotFound(ImportError):
@@ -193,6 +249,8 @@ class Worker:
         self._http = HttpRunner(settings.egress_policy())
         self._sandbox = sandbox or ShellSandbox.from_settings(settings)
         self._secrets = secrets or SecretResolver.from_settings(settings)
+        #: Attempts that came several to a message and wait in this worker, per band.
+        self._gates = {band: asyncio.Semaphore(settings.worker_prefetch) for band in Priority}
         self._shown_inflight = -1
         self.stats = {"succeeded": 0, "retrying": 0, "dead": 0, "lost_claims": 0, "malformed": 0}
 
@@ -388,20 +446,8 @@ class Worker:
             await asyncio.wait(pending, timeout=5)
 
     async def _on_delivery(self, delivery: Delivery) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._inflight.add(task)
-        self.metrics.inflight.set({}, len(self._inflight))
         try:
-            await self._handle(delivery)
-        finally:
-            self._inflight.discard(task)
-            self._unclaimed.discard(task)
-            self.metrics.inflight.set({}, len(self._inflight))
-
-    async def _handle(self, delivery: Delivery) -> None:
-        try:
-            message = AttemptMessage.decode(delivery.body)
+            messages = AttemptMessage.decode_many(delivery.body)
         except MessageError as exc:
             # Not ours to run, but not ours to drop either: it goes to the dead-letter queue.
             self.stats["malformed"] += 1
@@ -409,6 +455,79 @@ class Worker:
             log.error("dead-lettering a malformed message: %s", exc)
             await delivery.reject(requeue=False)
             return
+        if len(messages) == 1:
+            await self._on_attempt(delivery, messages[0])
+        else:
+            await self._split(delivery, messages)
+
+    async def _split(self, delivery: Delivery, messages: list[AttemptMessage]) -> None:
+        """A message of several attempts: each goes its own way, as if it had come alone
+        (its own task, hold, slot, claim and run), and the message is settled once all of
+        them are (``SharedDelivery``). At most ``worker_prefetch`` attempts of a band that
+        came in such messages wait in this worker at once; the rest wait in their messages
+        until some have ended. A drain hands back the attempts not started yet."""
+        shared = SharedDelivery(delivery, len(messages))
+        task = asyncio.current_task()
+        assert task is not None
+        self._unclaimed.add(task)
+        started = 0
+        try:
+            for message in messages:
+                gate = self._gates[message.priority]
+                await gate.acquire()
+                part = PartDelivery(shared, message, self._dead_letter)
+                runner = asyncio.create_task(self._on_attempt(part, message))
+                self._inflight.add(runner)
+                self._unclaimed.add(runner)  # a drain that comes first hands it back
+                runner.add_done_callback(self._part_ended(part, gate))
+                started += 1
+        except asyncio.CancelledError:
+            for _ in messages[started:]:
+                await shared.settle(requeue=True)
+            raise
+        finally:
+            self._unclaimed.discard(task)
+
+    def _part_ended(self, part: PartDelivery,
+                    gate: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
+        def ended(runner: asyncio.Task[None]) -> None:
+            gate.release()
+            self._inflight.discard(runner)
+            self._unclaimed.discard(runner)
+            if not part.settled:  # cancelled (a drain) before it began: it goes back
+                settle = asyncio.ensure_future(self._hand_back_unstarted(part))
+                self._releasing.add(settle)
+                settle.add_done_callback(self._releasing.discard)
+        return ended
+
+    async def _hand_back_unstarted(self, part: PartDelivery) -> None:
+        try:
+            await part.nack(requeue=True)
+        except Exception as exc:  # noqa: BLE001 - a closed channel requeues it anyway
+            log.warning("handing back attempt %s failed (%r)", part.message.message_id, exc)
+
+    async def _dead_letter(self, message: AttemptMessage) -> None:
+        """An attempt that came with others is dead-lettered alone: a copy of it goes to
+        the dead-letter exchange, and the message is acked for it."""
+        try:
+            await self.broker.publish_dead([message])
+        except Exception as exc:  # noqa: BLE001 - the execution is dead in the database
+            log.warning("copying dead execution %s to the dead-letter queue failed (%r)",
+                        message.execution_id, exc)
+
+    async def _on_attempt(self, delivery: Delivery, message: AttemptMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        self.metrics.inflight.set({}, len(self._inflight))
+        try:
+            await self._handle(delivery, message)
+        finally:
+            self._inflight.discard(task)
+            self._unclaimed.discard(task)
+            self.metrics.inflight.set({}, len(self._inflight))
+
+    async def _handle(self, delivery: Delivery, message: AttemptMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._unclaimed.add(task)
