@@ -350,6 +350,12 @@ class JobRepository(Protocol):
 
     async def current_leader(self) -> LeaderInfo | None: ...
 
+    async def waiting_by_band(self) -> dict[Priority, int]:
+        """Executions fired and not started yet (in the outbox, in a queue, or held by a
+        worker), per priority band: a queue's depth in runs, where RabbitMQ counts
+        messages of up to ``message_attempts`` runs each."""
+        ...
+
 
 class WorkflowRepository(Protocol):
     """What the api reads and writes about workflows and their runs."""

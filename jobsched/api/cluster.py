@@ -75,11 +75,14 @@ class ClusterView:
                 for w in await self._coordination().workers()]
 
     async def _queues(self) -> dict[str, object]:
-        """Messages waiting (not yet delivered to a worker) in all bands, per band, and in
-        the dead-letter queue."""
+        """Runs waiting to start in all bands and per band (PostgreSQL: fired, not started,
+        wherever they wait), RabbitMQ's ready messages per band (a message carries up to
+        ``message_attempts`` runs), and the dead-letter queue's messages (one run each)."""
         if self.broker is None:
             raise ConnectionError("no RabbitMQ connection")
-        stats = await self.broker.queue_stats()
-        bands = {band.value: stats[name].messages for band, name in self.queue_names.items()}
-        return {"executions": sum(bands.values()), "by_priority": bands,
+        stats, waiting = await asyncio.gather(self.broker.queue_stats(),
+                                              self.jobs.waiting_by_band())
+        bands = {band.value: waiting[band] for band in Priority}
+        messages = {band.value: stats[name].messages for band, name in self.queue_names.items()}
+        return {"executions": sum(bands.values()), "by_priority": bands, "messages": messages,
                 "dead": stats[self.dead_queue].messages}

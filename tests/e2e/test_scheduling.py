@@ -262,7 +262,8 @@ async def test_cluster_view(api: ApiClient) -> None:
     assert view["leader"]["instance"].startswith("scheduler") and view["leader"]["epoch"] >= 0
     assert [s["leader"] for s in view["schedulers"]] == [True]
     assert [w["instance"] for w in view["workers"]] == ["worker-1"]
-    assert set(view["queues"]) == {"executions", "by_priority", "dead"}
+    assert set(view["queues"]) == {"executions", "by_priority", "messages", "dead"}
+    assert set(view["queues"]["messages"]) == {"high", "normal", "low"}
     assert set(view["queues"]["by_priority"]) == {"high", "normal", "low"}
     assert view["queues"]["executions"] == sum(view["queues"]["by_priority"].values())
 

@@ -217,3 +217,24 @@ async def test_fires_skipped_while_paused_are_recorded_in_the_jobs_band(
     rows = await pool.fetch("SELECT job_id, state, priority FROM executions")
     assert sorted(r["state"] for r in rows) == ["skipped"] * len(BANDS)
     assert {r["job_id"]: r["priority"] for r in rows} == {j: b.rank for j, b in ids.items()}
+
+
+async def test_runs_waiting_are_counted_per_band_until_they_start(pool: asyncpg.Pool) -> None:
+    """The cluster view's queue depth in runs (RabbitMQ counts messages of many runs):
+    fired and not started, per band; a claimed run no longer waits."""
+    jobs = PostgresJobs(pool)
+    assert await jobs.waiting_by_band() == dict.fromkeys(Priority, 0)
+    now = datetime.now(UTC).replace(microsecond=0)
+    for band, count in ((Priority.HIGH, 2), (Priority.LOW, 3)):
+        for _ in range(count):
+            await _job(pool, now, band)
+    store = PostgresLeaderStore(pool)
+    assert await store.claim_epoch(EPOCH, "leader")
+    dispatches = await _fire_all(store, now)
+    assert await jobs.waiting_by_band() == {Priority.HIGH: 2, Priority.NORMAL: 0,
+                                            Priority.LOW: 3}
+    low = next(d for d in dispatches if d.priority == Priority.LOW)
+    claimed = await PostgresWorkerStore(pool).claim_executions([(low.execution_id, 1)], "w", 30)
+    assert [c.id for c in claimed] == [low.execution_id]
+    assert await jobs.waiting_by_band() == {Priority.HIGH: 2, Priority.NORMAL: 0,
+                                            Priority.LOW: 2}

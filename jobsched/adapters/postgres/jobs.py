@@ -14,6 +14,7 @@ import asyncpg
 from jobsched.adapters.postgres.listen import CANCEL_CHANNEL, WAKE_CHANNEL
 from jobsched.adapters.postgres.sql import load_queries
 from jobsched.domain.execution_ids import window_of
+from jobsched.domain.priority import Priority
 from jobsched.ports import IdempotencyConflict, JobColumns, LeaderInfo, QuotaExceeded, Row
 
 Q = load_queries("jobs.sql")
@@ -231,3 +232,10 @@ class PostgresJobs:
         if row is None:
             return None
         return LeaderInfo(row["epoch"], row["holder"], row["acquired_at"])
+
+    async def waiting_by_band(self) -> dict[Priority, int]:
+        rows = await Q.waiting_by_band.fetch(self.pool)
+        waiting = dict.fromkeys(Priority, 0)
+        for row in rows:
+            waiting[Priority.from_rank(row["priority"])] += row["waiting"]
+        return waiting

@@ -218,5 +218,9 @@ SELECT redriven.*, pg_notify(:channel, 'retry') IS NULL AS woke FROM redriven
 -- current_leader --
 SELECT epoch, holder, acquired_at FROM leader WHERE id = 1
 
+-- waiting_by_band --
+-- Fired and not started (the partial index executions_active holds these rows).
+SELECT priority, count(*) AS waiting FROM executions WHERE state = 'queued' GROUP BY priority
+
 -- ping --
 SELECT 1
