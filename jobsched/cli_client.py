@@ -934,9 +934,13 @@ def cluster_status(conn: Conn) -> None:
 
 def queue_depths(queues: dict[str, Any]) -> str:
     """``executions 3 (high 0, normal 3, low 0), dead 1``: a breakdown (the priority bands
-    of ``by_priority``) in brackets after the total it breaks down, not as a dict."""
+    of ``by_priority``) in brackets after the total it breaks down, not as a dict. Runs,
+    not RabbitMQ's ``messages`` (of up to ``message_attempts`` runs each: the cluster
+    view's JSON and the ``jobsched_queue_messages`` gauge show those)."""
     text = ""
     for name, depth in queues.items():
+        if name == "messages":
+            continue
         if isinstance(depth, dict):
             text += " (" + ", ".join(f"{part} {count}" for part, count in depth.items()) + ")"
         else:
