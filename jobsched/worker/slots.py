@@ -15,6 +15,9 @@ from collections.abc import AsyncIterator
 
 from jobsched.domain.priority import DEFAULT_WEIGHTS, Priority, WeightedRoundRobin
 
+#: The bands, highest first (iterating the enum itself costs more, once per freed slot).
+BANDS = tuple(Priority)
+
 
 class BandSlots:
     def __init__(self, capacity: int, weights: dict[Priority, int] | None = None,
@@ -28,9 +31,12 @@ class BandSlots:
         self._picks = WeightedRoundRobin(weights or DEFAULT_WEIGHTS)
         self._waiting: dict[Priority, collections.deque[asyncio.Future[None]]] = {
             band: collections.deque() for band in Priority}
+        # Live waiters per band, counted as they come and go: the worker reads this twice
+        # per run, and counting the queue (thousands under a backlog) made it quadratic.
+        self._live = dict.fromkeys(Priority, 0)
 
     def waiting(self, band: Priority) -> int:
-        return sum(1 for f in self._waiting[band] if not f.done())
+        return self._live[band]
 
     def _may_take(self, band: Priority) -> bool:
         return self.free > 0 and (
@@ -54,11 +60,14 @@ class BandSlots:
             return
         future = asyncio.get_running_loop().create_future()
         self._waiting[band].append(future)
+        self._live[band] += 1
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release(band)  # granted just as it was cancelled: pass the slot on
+            else:
+                self._live[band] -= 1  # gave up waiting (its future stays queued, done)
             raise
 
     def release(self, band: Priority) -> None:
@@ -66,12 +75,13 @@ class BandSlots:
         self.free += 1
         if band is not Priority.HIGH:
             self._others -= 1
-        while True:
-            bands = [b for b in Priority if self._queued(b) and self._may_take(b)]
+        while self.free > 0:
+            bands = [b for b in BANDS if self._queued(b) and self._may_take(b)]
             if not bands:
                 return
-            picked = self._picks.pick(bands)
+            picked = bands[0] if len(bands) == 1 else self._picks.pick(bands)
             self._take(picked)
+            self._live[picked] -= 1
             self._waiting[picked].popleft().set_result(None)
 
     @contextlib.asynccontextmanager
@@ -81,3 +91,39 @@ class BandSlots:
             yield
         finally:
             self.release(band)
+
+
+class Gate:
+    """A counting semaphore, first come first served, whose acquire and release cost the
+    same however many wait: asyncio.Semaphore (3.11) scans its waiters on every acquire
+    and release, quadratic with the thousands of attempts a worker holds under a
+    backlog."""
+
+    def __init__(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"a gate needs at least one place, got {value}")
+        self.free = value
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        while self._waiters and self._waiters[0].done():
+            self._waiters.popleft()  # gave up waiting (cancelled)
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # granted just as it was cancelled: pass the place on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self.free += 1

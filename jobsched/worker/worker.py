@@ -50,9 +50,12 @@ from jobsched.worker.results import AttemptResult
 from jobsched.worker.sandbox import ShellSandbox, ShellStatus
 from jobsched.worker.secrets import RunSecrets, SecretResolver, longest
 from jobsched.worker.shell import run_shell
-from jobsched.worker.slots import BandSlots
+from jobsched.worker.slots import BandSlots, Gate
 
 log = logging.getLogger(__name__)
+
+#: How often the in-flight and waiting gauges are brought up to date.
+GAUGE_PERIOD_S = 1.0
 
 #: (execution id, attempt, the message's due time: the execution's day partition)
 Claim = tuple[uuid.UUID, int, datetime | None]
@@ -250,7 +253,7 @@ class Worker:
         self._sandbox = sandbox or ShellSandbox.from_settings(settings)
         self._secrets = secrets or SecretResolver.from_settings(settings)
         #: Attempts that came several to a message and wait in this worker, per band.
-        self._gates = {band: asyncio.Semaphore(settings.worker_prefetch) for band in Priority}
+        self._gates = {band: Gate(settings.worker_prefetch) for band in Priority}
         self._shown_inflight = -1
         self.stats = {"succeeded": 0, "retrying": 0, "dead": 0, "lost_claims": 0, "malformed": 0}
 
@@ -333,7 +336,8 @@ class Worker:
         # runs due at the same instant wait to start.
         gc.freeze()
         background = [asyncio.create_task(self._heartbeat()),
-                      asyncio.create_task(self._stream_output())]
+                      asyncio.create_task(self._stream_output()),
+                      asyncio.create_task(self._show_gauges())]
         if self.coordinator is not None:
             background.append(asyncio.create_task(self.coordinator.stay_registered(
                 self.name, self._describe, self._inflight_changed, self.drained)))
@@ -363,6 +367,16 @@ class Worker:
 
     def _inflight_changed(self) -> bool:
         return self.inflight != self._shown_inflight
+
+    async def _show_gauges(self) -> None:
+        """The in-flight and waiting gauges, refreshed every ``GAUGE_PERIOD_S`` instead of
+        at every change (four label look-ups per run: a tenth of the worker's own CPU per
+        no-op run); a scrape comes every 15 s or so."""
+        while True:
+            self.metrics.inflight.set({}, len(self._inflight))
+            for band in Priority:
+                self.metrics.waiting.set({"priority": band}, self._run_slots.waiting(band))
+            await asyncio.sleep(GAUGE_PERIOD_S)
 
     async def _heartbeat(self) -> None:
         """Extend the leases of claimed executions in one statement per period, until
@@ -489,7 +503,7 @@ class Worker:
             self._unclaimed.discard(task)
 
     def _part_ended(self, part: PartDelivery,
-                    gate: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
+                    gate: Gate) -> Callable[[asyncio.Task[None]], None]:
         def ended(runner: asyncio.Task[None]) -> None:
             gate.release()
             self._inflight.discard(runner)
@@ -519,13 +533,11 @@ class Worker:
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
-        self.metrics.inflight.set({}, len(self._inflight))
         try:
             await self._handle(delivery, message)
         finally:
             self._inflight.discard(task)
             self._unclaimed.discard(task)
-            self.metrics.inflight.set({}, len(self._inflight))
 
     async def _handle(self, delivery: Delivery, message: AttemptMessage) -> None:
         task = asyncio.current_task()
@@ -566,11 +578,9 @@ class Worker:
         """Take a run slot (the band's turn), claim, and run. None when the delivery was
         settled here (a lost claim, a claim that failed)."""
         band = message.priority
-        self.metrics.waiting.set({"priority": band}, self._run_slots.waiting(band) + 1)
         await self._run_slots.acquire(band)
         claimed_id: uuid.UUID | None = None
         try:
-            self.metrics.waiting.set({"priority": band}, self._run_slots.waiting(band))
             # A shell run waits for a shell slot before its claim too (its kind is in the
             # message; a message of an older version says nothing and waits after).
             shell = (self._shell_slots.slot(band) if message.kind == "shell"
