@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import orjson
+import pytest
 
 from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.sql import load_queries, parse_queries
@@ -18,6 +19,7 @@ from jobsched.api.models import JobCreate
 from jobsched.api.routes.jobs import job_columns
 
 WORKER = load_queries("worker.sql")
+LEADER = load_queries("leader.sql")
 SETTINGS = "SELECT current_setting('plan_cache_mode')"
 
 
@@ -95,6 +97,69 @@ async def test_a_claim_of_a_herd_due_at_one_instant_looks_each_row_up_by_key(
     assert "Join Filter" not in claim_plan, claim_plan
     assert "Seq Scan on executions" not in claim_plan, claim_plan
     assert "Index Cond: ((id = m.id)" in claim_plan, claim_plan
+
+
+def _by_key(plan: str, alias: str) -> None:
+    """Each batch row looked up by key in the day partition: no scan of the partition,
+    hashed, merged or compared pairwise with the batch."""
+    assert "Join Filter" not in plan, plan
+    assert "Seq Scan on executions" not in plan, plan
+    assert "Bitmap Heap Scan on executions" not in plan, plan
+    assert f"Index Cond: ((id = {alias}.id)" in plan, plan
+
+
+@pytest.mark.parametrize("size", [40, 300, 1_500])
+async def test_batch_plans_made_while_the_partition_is_small_still_look_rows_up_by_key(
+        pool: asyncpg.Pool, size: int) -> None:
+    """A connection's generic plan is made at its first execution, for the partition as it
+    is then. Made on a partition of a few hundred rows (never analyzed: autovacuum off,
+    or not come round yet), the claim hashed a scan of the whole partition (40, 300 rows)
+    or compared every row of it with every batch row (1,500 rows: 899,400 rows removed by
+    the join filter for a claim of 600), and kept that plan as the partition grew. The
+    batch (unnest, LIMIT its length) is estimated at one row, so a probe by key is the
+    cheapest plan at any size."""
+    due = datetime.now(UTC)
+    await _herd(pool, due, size)
+    plans: list[str] = []
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id, attempt FROM executions ORDER BY id LIMIT 600")
+        ids = [r["id"] for r in rows]
+        days = [due] * len(ids)
+
+        def listen(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
+            plans.append(message.message)
+
+        conn.add_log_listener(listen)
+        await conn.execute("LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+                           "SET client_min_messages = log")
+        try:
+            marked = await LEADER.mark_published.execute(conn, ids=ids, scheduled_for=days,
+                                                         earliest=due, latest=due)
+            claimed = await WORKER.claim_executions.fetch(
+                conn, ids=ids, attempts=[r["attempt"] for r in rows], scheduled_for=days,
+                earliest=due, latest=due, worker="w1", lease_s=30.0)
+            held = await WORKER.heartbeat.fetch(conn, ids=ids, scheduled_for=days,
+                                                earliest=due, latest=due, worker="w1",
+                                                lease_s=30.0)
+            async with conn.transaction():
+                finished = await WORKER.finish_executions.fetch(
+                    conn, earliest=due, latest=due, ids=ids,
+                    attempts=[r["attempt"] for r in rows], states=["succeeded"] * len(ids),
+                    outcomes=["succeeded"] * len(ids), exit_codes=[None] * len(ids),
+                    errors=[None] * len(ids), outputs=[None] * len(ids),
+                    retry_in_s=[None] * len(ids), worker="w1", reasons=[None] * len(ids),
+                    started_at=[None] * len(ids), scheduled_for=days)
+        finally:
+            await conn.execute("RESET client_min_messages; "
+                               "RESET auto_explain.log_min_duration")
+            conn.remove_log_listener(listen)
+    assert marked == f"UPDATE {min(size, 600)}"
+    assert len(claimed) == len(held) == len(finished) == min(size, 600)
+    mark, claim, heartbeat, finish = (p for p in plans if "Update on executions" in p)
+    _by_key(mark, "m")
+    _by_key(claim, "m")
+    _by_key(heartbeat, "m")
+    _by_key(finish, "r")
 
 
 async def test_a_claim_batch_holding_two_attempts_of_one_execution_claims_the_current(

@@ -18,12 +18,16 @@ the generic plan (an index probe per batch row), the result batch 3.2 s against 
 claim alone was 12 of PostgreSQL's ~19.5 s of statement time in a 20,000-job burn-down.
 
 A generic plan is made once per connection, for the table as it is then: one made while
-the whole table was small (a fresh database's first herd) can still compare rows pairwise
-and keeps doing so as the partition grows (seen in `jobsched bench herd` on a fresh
-database). Turning sequential, bitmap and materialized scans off for these statements made
-that every time instead of sometimes (the planner then took an index scan on the batch's
-instant, estimated at one row, as the outer side): a statement shape that no estimate can
-turn pairwise is still to be found (docs/benchmarks.md, "Plans of the batch statements").
+the day partition held a few hundred rows (a fresh database's first herd or burn-down; a
+partition never analyzed, or not yet) hashed a scan of the whole partition for every batch,
+or compared every row of it with every batch row (1,500 rows), and kept doing so as the
+partition grew: PostgreSQL's CPU doubled in about two burn-downs of five. These statements
+therefore read their batch as ``(SELECT * FROM unnest(…) LIMIT cardinality(:ids))``: a
+LIMIT the generic plan cannot read is estimated at a tenth of its input, so the batch
+counts as one row, and one probe by key per batch row is the cheapest plan whatever the
+partition's size (tests/integration/test_batch_plans.py plans them on partitions of 40,
+300 and 1,500 rows). A condition on the state is written ``state || ''`` so that no partial
+index on the state is read whole for each batch row.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ WITH claimed AS (
     UPDATE executions e
     SET state = 'running', worker = :worker, started_at = greatest(now(), e.scheduled_for),
         lease_expires_at = now() + make_interval(secs => :lease_s)
-    FROM unnest(:ids::uuid[], :attempts::int[], :scheduled_for::timestamptz[])
+    FROM (SELECT * FROM unnest(:ids::uuid[], :attempts::int[], :scheduled_for::timestamptz[])
+          LIMIT cardinality(:ids::uuid[]))
         AS m(id, attempt, scheduled_for)
     -- Driven by the batch, row by key; `state || ''` keeps the partial indexes on state
     -- out of the plan (see finish_executions).
@@ -84,7 +85,8 @@ SELECT pg_notify(:channel, :payload)
 -- connection (158 "deadlock detected" in a 20-minute soak).
 WITH held AS (
     SELECT e.id, e.scheduled_for
-    FROM unnest(:ids::uuid[], :scheduled_for::timestamptz[]) AS m(id, scheduled_for)
+    FROM (SELECT * FROM unnest(:ids::uuid[], :scheduled_for::timestamptz[])
+          LIMIT cardinality(:ids::uuid[])) AS m(id, scheduled_for)
     JOIN executions e ON e.id = m.id AND e.scheduled_for = m.scheduled_for
     WHERE e.scheduled_for BETWEEN :earliest AND :latest AND e.worker = :worker
       AND e.state || '' = 'running'
@@ -115,7 +117,8 @@ WHERE execution_id = :execution_id AND attempt = :attempt AND finished_at IS NUL
 -- the runs going on are read, not the whole history.
 WITH live AS (
     SELECT a.execution_id, a.attempt FROM attempts a
-    WHERE (a.execution_id, a.attempt) IN (SELECT * FROM unnest(:ids::uuid[], :attempts::int[]))
+    WHERE (a.execution_id, a.attempt) IN (SELECT * FROM unnest(:ids::uuid[], :attempts::int[])
+                                          LIMIT cardinality(:ids::uuid[]))
       AND a.worker = :worker AND a.finished_at IS NULL
       AND a.scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
       AND a.scheduled_for < coalesce(:hi::timestamptz, 'infinity')
@@ -123,7 +126,8 @@ WITH live AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE attempts a SET output = u.output
-FROM unnest(:ids::uuid[], :attempts::int[], :outputs::text[]) AS u(id, attempt, output), live l
+FROM (SELECT * FROM unnest(:ids::uuid[], :attempts::int[], :outputs::text[])
+      LIMIT cardinality(:ids::uuid[])) AS u(id, attempt, output), live l
 WHERE a.execution_id = u.id AND a.attempt = u.attempt
   AND l.execution_id = u.id AND l.attempt = u.attempt
   AND a.scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
@@ -136,9 +140,19 @@ WHERE a.execution_id = u.id AND a.attempt = u.attempt
 -- to the plan, a hash join took them in the table's physical order, a nested loop in the
 -- batch's, and the two statements of one worker deadlocked.
 WITH locked AS (
-    SELECT e.id, e.scheduled_for
-    FROM unnest(:ids::uuid[], :scheduled_for::timestamptz[]) AS m(id, scheduled_for)
-    JOIN executions e ON e.id = m.id AND e.scheduled_for = m.scheduled_for
+    -- The batch carries the results: each row the worker still holds is locked with its
+    -- result beside it, and the update below joins only these (one row each, by key).
+    SELECT e.id, e.scheduled_for, r.attempt, r.state, r.outcome, r.exit_code, r.error,
+           r.output, r.retry_in_s, r.reason, r.started_at
+    FROM (SELECT * FROM unnest(:ids::uuid[], :scheduled_for::timestamptz[], :attempts::int[],
+                               :states::text[], :outcomes::text[], :exit_codes::int[],
+                               :errors::text[], :outputs::text[],
+                               :retry_in_s::double precision[], :reasons::text[],
+                               :started_at::timestamptz[])
+          LIMIT cardinality(:ids::uuid[]))
+        AS r(id, scheduled_for, attempt, state, outcome, exit_code, error, output,
+             retry_in_s, reason, started_at)
+    JOIN executions e ON e.id = r.id AND e.scheduled_for = r.scheduled_for
     WHERE e.scheduled_for BETWEEN :earliest AND :latest AND e.worker = :worker
       AND e.state || '' = 'running'
     ORDER BY e.id
@@ -156,13 +170,8 @@ WITH locked AS (
                          THEN now() + make_interval(secs => r.retry_in_s) END,
         lease_expires_at = NULL, exit_code = r.exit_code, error = r.error, output = r.output,
         reason = coalesce(r.reason, e.reason), started_at = coalesce(r.started_at, e.started_at)
-    FROM unnest(:ids::uuid[], :attempts::int[], :states::text[], :outcomes::text[],
-                :exit_codes::int[], :errors::text[], :outputs::text[],
-                :retry_in_s::double precision[], :reasons::text[],
-                :started_at::timestamptz[])
-        AS r(id, attempt, state, outcome, exit_code, error, output, retry_in_s, reason,
-             started_at), locked l
-    WHERE e.id = r.id AND l.id = r.id AND e.scheduled_for = l.scheduled_for
+    FROM locked r
+    WHERE e.id = r.id AND e.scheduled_for = r.scheduled_for
       AND e.scheduled_for BETWEEN :earliest AND :latest AND e.attempt = r.attempt
       AND e.state || '' = 'running' AND e.worker = :worker
     RETURNING e.id, e.job_id, e.attempt, e.state, e.exit_code, e.error, e.output,

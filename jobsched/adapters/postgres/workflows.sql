@@ -267,7 +267,8 @@ WHERE e.id = ANY(:ids::uuid[])
 -- :lo, :hi bound the batch's scheduled_for (as node_inputs).
 WITH kept AS (
     UPDATE executions e SET result = r.result::jsonb
-    FROM unnest(:ids::uuid[], :attempts::int[], :results::text[]) AS r(id, attempt, result)
+    FROM (SELECT * FROM unnest(:ids::uuid[], :attempts::int[], :results::text[])
+          LIMIT cardinality(:ids::uuid[])) AS r(id, attempt, result)
     WHERE e.id = r.id AND e.attempt = r.attempt AND e.state || '' = 'running'
       AND e.worker = :worker
       AND e.scheduled_for >= coalesce(:lo::timestamptz, '-infinity')
