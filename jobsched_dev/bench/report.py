@@ -93,11 +93,15 @@ def render_priority(r: dict[str, Any], repeat: int) -> str:
             ["high queued -> started p99 ms (target <= 250)", queued["p99"]],
             ["high submitted -> started p99 ms", submitted["p99"]],
             ["high submitted -> queued p50 ms", r["high submitted -> queued"]["p50"]],
-            # The burst: from the first high start to the last. One shorter than a claim
-            # flush's round trip holds no run of another band, whatever the worker does.
+            # While high work waited: from the high fires to the last high start.
+            ["high waited ms (fired to last high start)", 1000 * r["high_waited_s"]],
+            ["runs started while high waited", r["runs_while_high_waited"]],
+            ["low share of them % (target >= 5)", 100 * r["low_share_while_high_waited"]],
+            # The start burst: from the first high start to the last. One shorter than a
+            # claim flush's round trip holds no run of another band, whatever the worker does.
             ["high burst ms (first to last high start)", 1000 * r["burst_s"]],
             ["runs started during the high burst", r["runs_in_burst"]],
-            ["low share of them (target >= 5 %)", 100 * r["low_share_in_burst"]],
+            ["low share of them %", 100 * r["low_share_in_burst"]],
             ["low still waiting after the burst", r["low_still_waiting_after_burst"]],
             ["mixed burn-down executions/s", r["executions_per_s"]],
             ["one-priority burn-down executions/s", r["one_priority_executions_per_s"]],

@@ -169,3 +169,14 @@ def test_workflow_chain_fan_out_and_large(zookeeper: str, tmp_path: Path) -> Non
     assert fan["width"] == 10 and fan["all_done_after_root_s"] > 0
     assert fan["bystanders_during_ms"]["n"] > 0
     assert result["large"]["nodes"] == 50 and result["large"]["create_s"] > 0
+
+
+def test_priority_reports_high_latency_and_low_share(zookeeper: str, tmp_path: Path) -> None:
+    result = bench(zookeeper, tmp_path, "priority", "--low", "400", "--high", "20")["median"]
+    assert result["drained"] and result["states"] == {"succeeded": 420}
+    assert result["high queued -> started"]["n"] == 20
+    # The span while high waited holds the start burst, and both count runs they saw.
+    assert result["high_waited_s"] >= result["burst_s"] >= 0
+    assert result["runs_while_high_waited"] >= result["runs_in_burst"] >= 20
+    assert 0 <= result["low_share_while_high_waited"] <= 1
+    assert result["mixed_vs_one_priority"] > 0
