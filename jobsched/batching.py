@@ -10,7 +10,9 @@ One flush is in flight at a time, except for an ``express`` band: its items that
 while a flush is in flight go out at once in flushes of their own, one after another
 while it is in flight, instead of waiting for it to return (a claim flush of 500 runs
 took ~280 ms under a saturating low backlog in `jobsched bench priority`, and high runs
-that arrived meanwhile started that much later).
+that arrived meanwhile started that much later). Express items waiting when a flush is
+taken go in a flush of their own too, beside it: mixed into a claim of ~900 low runs
+(90-150 ms under that backlog) they waited for all of it; alone, 200 took ~40 ms.
 """
 
 from __future__ import annotations
@@ -83,16 +85,28 @@ class Batcher(Generic[T, R]):
             await self._wakeup.wait()
             if len(self) < self._max_size:
                 await asyncio.sleep(self._max_delay)
+            express = self._take_express()
             batch = self._take()
             if not len(self):
                 self._wakeup.clear()
-            if not batch:
+            if not batch and not express:
                 continue
             self._flushing = True
             try:
-                await self._settle(batch)
+                if express and batch:
+                    # The express band in a flush of its own beside the rest: a high claim
+                    # does not wait for the claim of a thousand low runs it came with.
+                    await asyncio.gather(self._settle(express), self._settle(batch))
+                else:
+                    await self._settle(express or batch)
             finally:
                 self._flushing = False
+
+    def _take_express(self) -> list[tuple[T, asyncio.Future[R]]]:
+        if self._express_band is None:
+            return []
+        queue = self._pending[self._express_band]
+        return [queue.popleft() for _ in range(min(len(queue), self._max_size))]
 
     async def _flush_express(self, band: Priority) -> None:
         """Flushes of the express band's waiting items beside the one in flight, one after

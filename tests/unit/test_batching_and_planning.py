@@ -108,6 +108,44 @@ async def test_express_items_that_come_during_an_express_flush_go_in_the_next_on
     assert flushes == [["low-0"], ["high-0"], ["high-1"]]
 
 
+async def test_express_items_waiting_with_others_flush_alone_beside_them() -> None:
+    release = asyncio.Event()
+    flushes: list[list[str]] = []
+
+    async def flush(items: list[str]) -> list[str]:
+        flushes.append(items)
+        if "low-0" in items:
+            await release.wait()  # the others' flush is slow; the express one is not
+        return items
+
+    batcher: Batcher[str, str] = Batcher(flush, max_size=10, max_delay=0.01,
+                                         express=Priority.HIGH)
+    lows = asyncio.gather(*(batcher.submit(f"low-{i}", Priority.LOW) for i in range(3)))
+    highs = asyncio.gather(*(batcher.submit(f"high-{i}", Priority.HIGH) for i in range(2)))
+    # Both waited for the same flush (no flush in flight when they came).
+    assert await asyncio.wait_for(highs, 1) == ["high-0", "high-1"]
+    assert not lows.done()
+    release.set()
+    assert await asyncio.wait_for(lows, 1) == ["low-0", "low-1", "low-2"]
+    await batcher.close()
+    assert flushes == [["high-0", "high-1"], ["low-0", "low-1", "low-2"]]
+
+
+async def test_without_an_express_band_one_flush_takes_every_band_by_weight() -> None:
+    flushes: list[list[str]] = []
+
+    async def flush(items: list[str]) -> list[str]:
+        flushes.append(items)
+        return items
+
+    batcher: Batcher[str, str] = Batcher(flush, max_size=10, max_delay=0.01)
+    await asyncio.wait_for(asyncio.gather(
+        *(batcher.submit(f"low-{i}", Priority.LOW) for i in range(2)),
+        *(batcher.submit(f"high-{i}", Priority.HIGH) for i in range(2))), 1)
+    await batcher.close()
+    assert len(flushes) == 1 and sorted(flushes[0]) == ["high-0", "high-1", "low-0", "low-1"]
+
+
 def test_plan_fires_coalesces_missed_fires() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, 500_000, tzinfo=UTC)
     job = DueJob(uuid.uuid4(), "* * * * * *", "UTC", now - timedelta(seconds=30))
