@@ -178,3 +178,46 @@ async def test_a_claim_batch_holding_two_attempts_of_one_execution_claims_the_cu
             lease_s=30.0)
     assert sorted((r["id"], r["attempt"]) for r in claimed) == sorted(
         [(ids[0], 2), (ids[1], 2)])
+
+
+JOBS = load_queries("jobs.sql")
+
+
+async def test_one_job_is_read_by_its_primary_key_however_many_its_namespace_holds(
+        pool: asyncpg.Pool) -> None:
+    """With no statistics on jobs (a fresh table), `namespace = :namespace` beside the id
+    read the job through an index that leads with the namespace: every job of the
+    namespace for one lookup (GET /jobs/{id} at x0.58 of aaf200a's rate)."""
+    due = datetime.now(UTC)
+    await _herd(pool, due, 3_000)
+    plans: list[str] = []
+    async with pool.acquire() as conn:
+        job_id = await conn.fetchval("SELECT id FROM jobs ORDER BY id OFFSET 1500 LIMIT 1")
+
+        def listen(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
+            plans.append(message.message)
+
+        conn.add_log_listener(listen)
+        await conn.execute("LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+                           "SET client_min_messages = log")
+        try:
+            found = await JOBS.get_job.fetchrow(conn, id=job_id, namespace="default")
+            exists = await JOBS.job_exists.fetchval(conn, id=job_id, namespace="default")
+            async with conn.transaction():
+                locked = await JOBS.lock_job.fetchrow(conn, id=job_id, namespace="default")
+            paused = await JOBS.pause_job.fetchval(conn, id=job_id, namespace="default")
+            cancelled = await JOBS.cancel_job.fetchval(conn, id=job_id, namespace="default")
+            elsewhere = await JOBS.get_job.fetchrow(conn, id=job_id, namespace="other")
+        finally:
+            await conn.execute("RESET client_min_messages; "
+                               "RESET auto_explain.log_min_duration")
+            conn.remove_log_listener(listen)
+    assert found is not None and found["id"] == job_id and exists == 1
+    assert locked is not None and paused == cancelled == job_id
+    assert elsewhere is None  # the namespace is still checked
+    lookups = [p for p in plans if "Query Text" in p and "jobs" in p and ":id" not in p
+               and "id = $1" in p]
+    assert len(lookups) >= 6, plans
+    for plan in lookups:
+        assert "jobs_pkey" in plan, plan
+        assert "jobs_listing" not in plan and "jobs_live_by_namespace" not in plan, plan
