@@ -62,7 +62,7 @@ class Batcher(Generic[T, R]):
         self._wakeup.set()
         if band is self._express_band and self._flushing and (
                 self._express is None or self._express.done()):
-            self._express = asyncio.create_task(self._flush_express(band))
+            self._express = asyncio.create_task(self._flush_express())
         return await future
 
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
@@ -108,14 +108,13 @@ class Batcher(Generic[T, R]):
         queue = self._pending[self._express_band]
         return [queue.popleft() for _ in range(min(len(queue), self._max_size))]
 
-    async def _flush_express(self, band: Priority) -> None:
+    async def _flush_express(self) -> None:
         """Flushes of the express band's waiting items beside the one in flight, one after
         another while it is in flight: items that came during an express flush go in the
         next, not in the regular flush after the one in flight (~280 ms later)."""
-        queue = self._pending[band]
         while True:
             await asyncio.sleep(self._max_delay)
-            batch = [queue.popleft() for _ in range(min(len(queue), self._max_size))]
+            batch = self._take_express()
             if not batch:
                 return
             await self._settle(batch)

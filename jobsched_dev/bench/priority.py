@@ -31,6 +31,13 @@ from jobsched_dev.bench.stats import distribution_ms
 BURST_AFTER = 0.1
 
 
+def _started_within(fires: list[Any], window: tuple[Any, Any]) -> tuple[list[Any], int]:
+    """The runs started within ``window`` (inclusive), and how many of them were low."""
+    runs = [f for f in fires if f["started_at"] is not None
+            and window[0] <= f["started_at"] <= window[1]]
+    return runs, sum(1 for f in runs if f["priority"] == 2)
+
+
 async def run_priority(services: Services, low: int, high: int, workers: int,
                        options: Options, timeout: float = 300) -> dict[str, Any]:
     async with make_cluster(services, options) as cluster, connect(cluster.database_url) as conn:
@@ -51,17 +58,13 @@ async def run_priority(services: Services, low: int, high: int, workers: int,
     highs = [f for f in fires if f["priority"] == 0]
     started = [f["started_at"] for f in highs if f["started_at"] is not None]
     window = (min(started), max(started)) if started else (burst_at, burst_at)
-    in_burst = [f for f in fires if f["started_at"] is not None
-                and window[0] <= f["started_at"] <= window[1]]
-    lows_in_burst = sum(1 for f in in_burst if f["priority"] == 2)
+    in_burst, lows_in_burst = _started_within(fires, window)
     # While high work waited: from the high fires' transaction to the last high start.
     # Starvation is about this span; the start burst alone can last less than a claim
     # flush's round trip (3-47 ms seen), too short to hold a run of another band.
     queued = [f["queued_at"] for f in highs if f["queued_at"] is not None]
     waited = (min(queued), window[1]) if queued else window
-    in_wait = [f for f in fires if f["started_at"] is not None
-               and waited[0] <= f["started_at"] <= waited[1]]
-    lows_in_wait = sum(1 for f in in_wait if f["priority"] == 2)
+    in_wait, lows_in_wait = _started_within(fires, waited)
     finished = [f["finished_at"] for f in fires if f["finished_at"] is not None]
     elapsed = (max(finished) - committed).total_seconds() if finished else float("nan")
     low_waiting = sum(1 for f in fires if f["priority"] == 2

@@ -5,8 +5,10 @@ partition with every batch row."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -45,6 +47,24 @@ async def test_a_statement_gets_its_planner_settings_wherever_it_is_called(
             assert await plain.fetchval(conn) == "auto"  # and planning as usual
 
 
+@contextlib.asynccontextmanager
+async def explained(conn: asyncpg.Connection) -> AsyncIterator[list[str]]:
+    """The plans of the statements run on ``conn`` meanwhile (auto_explain, as notices)."""
+    plans: list[str] = []
+
+    def listen(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        plans.append(message.message)
+
+    conn.add_log_listener(listen)
+    await conn.execute("LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+                       "SET client_min_messages = log")
+    try:
+        yield plans
+    finally:
+        await conn.execute("RESET client_min_messages; RESET auto_explain.log_min_duration")
+        conn.remove_log_listener(listen)
+
+
 async def _herd(pool: asyncpg.Pool, due: datetime, size: int) -> None:
     """``size`` jobs with an execution each, all queued for the same instant, inserted just
     now: the day partition has no statistics about them."""
@@ -70,25 +90,14 @@ async def test_a_claim_of_a_herd_due_at_one_instant_looks_each_row_up_by_key(
         pool: asyncpg.Pool) -> None:
     due = datetime.now(UTC)
     await _herd(pool, due, 20_000)
-    plans: list[str] = []
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT id, attempt FROM executions ORDER BY id LIMIT 600")
 
-        def listen(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
-            plans.append(message.message)
-
-        conn.add_log_listener(listen)
-        await conn.execute("LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
-                           "SET client_min_messages = log")
-        try:
+        async with explained(conn) as plans:
             claimed = await WORKER.claim_executions.fetch(
                 conn, ids=[r["id"] for r in rows], attempts=[r["attempt"] for r in rows],
                 scheduled_for=[due] * len(rows), earliest=due, latest=due, worker="w1",
                 lease_s=30.0)
-        finally:
-            await conn.execute("RESET client_min_messages; "
-                               "RESET auto_explain.log_min_duration")
-            conn.remove_log_listener(listen)
     assert len(claimed) == 600
     claim_plan = next(p for p in plans if "Update on executions" in p)
     # Each batch row looked up by key; never every row of the partition compared with
@@ -120,19 +129,12 @@ async def test_batch_plans_made_while_the_partition_is_small_still_look_rows_up_
     cheapest plan at any size."""
     due = datetime.now(UTC)
     await _herd(pool, due, size)
-    plans: list[str] = []
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT id, attempt FROM executions ORDER BY id LIMIT 600")
         ids = [r["id"] for r in rows]
         days = [due] * len(ids)
 
-        def listen(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
-            plans.append(message.message)
-
-        conn.add_log_listener(listen)
-        await conn.execute("LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
-                           "SET client_min_messages = log")
-        try:
+        async with explained(conn) as plans:
             marked = await LEADER.mark_published.execute(conn, ids=ids, scheduled_for=days,
                                                          earliest=due, latest=due)
             claimed = await WORKER.claim_executions.fetch(
@@ -149,10 +151,6 @@ async def test_batch_plans_made_while_the_partition_is_small_still_look_rows_up_
                     errors=[None] * len(ids), outputs=[None] * len(ids),
                     retry_in_s=[None] * len(ids), worker="w1", reasons=[None] * len(ids),
                     started_at=[None] * len(ids), scheduled_for=days)
-        finally:
-            await conn.execute("RESET client_min_messages; "
-                               "RESET auto_explain.log_min_duration")
-            conn.remove_log_listener(listen)
     assert marked == f"UPDATE {min(size, 600)}"
     assert len(claimed) == len(held) == len(finished) == min(size, 600)
     mark, claim, heartbeat, finish = (p for p in plans if "Update on executions" in p)
@@ -190,17 +188,10 @@ async def test_one_job_is_read_by_its_primary_key_however_many_its_namespace_hol
     namespace for one lookup (GET /jobs/{id} at x0.58 of aaf200a's rate)."""
     due = datetime.now(UTC)
     await _herd(pool, due, 3_000)
-    plans: list[str] = []
     async with pool.acquire() as conn:
         job_id = await conn.fetchval("SELECT id FROM jobs ORDER BY id OFFSET 1500 LIMIT 1")
 
-        def listen(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
-            plans.append(message.message)
-
-        conn.add_log_listener(listen)
-        await conn.execute("LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
-                           "SET client_min_messages = log")
-        try:
+        async with explained(conn) as plans:
             found = await JOBS.get_job.fetchrow(conn, id=job_id, namespace="default")
             exists = await JOBS.job_exists.fetchval(conn, id=job_id, namespace="default")
             async with conn.transaction():
@@ -208,10 +199,6 @@ async def test_one_job_is_read_by_its_primary_key_however_many_its_namespace_hol
             paused = await JOBS.pause_job.fetchval(conn, id=job_id, namespace="default")
             cancelled = await JOBS.cancel_job.fetchval(conn, id=job_id, namespace="default")
             elsewhere = await JOBS.get_job.fetchrow(conn, id=job_id, namespace="other")
-        finally:
-            await conn.execute("RESET client_min_messages; "
-                               "RESET auto_explain.log_min_duration")
-            conn.remove_log_listener(listen)
     assert found is not None and found["id"] == job_id and exists == 1
     assert locked is not None and paused == cancelled == job_id
     assert elsewhere is None  # the namespace is still checked
