@@ -241,6 +241,9 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
         if "zk" in state:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(state["zk"].close(), 5)
+        if "jobs" in state:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(state["jobs"].close(), 5)
         for name in ("webhook_pool", "read_pool", "pool"):
             if name in state:
                 with contextlib.suppress(Exception):

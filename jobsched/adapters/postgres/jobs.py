@@ -13,11 +13,16 @@ import asyncpg
 
 from jobsched.adapters.postgres.listen import CANCEL_CHANNEL, WAKE_CHANNEL
 from jobsched.adapters.postgres.sql import load_queries
+from jobsched.batching import Batcher
 from jobsched.domain.execution_ids import window_of
 from jobsched.domain.priority import Priority
 from jobsched.ports import IdempotencyConflict, JobColumns, LeaderInfo, QuotaExceeded, Row
 
 Q = load_queries("jobs.sql")
+
+# The most creates one insert_jobs statement carries. Under a quota these count without
+# a lock, so a batch stays well inside the margin below.
+CREATE_BATCH = 32
 
 # Below quota - margin, creates count without locking (the count moves by at most the
 # creates in flight); nearer, they serialize per namespace so the quota is exact.
@@ -28,13 +33,32 @@ def _columns(columns: JobColumns) -> dict[str, Any]:
     return {f.name: getattr(columns, f.name) for f in dataclasses.fields(columns)}
 
 
+_COLUMN_NAMES = tuple(f.name for f in dataclasses.fields(JobColumns))
+
+
 def _row(record: Any) -> Row | None:
     return dict(record) if record is not None else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Create:
+    id: uuid.UUID
+    namespace: str
+    values: dict[str, Any]
+    notify: bool
+    quota: int
 
 
 class PostgresJobs:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        # Creates of concurrent requests share a statement: while one batch is in the
+        # database the next gathers (no delay of its own: a lone create goes at once).
+        self._creates: Batcher[_Create, Row | Exception | None] = Batcher(
+            self._insert_batch, max_size=CREATE_BATCH, max_delay=0)
+
+    async def close(self) -> None:
+        await self._creates.close()
 
     async def ping(self) -> None:
         async with self.pool.acquire(timeout=2) as conn:
@@ -57,11 +81,15 @@ class PostgresJobs:
         ``last_execution``) and whether it is such a replay. ``notify`` wakes the leader
         (only needed for a job due before its next look)."""
         values = _columns(columns)
-        if idempotency_key is None and not quota:
-            # The common case is one statement, one round trip, one commit.
-            row = await Q.insert_job.fetchrow(self.pool, id=job_id, namespace=namespace,
-                                              notify=notify, channel=WAKE_CHANNEL, **values)
-            return {**dict(row), "last_execution": None}, False
+        if idempotency_key is None:
+            # The common case: one statement, one round trip, one commit for the creates
+            # of all the requests in flight (None: too near the quota to go unlocked).
+            created = await self._creates.submit(
+                _Create(job_id, namespace, values, notify, quota))
+            if isinstance(created, Exception):
+                raise created
+            if created is not None:
+                return {**created, "last_execution": None}, False
         async with self.pool.acquire() as conn, conn.transaction():
             if idempotency_key is not None:
                 first = await self._replay(conn, namespace, idempotency_key, digest,
@@ -82,6 +110,26 @@ class PostgresJobs:
             if notify:
                 await Q.notify.execute(conn, channel=WAKE_CHANNEL, payload="job")
         return {**dict(row), "last_execution": None}, False
+
+    async def _insert_batch(self, creates: list[_Create]) -> list[Row | Exception | None]:
+        """One insert_jobs for the batch; None for a create it left out as too near its
+        quota. Should the statement fail, each create is tried on its own, so one bad row
+        (or a lost connection) fails its own request only, as it would without the batch."""
+        try:
+            rows = await Q.insert_jobs.fetch(
+                self.pool, channel=WAKE_CHANNEL, margin=QUOTA_LOCK_MARGIN,
+                notify=any(create.notify for create in creates),
+                id=[create.id for create in creates],
+                namespace=[create.namespace for create in creates],
+                quota=[create.quota for create in creates],
+                **{name: [create.values[name] for create in creates]
+                   for name in _COLUMN_NAMES})
+        except Exception as exc:  # noqa: BLE001 - each create is tried again on its own
+            if len(creates) == 1:
+                return [exc]
+            return [(await self._insert_batch([create]))[0] for create in creates]
+        by_id = {row["id"]: dict(row) for row in rows}
+        return [by_id.get(create.id) for create in creates]
 
     @staticmethod
     async def _replay(conn: asyncpg.Connection, namespace: str, key: str,

@@ -1,20 +1,58 @@
 -- The api's statements: jobs as users create, change and read them, and their history.
 
--- insert_job --
--- The common create (no Idempotency-Key, no quota): one statement, one round trip, one
--- commit; it wakes the leader only when :notify says the job is due before its next look.
-WITH job AS (
+-- insert_jobs --
+-- Creates without an Idempotency-Key, of all the requests in flight, batched
+-- (PostgresJobs.create_job): one statement, one round trip and one commit for all of them.
+-- Under a quota (:quota > 0, per row), a create goes in only while its namespace's live
+-- jobs, counted once per namespace and no further than the quota, plus those before it in
+-- the batch, stay below quota - :margin; the rest are left out (the caller creates them
+-- one at a time under the namespace's lock, so the count at the quota is exact). Rows go in
+-- the batch's order; callers match them back by id. The leader is woken once if any of
+-- them is due before its next look (an uncorrelated subquery: evaluated once, not per row).
+WITH batch AS (
+    SELECT * FROM unnest(
+        :id::uuid[], :namespace::text[], :name::text[], :kind::text[], :payload::jsonb[],
+        :schedule::text[], :timezone::text[], :next_fire_at::timestamptz[],
+        :max_attempts::integer[], :backoff_s::float8[], :max_backoff_s::float8[],
+        :timeout_s::float8[], :labels::jsonb[], :spec::jsonb[], :misfire::text[],
+        :max_catchup::integer[], :starting_deadline_s::float8[], :concurrency::text[],
+        :start_at::timestamptz[], :end_at::timestamptz[], :max_runs::integer[],
+        :jitter_s::float8[], :keep_succeeded::integer[], :keep_failed::integer[],
+        :priority::smallint[], :quota::integer[]
+    ) WITH ORDINALITY AS b(id, namespace, name, kind, payload, schedule, timezone,
+                           next_fire_at, max_attempts, backoff_s, max_backoff_s, timeout_s,
+                           labels, spec, misfire, max_catchup, starting_deadline_s,
+                           concurrency, start_at, end_at, max_runs, jitter_s,
+                           keep_succeeded, keep_failed, priority, quota, n)
+), live AS (
+    SELECT q.namespace, (
+        SELECT count(*) FROM (
+            SELECT 1 FROM jobs
+            WHERE jobs.namespace = q.namespace AND jobs.state IN ('active', 'paused')
+            LIMIT q.quota
+        ) AS counted
+    ) AS jobs
+    FROM (SELECT namespace, max(quota) AS quota FROM batch WHERE quota > 0
+          GROUP BY namespace) AS q
+), allowed AS (
+    SELECT batch.* FROM (
+        SELECT *, row_number() OVER (PARTITION BY namespace, quota > 0 ORDER BY n) AS rank
+        FROM batch
+    ) AS batch LEFT JOIN live USING (namespace)
+    WHERE batch.quota <= 0 OR live.jobs + batch.rank - 1 < batch.quota - :margin
+), job AS (
     INSERT INTO jobs (id, namespace, name, kind, payload, schedule, timezone, next_fire_at,
                       max_attempts, backoff_s, max_backoff_s, timeout_s, labels, spec,
                       misfire, max_catchup, starting_deadline_s, concurrency, start_at,
                       end_at, max_runs, jitter_s, keep_succeeded, keep_failed, priority)
-    VALUES (:id, :namespace, :name, :kind, :payload, :schedule, :timezone, :next_fire_at,
-            :max_attempts, :backoff_s, :max_backoff_s, :timeout_s, :labels, :spec,
-            :misfire, :max_catchup, :starting_deadline_s, :concurrency, :start_at,
-            :end_at, :max_runs, :jitter_s, :keep_succeeded, :keep_failed, :priority)
+    SELECT id, namespace, name, kind, payload, schedule, timezone, next_fire_at,
+           max_attempts, backoff_s, max_backoff_s, timeout_s, labels, spec,
+           misfire, max_catchup, starting_deadline_s, concurrency, start_at,
+           end_at, max_runs, jitter_s, keep_succeeded, keep_failed, priority
+    FROM allowed ORDER BY n
     RETURNING *
 )
-SELECT job.*, CASE WHEN :notify::boolean THEN pg_notify(:channel, 'job') END AS woke
+SELECT job.*, (SELECT pg_notify(:channel, 'job') WHERE :notify::boolean) AS woke
 FROM job
 
 -- insert_job_keyed --

@@ -1,0 +1,131 @@
+"""Creates of concurrent api requests share one insert (PostgresJobs.create_job)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from jobsched.adapters.postgres.jobs import QUOTA_LOCK_MARGIN, PostgresJobs
+from jobsched.api.models import JobCreate
+from jobsched.api.routes.jobs import job_columns
+from jobsched.ports import JobColumns, QuotaExceeded
+
+
+def _columns(name: str, **change: Any) -> tuple[uuid.UUID, JobColumns]:
+    job = JobCreate.model_validate_json(orjson.dumps({
+        "name": name, "schedule": "0 0 1 1 *", "kind": "python", "python": {"function": "m:f"},
+        "labels": {"n": name}}))
+    job_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    columns = dataclasses.replace(job_columns(job, job_id, now),
+                                  next_fire_at=now + timedelta(hours=1), **change)
+    return job_id, columns
+
+
+async def _batches(jobs: PostgresJobs) -> list[int]:
+    """Records the size of every batch jobs inserts from now on."""
+    sizes: list[int] = []
+    insert = jobs._insert_batch
+
+    async def recorded(creates: list[Any]) -> list[Any]:
+        sizes.append(len(creates))
+        return await insert(creates)
+
+    jobs._creates._flush = recorded
+    return sizes
+
+
+async def test_concurrent_creates_go_in_few_statements_and_each_gets_its_row(
+        pool: asyncpg.Pool) -> None:
+    jobs = PostgresJobs(pool)
+    sizes = await _batches(jobs)
+    made = [_columns(f"job-{i}") for i in range(150)]
+    try:
+        results = await asyncio.gather(*(jobs.create_job(job_id, "team-a", columns)
+                                          for job_id, columns in made))
+    finally:
+        await jobs.close()
+    assert sum(sizes) == 150 and max(sizes) > 1 and len(sizes) < 150
+    for (job_id, columns), (row, replayed) in zip(made, results, strict=True):
+        assert not replayed
+        assert row["id"] == job_id and row["name"] == columns.name
+        assert row["labels"] == {"n": columns.name} and row["namespace"] == "team-a"
+        assert row["next_fire_at"] == columns.next_fire_at and row["state"] == "active"
+    stored = await pool.fetch("SELECT id, name FROM jobs WHERE namespace = 'team-a'")
+    assert {(r["id"], r["name"]) for r in stored} == {(i, c.name) for i, c in made}
+
+
+async def test_a_bad_create_fails_alone_and_the_rest_of_its_batch_is_stored(
+        pool: asyncpg.Pool) -> None:
+    jobs = PostgresJobs(pool)
+    sizes = await _batches(jobs)
+    made = [_columns(f"job-{i}") for i in range(20)]
+    bad_id, bad = _columns("bad", kind="bogus")  # breaks jobs_kind_check
+    made.insert(7, (bad_id, bad))
+    try:
+        results = await asyncio.gather(
+            *(jobs.create_job(job_id, "team-b", columns) for job_id, columns in made),
+            return_exceptions=True)
+    finally:
+        await jobs.close()
+    assert max(sizes) > 1  # the bad row was in a batch with others
+    assert isinstance(results[7], asyncpg.CheckViolationError)
+    good = [result for i, result in enumerate(results) if i != 7]
+    assert all(isinstance(result, tuple) for result in good)
+    stored = await pool.fetch("SELECT id FROM jobs WHERE namespace = 'team-b'")
+    assert {r["id"] for r in stored} == {job_id for job_id, _ in made} - {bad_id}
+
+
+@pytest.mark.parametrize("due_soon", [True, False])
+async def test_a_batch_wakes_the_leader_once_if_any_create_is_due_soon(
+        pool: asyncpg.Pool, database_url: str, due_soon: bool) -> None:
+    listener = await asyncpg.connect(database_url)
+    woken: list[str] = []
+    await listener.add_listener("jobsched_wake", lambda *args: woken.append(args[-1]))
+    jobs = PostgresJobs(pool)
+    try:
+        await asyncio.gather(*(
+            jobs.create_job(job_id, "team-c", columns, notify=due_soon and i == 3)
+            for i, (job_id, columns) in enumerate(_columns(f"j{i}") for i in range(10))))
+        await asyncio.sleep(0.3)
+    finally:
+        await jobs.close()
+        await listener.close()
+    assert woken == (["job"] if due_soon else [])
+
+
+async def test_under_a_quota_batched_creates_stop_exactly_at_it(pool: asyncpg.Pool) -> None:
+    """Far below the quota creates go in batches without a lock; from quota - margin on,
+    the batch leaves them out and they queue on the namespace's lock: exactly the quota.
+    Another namespace's creates in the same batches count against its own quota."""
+    quota = QUOTA_LOCK_MARGIN + 40
+    jobs = PostgresJobs(pool)
+    sizes = await _batches(jobs)
+    made = [("team-q", *_columns(f"job-{i}")) for i in range(quota + 30)]
+    others = [("team-r", *_columns(f"other-{i}")) for i in range(20)]
+    rest = made[30:]
+    for i, other in enumerate(others):
+        rest.insert(i * 5, other)
+    try:
+        first = await asyncio.gather(*(jobs.create_job(job_id, ns, columns, quota=quota)
+                                       for ns, job_id, columns in made[:30]))
+        results = await asyncio.gather(
+            *(jobs.create_job(job_id, ns, columns, quota=quota)
+              for ns, job_id, columns in rest), return_exceptions=True)
+    finally:
+        await jobs.close()
+    assert len(first) == 30 and max(sizes) > 1
+    outcome = {job_id: result for (_, job_id, _), result in zip(rest, results, strict=True)}
+    refused = [job_id for job_id, result in outcome.items() if isinstance(result, QuotaExceeded)]
+    assert len(refused) == 30 and not set(refused) & {job_id for _, job_id, _ in others}
+    assert all(isinstance(result, (tuple, QuotaExceeded)) for result in results)
+    live = dict(await pool.fetch("SELECT namespace, count(*) FROM jobs"
+                                 " WHERE state IN ('active', 'paused') GROUP BY namespace"))
+    assert live == {"team-q": quota, "team-r": len(others)}
