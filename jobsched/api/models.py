@@ -194,6 +194,10 @@ def too_deep(value: Any, limit: int = MAX_DOCUMENT_DEPTH) -> str | None:
 
 
 class RetrySpec(_Strict):
+    # Frozen (hashable), so pydantic uses the shared default as it is instead of deep
+    # copying it for every job that leaves it out.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 1
     backoff_s: Annotated[float, Field(ge=0, le=86_400)] = 2.0
     max_backoff_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
@@ -202,6 +206,8 @@ class RetrySpec(_Strict):
 class HistorySpec(_Strict):
     """How many finished executions of the job to keep (oldest purged first); unset keeps
     them for the global retention period."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)  # as RetrySpec
 
     succeeded: Annotated[int, Field(ge=0, le=100_000)] | None = None
     failed: Annotated[int, Field(ge=0, le=100_000)] | None = None

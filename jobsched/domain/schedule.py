@@ -1065,6 +1065,8 @@ def _settled(zone: zoneinfo.ZoneInfo, start: datetime, end: datetime,
     would come back to this very instant. A rare fire (29 February, every four years) then
     costs four offset lookups instead of a probe for each day between two fires.
     """
+    if _is_fixed_offset(zone.key):
+        return True  # no offset changes at all
     if end - start <= _SETTLED_SPAN:
         return False
     ends = (start + _ONE_DAY, end - _ONE_DAY, end)

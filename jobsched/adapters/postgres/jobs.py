@@ -29,11 +29,11 @@ CREATE_BATCH = 32
 QUOTA_LOCK_MARGIN = 64
 
 
-def _columns(columns: JobColumns) -> dict[str, Any]:
-    return {f.name: getattr(columns, f.name) for f in dataclasses.fields(columns)}
-
-
 _COLUMN_NAMES = tuple(f.name for f in dataclasses.fields(JobColumns))
+
+
+def _columns(columns: JobColumns) -> dict[str, Any]:
+    return {name: getattr(columns, name) for name in _COLUMN_NAMES}
 
 
 def _row(record: Any) -> Row | None:
