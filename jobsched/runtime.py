@@ -170,7 +170,8 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
                 # Connects lazily (min_size 0): a replica that is down never delays the api.
                 read_pool = await postgres.create_pool(settings.database_read_url, min_size=0)
                 state["read_pool"] = read_pool
-                replica = ReplicaReads(PostgresJobs(read_pool), jobs)
+                state["read_jobs"] = PostgresJobs(read_pool)
+                replica = ReplicaReads(state["read_jobs"], jobs)
                 readiness.add_info("postgres_read", replica.describe)
             app = build_app(settings, jobs, PostgresTokens(pool), readiness,
                             unavailable=postgres.CONNECTION_ERRORS,
@@ -241,9 +242,10 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
         if "zk" in state:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(state["zk"].close(), 5)
-        if "jobs" in state:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(state["jobs"].close(), 5)
+        for name in ("jobs", "read_jobs"):  # their batchers, before the pools
+            if name in state:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(state[name].close(), 5)
         for name in ("webhook_pool", "read_pool", "pool"):
             if name in state:
                 with contextlib.suppress(Exception):

@@ -23,6 +23,8 @@ Q = load_queries("jobs.sql")
 # The most creates one insert_jobs statement carries. Under a quota these count without
 # a lock, so a batch stays well inside the margin below.
 CREATE_BATCH = 32
+# The most lookups one get_jobs statement carries.
+LOOKUP_BATCH = 64
 
 # Below quota - margin, creates count without locking (the count moves by at most the
 # creates in flight); nearer, they serialize per namespace so the quota is exact.
@@ -56,9 +58,13 @@ class PostgresJobs:
         # database the next gathers (no delay of its own: a lone create goes at once).
         self._creates: Batcher[_Create, Row | Exception | None] = Batcher(
             self._insert_batch, max_size=CREATE_BATCH, max_delay=0)
+        # Likewise the GETs of one job.
+        self._lookups: Batcher[tuple[uuid.UUID, str], Row | Exception | None] = Batcher(
+            self._get_batch, max_size=LOOKUP_BATCH, max_delay=0)
 
     async def close(self) -> None:
         await self._creates.close()
+        await self._lookups.close()
 
     async def ping(self) -> None:
         async with self.pool.acquire(timeout=2) as conn:
@@ -201,7 +207,32 @@ class PostgresJobs:
         return _row(row)
 
     async def get_job(self, job_id: uuid.UUID, namespace: str) -> Row | None:
-        return _row(await Q.get_job.fetchrow(self.pool, id=job_id, namespace=namespace))
+        found = await self._lookups.submit((job_id, namespace))
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    async def _get_batch(self, lookups: list[tuple[uuid.UUID, str]]
+                         ) -> list[Row | Exception | None]:
+        """One get_jobs for the batch (a lone lookup: get_job). Should it fail, each lookup
+        is tried on its own, as it would have been without the batch."""
+        if len(lookups) == 1:
+            job_id, namespace = lookups[0]
+            try:
+                return [_row(await Q.get_job.fetchrow(self.pool, id=job_id,
+                                                      namespace=namespace))]
+            except Exception as exc:  # noqa: BLE001 - raised in the request that asked
+                return [exc]
+        try:
+            rows = await Q.get_jobs.fetch(self.pool, ids=[job_id for job_id, _ in lookups],
+                                          namespaces=[namespace for _, namespace in lookups])
+        except Exception:  # noqa: BLE001 - each lookup is tried again on its own
+            return [(await self._get_batch([lookup]))[0] for lookup in lookups]
+        found: list[Row | Exception | None] = [None] * len(lookups)
+        for record in rows:
+            row = dict(record)
+            found[row.pop("n") - 1] = row
+        return found
 
     async def list_jobs(
         self,

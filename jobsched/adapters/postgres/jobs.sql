@@ -151,6 +151,18 @@ LEFT JOIN LATERAL (
 ) le ON true
 WHERE j.id = :id AND j.namespace || '' = :namespace AND j.workflow_id IS NULL
 
+-- get_jobs --
+-- get_job for the requests in flight, batched (PostgresJobs.get_job): one round trip for
+-- all of them. Each row carries the place (n) of the lookup that found it; a lookup that
+-- finds nothing has no row. By id, the namespace checked on the row, as get_job.
+SELECT b.n, j.*, le.last_execution
+FROM unnest(:ids::uuid[], :namespaces::text[]) WITH ORDINALITY AS b(id, namespace, n)
+JOIN jobs j ON j.id = b.id AND j.namespace || '' = b.namespace AND j.workflow_id IS NULL
+LEFT JOIN LATERAL (
+    SELECT to_jsonb(e.*) AS last_execution FROM executions e
+    WHERE e.job_id = j.id ORDER BY e.scheduled_for DESC LIMIT 1
+) le ON true
+
 -- list_jobs --
 -- Newest first; the cursor is (created_at, id) of the last row returned; a NULL filter
 -- matches everything. Workflow nodes are not listed (nor in the jobs_listing index).

@@ -1,4 +1,4 @@
-"""Creates of concurrent api requests share one insert (PostgresJobs.create_job)."""
+"""Creates and lookups of concurrent api requests share one statement (PostgresJobs)."""
 
 from __future__ import annotations
 
@@ -129,3 +129,34 @@ async def test_under_a_quota_batched_creates_stop_exactly_at_it(pool: asyncpg.Po
     live = dict(await pool.fetch("SELECT namespace, count(*) FROM jobs"
                                  " WHERE state IN ('active', 'paused') GROUP BY namespace"))
     assert live == {"team-q": quota, "team-r": len(others)}
+
+
+async def test_concurrent_lookups_share_statements_and_each_gets_its_own_answer(
+        pool: asyncpg.Pool) -> None:
+    jobs = PostgresJobs(pool)
+    made = [_columns(f"job-{i}") for i in range(40)]
+    for job_id, columns in made:
+        await jobs.create_job(job_id, "team-a", columns)
+    sizes: list[int] = []
+    lookup = jobs._get_batch
+
+    async def recorded(lookups: list[Any]) -> list[Any]:
+        sizes.append(len(lookups))
+        return await lookup(lookups)
+
+    jobs._lookups._flush = recorded
+    asked = [(job_id, "team-a") for job_id, _ in made]
+    asked += [(made[0][0], "team-a"), (made[1][0], "team-b"), (uuid.uuid4(), "team-a")]
+    try:
+        found = await asyncio.gather(*(jobs.get_job(job_id, ns) for job_id, ns in asked))
+        alone = await jobs.get_job(made[2][0], "team-a")
+    finally:
+        await jobs.close()
+    assert max(sizes) > 1 and sizes[-1] == 1
+    for (job_id, columns), row in zip(made, found, strict=False):
+        assert row is not None and row["id"] == job_id and row["name"] == columns.name
+        assert "n" not in row and row["last_execution"] is None
+    assert found[40] is not None and found[40]["id"] == made[0][0]  # asked twice
+    assert found[41] is None  # another namespace's lookup does not see it
+    assert found[42] is None  # no such job
+    assert alone is not None and alone["id"] == made[2][0]
