@@ -158,6 +158,8 @@ async def test_batch_plans_made_while_the_partition_is_small_still_look_rows_up_
     _by_key(claim, "m")
     _by_key(heartbeat, "m")
     _by_key(finish, "r")
+    # the jobs its runs complete: by key too, not ANDed with a whole partial index
+    assert "Update on jobs" in finish and "jobs_live_by_namespace" not in finish, finish
 
 
 async def test_a_claim_batch_holding_two_attempts_of_one_execution_claims_the_current(
@@ -208,3 +210,4 @@ async def test_one_job_is_read_by_its_primary_key_however_many_its_namespace_hol
     for plan in lookups:
         assert "jobs_pkey" in plan, plan
         assert "jobs_listing" not in plan and "jobs_live_by_namespace" not in plan, plan
+

@@ -203,7 +203,7 @@ WITH expired AS (
 ), completed_jobs AS (
     UPDATE jobs j SET state = 'completed', updated_at = now()
     WHERE j.id = ANY(ARRAY(SELECT DISTINCT job_id FROM reaped WHERE state = 'dead'))
-      AND j.state = 'active' AND j.next_fire_at IS NULL
+      AND j.state || '' = 'active' AND j.next_fire_at IS NULL  -- as finish_executions
       AND (SELECT 1 FROM executions x
            WHERE x.job_id = j.id AND x.state IN ('queued', 'running', 'retrying')
              AND x.id NOT IN (SELECT id FROM reaped)
