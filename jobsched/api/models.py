@@ -110,20 +110,21 @@ HeaderValueOrSecret = Annotated[
 
 class ShellSpec(_Strict):
     argv: Annotated[list[ShortText], Field(min_length=1, max_length=MAX_ARGV)]
-    env: Annotated[dict[EnvName, EnvValue], Field(max_length=256)] = {}
+    env: Annotated[dict[EnvName, EnvValue], Field(max_length=256, default_factory=dict)]
     cwd: Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")] | None = None
 
 
 class HttpSpec(_Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
     url: Annotated[str, StringConstraints(max_length=8192, pattern=r"^https?://[^\s\x00-\x1f/$.?#][^\s\x00-\x1f]*$")]
-    headers: Annotated[dict[HeaderName, HeaderValueOrSecret], Field(max_length=100)] = {}
+    headers: Annotated[dict[HeaderName, HeaderValueOrSecret],
+                       Field(max_length=100, default_factory=dict)]
     body: Annotated[str, StringConstraints(max_length=262_144, pattern=r"^[^\x00]*$")] | None = None
 
 
 class PythonSpec(_Strict):
     function: Annotated[str, StringConstraints(max_length=500)]
-    args: dict[str, Any] = {}
+    args: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("function")
     @classmethod
@@ -236,7 +237,9 @@ class JobCreate(_Strict):
     python: PythonSpec | None = None
     timeout_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 300.0
     retry: RetrySpec = RetrySpec()
-    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] = {}
+    # default_factory: a fresh dict per job is cheaper than pydantic's deep copy of a {}.
+    labels: Annotated[dict[LabelKey, LabelValue],
+                      Field(max_length=MAX_LABELS, default_factory=dict)]
     misfire: Literal["run_once", "run_all", "skip"] = "run_once"
     max_catchup: Annotated[int, Field(ge=1, le=1000)] = 10
     starting_deadline_s: Annotated[float, Field(gt=0, le=31 * 86_400)] | None = None
