@@ -153,6 +153,8 @@ async def test_batch_plans_made_while_the_partition_is_small_still_look_rows_up_
                     started_at=[None] * len(ids), scheduled_for=days)
     assert marked == f"UPDATE {min(size, 600)}"
     assert len(claimed) == len(held) == len(finished) == min(size, 600)
+    partitions = await pool.fetchval(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'executions'::regclass")
     mark, claim, heartbeat, finish = (p for p in plans if "Update on executions" in p)
     _by_key(mark, "m")
     _by_key(claim, "m")
@@ -160,6 +162,10 @@ async def test_batch_plans_made_while_the_partition_is_small_still_look_rows_up_
     _by_key(finish, "r")
     # the jobs its runs complete: by key too, not ANDed with a whole partial index
     assert "Update on jobs" in finish and "jobs_live_by_namespace" not in finish, finish
+    # and looks for their other active runs in today's and tomorrow's partitions (and the
+    # default one), not in those made further ahead
+    probes = finish.count("Index Cond: (job_id = j.id)")
+    assert 0 < probes <= 3 < partitions, (partitions, finish)
 
 
 async def test_a_claim_batch_holding_two_attempts_of_one_execution_claims_the_current(

@@ -68,6 +68,8 @@ UPDATE jobs j SET next_fire_at = a.next_fire_at, run_count = j.run_count + a.run
                                     AND (SELECT 1 FROM executions x
                                          WHERE x.job_id = j.id
                                            AND x.state IN ('queued', 'running', 'retrying')
+                                           -- as in finish_executions (worker.sql)
+                                           AND x.scheduled_for < now() + interval '1 day'
                                          LIMIT 1) IS NULL
                                THEN 'completed' ELSE j.state END
 FROM unnest(:ids::uuid[], :next_fire_at::timestamptz[], :runs::int[])
@@ -162,6 +164,7 @@ WHERE j.id IN (
       -- A per-job lookup, not an anti-join (see finish_executions in worker.sql).
       AND (SELECT 1 FROM executions x
            WHERE x.job_id = c.id AND x.state IN ('queued', 'running', 'retrying')
+             AND x.scheduled_for < now() + interval '1 day'  -- see finish_executions
            LIMIT 1) IS NULL
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -206,6 +209,7 @@ WITH expired AS (
       AND j.state || '' = 'active' AND j.next_fire_at IS NULL  -- as finish_executions
       AND (SELECT 1 FROM executions x
            WHERE x.job_id = j.id AND x.state IN ('queued', 'running', 'retrying')
+             AND x.scheduled_for < now() + interval '1 day'  -- see finish_executions
              AND x.id NOT IN (SELECT id FROM reaped)
            LIMIT 1) IS NULL
 )
