@@ -479,6 +479,7 @@ class LeaderRepository(Protocol):
 
     async def mark_published(self, execution_ids: Sequence[uuid.UUID],
                              scheduled_for: Sequence[datetime | None] | None = None,
+                             attempts: Sequence[int | None] | None = None,
                              ) -> None: ...
 
     async def unpublished(self, queued_before: datetime, limit: int) -> list[Dispatch]: ...
@@ -535,6 +536,7 @@ class WorkerRepository(Protocol):
 
     async def mark_published(self, execution_ids: Sequence[uuid.UUID],
                              scheduled_for: Sequence[datetime | None] | None = None,
+                             attempts: Sequence[int | None] | None = None,
                              ) -> None: ...
 
 

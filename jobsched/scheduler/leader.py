@@ -112,8 +112,11 @@ class Scheduler:
         log.info("scheduler stopped")
 
     async def _lead(self, term: LeaderTerm, stop: asyncio.Event) -> None:
-        self.publisher = Publisher(self.broker, self.store, self.metrics,
-                                   in_flight=self.settings.scheduler_publish_concurrency)
+        self.publisher = Publisher(
+            self.broker, self.store, self.metrics,
+            in_flight=self.settings.scheduler_publish_concurrency,
+            mark_delay_s=min(self.settings.publish_mark_delay_s,
+                             self.settings.republish_after_s / 4))
         publishing = asyncio.create_task(self.publisher.run())
         try:
             await self._lead_term(term, stop)

@@ -9,6 +9,13 @@ saturating backlog: with one high chunk in flight, the 200 high fires of `jobsch
 priority` reached RabbitMQ in two steps a confirm apart). What is confirmed is
 marked published; what is not stays in the outbox (published_at IS NULL) for the
 re-publish sweep, including whatever is still queued here when the leadership term ends.
+
+The mark is made ``mark_delay_s`` after the confirms, by a task of its own, in batches of
+up to MARK_BATCH: a worker's claim marks what it claims (published_at is set with the
+claim), and the mark skips rows no longer queued, so an execution claimed within the delay
+costs no write of its own for the mark. Marked at once, every execution's row was written
+once more, a new version with its index entries (the mark was 1.1 s of PostgreSQL's 5.1 s
+of statement time in a 20,000-job burn-down, pg_stat_statements).
 """
 
 from __future__ import annotations
@@ -44,9 +51,13 @@ class _Batch:
             self.future.set_result(self.confirmed)
 
 
+#: The most executions one delayed mark statement carries.
+MARK_BATCH = 1000
+
+
 class Publisher:
     def __init__(self, broker: Broker, store: LeaderRepository, metrics: Metrics, *,
-                 chunk: int = 100, in_flight: int = 4) -> None:
+                 chunk: int = 100, in_flight: int = 4, mark_delay_s: float = 0.0) -> None:
         self.broker = broker
         self.store = store
         self.metrics = metrics
@@ -60,6 +71,10 @@ class Publisher:
         self._high_wake = asyncio.Event()
         self._taken = asyncio.Event()  # set each time a chunk leaves the queue
         self._sending: set[asyncio.Task[None]] = set()
+        self.mark_delay_s = mark_delay_s
+        # Confirmed dispatches waiting for their mark: (when it is due, loop time; them).
+        self._unmarked: collections.deque[tuple[float, list[Dispatch]]] = collections.deque()
+        self._unmarked_wake = asyncio.Event()
 
     @property
     def backlog(self) -> int:
@@ -109,7 +124,8 @@ class Publisher:
         in the database and the sweep re-publishes it."""
         try:
             await asyncio.gather(self._lane(self._wake, self._slots, self._take),
-                                 self._lane(self._high_wake, self._high_slots, self._take_high))
+                                 self._lane(self._high_wake, self._high_slots, self._take_high),
+                                 self._marker())
         finally:
             for task in self._sending:
                 task.cancel()
@@ -140,8 +156,13 @@ class Publisher:
         try:
             confirmed = await self.broker.publish_many([d.message() for d in dispatches])
             sent = [d for d, ok in zip(dispatches, confirmed, strict=True) if ok]
-            await self.store.mark_published([d.execution_id for d in sent],
-                                            scheduled_for=[d.scheduled_for for d in sent])
+            if self.mark_delay_s > 0:
+                if sent:
+                    due = asyncio.get_running_loop().time() + self.mark_delay_s
+                    self._unmarked.append((due, sent))
+                    self._unmarked_wake.set()
+            else:
+                await self._mark(sent)
         except Exception as exc:  # noqa: BLE001 - the outbox sweep re-publishes
             log.warning("publishing %d executions failed: %r", len(taken), exc)
         finally:
@@ -149,6 +170,35 @@ class Publisher:
             self._record(dispatches, confirmed)
             for (_, batch), ok in zip(taken, confirmed, strict=True):
                 batch.settle(int(ok), 1)
+
+    async def _marker(self) -> None:
+        """Marks confirmed dispatches once their delay is over, oldest first."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._unmarked:
+                self._unmarked_wake.clear()
+                await self._unmarked_wake.wait()
+                continue
+            wait = self._unmarked[0][0] - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            batch: list[Dispatch] = []
+            now = loop.time()
+            while (self._unmarked and self._unmarked[0][0] <= now
+                   and len(batch) + len(self._unmarked[0][1]) <= MARK_BATCH):
+                batch += self._unmarked.popleft()[1]
+            if not batch:  # one confirm's dispatches alone fill more than a batch
+                batch = self._unmarked.popleft()[1]
+            try:
+                await self._mark(batch)
+            except Exception as exc:  # noqa: BLE001 - the outbox sweep re-publishes
+                log.warning("marking %d executions published failed: %r", len(batch), exc)
+
+    async def _mark(self, sent: list[Dispatch]) -> None:
+        if sent:
+            await self.store.mark_published([d.execution_id for d in sent],
+                                            scheduled_for=[d.scheduled_for for d in sent],
+                                            attempts=[d.attempt for d in sent])
 
     def _record(self, dispatches: list[Dispatch], confirmed: list[bool]) -> None:
         now = datetime.now(UTC)

@@ -290,7 +290,8 @@ class Worker:
                 confirmed = await self.broker.publish_many([d.message() for d in dispatches])
                 sent = [d for d, ok in zip(dispatches, confirmed, strict=True) if ok]
                 await self.store.mark_published([d.execution_id for d in sent],
-                                                scheduled_for=[d.scheduled_for for d in sent])
+                                                scheduled_for=[d.scheduled_for for d in sent],
+                                                attempts=[d.attempt for d in sent])
             except Exception as exc:  # noqa: BLE001 - the leader's outbox sweep publishes
                 log.warning("publishing %d workflow nodes failed (%r); the leader will",
                             len(dispatches), exc)

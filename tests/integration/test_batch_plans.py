@@ -136,6 +136,7 @@ async def test_batch_plans_made_while_the_partition_is_small_still_look_rows_up_
 
         async with explained(conn) as plans:
             marked = await LEADER.mark_published.execute(conn, ids=ids, scheduled_for=days,
+                                                         attempts=[1] * len(ids),
                                                          earliest=due, latest=due)
             claimed = await WORKER.claim_executions.fetch(
                 conn, ids=ids, attempts=[r["attempt"] for r in rows], scheduled_for=days,

@@ -211,7 +211,8 @@ class FakeWorkerStore:
         return {i: self.inputs[i] for i in execution_ids if i in self.inputs}
 
     async def mark_published(self, execution_ids: Sequence[uuid.UUID],
-                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
+                             scheduled_for: Sequence[datetime | None] | None = None,
+                             attempts: Sequence[int | None] | None = None) -> None:
         self.published.extend(execution_ids)
         for execution_id in execution_ids:
             self.events.add("mark_published", execution_id)
@@ -298,7 +299,8 @@ class FakeLeaderStore:
         return []
 
     async def mark_published(self, execution_ids: Sequence[uuid.UUID],
-                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
+                             scheduled_for: Sequence[datetime | None] | None = None,
+                             attempts: Sequence[int | None] | None = None) -> None:
         self.published.extend(execution_ids)
 
     async def unpublished(self, queued_before: datetime, limit: int) -> list[Dispatch]:

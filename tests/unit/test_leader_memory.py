@@ -62,7 +62,8 @@ class EndlessDue(FakeLeaderStore):
         return dispatches, (limit if self.calls % 10 else 0), not_run
 
     async def mark_published(self, execution_ids: Sequence[uuid.UUID],
-                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
+                             scheduled_for: Sequence[datetime | None] | None = None,
+                             attempts: Sequence[int | None] | None = None) -> None:
         self.marked += len(execution_ids)  # a count only: a list would be the leak itself
 
     async def next_wake(self, lookahead_s: float = 0.0) -> datetime | None:
@@ -91,7 +92,8 @@ async def _fire_then_read(scheduler: Scheduler, store: EndlessDue, fires: int) -
     store.paused = True
     publisher = scheduler.publisher
     assert publisher is not None
-    await _until(lambda: not publisher.backlog and not publisher._sending)
+    await _until(lambda: not publisher.backlog and not publisher._sending
+                 and not publisher._unmarked)
     await asyncio.sleep(0.05)  # the tick under way ends
     gc.collect()
     return tracemalloc.get_traced_memory()[0]
@@ -109,7 +111,7 @@ def tracing() -> object:
 
 async def test_the_leader_keeps_nothing_per_fire(tracing: object) -> None:
     settings = Settings(instance="s1", scheduler_batch_size=JOBS, scheduler_poll_s=0.01,
-                        scheduler_lookahead_s=0)
+                        scheduler_lookahead_s=0, publish_mark_delay_s=0.05)
     store = EndlessDue()
     scheduler = Scheduler(settings, store, ForgetfulBroker(),
                           FakeCoordinator(FakeCampaign([1])), Metrics("scheduler", "s1"))

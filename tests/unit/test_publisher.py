@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from jobsched.domain.priority import Priority
 from jobsched.messages import AttemptMessage
@@ -170,3 +171,58 @@ async def test_the_fire_loop_waits_for_the_backlog_unless_woken_and_never_past_t
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+class RecordingStore(FakeLeaderStore):
+    """Records each mark_published call: when, which attempts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marks: list[tuple[float, list[uuid.UUID], list[int | None]]] = []
+
+    async def mark_published(self, execution_ids: Sequence[uuid.UUID],
+                             scheduled_for: Sequence[datetime | None] | None = None,
+                             attempts: Sequence[int | None] | None = None) -> None:
+        self.marks.append((asyncio.get_running_loop().time(), list(execution_ids),
+                           list(attempts or [])))
+        await super().mark_published(execution_ids, scheduled_for, attempts)
+
+
+async def test_confirmed_dispatches_are_marked_after_the_delay_in_batches_with_attempts(
+) -> None:
+    broker, store = FakeBroker(), RecordingStore()
+    publisher = Publisher(broker, store, Metrics("scheduler", "t"), chunk=100, in_flight=4,
+                          mark_delay_s=0.3)
+    running = asyncio.create_task(publisher.run())
+    loop = asyncio.get_running_loop()
+    try:
+        dispatches = [Dispatch(uuid.uuid4(), uuid.uuid4(), 1 + i % 3) for i in range(2500)]
+        submitted = loop.time()
+        assert await asyncio.wait_for(publisher.submit(dispatches), 5) == 2500
+        assert store.marks == []  # confirmed (the caller is answered), not marked yet
+        await _until_marked(store, 2500)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert min(at for at, _, _ in store.marks) >= submitted + 0.3
+    assert len(store.marks) < 25 and max(len(ids) for _, ids, _ in store.marks) <= 1000
+    marked = {i: a for _, ids, attempts in store.marks for i, a in zip(ids, attempts,
+                                                                         strict=True)}
+    assert marked == {d.execution_id: d.attempt for d in dispatches}
+
+
+async def test_marks_still_waiting_when_the_term_ends_are_left_to_the_sweep() -> None:
+    broker, store = FakeBroker(), RecordingStore()
+    publisher = Publisher(broker, store, Metrics("scheduler", "t"), mark_delay_s=5)
+    running = asyncio.create_task(publisher.run())
+    assert await asyncio.wait_for(publisher.submit(_dispatches(50, Priority.NORMAL)), 5) == 50
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    assert store.marks == [] and store.published == []
+
+
+async def _until_marked(store: RecordingStore, count: int) -> None:
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(store.published) < count:
+        assert asyncio.get_running_loop().time() < deadline, "never marked"
+        await asyncio.sleep(0.01)

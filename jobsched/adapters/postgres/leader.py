@@ -146,9 +146,10 @@ class PostgresLeaderStore:
                                                              epoch=epoch))
 
     async def mark_published(self, execution_ids: Sequence[uuid.UUID],
-                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
+                             scheduled_for: Sequence[datetime | None] | None = None,
+                             attempts: Sequence[int | None] | None = None) -> None:
         if execution_ids:
-            await mark_published(self.pool, execution_ids, scheduled_for)
+            await mark_published(self.pool, execution_ids, scheduled_for, attempts)
 
     async def unpublished(self, queued_before: datetime, limit: int) -> list[Dispatch]:
         return _dispatches(await Q.select_unpublished.fetch(

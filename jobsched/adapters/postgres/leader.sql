@@ -95,13 +95,16 @@ SELECT pg_notify(:channel, id::text) FROM unnest(:ids::uuid[]) AS id
 -- never waits for a row lock (SKIP LOCKED): a row locked now is being claimed, and
 -- waiting deadlocked with the claims (seen as 1 s stalls, PostgreSQL's deadlock_timeout).
 -- Each row is read in its day's partition (its scheduled_for, and the batch's earliest
--- and latest prune the other days: see worker.sql).
+-- and latest prune the other days: see worker.sql). With the attempt published (NULL:
+-- any), so a mark made late (the leader marks a while after the confirms) never marks a
+-- later attempt, re-queued meanwhile and maybe not confirmed yet.
 UPDATE executions SET published_at = now()
 WHERE (id, scheduled_for) IN (
     SELECT x.id, x.scheduled_for
-    FROM (SELECT * FROM unnest(:ids::uuid[], :scheduled_for::timestamptz[])
-          LIMIT cardinality(:ids::uuid[])) AS m(id, scheduled_for)
+    FROM (SELECT * FROM unnest(:ids::uuid[], :scheduled_for::timestamptz[], :attempts::int[])
+          LIMIT cardinality(:ids::uuid[])) AS m(id, scheduled_for, attempt)
     JOIN executions x ON x.id = m.id AND x.scheduled_for = m.scheduled_for
+                     AND x.attempt = coalesce(m.attempt, x.attempt)
     -- `state || ''`: the outbox's partial index (queued, not published) stays out of the
     -- plan; read for each batch row, it was a scan of every unpublished row.
     WHERE x.scheduled_for BETWEEN :earliest AND :latest AND x.state || '' = 'queued'

@@ -121,10 +121,11 @@ class PostgresWorkerStore:
         return held, _queued_nodes(queued)
 
     async def mark_published(self, execution_ids: Sequence[uuid.UUID],
-                             scheduled_for: Sequence[datetime | None] | None = None) -> None:
+                             scheduled_for: Sequence[datetime | None] | None = None,
+                             attempts: Sequence[int | None] | None = None) -> None:
         """Nodes this worker published: out of the outbox the leader sweeps."""
         if execution_ids:
-            await mark_published(self.pool, execution_ids, scheduled_for)
+            await mark_published(self.pool, execution_ids, scheduled_for, attempts)
 
 
 def _queued_nodes(listed: str | None) -> list[Dispatch]:
@@ -193,11 +194,15 @@ async def _finish(conn: asyncpg.Connection, results: Sequence[FinishedAttempt],
 
 
 async def mark_published(pool: asyncpg.Pool, execution_ids: Sequence[uuid.UUID],
-                         scheduled_for: Sequence[datetime | None] | None) -> None:
+                         scheduled_for: Sequence[datetime | None] | None,
+                         attempts: Sequence[int | None] | None = None) -> None:
     """Out of the outbox: executions confirmed by RabbitMQ (``scheduled_for``: each one's
-    fire time where known, its day partition)."""
+    fire time where known, its day partition; ``attempts``: the attempt each message
+    carried, where known)."""
+    given = list(attempts) if attempts is not None else [None] * len(execution_ids)
     async with pool.acquire() as conn:
-        ids, days, earliest, latest = await in_id_order(conn, execution_ids, lambda i: i,
-                                                        scheduled_for)
-        await LEADER.mark_published.execute(conn, ids=ids, scheduled_for=days,
+        pairs, days, earliest, latest = await in_id_order(
+            conn, list(zip(execution_ids, given, strict=True)), lambda p: p[0], scheduled_for)
+        await LEADER.mark_published.execute(conn, ids=[i for i, _ in pairs], scheduled_for=days,
+                                            attempts=[a for _, a in pairs],
                                             earliest=earliest, latest=latest)

@@ -19,7 +19,10 @@
 WITH claimed AS (
     UPDATE executions e
     SET state = 'running', worker = :worker, started_at = greatest(now(), e.scheduled_for),
-        lease_expires_at = now() + make_interval(secs => :lease_s)
+        lease_expires_at = now() + make_interval(secs => :lease_s),
+        -- It reached a worker, so it was published: a claim before the leader's mark (made
+        -- a while after the confirms) saves the mark its write.
+        published_at = coalesce(e.published_at, now())
     FROM (SELECT * FROM unnest(:ids::uuid[], :attempts::int[], :scheduled_for::timestamptz[])
           LIMIT cardinality(:ids::uuid[]))
         AS m(id, attempt, scheduled_for)
