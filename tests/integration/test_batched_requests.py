@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from jobsched.adapters.postgres.jobs import QUOTA_LOCK_MARGIN, PostgresJobs
 from jobsched.api.models import JobCreate
 from jobsched.api.routes.jobs import job_columns
+from jobsched.batching import Batcher
 from jobsched.ports import JobColumns, QuotaExceeded
 
 
@@ -29,23 +31,23 @@ def _columns(name: str, **change: Any) -> tuple[uuid.UUID, JobColumns]:
     return job_id, columns
 
 
-async def _batches(jobs: PostgresJobs) -> list[int]:
-    """Records the size of every batch jobs inserts from now on."""
+def _sizes(batcher: Batcher[Any, Any]) -> list[int]:
+    """Records the size of every batch the batcher flushes from now on."""
     sizes: list[int] = []
-    insert = jobs._insert_batch
+    flush = batcher._flush
 
-    async def recorded(creates: list[Any]) -> list[Any]:
-        sizes.append(len(creates))
-        return await insert(creates)
+    async def recorded(items: list[Any]) -> Sequence[Any]:
+        sizes.append(len(items))
+        return await flush(items)
 
-    jobs._creates._flush = recorded
+    batcher._flush = recorded
     return sizes
 
 
 async def test_concurrent_creates_go_in_few_statements_and_each_gets_its_row(
         pool: asyncpg.Pool) -> None:
     jobs = PostgresJobs(pool)
-    sizes = await _batches(jobs)
+    sizes = _sizes(jobs._creates)
     made = [_columns(f"job-{i}") for i in range(150)]
     try:
         results = await asyncio.gather(*(jobs.create_job(job_id, "team-a", columns)
@@ -65,7 +67,7 @@ async def test_concurrent_creates_go_in_few_statements_and_each_gets_its_row(
 async def test_a_bad_create_fails_alone_and_the_rest_of_its_batch_is_stored(
         pool: asyncpg.Pool) -> None:
     jobs = PostgresJobs(pool)
-    sizes = await _batches(jobs)
+    sizes = _sizes(jobs._creates)
     made = [_columns(f"job-{i}") for i in range(20)]
     bad_id, bad = _columns("bad", kind="bogus")  # breaks jobs_kind_check
     made.insert(7, (bad_id, bad))
@@ -107,7 +109,7 @@ async def test_under_a_quota_batched_creates_stop_exactly_at_it(pool: asyncpg.Po
     Another namespace's creates in the same batches count against its own quota."""
     quota = QUOTA_LOCK_MARGIN + 40
     jobs = PostgresJobs(pool)
-    sizes = await _batches(jobs)
+    sizes = _sizes(jobs._creates)
     made = [("team-q", *_columns(f"job-{i}")) for i in range(quota + 30)]
     others = [("team-r", *_columns(f"other-{i}")) for i in range(20)]
     rest = made[30:]
@@ -137,14 +139,7 @@ async def test_concurrent_lookups_share_statements_and_each_gets_its_own_answer(
     made = [_columns(f"job-{i}") for i in range(40)]
     for job_id, columns in made:
         await jobs.create_job(job_id, "team-a", columns)
-    sizes: list[int] = []
-    lookup = jobs._get_batch
-
-    async def recorded(lookups: list[Any]) -> list[Any]:
-        sizes.append(len(lookups))
-        return await lookup(lookups)
-
-    jobs._lookups._flush = recorded
+    sizes = _sizes(jobs._lookups)
     asked = [(job_id, "team-a") for job_id, _ in made]
     asked += [(made[0][0], "team-a"), (made[1][0], "team-b"), (uuid.uuid4(), "team-a")]
     try:
