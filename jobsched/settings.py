@@ -81,10 +81,10 @@ class Settings(BaseModel):
     scheduler_publish_concurrency: int = Field(8, ge=1, le=64)
     scheduler_batch_size: int = Field(1000, ge=1, le=100_000)
     republish_after_s: float = Field(10.0, gt=0)
-    # Confirmed executions are marked published (out of the outbox) this long after their
-    # confirms, at most a quarter of republish_after_s: by then most have been claimed,
-    # and the claim has marked them already, so the mark writes nothing for them (0: mark
-    # at once). Marks still waiting when a leadership term ends are left to the next
+    # New fires are marked published (out of the outbox) this long after their confirms,
+    # at most a quarter of republish_after_s: by then most have been claimed, and the
+    # claim has marked them already, so the mark writes nothing for them (0: mark at once;
+    # what is sent again, by the sweep or by hand, is always marked at once). Marks still waiting when a leadership term ends are left to the next
     # leader's sweep, which re-publishes those not claimed yet (a duplicate message is
     # harmless: a claim is the queued -> running transition).
     publish_mark_delay_s: float = Field(2.0, ge=0, le=60)

@@ -10,10 +10,11 @@ priority` reached RabbitMQ in two steps a confirm apart). What is confirmed is
 marked published; what is not stays in the outbox (published_at IS NULL) for the
 re-publish sweep, including whatever is still queued here when the leadership term ends.
 
-The mark is made ``mark_delay_s`` after the confirms, by a task of its own, in batches of
-up to MARK_BATCH: a worker's claim marks what it claims (published_at is set with the
-claim), and the mark skips rows no longer queued, so an execution claimed within the delay
-costs no write of its own for the mark. Marked at once, every execution's row was written
+A new fire's mark is made ``mark_delay_s`` after the confirms, by a task of its own, in
+batches of up to MARK_BATCH (anything sent again is marked at once): a worker's claim
+marks what it claims (published_at is set with the claim), and the mark skips rows no
+longer queued, so an execution claimed within the delay costs no write of its own for
+the mark. Marked at once, every execution's row was written
 once more, a new version with its index entries (the mark was 1.1 s of PostgreSQL's 5.1 s
 of statement time in a 20,000-job burn-down, pg_stat_statements).
 """
@@ -157,12 +158,17 @@ class Publisher:
             confirmed = await self.broker.publish_many([d.message() for d in dispatches])
             sent = [d for d, ok in zip(dispatches, confirmed, strict=True) if ok]
             if self.mark_delay_s > 0:
-                if sent:
+                # Only new fires wait for their mark. What is sent again (the sweep, a run
+                # asked for by hand, a workflow's first nodes, a retry) is read from the
+                # outbox again by the next tick or sweep batch: unmarked, it would go out
+                # again each time.
+                later = [d for d in sent if d.fresh]
+                if later:
                     due = asyncio.get_running_loop().time() + self.mark_delay_s
-                    self._unmarked.append((due, sent))
+                    self._unmarked.append((due, later))
                     self._unmarked_wake.set()
-            else:
-                await self._mark(sent)
+                sent = [d for d in sent if not d.fresh]
+            await self._mark(sent)
         except Exception as exc:  # noqa: BLE001 - the outbox sweep re-publishes
             log.warning("publishing %d executions failed: %r", len(taken), exc)
         finally:
