@@ -84,9 +84,10 @@ class Settings(BaseModel):
     # New fires are marked published (out of the outbox) this long after their confirms,
     # at most a quarter of republish_after_s: by then most have been claimed, and the
     # claim has marked them already, so the mark writes nothing for them (0: mark at once;
-    # what is sent again, by the sweep or by hand, is always marked at once). Marks still waiting when a leadership term ends are left to the next
-    # leader's sweep, which re-publishes those not claimed yet (a duplicate message is
-    # harmless: a claim is the queued -> running transition).
+    # what is sent again, by the sweep or by hand, is always marked at once). Marks still
+    # waiting when a leadership term ends are left to the next leader's sweep, which
+    # re-publishes those not claimed yet (a duplicate message is harmless: a claim is the
+    # queued -> running transition).
     publish_mark_delay_s: float = Field(2.0, ge=0, le=60)
     # Attempts of one band published together travel in one RabbitMQ message, up to this
     # many (1: a message per attempt, as workers before this setting read them).

@@ -14,9 +14,9 @@ A new fire's mark is made ``mark_delay_s`` after the confirms, by a task of its 
 batches of up to MARK_BATCH (anything sent again is marked at once): a worker's claim
 marks what it claims (published_at is set with the claim), and the mark skips rows no
 longer queued, so an execution claimed within the delay costs no write of its own for
-the mark. Marked at once, every execution's row was written
-once more, a new version with its index entries (the mark was 1.1 s of PostgreSQL's 5.1 s
-of statement time in a 20,000-job burn-down, pg_stat_statements).
+the mark. Marked at once, every execution's row was written once more, a new version with
+its index entries (the mark was 1.1 s of PostgreSQL's 5.1 s of statement time in a
+20,000-job burn-down, pg_stat_statements).
 """
 
 from __future__ import annotations
