@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -19,6 +19,9 @@ from jobsched.domain.priority import Priority
 from jobsched.ports import IdempotencyConflict, JobColumns, LeaderInfo, QuotaExceeded, Row
 
 Q = load_queries("jobs.sql")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # The most creates one insert_jobs statement carries. Under a quota these count without
 # a lock, so a batch stays well inside the margin below.
@@ -36,6 +39,20 @@ _COLUMN_NAMES = tuple(f.name for f in dataclasses.fields(JobColumns))
 
 def _columns(columns: JobColumns) -> dict[str, Any]:
     return {name: getattr(columns, name) for name in _COLUMN_NAMES}
+
+
+async def _each_alone_if_failed(
+    items: list[T], statement: Callable[[list[T]], Awaitable[list[R]]],
+) -> list[R | Exception]:
+    """``statement`` for a batch of requests' items, an answer each. Should it fail, each
+    item is tried on its own, so one bad item (or a lost connection) fails its own request
+    only, as it would have without the batch; a lone item's failure is its answer."""
+    try:
+        return list(await statement(items))
+    except Exception as exc:  # noqa: BLE001 - raised in the request it belongs to
+        if len(items) == 1:
+            return [exc]
+        return [(await _each_alone_if_failed([item], statement))[0] for item in items]
 
 
 def _row(record: Any) -> Row | None:
@@ -119,21 +136,17 @@ class PostgresJobs:
 
     async def _insert_batch(self, creates: list[_Create]) -> list[Row | Exception | None]:
         """One insert_jobs for the batch; None for a create it left out as too near its
-        quota. Should the statement fail, each create is tried on its own, so one bad row
-        (or a lost connection) fails its own request only, as it would without the batch."""
-        try:
-            rows = await Q.insert_jobs.fetch(
-                self.pool, channel=WAKE_CHANNEL, margin=QUOTA_LOCK_MARGIN,
-                notify=any(create.notify for create in creates),
-                id=[create.id for create in creates],
-                namespace=[create.namespace for create in creates],
-                quota=[create.quota for create in creates],
-                **{name: [create.values[name] for create in creates]
-                   for name in _COLUMN_NAMES})
-        except Exception as exc:  # noqa: BLE001 - each create is tried again on its own
-            if len(creates) == 1:
-                return [exc]
-            return [(await self._insert_batch([create]))[0] for create in creates]
+        quota."""
+        return await _each_alone_if_failed(creates, self._insert_rows)
+
+    async def _insert_rows(self, creates: list[_Create]) -> list[Row | None]:
+        rows = await Q.insert_jobs.fetch(
+            self.pool, channel=WAKE_CHANNEL, margin=QUOTA_LOCK_MARGIN,
+            notify=any(create.notify for create in creates),
+            id=[create.id for create in creates],
+            namespace=[create.namespace for create in creates],
+            quota=[create.quota for create in creates],
+            **{name: [create.values[name] for create in creates] for name in _COLUMN_NAMES})
         by_id = {row["id"]: dict(row) for row in rows}
         return [by_id.get(create.id) for create in creates]
 
@@ -214,21 +227,13 @@ class PostgresJobs:
 
     async def _get_batch(self, lookups: list[tuple[uuid.UUID, str]]
                          ) -> list[Row | Exception | None]:
-        """One get_jobs for the batch (a lone lookup: get_job). Should it fail, each lookup
-        is tried on its own, as it would have been without the batch."""
-        if len(lookups) == 1:
-            job_id, namespace = lookups[0]
-            try:
-                return [_row(await Q.get_job.fetchrow(self.pool, id=job_id,
-                                                      namespace=namespace))]
-            except Exception as exc:  # noqa: BLE001 - raised in the request that asked
-                return [exc]
-        try:
-            rows = await Q.get_jobs.fetch(self.pool, ids=[job_id for job_id, _ in lookups],
-                                          namespaces=[namespace for _, namespace in lookups])
-        except Exception:  # noqa: BLE001 - each lookup is tried again on its own
-            return [(await self._get_batch([lookup]))[0] for lookup in lookups]
-        found: list[Row | Exception | None] = [None] * len(lookups)
+        """One get_jobs for the batch."""
+        return await _each_alone_if_failed(lookups, self._get_rows)
+
+    async def _get_rows(self, lookups: list[tuple[uuid.UUID, str]]) -> list[Row | None]:
+        rows = await Q.get_jobs.fetch(self.pool, ids=[job_id for job_id, _ in lookups],
+                                      namespaces=[namespace for _, namespace in lookups])
+        found: list[Row | None] = [None] * len(lookups)
         for record in rows:
             row = dict(record)
             found[row.pop("n") - 1] = row
