@@ -250,8 +250,9 @@ class PostgresJobs:
         limit: int,
     ) -> list[Row]:
         after_at, after_id = after if after else (None, None)
+        # An empty filter is no filter (and list_jobs' `labels <> '{}'` needs a non-empty one).
         rows = await Q.list_jobs.fetch(self.pool, namespace=namespace, state=state, name=name,
-                                       labels=labels, after_at=after_at, after_id=after_id,
+                                       labels=labels or None, after_at=after_at, after_id=after_id,
                                        limit=limit)
         return [dict(r) for r in rows]
 

@@ -68,7 +68,7 @@ VALUES (:id, :namespace, :name, :kind, :payload, :schedule, :timezone, :next_fir
         :misfire, :max_catchup, :starting_deadline_s, :concurrency, :start_at,
         :end_at, :max_runs, :jitter_s, :keep_succeeded, :keep_failed, :priority,
         :idempotency_key, :idempotency_digest)
-ON CONFLICT (namespace, idempotency_key) DO NOTHING
+ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *
 
 -- job_by_idempotency_key --
@@ -175,7 +175,7 @@ LEFT JOIN LATERAL (
 WHERE j.namespace = :namespace AND j.workflow_id IS NULL
   AND (:state::text IS NULL OR j.state = :state)
   AND (:name::text IS NULL OR j.name = :name)
-  AND (:labels::jsonb IS NULL OR j.labels @> :labels)
+  AND (:labels::jsonb IS NULL OR (j.labels @> :labels AND j.labels <> '{}'::jsonb))
   AND (:after_at::timestamptz IS NULL OR (j.created_at, j.id) < (:after_at, :after_id::uuid))
 ORDER BY j.created_at DESC, j.id DESC
 LIMIT :limit
