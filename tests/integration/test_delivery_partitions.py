@@ -291,7 +291,7 @@ async def test_migrating_to_016_keeps_every_delivery(database_at_014: str,
     finally:
         await conn.close()
 
-    assert (await postgres.migrate(database_at_014))[-1] == "016_partitioned_deliveries.sql"
+    assert "016_partitioned_deliveries.sql" in await postgres.migrate(database_at_014)
 
     pool = await postgres.create_pool(database_at_014)
     try:
