@@ -252,6 +252,8 @@ class SecretResolver:
                  always_masked: Sequence[str] = ()) -> None:
         self.backends = list(backends)
         self.always_masked = [v for v in always_masked if len(v) >= MIN_MASKED_LENGTH]
+        #: ``longest(always_masked)``, which every run's output buffer is sized by.
+        self.longest_masked = longest(self.always_masked)
 
     @classmethod
     def from_settings(cls, settings: Settings, store: SecretReader | None = None,

@@ -48,7 +48,7 @@ from jobsched.worker.http import HttpRunner
 from jobsched.worker.python import THREAD_NOT_INTERRUPTED, ThreadRunner, run_python
 from jobsched.worker.results import AttemptResult
 from jobsched.worker.sandbox import ShellSandbox, ShellStatus
-from jobsched.worker.secrets import RunSecrets, SecretResolver, longest
+from jobsched.worker.secrets import RunSecrets, SecretResolver
 from jobsched.worker.shell import run_shell
 from jobsched.worker.slots import BandSlots, Gate
 
@@ -718,9 +718,8 @@ class Worker:
             self._running.pop(claimed.id, None)
             self._killed.pop(claimed.id, None)
             self._outputs.pop(claimed.id, None)
-        self.metrics.execution_duration.observe({"kind": claimed.kind},
-                                                time.perf_counter() - started)
-        self.metrics.executions.inc({"kind": claimed.kind, "outcome": result.outcome})
+        self.metrics.run_duration.observe(claimed.kind, time.perf_counter() - started)
+        self.metrics.runs.inc(claimed.kind, result.outcome)
         policy = RetryPolicy(
             max_attempts=claimed.max_attempts,
             backoff_s=claimed.backoff_s,
@@ -850,7 +849,7 @@ class Worker:
         if claimed.attempt == 1:
             if node is None:
                 late = (started - claimed.scheduled_for).total_seconds()
-                self.metrics.start_lateness.observe({"priority": claimed.band}, max(0.0, late))
+                self.metrics.run_lateness.observe(claimed.band, max(0.0, late))
             elif node.ready_at is not None:  # a node is due when its parents let it
                 latency = (started - node.ready_at).total_seconds()
                 self.metrics.workflow_node_start_latency.observe({}, max(0.0, latency))
@@ -886,7 +885,8 @@ class Worker:
         # Secret references resolve in the job's own namespace only.
         secrets = self._secrets.for_namespace(claimed.namespace)
         if kind in ("shell", "python"):  # their output is streamed while they run
-            output = OutputBuffer(limit + longest(secrets.masked))
+            # Nothing is resolved yet: what it masks is the worker's own (precomputed).
+            output = OutputBuffer(limit + self._secrets.longest_masked)
             self._outputs[claimed.id] = LiveOutput(claimed.attempt, output, secrets)
         if kind == "shell":
             return await run_shell(payload, timeout, limit, self._sandbox, secrets, output)

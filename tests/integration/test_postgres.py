@@ -17,11 +17,12 @@ from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.leader import PostgresLeaderStore
 from jobsched.adapters.postgres.migrate import migration_files
 from jobsched.adapters.postgres.worker import PostgresWorkerStore
+from jobsched.adapters.postgres.worker import Q as wq
 from jobsched.api.models import JobCreate
 from jobsched.api.routes.jobs import job_columns
 from jobsched.domain.firing import DueJob, FireRecord, JobAdvance, TickPlan
 from jobsched.domain.states import AttemptOutcome, ExecutionState
-from jobsched.ports import FinishedAttempt, StaleEpochError
+from jobsched.ports import ClaimedExecution, FinishedAttempt, StaleEpochError
 
 
 async def _job(pool: asyncpg.Pool, due: datetime, schedule: str = "* * * * * *",
@@ -123,6 +124,22 @@ async def test_concurrent_fire_transactions_do_not_duplicate(pool: asyncpg.Pool)
     results = await asyncio.gather(*(store.fire_due_jobs(1, now, 50, _plan) for _ in range(8)))
     assert sum(len(d) for d, _, _ in results) == 200
     assert await pool.fetchval("SELECT count(*) FROM executions") == 200
+
+
+async def test_a_claim_selects_the_fields_of_a_claimed_execution_in_their_order(
+        pool: asyncpg.Pool) -> None:
+    # PostgresWorkerStore builds ClaimedExecution from each row by position.
+    store = PostgresLeaderStore(pool)
+    now = datetime.now(UTC)
+    job_id = await _job(pool, now)
+    await store.claim_epoch(1, "leader")
+    (dispatch,), _, _ = await store.fire_due_jobs(1, now, 100, _plan)
+    rows = await wq.claim_executions.fetch(
+        pool, ids=[dispatch.execution_id], attempts=[1], scheduled_for=[now], earliest=now,
+        latest=now, worker="w", lease_s=30)
+    assert list(rows[0].keys()) == [f.name for f in dataclasses.fields(ClaimedExecution)]
+    claimed = ClaimedExecution(*rows[0])
+    assert (claimed.id, claimed.job_id, claimed.attempt) == (dispatch.execution_id, job_id, 1)
 
 
 async def test_only_one_claim_wins_and_results_need_the_claim(pool: asyncpg.Pool) -> None:

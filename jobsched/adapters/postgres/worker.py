@@ -41,7 +41,9 @@ class PostgresWorkerStore:
                 conn, ids=[c[0] for c in claims], attempts=[c[1] for c in claims],
                 scheduled_for=days, earliest=earliest, latest=latest, worker=worker,
                 lease_s=lease_s)
-        return [ClaimedExecution(**dict(r)) for r in rows]
+        # By position: claim_executions selects ClaimedExecution's fields in their order
+        # (tests/integration/test_worker_store.py checks it); no dict per row.
+        return [ClaimedExecution(*r) for r in rows]
 
     async def hand_back(self, execution_id: uuid.UUID, attempt: int, worker: str,
                         scheduled_for: datetime | None = None) -> None:
