@@ -30,10 +30,14 @@ from jobsched.worker.capture import (
     read_into,
     routed_to,
 )
+from jobsched.worker.deadlines import Deadlines
 from jobsched.worker.results import AttemptResult
 from jobsched.worker.secrets import longest, mask, mask_bounded
 
 #: Said of a plain function on a thread that was timed out or cancelled.
+#: The timeouts of in-process runs (a timer per 50 ms of deadlines, not per run).
+_DEADLINES = Deadlines()
+
 THREAD_NOT_INTERRUPTED = (
     "the function's thread could not be interrupted: it runs on until it returns, and its "
     "eventual return value is discarded (@task(isolation=\"process\") runs a function in a "
@@ -179,9 +183,10 @@ async def run_python(
                                      node, killed, output)
     on_thread = False
     try:
-        # asyncio.timeout, not wait_for: no extra task per run (the start of many runs due
-        # at the same instant is this function's cost times their number).
-        async with asyncio.timeout(timeout_s):
+        # Not wait_for: no extra task per run (the start of many runs due at the same
+        # instant is this function's cost times their number); and not asyncio.timeout:
+        # no timer per run either (jobsched.worker.deadlines).
+        async with _DEADLINES.timeout(timeout_s):
             if inspect.iscoroutinefunction(function):
                 with routed_to(output):
                     value = await await_with_traceback(function, kwargs, output)

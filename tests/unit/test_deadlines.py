@@ -1,0 +1,102 @@
+"""Run timeouts with shared timers (jobsched.worker.deadlines): as asyncio.timeout, up to
+one grain late, with one timer per grain of deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from jobsched.worker.deadlines import Deadlines
+
+
+async def test_a_run_past_its_timeout_gets_timeout_error_within_a_grain() -> None:
+    deadlines = Deadlines(grain_s=0.05)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with deadlines.timeout(0.1) as timeout:
+            await asyncio.sleep(5)
+    took = time.monotonic() - started
+    assert timeout.expired()
+    assert 0.1 <= took < 0.1 + 0.05 + 0.1  # the grain, and some slack for a busy machine
+    assert deadlines._grains == {} and deadlines._timers == {}
+
+
+async def test_a_run_that_ends_in_time_leaves_no_timer() -> None:
+    deadlines = Deadlines()
+    async with deadlines.timeout(10) as timeout:
+        await asyncio.sleep(0)
+    assert not timeout.expired()
+    assert deadlines._grains == {} and deadlines._timers == {}
+
+
+async def test_runs_ending_in_the_same_grain_share_one_timer() -> None:
+    deadlines = Deadlines(grain_s=0.05)
+    gate = asyncio.Event()
+    all_in = asyncio.Event()
+    inside = 0
+
+    async def run() -> None:
+        nonlocal inside
+        async with deadlines.timeout(30):
+            inside += 1
+            if inside == 200:
+                all_in.set()
+            await gate.wait()
+
+    tasks = [asyncio.create_task(run()) for _ in range(200)]
+    await all_in.wait()
+    assert len(deadlines._timers) <= 2  # the 200 joins may straddle a grain's edge
+    assert sum(len(runs) for runs in deadlines._grains.values()) == 200
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert deadlines._grains == {} and deadlines._timers == {}
+
+
+async def test_a_cancel_from_outside_stays_a_cancel() -> None:
+    deadlines = Deadlines()
+
+    async def run() -> None:
+        async with deadlines.timeout(30):
+            await asyncio.sleep(5)
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert deadlines._grains == {} and deadlines._timers == {}
+
+
+async def test_a_timeout_inside_a_cancelled_task_is_not_taken_for_its_own() -> None:
+    # The outer cancel comes in after the deadline expired: as asyncio.timeout, the task
+    # sees a cancel, not a TimeoutError.
+    deadlines = Deadlines(grain_s=0.01)
+
+    async def run() -> None:
+        async with deadlines.timeout(0.01):
+            try:
+                await asyncio.sleep(5)
+            finally:
+                asyncio.current_task().cancel()  # type: ignore[union-attr]
+                await asyncio.sleep(0)
+
+    task = asyncio.create_task(run())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_a_new_event_loop_starts_afresh() -> None:
+    deadlines = Deadlines(grain_s=0.05)
+
+    async def expire() -> bool:
+        try:
+            async with deadlines.timeout(0.05):
+                await asyncio.sleep(1)
+        except TimeoutError:
+            return True
+        return False
+
+    assert asyncio.run(expire())
+    assert asyncio.run(expire())  # the first loop's timers are gone; new ones are armed
