@@ -139,14 +139,25 @@ WHERE a.execution_id = u.id AND a.attempt = u.attempt
 -- finish_executions --
 -- plan: generic (see jobsched/adapters/postgres/sql.py)
 -- Results of a batch: the execution moves on only if this worker still holds the attempt.
--- The rows are locked in id order first (locked), as the lease renewal locks them: left
--- to the plan, a hash join took them in the table's physical order, a nested loop in the
--- batch's, and the two statements of one worker deadlocked.
-WITH locked AS (
-    -- The batch carries the results: each row the worker still holds is locked with its
-    -- result beside it, and the update below joins only these (one row each, by key).
-    SELECT e.id, e.scheduled_for, r.attempt, r.state, r.outcome, r.exit_code, r.error,
-           r.output, r.retry_in_s, r.reason, r.started_at
+-- The rows are locked in id order, as the lease renewal (heartbeat) locks them: the caller
+-- sorts the batch by id, and the batch drives the plan (a nested loop, one probe by key per
+-- batch row, in the batch's order: test_batch_plans.py), so the update takes its rows in
+-- that order. Left to a plan of its own choosing, a hash join took them in the table's
+-- physical order and the two statements of one worker deadlocked; before 2026-12-06 a
+-- `FOR UPDATE` in id order ran first, which cost a second write (the lock) per row.
+WITH finished AS (
+    -- Written plainly, the planner (on stale statistics, with a generic plan's guess of 10
+    -- rows per unnest) scanned every running execution through executions_leases and
+    -- rescanned the whole batch for each one: quadratic, most of PostgreSQL's CPU in a
+    -- burn-down. The batch as `(… LIMIT cardinality)` counts as one row (sql.py), and
+    -- `state || ''` keeps that partial index (WHERE state = 'running') out of the plan.
+    UPDATE executions e
+    SET state = r.state,
+        finished_at = CASE WHEN r.state = 'retrying' THEN NULL ELSE now() END,
+        run_after = CASE WHEN r.state = 'retrying'
+                         THEN now() + make_interval(secs => r.retry_in_s) END,
+        lease_expires_at = NULL, exit_code = r.exit_code, error = r.error, output = r.output,
+        reason = coalesce(r.reason, e.reason), started_at = coalesce(r.started_at, e.started_at)
     FROM (SELECT * FROM unnest(:ids::uuid[], :scheduled_for::timestamptz[], :attempts::int[],
                                :states::text[], :outcomes::text[], :exit_codes::int[],
                                :errors::text[], :outputs::text[],
@@ -155,25 +166,6 @@ WITH locked AS (
           LIMIT cardinality(:ids::uuid[]))
         AS r(id, scheduled_for, attempt, state, outcome, exit_code, error, output,
              retry_in_s, reason, started_at)
-    JOIN executions e ON e.id = r.id AND e.scheduled_for = r.scheduled_for
-    WHERE e.scheduled_for BETWEEN :earliest AND :latest AND e.worker = :worker
-      AND e.state || '' = 'running'
-    ORDER BY e.id
-    FOR UPDATE OF e
-), finished AS (
-    -- The batch drives the plan: each row is looked up by key. Written plainly, the
-    -- planner (on stale statistics, with a generic plan's guess of 10 rows per unnest)
-    -- scanned every running execution through executions_leases and rescanned the whole
-    -- batch for each one: quadratic, most of PostgreSQL's CPU in a burn-down. `state ||
-    -- ''` keeps that partial index (WHERE state = 'running') out of the plan.
-    UPDATE executions e
-    SET state = r.state,
-        finished_at = CASE WHEN r.state = 'retrying' THEN NULL ELSE now() END,
-        run_after = CASE WHEN r.state = 'retrying'
-                         THEN now() + make_interval(secs => r.retry_in_s) END,
-        lease_expires_at = NULL, exit_code = r.exit_code, error = r.error, output = r.output,
-        reason = coalesce(r.reason, e.reason), started_at = coalesce(r.started_at, e.started_at)
-    FROM locked r
     WHERE e.id = r.id AND e.scheduled_for = r.scheduled_for
       AND e.scheduled_for BETWEEN :earliest AND :latest AND e.attempt = r.attempt
       AND e.state || '' = 'running' AND e.worker = :worker
