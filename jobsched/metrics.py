@@ -41,21 +41,22 @@ class Tally:
 
 
 class Observer:
-    """Observations of a histogram with one label, on a hot path: each label value's own
-    histogram is looked up once, through aioprometheus, and then observed directly (no
-    label check and encoding per call, as for ``Tally``)."""
+    """Observations of a labelled histogram on a hot path: each label set's own histogram
+    is looked up once, through aioprometheus, and then observed directly (no label check
+    and encoding per call, as for ``Tally``)."""
 
-    def __init__(self, histogram: Histogram, name: str) -> None:
+    def __init__(self, histogram: Histogram, names: tuple[str, ...]) -> None:
         self.histogram = histogram
-        self.name = name
-        self._children: dict[str, Any] = {}
+        self.names = names
+        self._children: dict[tuple[str, ...], Any] = {}
 
-    def observe(self, value: str, seconds: float) -> None:
-        child = self._children.get(value)
+    def observe(self, seconds: float, *values: str) -> None:
+        """An observation for these label values (in the order of ``names``)."""
+        child = self._children.get(values)
         if child is None:
-            labels = {self.name: value}
+            labels = dict(zip(self.names, values, strict=True))
             self.histogram.observe(labels, seconds)
-            self._children[value] = self.histogram.get_value(labels)
+            self._children[values] = self.histogram.get_value(labels)
             return
         child.observe(float(seconds))
 
@@ -72,6 +73,9 @@ class Metrics:
         self.api_latency = Histogram(
             "jobsched_api_request_duration_seconds", "API request latency by route.",
             registry=r, buckets=LATENCY_BUCKETS)
+        # Every request's, through the cheaper paths above.
+        self.api_responses = Tally(self.api_requests, ("route", "method", "status"))
+        self.api_timings = Observer(self.api_latency, ("route", "method"))
 
         # scheduler
         self.is_leader = Gauge(
@@ -139,8 +143,8 @@ class Metrics:
             registry=r, buckets=LATENCY_BUCKETS)
         # The worker's per-run metrics, through the cheaper paths above.
         self.runs = Tally(self.executions, ("kind", "outcome"))
-        self.run_duration = Observer(self.execution_duration, "kind")
-        self.run_lateness = Observer(self.start_lateness, "priority")
+        self.run_duration = Observer(self.execution_duration, ("kind",))
+        self.run_lateness = Observer(self.start_lateness, ("priority",))
         self.waiting = Gauge(
             "jobsched_worker_waiting",
             "Deliveries due and waiting for a run slot, unclaimed, by priority band.",
@@ -189,6 +193,7 @@ class Metrics:
     def flush(self) -> None:
         """What the hot paths tallied, into the collectors (before they are read)."""
         self.runs.flush()
+        self.api_responses.flush()
 
     def handler(self) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def metrics(request: web.Request) -> web.Response:
@@ -219,10 +224,8 @@ def instrument_api(app: web.Application, metrics: Metrics) -> None:
         finally:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
-            metrics.api_requests.inc({"route": route, "method": request.method,
-                                      "status": str(status)})
-            metrics.api_latency.observe({"route": route, "method": request.method},
-                                        time.perf_counter() - started)
+            metrics.api_responses.inc(route, request.method, str(status))
+            metrics.api_timings.observe(time.perf_counter() - started, route, request.method)
 
     app.middlewares.insert(0, measure)
     app.router.add_get("/metrics", metrics.handler())

@@ -718,7 +718,7 @@ class Worker:
             self._running.pop(claimed.id, None)
             self._killed.pop(claimed.id, None)
             self._outputs.pop(claimed.id, None)
-        self.metrics.run_duration.observe(claimed.kind, time.perf_counter() - started)
+        self.metrics.run_duration.observe(time.perf_counter() - started, claimed.kind)
         self.metrics.runs.inc(claimed.kind, result.outcome)
         policy = RetryPolicy(
             max_attempts=claimed.max_attempts,
@@ -849,7 +849,7 @@ class Worker:
         if claimed.attempt == 1:
             if node is None:
                 late = (started - claimed.scheduled_for).total_seconds()
-                self.metrics.run_lateness.observe(claimed.band, max(0.0, late))
+                self.metrics.run_lateness.observe(max(0.0, late), claimed.band)
             elif node.ready_at is not None:  # a node is due when its parents let it
                 latency = (started - node.ready_at).total_seconds()
                 self.metrics.workflow_node_start_latency.observe({}, max(0.0, latency))

@@ -39,9 +39,25 @@ def test_an_observer_matches_the_histograms_own_observe() -> None:
     samples = [(Priority.HIGH, 0.002), (Priority.NORMAL, 0.3), (Priority.HIGH, 7.0),
                (Priority.NORMAL, 0.0)]
     for band, seconds in samples:
-        ours.run_lateness.observe(band, seconds)
+        ours.run_lateness.observe(seconds, band)
         plain.start_lateness.observe({"priority": band}, seconds)
     mine = {k: v for k, v in _scrape(ours).items() if "start_lateness" in k}
     theirs = {k: v for k, v in _scrape(plain).items() if "start_lateness" in k}
     assert mine == theirs
     assert mine['jobsched_worker_start_lateness_seconds_count{priority="high"}'] == 2
+
+
+def test_the_api_metrics_by_route_method_and_status() -> None:
+    metrics = Metrics("api", "a")
+    for status in ("201", "201", "422"):
+        metrics.api_responses.inc("/api/v1/jobs", "POST", status)
+        metrics.api_timings.observe(0.004, "/api/v1/jobs", "POST")
+    metrics.api_timings.observe(0.2, "/api/v1/jobs/{id}", "GET")
+    values = _scrape(metrics)
+    requests = "jobsched_api_requests_total"
+    assert values[f'{requests}{{method="POST",route="/api/v1/jobs",status="201"}}'] == 2
+    assert values[f'{requests}{{method="POST",route="/api/v1/jobs",status="422"}}'] == 1
+    timings = "jobsched_api_request_duration_seconds"
+    assert values[f'{timings}_count{{method="POST",route="/api/v1/jobs"}}'] == 3
+    assert values[f'{timings}_bucket{{le="0.005",method="POST",route="/api/v1/jobs"}}'] == 3
+    assert values[f'{timings}_count{{method="GET",route="/api/v1/jobs/{{id}}"}}'] == 1
