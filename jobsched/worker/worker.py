@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -222,7 +223,8 @@ class Worker:
             self._read_node_inputs, max_size=500, max_delay=0.0)
         self._inflight: set[asyncio.Task[None]] = set()
         self._publishing: set[asyncio.Task[None]] = set()  # workflow nodes (see _publish_nodes)
-        self._running: dict[uuid.UUID, asyncio.Task[AttemptResult]] = {}
+        #: The task each run goes on in (the one that claimed it), by execution id.
+        self._running: dict[uuid.UUID, asyncio.Task[Any]] = {}
         # Claimed executions -> when (monotonic) their lease was last known to be extended:
         # from the claim until the attempt is recorded, whether it runs, waits or commits.
         self._leases: dict[uuid.UUID, float] = {}
@@ -307,7 +309,7 @@ class Worker:
         except ValueError:
             return
         task = self._running.get(key)
-        if task is not None and not task.done():
+        if task is not None and not task.done() and key not in self._taken_away:
             log.info("execution %s was taken away; stopping it", key)
             self._taken_away.add(key)
             task.cancel()
@@ -695,15 +697,20 @@ class Worker:
             lost = AttemptResult(AttemptOutcome.CANCELLED,
                                  error="lease lost before the run started")
             return lost, None, 0.0
-        task = asyncio.ensure_future(self._execute_now(claimed))
-        self._running[claimed.id] = task
+        # The run goes on in this task (no task of its own per run): take_away cancels this
+        # task while the run is in _running, which it leaves before any further await.
+        current = asyncio.current_task()
+        assert current is not None
+        self._running[claimed.id] = current
         started = time.perf_counter()
         try:
-            result = await task
+            result = await self._execute_now(claimed)
         except asyncio.CancelledError:
             if claimed.id not in self._taken_away:
                 raise
             self._taken_away.discard(claimed.id)
+            if current.uncancel() > 0:  # cancelled from outside too (a drain): stay cancelled
+                raise
             killed = self._killed.pop(claimed.id, None)
             live = self._outputs.get(claimed.id)
             output = None if live is None else live.render(self.settings.output_limit_bytes)
