@@ -142,6 +142,25 @@ async def test_a_claim_selects_the_fields_of_a_claimed_execution_in_their_order(
     assert (claimed.id, claimed.job_id, claimed.attempt) == (dispatch.execution_id, job_id, 1)
 
 
+async def test_a_job_deleted_by_hand_takes_its_executions_and_attempts(
+        pool: asyncpg.Pool) -> None:
+    # What executions' foreign key did with ON DELETE CASCADE until migration 019.
+    store, workers = PostgresLeaderStore(pool), PostgresWorkerStore(pool)
+    now = datetime.now(UTC)
+    job_id = await _job(pool, now)
+    other = await _job(pool, now)
+    await store.claim_epoch(1, "leader")
+    dispatches, _, _ = await store.fire_due_jobs(1, now, 100, _plan)
+    assert len(dispatches) == 2
+    await workers.claim_executions([(d.execution_id, d.attempt) for d in dispatches], "w", 30)
+    assert await pool.fetchval("SELECT count(*) FROM attempts") == 2
+    await pool.execute("DELETE FROM jobs WHERE id = $1", job_id)
+    assert await pool.fetchval("SELECT count(*) FROM executions WHERE job_id = $1", job_id) == 0
+    assert await pool.fetchval(
+        "SELECT count(*) FROM executions WHERE job_id = $1", other) == 1
+    assert await pool.fetchval("SELECT count(*) FROM attempts") == 1
+
+
 async def test_only_one_claim_wins_and_results_need_the_claim(pool: asyncpg.Pool) -> None:
     store = PostgresLeaderStore(pool)
     workers = PostgresWorkerStore(pool)

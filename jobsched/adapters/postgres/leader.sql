@@ -245,7 +245,8 @@ SELECT EXISTS (
 -- deadlock (2 in the first minute of `jobsched bench soak`, at the pass that made
 -- yesterday's partition). Taken first, under the caller's lock_timeout, the order is the
 -- hot path's own: writers of jobs wait for the leader (a moment, once a day), never the
--- reverse.
+-- reverse. (Since migration 019 executions has no foreign key to jobs and an attach no
+-- longer locks jobs itself; taking jobs first stays harmless, a moment once a day.)
 LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE
 
 -- ensure_partitions --
