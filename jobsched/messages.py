@@ -20,16 +20,6 @@ import orjson
 
 from jobsched.domain.priority import Priority
 
-#: The bands by name: a dict lookup per attempt decoded (Priority(name) is ~1 µs).
-_BANDS = {band.value: band for band in Priority}
-
-
-def _priority(name: object) -> Priority:
-    band = _BANDS.get(name) if isinstance(name, str) else None
-    if band is None:
-        raise ValueError(f"{name!r} is not a valid Priority")  # as Priority(name) says
-    return band
-
 
 class MessageError(ValueError):
     """A queue message that is not a well-formed execution attempt."""
@@ -117,7 +107,7 @@ class AttemptMessage:
             if kind is not None and not isinstance(kind, str):
                 raise MessageError("kind must be a string")
             return cls(uuid.UUID(data["execution_id"]), uuid.UUID(data["job_id"]), attempt,
-                       when, kind, _priority(data.get("priority", "normal")))
+                       when, kind, Priority.from_name(data.get("priority", "normal")))
         except MessageError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -34,10 +34,10 @@ from jobsched.worker.deadlines import Deadlines
 from jobsched.worker.results import AttemptResult
 from jobsched.worker.secrets import longest, mask, mask_bounded
 
-#: Said of a plain function on a thread that was timed out or cancelled.
 #: The timeouts of in-process runs (a timer per 50 ms of deadlines, not per run).
 _DEADLINES = Deadlines()
 
+#: Said of a plain function on a thread that was timed out or cancelled.
 THREAD_NOT_INTERRUPTED = (
     "the function's thread could not be interrupted: it runs on until it returns, and its "
     "eventual return value is discarded (@task(isolation=\"process\") runs a function in a "

@@ -95,7 +95,7 @@ def job_columns(job: JobCreate, job_id: uuid.UUID, now: datetime) -> JobColumns:
         max_catchup=job.max_catchup, starting_deadline_s=job.starting_deadline_s,
         concurrency=job.concurrency, start_at=job.start_at, end_at=job.end_at,
         max_runs=job.max_runs, jitter_s=job.jitter_s, keep_succeeded=job.history.succeeded,
-        keep_failed=job.history.failed, priority=Priority(job.priority).rank,
+        keep_failed=job.history.failed, priority=Priority.from_name(job.priority).rank,
     )
 
 
