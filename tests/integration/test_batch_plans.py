@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -218,3 +219,37 @@ async def test_one_job_is_read_by_its_primary_key_however_many_its_namespace_hol
         assert "jobs_pkey" in plan, plan
         assert "jobs_listing" not in plan and "jobs_live_by_namespace" not in plan, plan
 
+
+
+async def test_a_batch_of_due_jobs_reads_the_jobs_it_fires_highest_band_first(
+        pool: asyncpg.Pool) -> None:
+    """Of 3,000 jobs due at once, a batch of 100 reads its jobs in order from jobs_due
+    (band, then time): no sort of every due job for each batch, which made a herd's fires
+    quadratic (11 ms per batch of 1,000 of 20,000 due, 237 ms of a 20,000-job burn-down)."""
+    due = datetime.now(UTC)
+    await _herd(pool, due, 3_000)
+    async with pool.acquire() as conn:
+        # 20 high jobs due latest of all, 20 low ones due first: the band decides first.
+        await conn.execute("""
+            UPDATE jobs SET next_fire_at = $1::timestamptz - (n * interval '1 ms'),
+                            priority = CASE WHEN n <= 20 THEN 0 WHEN n > 2980 THEN 2 ELSE 1 END
+            FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM jobs) o
+            WHERE o.id = jobs.id""", due)
+        await conn.execute("ANALYZE jobs")
+        await conn.execute("SET auto_explain.log_analyze = on")
+        async with explained(conn) as plans, conn.transaction():
+            batch = await LEADER.select_due_jobs.fetch(conn, horizon=due, now=due, limit=100)
+        await conn.execute("RESET auto_explain.log_analyze")
+        expected = await conn.fetch("""
+            SELECT id FROM jobs WHERE next_fire_at <= $1
+            ORDER BY priority, next_fire_at LIMIT 100""", due)
+    assert [r["id"] for r in batch] == [r["id"] for r in expected]
+    assert [r["priority"] for r in batch] == [0] * 20 + [1] * 80
+    plan = next(p for p in plans if "Query Text" in p and "FROM jobs" in p)
+    assert "Sort" not in plan and "Seq Scan" not in plan, plan
+    # each band read in order from jobs_due: the high one whole (20 rows), the normal one
+    # up to the batch's end (80), the low one not at all
+    scans = [line for line in plan.splitlines() if "Index Scan using jobs_due on jobs" in line]
+    read = [re.search(r"actual [^)]*rows=(\d+)", line) for line in scans]
+    assert [int(m.group(1)) if m else None for m in read] == [20, 80, None], plan
+    assert "never executed" in scans[2], plan
