@@ -416,6 +416,30 @@ async def test_execution_ids_carry_their_scheduled_for_and_lookups_by_id_find_th
     assert await jobs.get_execution(stray, "default") is None
 
 
+async def test_an_execution_id_is_a_uuid7_of_its_millisecond_made_inline(
+        pool: asyncpg.Pool) -> None:
+    """jobsched_execution_id (015, one expression since 021): version 7 with the RFC 9562
+    variant and scheduled_for's millisecond in its first 48 bits; random (version 4) for a
+    time those bits cannot hold; and inlined into the statement that calls it (no SQL
+    function call per row)."""
+    now = datetime.now(UTC)
+    times = [now, datetime(1970, 1, 1, tzinfo=UTC), now - timedelta(days=3, microseconds=999),
+             datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)]
+    for at in times:
+        ids = [r[0] for r in await pool.fetch(
+            "SELECT jobsched_execution_id($1) FROM generate_series(1, 3)", at)]
+        assert len(set(ids)) == 3  # random bits differ
+        for made in ids:
+            assert made.version == 7 and made.variant == uuid.RFC_4122, made
+            assert made.int >> 80 == _ms(at)
+    for at in ("1969-12-31 23:59:59.999+00", "infinity", "-infinity"):
+        made = await pool.fetchval("SELECT jobsched_execution_id($1::text::timestamptz)", at)
+        assert made.version == 4, (at, made)
+    plan = await pool.fetchval(
+        "EXPLAIN (VERBOSE, FORMAT JSON) SELECT jobsched_execution_id(now())")
+    assert "jobsched_execution_id" not in str(plan) and "gen_random_uuid" in str(plan), plan
+
+
 async def test_a_lookup_by_id_reads_one_partition_in_custom_and_generic_plans(
         pool: asyncpg.Pool) -> None:
     """get_execution, close_attempt and hand_back by a v7 id read the id's day partition
