@@ -20,6 +20,7 @@ from jobsched.adapters.postgres.jobs import PostgresJobs
 from jobsched.adapters.postgres.sql import load_queries, parse_queries
 from jobsched.api.models import JobCreate
 from jobsched.api.routes.jobs import job_columns
+from jobsched.domain.firing import DueJob
 
 WORKER = load_queries("worker.sql")
 LEADER = load_queries("leader.sql")
@@ -245,6 +246,8 @@ async def test_a_batch_of_due_jobs_reads_the_jobs_it_fires_highest_band_first(
             ORDER BY priority, next_fire_at LIMIT 100""", due)
     assert [r["id"] for r in batch] == [r["id"] for r in expected]
     assert [r["priority"] for r in batch] == [0] * 20 + [1] * 80
+    # the leader makes a DueJob of each row by position
+    assert list(batch[0].keys()) == [f.name for f in dataclasses.fields(DueJob)]
     plan = next(p for p in plans if "Query Text" in p and "FROM jobs" in p)
     assert "Sort" not in plan and "Seq Scan" not in plan, plan
     # each band read in order from jobs_due: the high one whole (20 rows), the normal one
