@@ -10,6 +10,16 @@ flat (15.3 → 15.4 MB in 5 minutes against 20.0 → 22.8 MB of heap), and one
 (``memory_trim_interval_s``); it returns the free pages anywhere in the heap (glibc 2.8+)
 and costs little (0.04 ms median, 0.65 ms at most, on a 20 MB heap; 15 ms when it
 returned 120 MB). Elsewhere (musl, macOS) there is no ``malloc_trim`` and nothing is done.
+
+The cyclic garbage collector is tuned once a role has started (``tune_collector``): what
+the start made (modules, classes, settings, pools: most of the heap's objects, and never
+garbage) is frozen out of every later collection, and the youngest generation is collected
+every ``gc_threshold`` allocations rather than every 700. A run makes a few tasks, futures
+and coroutine frames, so a busy role collected every few runs and, each time the older
+generations' turn came, walked the whole heap again: in a burn-down of 20,000 no-op runs
+the worker's CPU fell from 1.75 to 1.57 s (threshold 10,000) and 1.45 s (50,000), the
+leader's from 0.65 to 0.57 s, with the same resident memory (about 90 MB), side by side.
+Reference cycles are still collected, later.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +35,17 @@ from collections.abc import Callable
 from jobsched.backoff import sleep_unless
 
 log = logging.getLogger(__name__)
+
+
+def tune_collector(threshold: int) -> None:
+    """Freeze what exists now out of the garbage collector's passes and collect the youngest
+    generation every ``threshold`` allocations (the older ones keep Python's ratios)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(threshold, middle, oldest)
+    log.debug("garbage collector: %d objects frozen, thresholds %s", gc.get_freeze_count(),
+              gc.get_threshold())
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:

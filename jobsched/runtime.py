@@ -41,7 +41,7 @@ from jobsched.api.cluster import ClusterView
 from jobsched.backoff import Backoff
 from jobsched.crypto import SecretBox
 from jobsched.health import Readiness, health_app
-from jobsched.memory import release_free_memory_every
+from jobsched.memory import release_free_memory_every, tune_collector
 from jobsched.metrics import Metrics, instrument_api
 from jobsched.scheduler.leader import Scheduler
 from jobsched.scheduler.retention import run_retention
@@ -220,6 +220,7 @@ async def serve(settings: Settings, roles: set[str], *, migrate: bool = False) -
 
         tasks.append(_task(release_free_memory_every(settings.memory_trim_interval_s, stop),
                            "memory-trim", stop))
+        tune_collector(settings.gc_threshold)
         log.info("roles %s running as %s", ",".join(sorted(roles)), settings.instance)
         await stop.wait()
         log.info("stopping: draining")

@@ -67,6 +67,11 @@ class Settings(BaseModel):
     # Seconds between two malloc_trim(0) calls, which give the pages glibc's heap holds
     # free back to the OS (jobsched/memory.py); 0: never.
     memory_trim_interval_s: float = Field(60.0, ge=0, le=86_400)
+    # Allocations (less deallocations) of tracked objects between two collections of the
+    # cyclic garbage collector's youngest generation (Python's default: 700). Each run makes
+    # a few tasks, futures and frames, so at 700 a busy role collected every few runs:
+    # 10 % of the worker's and the leader's CPU in a burn-down (jobsched/memory.py).
+    gc_threshold: int = Field(50_000, ge=700, le=10_000_000)
     # The roles' event loop: uvloop where it is installed (a dependency on Linux and
     # macOS), else asyncio's own; "asyncio" forces asyncio's, "uvloop" refuses to start
     # without uvloop.
