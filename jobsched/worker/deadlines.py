@@ -1,5 +1,8 @@
-"""Run timeouts that share their timers: the deadlines of all the runs that end within the
-same ``GRAIN_S`` share one timer, instead of one timer each.
+"""Timers shared by runs: run timeouts (``Deadlines``) and the wait of a run fired ahead
+until it is due (``Alarms``).
+
+Timeouts: the deadlines of all the runs that end within the same ``GRAIN_S`` share one
+timer, instead of one timer each.
 
 ``asyncio.timeout`` arms a loop timer per run and disarms it when the run ends: with many
 short runs, that is a tenth of the worker's loop time per no-op run, and, with 1,000 runs
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+from datetime import datetime
 from types import TracebackType
 
 GRAIN_S = 0.05
@@ -92,3 +97,45 @@ class RunTimeout:
 
     def expired(self) -> bool:
         return self._expired
+
+
+class Alarms:
+    """Waits until a wall-clock instant, one loop timer per millisecond of them: the runs
+    due at the same instant (every-second cron jobs, a herd) wake in one callback, in the
+    order they went to sleep, and start one after another before the loop turns to
+    anything else (the results of runs that ended meanwhile come after). With a timer per
+    run, the timers of one instant expired over a few loop turns, and each turn also took
+    the results and claims that had come in: the last of 1,000 runs started later by all
+    of that. A wait ends in the millisecond it is due (its end rounded up to the
+    millisecond), never before. The state belongs to one event loop, as ``Deadlines``."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
+
+    async def until(self, when: datetime) -> None:
+        """Return once ``when`` (aware) has come: at once if it has."""
+        due = math.ceil(when.timestamp() * 1000)
+        ahead = due / 1000 - time.time()
+        if ahead <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._waiting = loop, {}
+        waiters = self._waiting.get(due)
+        if waiters is None:
+            waiters = self._waiting[due] = []
+            loop.call_at(loop.time() + ahead, self._ring, due)
+        # A future of its own: a cancelled wait cancels only itself.
+        future: asyncio.Future[None] = loop.create_future()
+        waiters.append(future)
+        await future
+
+    def _ring(self, due: int) -> None:
+        ahead = due / 1000 - time.time()
+        if ahead > 0 and self._loop is not None:  # the loop's timer came a little early
+            self._loop.call_at(self._loop.time() + ahead, self._ring, due)
+            return
+        for future in self._waiting.pop(due, ()):
+            if not future.done():
+                future.set_result(None)

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -45,6 +45,7 @@ from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.tasks import registry as default_registry
 from jobsched.worker import capture
 from jobsched.worker.capture import OutputBuffer
+from jobsched.worker.deadlines import Alarms
 from jobsched.worker.http import HttpRunner
 from jobsched.worker.python import THREAD_NOT_INTERRUPTED, ThreadRunner, run_python
 from jobsched.worker.results import AttemptResult
@@ -245,6 +246,7 @@ class Worker:
             settings.shell_concurrency,
             reserved=settings.kept_for_high(settings.shell_concurrency))
         self._threads = ThreadRunner()  # runs plain-function python tasks
+        self._alarms = Alarms()  # runs fired ahead wait here until due
         #: Plain functions timed out or cancelled whose threads still run: each resolves
         #: when its thread ends, and the run's slot is held until then.
         self._lingering: dict[uuid.UUID, asyncio.Future[None]] = {}
@@ -568,12 +570,9 @@ class Worker:
         then happens before the fire time, not after it, and the run starts on time. A
         worker that dies in that short window leaves a lost attempt (retried, not counted
         against the job's attempts); one that dies before it leaves nothing claimed."""
-        if message.due is None:
-            return
-        early = (message.due - datetime.now(UTC)).total_seconds()
-        early -= self.settings.worker_claim_ahead_s
-        if early > 0:
-            await asyncio.sleep(early)
+        if message.due is not None:
+            await self._alarms.until(
+                message.due - timedelta(seconds=self.settings.worker_claim_ahead_s))
 
     async def _claim_and_run(
         self, delivery: Delivery, message: AttemptMessage,
@@ -841,9 +840,9 @@ class Worker:
                 delay = min(delay * 2, 1.0)
 
     async def _execute_now(self, claimed: ClaimedExecution) -> AttemptResult:
-        early = (claimed.scheduled_for - datetime.now(UTC)).total_seconds()
-        if early > 0:  # claimed just ahead of its time: it starts when due
-            await asyncio.sleep(early)
+        # Claimed just ahead of its time: it starts when due, woken with the other runs due
+        # at that instant.
+        await self._alarms.until(claimed.scheduled_for)
         node: NodeInputs | None = None
         if claimed.workflow_run_id is not None:
             try:

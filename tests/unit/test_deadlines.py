@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobsched.worker.deadlines import Deadlines
+from jobsched.worker.deadlines import Alarms, Deadlines
 
 
 async def test_a_run_past_its_timeout_gets_timeout_error_within_a_grain() -> None:
@@ -100,3 +101,53 @@ def test_a_new_event_loop_starts_afresh() -> None:
 
     assert asyncio.run(expire())
     assert asyncio.run(expire())  # the first loop's timers are gone; new ones are armed
+
+
+# -- waits until due (Alarms) ----------------------------------------------------------------
+
+
+async def test_waits_due_at_one_instant_wake_together_in_order_never_early() -> None:
+    alarms = Alarms()
+    due = datetime.now(UTC) + timedelta(milliseconds=150)
+    woke: list[tuple[int, float]] = []
+
+    async def wait(n: int) -> None:
+        await alarms.until(due)
+        woke.append((n, time.time()))
+
+    waits = [asyncio.create_task(wait(n)) for n in range(200)]
+    await asyncio.sleep(0.01)
+    assert len(alarms._waiting) == 1  # one timer for the 200 of them
+    await asyncio.gather(*waits)
+    assert [n for n, _ in woke] == list(range(200))  # in the order they went to sleep
+    assert min(at for _, at in woke) >= due.timestamp()  # none before it was due
+    assert alarms._waiting == {}
+
+
+async def test_a_wait_already_due_returns_at_once_and_others_keep_their_own_timer() -> None:
+    alarms = Alarms()
+    now = datetime.now(UTC)
+    await alarms.until(now - timedelta(seconds=1))  # past: no timer, no wait
+    assert alarms._waiting == {}
+    first, second = now + timedelta(milliseconds=40), now + timedelta(milliseconds=80)
+    order: list[str] = []
+
+    async def wait(name: str, when: datetime) -> None:
+        await alarms.until(when)
+        order.append(name)
+
+    await asyncio.gather(wait("second", second), wait("first", first))
+    assert order == ["first", "second"]
+
+
+async def test_a_cancelled_wait_leaves_the_others_of_its_instant_waiting() -> None:
+    alarms = Alarms()
+    due = datetime.now(UTC) + timedelta(milliseconds=100)
+    cancelled = asyncio.create_task(alarms.until(due))
+    kept = asyncio.create_task(alarms.until(due))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await asyncio.wait_for(kept, 1)
+    assert time.time() >= due.timestamp()
