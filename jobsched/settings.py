@@ -107,9 +107,10 @@ class Settings(BaseModel):
     # none of them), so this is larger than the runs it executes at once.
     worker_prefetch: int = Field(2048, ge=1, le=65535)
     # Runs at once: python and http runs are cheap (a coroutine or a thread slot), so the
-    # limit is high and 1,000 runs due at the same second all start at once; shell runs
-    # are processes and have their own, lower limit within it.
-    worker_concurrency: int = Field(1024, ge=1, le=65535)
+    # limit is high and 1,000 runs due at the same second all start at once, the slots
+    # kept for high runs aside (1,120 of 1,280 for normal and low); shell runs are
+    # processes and have their own, lower limit within it.
+    worker_concurrency: int = Field(1280, ge=1, le=65535)
     # The share of those slots kept for high-priority runs: normal and low ones together
     # hold at most the rest, so a high run that comes while a backlog of low work fills
     # the worker starts at once (normal and low always keep at least one slot).
