@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -250,9 +249,7 @@ async def test_a_batch_of_due_jobs_reads_the_jobs_it_fires_highest_band_first(
     assert list(batch[0].keys()) == [f.name for f in dataclasses.fields(DueJob)]
     plan = next(p for p in plans if "Query Text" in p and "FROM jobs" in p)
     assert "Sort" not in plan and "Seq Scan" not in plan, plan
-    # each band read in order from jobs_due: the high one whole (20 rows), the normal one
-    # up to the batch's end (80), the low one not at all
+    # each band read in order from jobs_due: the high one whole (20 rows) and the normal
+    # one up to the batch's end (80): two loops of 50 on average; the low one not at all
     scans = [line for line in plan.splitlines() if "Index Scan using jobs_due on jobs" in line]
-    read = [re.search(r"actual [^)]*rows=(\d+)", line) for line in scans]
-    assert [int(m.group(1)) if m else None for m in read] == [20, 80, None], plan
-    assert "never executed" in scans[2], plan
+    assert len(scans) == 1 and "rows=50 loops=2)" in scans[0], plan

@@ -31,45 +31,25 @@ WHERE l.locktype = 'relation' AND l.relation = 'leader'::regclass AND l.granted
 -- due), others only once due at :now; high priority first, so that of a herd due at once
 -- the high jobs are fired (and published) first. busy: whether a run of a forbid/replace
 -- job is still active (only those need to know).
--- One branch per band (ranks 0, 1, 2: jobs_priority_check), each read in order from
--- jobs_due (priority, next_fire_at): the Append runs its branches in turn and the LIMIT
--- stops it, so a batch reads (and locks) the jobs it fires and no others. As one
--- `ORDER BY priority, next_fire_at`, every due job was read and sorted for each batch.
+-- The bands in turn (ranks 0, 1, 2: jobs_priority_check), each read in order from jobs_due
+-- (priority, next_fire_at) with its own LIMIT: the nested loop takes the next band only
+-- while the batch is not full, so a batch reads (and locks) the jobs it fires and no
+-- others. As one `ORDER BY priority, next_fire_at`, every due job was read and sorted for
+-- each batch.
 SELECT d.*,
        CASE WHEN d.concurrency = 'allow' THEN false ELSE EXISTS (
            SELECT 1 FROM executions e
            WHERE e.job_id = d.id AND e.state IN ('queued', 'running', 'retrying')
        ) END AS busy
-FROM (
-    SELECT * FROM (
-        SELECT id, schedule, timezone, next_fire_at, misfire, max_catchup,
-               starting_deadline_s, concurrency, end_at, max_runs, run_count, jitter_s,
-               kind, priority
-        FROM jobs
-        WHERE priority = 0 AND state = 'active' AND next_fire_at IS NOT NULL
-          AND next_fire_at <= :horizon AND (concurrency = 'allow' OR next_fire_at <= :now)
-        ORDER BY next_fire_at LIMIT :limit
-        FOR UPDATE SKIP LOCKED) AS high
-    UNION ALL
-    SELECT * FROM (
-        SELECT id, schedule, timezone, next_fire_at, misfire, max_catchup,
-               starting_deadline_s, concurrency, end_at, max_runs, run_count, jitter_s,
-               kind, priority
-        FROM jobs
-        WHERE priority = 1 AND state = 'active' AND next_fire_at IS NOT NULL
-          AND next_fire_at <= :horizon AND (concurrency = 'allow' OR next_fire_at <= :now)
-        ORDER BY next_fire_at LIMIT :limit
-        FOR UPDATE SKIP LOCKED) AS normal
-    UNION ALL
-    SELECT * FROM (
-        SELECT id, schedule, timezone, next_fire_at, misfire, max_catchup,
-               starting_deadline_s, concurrency, end_at, max_runs, run_count, jitter_s,
-               kind, priority
-        FROM jobs
-        WHERE priority = 2 AND state = 'active' AND next_fire_at IS NOT NULL
-          AND next_fire_at <= :horizon AND (concurrency = 'allow' OR next_fire_at <= :now)
-        ORDER BY next_fire_at LIMIT :limit
-        FOR UPDATE SKIP LOCKED) AS low
+FROM unnest(ARRAY[0, 1, 2]::smallint[]) AS band(rank)
+CROSS JOIN LATERAL (
+    SELECT id, schedule, timezone, next_fire_at, misfire, max_catchup, starting_deadline_s,
+           concurrency, end_at, max_runs, run_count, jitter_s, kind, priority
+    FROM jobs
+    WHERE priority = band.rank AND state = 'active' AND next_fire_at IS NOT NULL
+      AND next_fire_at <= :horizon AND (concurrency = 'allow' OR next_fire_at <= :now)
+    ORDER BY next_fire_at LIMIT :limit
+    FOR UPDATE SKIP LOCKED
 ) AS d
 LIMIT :limit
 
