@@ -154,18 +154,14 @@ LIMIT :limit
 
 -- next_wake --
 -- When the leader must act next: allow jobs :lookahead_s ahead of their time, forbid and
--- replace jobs and retries on time. The allow jobs' earliest is each band's first in
--- jobs_due (priority, next_fire_at).
+-- replace jobs and retries on time. The allow jobs' earliest is the earliest of each
+-- band's first in jobs_due (priority, next_fire_at), the bands as in select_due_jobs.
 SELECT least(
-    (SELECT min(next_fire_at) FROM jobs
-     WHERE priority = 0 AND state = 'active' AND next_fire_at IS NOT NULL
-       AND concurrency = 'allow') - make_interval(secs => :lookahead_s),
-    (SELECT min(next_fire_at) FROM jobs
-     WHERE priority = 1 AND state = 'active' AND next_fire_at IS NOT NULL
-       AND concurrency = 'allow') - make_interval(secs => :lookahead_s),
-    (SELECT min(next_fire_at) FROM jobs
-     WHERE priority = 2 AND state = 'active' AND next_fire_at IS NOT NULL
-       AND concurrency = 'allow') - make_interval(secs => :lookahead_s),
+    (SELECT min(b.first) FROM unnest(ARRAY[0, 1, 2]::smallint[]) AS band(rank)
+     CROSS JOIN LATERAL (
+         SELECT min(next_fire_at) AS first FROM jobs
+         WHERE priority = band.rank AND state = 'active' AND next_fire_at IS NOT NULL
+           AND concurrency = 'allow') AS b) - make_interval(secs => :lookahead_s),
     (SELECT min(next_fire_at) FROM jobs
      WHERE state = 'active' AND next_fire_at IS NOT NULL AND concurrency <> 'allow'),
     (SELECT min(run_after) FROM executions WHERE state = 'retrying')
