@@ -182,6 +182,25 @@ async def test_list_filters_and_paginates(api: ApiClient) -> None:
     assert page["items"] == []
 
 
+async def test_a_create_answers_the_job_as_every_read_shows_it(api: ApiClient) -> None:
+    # The create's answer is written from what was submitted and what the database set
+    # (no read back): it must be the job every later read shows, field for field.
+    created = await api.create({
+        "name": "echoed", "schedule": "*/5 * * * *", "timezone": "Europe/Berlin",
+        "kind": "http", "http": {"method": "POST", "url": "https://example.com/hook",
+                                 "body": "é\u2028x", "headers": {"X-Team": "billing"}},
+        "labels": {"team": "billing", "tier": "1"}, "retry": {"max_attempts": 3,
+                                                              "backoff_s": 1.5},
+        "start_at": "2031-01-01T00:00:00+02:00", "end_at": "2032-01-01T00:00:00Z",
+        "jitter_s": 2.25, "priority": "high", "max_runs": 7, "timeout_s": 0.001,
+    })
+    assert created["next_fire_at"] and created["last_execution"] is None
+    status, fetched, _ = await api.request("GET", f"/api/v1/jobs/{created['id']}")
+    assert status == 200 and fetched == created
+    status, page, _ = await api.request("GET", "/api/v1/jobs?name=echoed")
+    assert status == 200 and page["items"] == [created]
+
+
 async def test_dead_executions_are_listed_and_can_be_retried(api: ApiClient) -> None:
     job = await api.create({
         "name": "dies", "schedule": "immediate", "kind": "python",

@@ -17,6 +17,7 @@ from jobsched.api.context import (
     JOBS,
     SETTINGS,
     Abort,
+    document_response,
     json_response,
     parse_query,
     read,
@@ -51,22 +52,24 @@ IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 TIMING_FIELDS = ("schedule", "timezone", "start_at", "end_at", "jitter_s")
 
 
-def job_out(row: Row) -> JobOut:
+def job_document(row: Row) -> dict[str, Any]:
+    """The job as the api shows it (``JobOut``: the submitted spec echoed with the stored
+    state), as JSON values for ``document_response``: byte for byte what
+    ``JobOut.model_dump_json`` writes, without a model's validation and dump per job."""
     last = row["last_execution"]
-    return JobOut.model_validate(
-        {
-            **row["spec"],
-            "id": row["id"],
-            "namespace": row["namespace"],
-            "state": row["state"],
-            # A paused job keeps its pending fire (for resume's misfire policy) but has no
-            # next fire to show until it is resumed.
-            "next_fire_at": row["next_fire_at"] if row["state"] == JobState.ACTIVE else None,
-            "created_at": row["created_at"],
-            "updated_at": row["updated_at"],
-            "last_execution": ExecutionOut.model_validate(last) if last else None,
-        }
-    )
+    return {
+        "id": row["id"],
+        "namespace": row["namespace"],
+        "state": row["state"],
+        # A paused job keeps its pending fire (for resume's misfire policy) but has no
+        # next fire to show until it is resumed.
+        "next_fire_at": row["next_fire_at"] if row["state"] == JobState.ACTIVE else None,
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "last_execution": (ExecutionOut.model_validate(last).model_dump(mode="json")
+                           if last else None),
+        **row["spec"],
+    }
 
 
 class FirstFireMissing(Exception):
@@ -181,7 +184,7 @@ async def create_job(request: web.Request) -> web.Response:
         reason = (f"namespace '{exc.namespace}' already has {exc.quota} active or paused "
                   "jobs (max_active_jobs); cancel some or ask for a larger quota")
         return problem(403, "Quota exceeded", reason)
-    response = json_response(job_out(row), 200 if replayed else 201)
+    response = document_response(job_document(row), 200 if replayed else 201)
     response.headers["Location"] = f"/api/v1/jobs/{row['id']}"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -197,7 +200,8 @@ async def list_jobs(request: web.Request) -> web.Response:
         namespace, state=query.state, name=query.name, labels=labels, after=after,
         limit=query.limit + 1))
     items, cursor = page(rows, query.limit, lambda r: (r["created_at"], r["id"]))
-    return json_response(JobList(items=[job_out(r) for r in items], next_cursor=cursor))
+    return document_response({"items": [job_document(r) for r in items],
+                              "next_cursor": cursor})
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -206,7 +210,7 @@ async def get_job(request: web.Request) -> web.Response:
                      confirm_missing=True)
     if row is None:
         raise web.HTTPNotFound()
-    return json_response(job_out(row))
+    return document_response(job_document(row))
 
 
 async def _move_job(request: web.Request, target: JobState, conflict: str) -> web.Response:
@@ -222,7 +226,7 @@ async def _move_job(request: web.Request, target: JobState, conflict: str) -> we
         raise web.HTTPNotFound()
     if not moved and row["state"] != target:
         return problem(409, conflict, f"job is {row['state']}")
-    return json_response(job_out(row))
+    return document_response(job_document(row))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -302,7 +306,7 @@ async def patch_job(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     fetched = await request.app[JOBS].get_job(job_id, who.namespace)
     assert fetched is not None
-    return json_response(job_out(fetched))
+    return document_response(job_document(fetched))
 
 
 async def resume_job(request: web.Request) -> web.Response:
@@ -323,7 +327,7 @@ async def resume_job(request: web.Request) -> web.Response:
     assert row is not None
     if outcome == "not_paused" and row["state"] != JobState.ACTIVE:
         return problem(409, "Job cannot be resumed", f"job is {row['state']}")
-    return json_response(job_out(row))
+    return document_response(job_document(row))
 
 
 async def trigger_job(request: web.Request) -> web.Response:
