@@ -64,6 +64,56 @@ async def test_concurrent_creates_go_in_few_statements_and_each_gets_its_row(
     assert {(r["id"], r["name"]) for r in stored} == {(i, c.name) for i, c in made}
 
 
+RICH = {
+    "name": "rich-é", "schedule": "*/5 * * * *", "timezone": "Europe/Berlin", "kind": "http",
+    "http": {"method": "POST", "url": "https://example.com/hook", "body": "é\u2028\"\\x",
+             "headers": {"Authorization": {"secret": "TOKEN"}}},
+    "labels": {"team": "billing", "tier": "1"},
+    "retry": {"max_attempts": 3, "backoff_s": 1.5, "max_backoff_s": 0.1},
+    "start_at": "2031-01-01T00:00:00.000001+23:59", "end_at": "2032-01-01T00:00:00-23:59",
+    "jitter_s": 2.25, "priority": "high", "max_runs": 7, "timeout_s": 1e-3,
+    "starting_deadline_s": 0.30000000000000004, "history": {"succeeded": 3, "failed": 0},
+    "misfire": "skip", "max_catchup": 4, "concurrency": "forbid",
+}
+PLAIN = {"name": "plain", "schedule": "0 0 1 1 *", "kind": "python",
+         "python": {"function": "m:f", "args": {"x": [1, 2.5, None, "é"], "big": 2**62}}}
+
+
+@pytest.mark.parametrize("spec", [RICH, PLAIN], ids=["rich", "plain"])
+async def test_a_batched_create_stores_and_answers_what_a_keyed_one_does(
+        pool: asyncpg.Pool, spec: dict[str, Any]) -> None:
+    # The batch travels as one JSON document, a keyed create as typed parameters: every
+    # stored column must be the same, and each create's answer the row as stored.
+    job = JobCreate.model_validate_json(orjson.dumps(spec))
+    now = datetime.now(UTC)
+    due = (now + timedelta(days=400)).replace(microsecond=123457)
+    jobs = PostgresJobs(pool)
+    made = []
+    try:
+        for key in (None, "k-" + spec["name"]):
+            job_id = uuid.uuid4()
+            # (the same next fire for both: a job's jitter offset follows from its id)
+            columns = dataclasses.replace(job_columns(job, job_id, now), next_fire_at=due)
+            row, _ = await jobs.create_job(job_id, "team-e", columns,
+                                           idempotency_key=key, digest=b"d")
+            made.append((job_id, row))
+    finally:
+        await jobs.close()
+    stored = [dict(await pool.fetchrow(
+        "SELECT *, spec::text AS spec_text, payload::text AS payload_text FROM jobs "
+        "WHERE id = $1", job_id)) for job_id, _ in made]
+    differ = {"id", "idempotency_key", "idempotency_digest", "created_at", "updated_at"}
+    batched, keyed = ({k: v for k, v in row.items() if k not in differ} for row in stored)
+    assert batched == keyed
+    assert batched["start_at"] == job.start_at and batched["timeout_s"] == job.timeout_s
+    assert batched["next_fire_at"] == due
+    for (_, answered), row in zip(made, stored, strict=True):
+        assert {k: answered[k] for k in row if k in answered} == {
+            k: row[k] for k in row if k in answered}
+        assert {"id", "namespace", "state", "next_fire_at", "created_at", "updated_at",
+                "spec"} <= answered.keys()
+
+
 async def test_a_bad_create_fails_alone_and_the_rest_of_its_batch_is_stored(
         pool: asyncpg.Pool) -> None:
     jobs = PostgresJobs(pool)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -57,6 +57,22 @@ async def _each_alone_if_failed(
 
 def _row(record: Any) -> Row | None:
     return dict(record) if record is not None else None
+
+
+#: The columns that are times: in the batch's JSON they are written in UTC, as PostgreSQL
+#: reads an offset only up to ±15:59 and Python's go to ±23:59.
+_TIMES = tuple(f.name for f in dataclasses.fields(JobColumns)
+               if "datetime" in str(f.type))
+
+
+def _json_row(create: _Create) -> dict[str, Any]:
+    """A create as one row of insert_jobs' JSON batch."""
+    row = {"id": create.id, "namespace": create.namespace, "quota": create.quota,
+           **create.values}
+    for name in _TIMES:
+        if row[name] is not None:
+            row[name] = row[name].astimezone(UTC)
+    return row
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,7 +128,9 @@ class PostgresJobs:
             if isinstance(created, Exception):
                 raise created
             if created is not None:
-                return {**created, "last_execution": None}, False
+                # The columns as given and those the database set: no row to read back.
+                return {**values, "id": job_id, "namespace": namespace, **created,
+                        "last_execution": None}, False
         async with self.pool.acquire() as conn, conn.transaction():
             if idempotency_key is not None:
                 first = await self._replay(conn, namespace, idempotency_key, digest,
@@ -143,11 +161,10 @@ class PostgresJobs:
         rows = await Q.insert_jobs.fetch(
             self.pool, channel=WAKE_CHANNEL, margin=QUOTA_LOCK_MARGIN,
             notify=any(create.notify for create in creates),
-            id=[create.id for create in creates],
-            namespace=[create.namespace for create in creates],
-            quota=[create.quota for create in creates],
-            **{name: [create.values[name] for create in creates] for name in _COLUMN_NAMES})
-        by_id = {row["id"]: dict(row) for row in rows}
+            rows=[_json_row(create) for create in creates])
+        # What the database set (state, run_count, the times); create_job adds the rest.
+        by_id = {row[0]: {"state": row[1], "run_count": row[2], "created_at": row[3],
+                          "updated_at": row[4]} for row in rows}
         return [by_id.get(create.id) for create in creates]
 
     @staticmethod

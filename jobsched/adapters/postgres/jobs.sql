@@ -9,21 +9,23 @@
 -- one at a time under the namespace's lock, so the count at the quota is exact). Rows go in
 -- the batch's order; callers match them back by id. The leader is woken once if any of
 -- them is due before its next look (an uncorrelated subquery: evaluated once, not per row).
+-- The batch is one JSON array of the rows (one orjson dump: the api's CPU per row was
+-- 24 µs for 26 arrays of parameters, 10 µs so; times are ISO 8601 with their offset, and
+-- a float's shortest text reads back as the same double). Each row returns only what the
+-- database set: the caller has the rest.
 WITH batch AS (
-    SELECT * FROM unnest(
-        :id::uuid[], :namespace::text[], :name::text[], :kind::text[], :payload::jsonb[],
-        :schedule::text[], :timezone::text[], :next_fire_at::timestamptz[],
-        :max_attempts::integer[], :backoff_s::float8[], :max_backoff_s::float8[],
-        :timeout_s::float8[], :labels::jsonb[], :spec::jsonb[], :misfire::text[],
-        :max_catchup::integer[], :starting_deadline_s::float8[], :concurrency::text[],
-        :start_at::timestamptz[], :end_at::timestamptz[], :max_runs::integer[],
-        :jitter_s::float8[], :keep_succeeded::integer[], :keep_failed::integer[],
-        :priority::smallint[], :quota::integer[]
-    ) WITH ORDINALITY AS b(id, namespace, name, kind, payload, schedule, timezone,
-                           next_fire_at, max_attempts, backoff_s, max_backoff_s, timeout_s,
-                           labels, spec, misfire, max_catchup, starting_deadline_s,
-                           concurrency, start_at, end_at, max_runs, jitter_s,
-                           keep_succeeded, keep_failed, priority, quota, n)
+    SELECT * FROM ROWS FROM (jsonb_to_recordset(:rows::jsonb) AS (
+        id uuid, namespace text, name text, kind text, payload jsonb, schedule text,
+        timezone text, next_fire_at timestamptz, max_attempts integer, backoff_s float8,
+        max_backoff_s float8, timeout_s float8, labels jsonb, spec jsonb, misfire text,
+        max_catchup integer, starting_deadline_s float8, concurrency text,
+        start_at timestamptz, end_at timestamptz, max_runs integer, jitter_s float8,
+        keep_succeeded integer, keep_failed integer, priority smallint, quota integer
+    )) WITH ORDINALITY AS b(id, namespace, name, kind, payload, schedule, timezone,
+                            next_fire_at, max_attempts, backoff_s, max_backoff_s, timeout_s,
+                            labels, spec, misfire, max_catchup, starting_deadline_s,
+                            concurrency, start_at, end_at, max_runs, jitter_s,
+                            keep_succeeded, keep_failed, priority, quota, n)
 ), live AS (
     SELECT q.namespace, (
         SELECT count(*) FROM (
@@ -50,7 +52,7 @@ WITH batch AS (
            misfire, max_catchup, starting_deadline_s, concurrency, start_at,
            end_at, max_runs, jitter_s, keep_succeeded, keep_failed, priority
     FROM allowed ORDER BY n
-    RETURNING *
+    RETURNING id, state, run_count, created_at, updated_at
 )
 SELECT job.*, (SELECT pg_notify(:channel, 'job') WHERE :notify::boolean) AS woke
 FROM job
