@@ -2,23 +2,27 @@
 
 Two phases of SECONDS each at CONCURRENCY requests in flight: POST /api/v1/jobs (a no-op
 python job on a yearly cron, so nothing fires), then GET /api/v1/jobs/{id} of jobs the first
-phase created, picked at random. The client can run in several processes (``--clients``)
-so that it is not the bottleneck on a small machine; its CPU is reported like the server's.
+phase created, picked at random. The client is a lean HTTP/1.1 load generator (one
+keep-alive connection per request in flight, requests prepared once) and can run in
+several processes (``--clients``) so that it is not the bottleneck on a small machine; its
+CPU is reported like the server's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
+from yarl import URL
 
 from jobsched.settings import Settings
 from jobsched_dev.bench.cluster import BenchCluster, Services
@@ -38,46 +42,94 @@ PATHS = {"get": "/api/v1/jobs/{}", "get-execution": "/api/v1/executions/{}",
          "list-executions": "/api/v1/jobs/{}/executions"}
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection of the load generator: it writes prepared
+    requests and reads each answer by its Content-Length, and nothing more. It shares the
+    cores with the api it measures, so it must cost little: aiohttp's client took 140-170
+    µs of CPU per POST here, about as much as the api itself; this takes a fraction."""
+
+    def __init__(self, url: URL) -> None:
+        self.url = url
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, message: bytes) -> tuple[int, bytes]:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection(
+                self.url.host, self.url.port, ssl=self.url.scheme == "https" or None)
+        try:
+            self.writer.write(message)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            lower = head.lower()
+            at = lower.find(b"\r\ncontent-length:")
+            if at < 0:
+                raise ConnectionError(f"an answer without Content-Length: {head[:200]!r}")
+            length = int(lower[at + 17:lower.index(b"\r\n", at + 2)])
+            body = await self.reader.readexactly(length)
+            if b"\r\nconnection: close" in lower:
+                self.close()
+            return status, body
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def _message(url: URL, method: str, path: str, token: str | None, body: bytes = b"") -> bytes:
+    """A whole request, ready to write."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {url.host}:{url.port}"]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    if body:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
 async def _phase(url: str, phase: str, concurrency: int, seconds: float, token: str | None,
                  ids: list[str]) -> dict[str, Any]:
-    # Plain aiohttp, not jobsched_dev.api_client: this is the load generator, on the same
-    # cores as the api it measures, so it reads GET bodies without parsing them.
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    base = URL(url)
     latencies: list[float] = []
     created: list[str] = []
     errors: dict[str, int] = {}
     deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
     rng = random.Random()
+    post = _message(base, "POST", "/api/v1/jobs", token, orjson.dumps(JOB))
+    gets = {} if phase == "post" else {
+        job_id: _message(base, "GET", PATHS[phase].format(job_id), token) for job_id in ids}
 
-    async with aiohttp.ClientSession(url, connector=connector, headers=headers) as session:
-
-        async def loop() -> None:
+    async def loop() -> None:
+        connection = _Connection(base)
+        try:
             while time.perf_counter() < deadline:
                 began = time.perf_counter()
                 try:
                     if phase == "post":
-                        async with session.post("/api/v1/jobs", json=JOB) as response:
-                            body = await response.read()
-                            ok = response.status == 201
-                            if ok:
-                                created.append(orjson.loads(body)["id"])
+                        status, body = await connection.request(post)
+                        ok = status == 201
+                        if ok:
+                            created.append(orjson.loads(body)["id"])
                     else:
-                        path = PATHS[phase].format(rng.choice(ids))
-                        async with session.get(path) as response:
-                            await response.read()
-                            ok = response.status == 200
-                    key = str(response.status)
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                        status, _ = await connection.request(gets[rng.choice(ids)])
+                        ok = status == 200
+                    key = str(status)
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                        ValueError) as exc:
                     ok, key = False, type(exc).__name__
                 if ok:
                     latencies.append(time.perf_counter() - began)
                 else:
                     errors[key] = errors.get(key, 0) + 1
+        finally:
+            connection.close()
 
-        began = time.perf_counter()
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
+    began = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
     return {"latencies": latencies, "errors": errors, "elapsed": elapsed, "created": created}
 
 
@@ -105,11 +157,17 @@ async def _run_phase(url: str, phase: str, concurrency: int, seconds: float,
     }
 
 
-def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    return {"requests": len(result["latencies"]),
-            "per_s": len(result["latencies"]) / result["elapsed"],
+def _summary(result: dict[str, Any], cpu: dict[str, Any]) -> dict[str, Any]:
+    """A phase's rate, errors, latency and CPU, with the api's CPU per request (what
+    the api's own code costs, whatever the load generator and the machine's share)."""
+    requests = len(result["latencies"])
+    api_s = sum(v["cpu_s"] for k, v in cpu.items() if k.startswith("api"))
+    return {"requests": requests,
+            "per_s": requests / result["elapsed"],
             "errors": result["errors"],
-            "latency_ms": distribution_ms(result["latencies"])}
+            "latency_ms": distribution_ms(result["latencies"]),
+            "cpu": cpu,
+            "api_cpu_us_per_request": 1e6 * api_s / requests if requests else math.nan}
 
 
 async def measure_api(url: str, concurrency: int, seconds: float, token: str | None,
@@ -127,8 +185,8 @@ async def measure_api(url: str, concurrency: int, seconds: float, token: str | N
     gets = await _run_phase(url, "get", concurrency, seconds, token, posts["created"], clients)
     meter.stop()
     result = {"concurrency": concurrency, "seconds": seconds, "clients": clients,
-              "post": {**_summary(posts), "cpu": post_cpu},
-              "get": {**_summary(gets), "cpu": summary_of_cpu(meter.report())}}
+              "post": _summary(posts, post_cpu),
+              "get": _summary(gets, summary_of_cpu(meter.report()))}
     if history and history["execution_ids"]:
         for phase, ids in (("get-execution", history["execution_ids"]),
                            ("list-executions", history["job_ids"])):
@@ -137,7 +195,7 @@ async def measure_api(url: str, concurrency: int, seconds: float, token: str | N
             meter.stop()
             if not done["latencies"]:
                 raise RuntimeError(f"{phase}: no request succeeded: {done['errors']}")
-            result[phase] = {**_summary(done), "cpu": summary_of_cpu(meter.report())}
+            result[phase] = _summary(done, summary_of_cpu(meter.report()))
     return result
 
 
@@ -146,19 +204,32 @@ def _create_token(cluster: BenchCluster) -> str | None:
     result = subprocess.run(
         [sys.executable, "-m", "jobsched", "token", "create", "--namespace", "default",
          "--role", "admin"],
-        env=source_env(cluster.env()), capture_output=True, text=True, timeout=30, check=False)
+        env=source_env(cluster.env()), cwd=cluster.source, capture_output=True, text=True,
+        timeout=30, check=False)
     lines = result.stdout.strip().splitlines()
     return lines[-1].strip() if result.returncode == 0 and lines else None
 
 
+def _has_setting(name: str, source: Path | None) -> bool:
+    """Whether the api measured knows setting ``name`` (another commit's may not)."""
+    if source is None:
+        return name in Settings.model_fields
+    return f"\n    {name}:" in (source / "jobsched" / "settings.py").read_text()
+
+
 async def run_api(services: Services, concurrency: int, seconds: float, clients: int,
                   options: Options, idle_schedules: int = 0,
-                  history: int = 0) -> dict[str, Any]:
-    async with make_cluster(services, options) as cluster:
-        if "rate_limit_per_s" in Settings.model_fields:
+                  history: int = 0, source: Path | None = None) -> dict[str, Any]:
+    """``source``: another commit's tree whose api is measured (by this load generator:
+    ``--vs-commit`` compares the apis, not two generators)."""
+    cluster = make_cluster(services, options)
+    cluster.source = source
+    async with cluster:
+        if _has_setting("rate_limit_per_s", source):
             # The per-token limit guards a shared deployment; here it would cap what is
             # measured at the limit itself. --set rate_limit_per_s=N puts it back.
             cluster.settings.setdefault("JOBSCHED_RATE_LIMIT_PER_S", "0")
+        if _has_setting("max_active_jobs", source):
             # Likewise the per-namespace quota: a 30 s run creates far more than 10,000 jobs.
             cluster.settings.setdefault("JOBSCHED_MAX_ACTIVE_JOBS", "0")
         async with connect(cluster.database_url) as conn:
@@ -169,7 +240,8 @@ async def run_api(services: Services, concurrency: int, seconds: float, clients:
         result = await measure_api(cluster.api_url, concurrency, seconds, token, clients,
                                    cluster.meter, loaded if history else None)
     return {"scenario": "api", "idle_schedules": idle_schedules, "preload_s": preload_s,
-            "history": history, "history_preload_s": loaded["preload_s"], **result}
+            "history": history, "history_preload_s": loaded["preload_s"],
+            "source": str(source) if source else None, **result}
 
 
 async def run_api_at(url: str, concurrency: int, seconds: float, clients: int,

@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -21,7 +23,7 @@ import asyncpg
 from jobsched.adapters import postgres
 from jobsched.settings import Settings
 from jobsched_dev.bench.procstat import CpuMeter
-from jobsched_dev.processes import RoleProcess, free_port
+from jobsched_dev.processes import RoleProcess, free_port, source_env
 from jobsched_dev.zookeeper import ensure_zookeeper
 
 TASK_MODULE = "jobsched_dev.bench.tasks"
@@ -79,6 +81,9 @@ class BenchCluster:
     #: leaves no role behind. Only for a benchmark that starts every process from its
     #: event loop's thread (see RoleProcess: the signal follows the forking thread).
     die_with_parent: bool = False
+    #: Another commit's exported tree (``--vs-commit``): its migrations make the schema
+    #: and its roles and CLI run, from that folder; the benchmark around them is this one.
+    source: Path | None = None
 
     @property
     def database(self) -> str:
@@ -107,7 +112,16 @@ class BenchCluster:
             await copy_database(self.services, self.template, self.database)
             return self
         await postgres.create_database(self.database_url)
-        await postgres.migrate(self.database_url)
+        if self.source is None:
+            await postgres.migrate(self.database_url)
+        else:
+            done = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "jobsched", "migrate"],
+                env=source_env(self.env()), cwd=self.source, capture_output=True, text=True,
+                timeout=120, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"`jobsched migrate` of {self.source} exited "
+                                   f"{done.returncode}: {done.stderr[-2000:]}")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -125,6 +139,8 @@ class BenchCluster:
             JOBSCHED_LOG_LEVEL=self.log_level,
             PYTHONUNBUFFERED="1",
         )
+        if self.source is not None:  # first on the path: its jobsched, not this one
+            env["PYTHONPATH"] = str(self.source)
         env.update(self.settings)
         env.update(overrides)
         return env
@@ -142,7 +158,7 @@ class BenchCluster:
         proc = RoleProcess(name, roles, port, self.env(**overrides),
                            self.log_dir / f"{name}.log",
                            args=("--import", TASK_MODULE) if runs_tasks else (),
-                           die_with_parent=self.die_with_parent).start()
+                           cwd=self.source, die_with_parent=self.die_with_parent).start()
         self.processes.append(proc)
         assert proc.pid is not None
         self.meter.add(name, proc.pid)

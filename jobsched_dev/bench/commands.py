@@ -7,6 +7,7 @@ import asyncio
 import math
 from collections.abc import Callable
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 import click
@@ -208,14 +209,22 @@ def _service_args(services: Services) -> list[str]:
 
 def vs_commit(ref: str, scenario: str, args: list[str], ours: Callable[[], Any],
               figures: dict[str, Callable[[dict[str, Any]], float]], repeat: int,
-              json_out: str | None, echo: Echo, section: str | None = None) -> dict[str, Any]:
+              json_out: str | None, echo: Echo, section: str | None = None,
+              theirs: Callable[[Path], Any] | None = None) -> dict[str, Any]:
+    """``theirs``: how to run the other commit, given its tree (default: its own
+    ``jobsched bench SCENARIO ARGS`` there)."""
     from jobsched_dev.bench import vs_commit as other
 
     sha, folder = other.tree_of(ref)
     echo(f"{scenario}: this tree against {ref} ({sha[:12]}, exported to {folder}), "
          f"{repeat} run(s) each, alternating")
-    ours_runs, their_runs = asyncio.run(other.alternate(
-        ours, lambda: other.run_at(folder, scenario, args, section=section), repeat, echo))
+    if theirs is None:
+        def run_theirs() -> Any:
+            return other.run_at(folder, scenario, args, section=section)
+    else:
+        def run_theirs() -> Any:
+            return theirs(folder)
+    ours_runs, their_runs = asyncio.run(other.alternate(ours, run_theirs, repeat, echo))
     result = other.compare(ours_runs, their_runs, figures)
     result.update({"scenario": scenario, "vs_commit": sha, "repeat": repeat,
                    "runs": {"ours": ours_runs, "theirs": their_runs},
@@ -268,13 +277,19 @@ def api_vs_commit(services: Services, options: Options, *, ref: str, concurrency
 
     args = ["--concurrency", str(concurrency), "--seconds", str(seconds), "--clients",
             str(clients), "--log-level", options.log_level, *_service_args(services)]
+    # One load generator, this tree's, drives both apis: the other commit's own would
+    # cost differently and share the same cores.
     return vs_commit(
         ref, "api", args, lambda: run_api(services, concurrency, seconds, clients, options),
         {"submits/s": lambda r: r["post"]["per_s"],
          "POST p99 ms": lambda r: r["post"]["latency_ms"]["p99"],
+         "api CPU µs per submit": lambda r: r["post"].get("api_cpu_us_per_request",
+                                                          math.nan),
          "GET/s": lambda r: r["get"]["per_s"],
          "GET p99 ms": lambda r: r["get"]["latency_ms"]["p99"]},
-        repeat, json_out, echo)
+        repeat, json_out, echo,
+        theirs=lambda folder: run_api(services, concurrency, seconds, clients, options,
+                                      source=folder))
 
 
 def lateness_vs_commit(services: Services, options: Options, *, ref: str, jobs: int,

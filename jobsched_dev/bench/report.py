@@ -161,9 +161,10 @@ def render_api(r: dict[str, Any], repeat: int) -> str:
         rows.append([label, p["per_s"], lat["p50"], lat["p95"], lat["p99"], lat["max"],
                      sum(p["errors"].values()) if p["errors"] else 0,
                      api_cpu["core_share"] * 100 if api_cpu else float("nan"),
+                     p.get("api_cpu_us_per_request", float("nan")),
                      p["cpu"]["bench client"]["core_share"] * 100])
     headers = ("", "req/s", "p50 ms", "p95", "p99", "max", "errors", "api % core",
-               "client % core")
+               "api µs/req", "client % core")
     return "\n\n".join([head, table(headers, rows)])
 
 

@@ -3,12 +3,16 @@
 These machines vary by 2x from day to day, so a figure is only comparable with one taken
 in the same run. The other commit is exported (``git archive``) beside the working tree,
 once per commit, and its own ``jobsched bench`` runs there as a subprocess: its own
-loader, schema and roles, the same services. Runs alternate (ours, theirs, theirs, ours,
-...) so that a drift of the machine weighs on both sides alike.
+loader, schema and roles, the same services. ``api`` is the exception: there the
+benchmark's load generator is part of the instrument, so this tree's drives the other
+commit's api (its schema, roles and CLI run from the exported tree). Runs alternate
+(ours, theirs, theirs, ours, ...) so that a drift of the machine weighs on both sides
+alike.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -74,7 +78,8 @@ def run_at(folder: Path, scenario: str, args: list[str], timeout: float = 1800,
 
 
 async def alternate(ours: Callable[[], Awaitable[dict[str, Any]]],
-                    theirs: Callable[[], dict[str, Any]], repeat: int,
+                    theirs: Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]],
+                    repeat: int,
                     echo: Callable[[str], None]) -> tuple[list[dict[str, Any]],
                                                           list[dict[str, Any]]]:
     """``repeat`` runs of each, in the order ours, theirs, theirs, ours, ..."""
@@ -86,7 +91,8 @@ async def alternate(ours: Callable[[], Awaitable[dict[str, Any]]],
             if side == "ours":
                 our_runs.append(await ours())
             else:
-                their_runs.append(theirs())
+                run = theirs()
+                their_runs.append(await run if inspect.isawaitable(run) else run)
             echo(f"run {n + 1}/{repeat}: {side} done")
     return our_runs, their_runs
 

@@ -17,13 +17,14 @@ pytestmark = pytest.mark.timeout(60)
 SERVER_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + "/"
 
 
-def bench(zookeeper: str, tmp_path: Path, *args: str) -> dict:
+def bench(zookeeper: str, tmp_path: Path, *args: str, side_by_side: bool = False) -> dict:
     out = tmp_path / "result.json"
     result = CliRunner().invoke(main, [
         "bench", *args, "--postgres-url", SERVER_URL, "--amqp-url", AMQP_URL,
         "--zookeeper-hosts", zookeeper, "--log-level", "WARNING", "--json-out", str(out)])
     assert result.exit_code == 0, (result.output, result.exception)
-    assert "median" not in result.output  # one run: no "median of" heading
+    if not side_by_side:  # (--vs-commit reports "medians of 1 run(s) each")
+        assert "median" not in result.output  # one run: no "median of" heading
     return json.loads(out.read_text())
 
 
@@ -59,6 +60,20 @@ def test_api_submits_and_reads(zookeeper: str, tmp_path: Path) -> None:
     median = result["median"]
     assert median["post"]["requests"] > 0 and median["get"]["requests"] > 0
     assert not median["post"]["errors"] and not median["get"]["errors"]
+
+
+def test_api_vs_commit_drives_the_other_commits_api_with_this_load_generator(
+        zookeeper: str, tmp_path: Path) -> None:
+    result = bench(zookeeper, tmp_path, "api", "--concurrency", "4", "--seconds", "0.5",
+                   "--vs-commit", "HEAD", "--repeat", "1", side_by_side=True)
+    ours, theirs = result["runs"]["ours"][0], result["runs"]["theirs"][0]
+    assert ours["source"] is None
+    assert theirs["source"].endswith(f"jobsched-at-{result['vs_commit'][:12]}")
+    for run in (ours, theirs):
+        for phase in ("post", "get"):
+            assert run[phase]["requests"] > 0 and not run[phase]["errors"]
+            assert run[phase]["api_cpu_us_per_request"] > 0
+    assert result["figures"]["submits/s"]["theirs"] > 0
 
 
 def test_burn_down_vs_celery(zookeeper: str, tmp_path: Path) -> None:
