@@ -230,8 +230,9 @@ def bench_priority(**params: Any) -> None:
 
 @bench.command("api")
 @click.option("--vs-commit", "vs_commit", metavar="REF",
-              help="Also run this scenario on another commit (exported beside the working "
-              "tree), runs alternating, and report the ratios.")
+              help="Also measure another commit's api (exported beside the working tree; "
+              "its schema, roles and CLI) with this load generator, runs alternating, "
+              "and report the ratios.")
 @click.option("--url", help="Base URL of a RUNNING api process (else one is started).")
 @click.option("--token", help="Bearer token for --url (also JOBSCHED_TOKEN).")
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 4096))
