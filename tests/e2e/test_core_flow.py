@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import aiohttp
+import orjson
 import pytest
 
 from jobsched_dev.api_client import ApiClient
@@ -183,22 +184,35 @@ async def test_list_filters_and_paginates(api: ApiClient) -> None:
 
 
 async def test_a_create_answers_the_job_as_every_read_shows_it(api: ApiClient) -> None:
-    # The create's answer is written from what was submitted and what the database set
-    # (no read back): it must be the job every later read shows, field for field.
-    created = await api.create({
+    # The create's answer is written from what the database returned and what was
+    # submitted (no read back): it must be the job every later read shows, byte for byte
+    # (jsonb's key order; 1e16 stored as 10000000000000000, -0.0 as 0).
+    job = {
         "name": "echoed", "schedule": "*/5 * * * *", "timezone": "Europe/Berlin",
         "kind": "http", "http": {"method": "POST", "url": "https://example.com/hook",
                                  "body": "é\u2028x", "headers": {"X-Team": "billing"}},
         "labels": {"team": "billing", "tier": "1"}, "retry": {"max_attempts": 3,
                                                               "backoff_s": 1.5},
         "start_at": "2031-01-01T00:00:00+02:00", "end_at": "2032-01-01T00:00:00Z",
-        "jitter_s": 2.25, "priority": "high", "max_runs": 7, "timeout_s": 0.001,
-    })
-    assert created["next_fire_at"] and created["last_execution"] is None
-    status, fetched, _ = await api.request("GET", f"/api/v1/jobs/{created['id']}")
-    assert status == 200 and fetched == created
+        "jitter_s": -0.0, "priority": "high", "max_runs": 7, "timeout_s": 1e-3,
+    }
+    plain = {"name": "echoed", "schedule": "0 0 1 1 *", "kind": "python",
+             "python": {"function": "sample_tasks:noop",
+                        "args": {"float": 1e16, "zero": -0.0, "n": [1, 2.5, None]}}}
+    headers = {"Authorization": f"Bearer {api.token}", "Content-Type": "application/json"}
+    for body in (job, plain):
+        async with api.session.post(f"{api.base}/api/v1/jobs", data=orjson.dumps(body),
+                                    headers=headers) as response:
+            assert response.status == 201, await response.text()
+            created = await response.read()
+        job_id = orjson.loads(created)["id"]
+        async with api.session.get(f"{api.base}/api/v1/jobs/{job_id}",
+                                   headers=headers) as response:
+            assert response.status == 200
+            assert await response.read() == created
     status, page, _ = await api.request("GET", "/api/v1/jobs?name=echoed")
-    assert status == 200 and page["items"] == [created]
+    assert status == 200 and len(page["items"]) == 2
+    assert orjson.loads(created) == page["items"][0]
 
 
 async def test_dead_executions_are_listed_and_can_be_retried(api: ApiClient) -> None:

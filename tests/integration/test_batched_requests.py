@@ -75,8 +75,10 @@ RICH = {
     "starting_deadline_s": 0.30000000000000004, "history": {"succeeded": 3, "failed": 0},
     "misfire": "skip", "max_catchup": 4, "concurrency": "forbid",
 }
-PLAIN = {"name": "plain", "schedule": "0 0 1 1 *", "kind": "python",
-         "python": {"function": "m:f", "args": {"x": [1, 2.5, None, "é"], "big": 2**62}}}
+# jsonb stores 1e16 as 10000000000000000 and -0.0 as 0: the answer must say what it stored.
+PLAIN = {"name": "plain", "schedule": "0 0 1 1 *", "kind": "python", "jitter_s": -0.0,
+         "python": {"function": "m:f", "args": {"x": [1, 2.5, None, "é"], "big": 2**62,
+                                                 "float": 1e16, "zero": -0.0}}}
 
 
 @pytest.mark.parametrize("spec", [RICH, PLAIN], ids=["rich", "plain"])
@@ -110,6 +112,8 @@ async def test_a_batched_create_stores_and_answers_what_a_keyed_one_does(
     for (_, answered), row in zip(made, stored, strict=True):
         assert {k: answered[k] for k in row if k in answered} == {
             k: row[k] for k in row if k in answered}
+        # as JSON, byte for byte: key order, 1e16 against 10000000000000000, -0.0 against 0
+        assert orjson.dumps(answered["spec"]) == orjson.dumps(row["spec"])
         assert {"id", "namespace", "state", "next_fire_at", "created_at", "updated_at",
                 "spec"} <= answered.keys()
 

@@ -90,3 +90,13 @@ def test_a_time_in_another_zone_keeps_its_offset() -> None:
 def test_anything_else_json_cannot_hold_is_still_refused() -> None:
     with pytest.raises(TypeError, match="set"):
         document_response({"spec": {1, 2}})
+
+
+def test_a_spec_key_named_as_a_field_does_not_replace_it() -> None:
+    row = _row(SPECS[0], "paused", None)
+    row["spec"] = {**row["spec"], "id": "not-the-id", "state": "active", "next_fire_at": "x"}
+    ours = _answer(row)
+    assert ours == _model(row).model_dump_json().encode()
+    shown = orjson.loads(ours)
+    assert shown["id"] == str(row["id"]) and shown["state"] == "paused"
+    assert shown["next_fire_at"] is None

@@ -70,8 +70,10 @@ def _json_row(create: _Create) -> dict[str, Any]:
     row = {"id": create.id, "namespace": create.namespace, "quota": create.quota,
            **create.values}
     for name in _TIMES:
-        if row[name] is not None:
-            row[name] = row[name].astimezone(UTC)
+        value = row[name]
+        if value is not None:  # naive: UTC, as asyncpg takes it for a timestamptz
+            row[name] = (value.astimezone(UTC) if value.tzinfo is not None
+                         else value.replace(tzinfo=UTC))
     return row
 
 
@@ -128,7 +130,7 @@ class PostgresJobs:
             if isinstance(created, Exception):
                 raise created
             if created is not None:
-                # The columns as given and those the database set: no row to read back.
+                # The columns as given, those the database set and the stored spec.
                 return {**values, "id": job_id, "namespace": namespace, **created,
                         "last_execution": None}, False
         async with self.pool.acquire() as conn, conn.transaction():
@@ -162,9 +164,10 @@ class PostgresJobs:
             self.pool, channel=WAKE_CHANNEL, margin=QUOTA_LOCK_MARGIN,
             notify=any(create.notify for create in creates),
             rows=[_json_row(create) for create in creates])
-        # What the database set (state, run_count, the times); create_job adds the rest.
+        # What the database set (state, run_count, the times) and the spec as stored;
+        # create_job adds the rest.
         by_id = {row[0]: {"state": row[1], "run_count": row[2], "created_at": row[3],
-                          "updated_at": row[4]} for row in rows}
+                          "updated_at": row[4], "spec": row[5]} for row in rows}
         return [by_id.get(create.id) for create in creates]
 
     @staticmethod

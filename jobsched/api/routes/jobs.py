@@ -57,7 +57,8 @@ def job_document(row: Row) -> dict[str, Any]:
     state), as JSON values for ``document_response``: byte for byte what
     ``JobOut.model_dump_json`` writes, without a model's validation and dump per job."""
     last = row["last_execution"]
-    return {
+    spec = row["spec"]
+    fields = {
         "id": row["id"],
         "namespace": row["namespace"],
         "state": row["state"],
@@ -68,8 +69,12 @@ def job_document(row: Row) -> dict[str, Any]:
         "updated_at": row["updated_at"],
         "last_execution": (ExecutionOut.model_validate(last).model_dump(mode="json")
                            if last else None),
-        **row["spec"],
     }
+    document = {**fields, **spec}  # the spec after the fields, as JobOut writes its extras
+    if len(document) != len(fields) + len(spec):  # a spec key named as a field: the
+        # field's value wins, as in JobOut
+        document.update(fields)
+    return document
 
 
 class FirstFireMissing(Exception):
