@@ -34,6 +34,8 @@ from jobsched_dev.bench.stats import distribution_ms
 from jobsched_dev.bench.tasks import NOOP
 from jobsched_dev.processes import source_env
 
+#: An answer slower than this is counted as an error ("TimeoutError").
+REQUEST_TIMEOUT_S = 30.0
 JOB = {"name": "bench-api", "schedule": "0 0 1 1 *", "kind": "python",
        "python": {"function": NOOP}}
 # The GET phases: one job; one execution of the history with its attempts; a job's history
@@ -54,6 +56,12 @@ class _Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, message: bytes) -> tuple[int, bytes]:
+        """One request and its answer; an api that stops answering fails it after
+        REQUEST_TIMEOUT_S (counted as an error) rather than hanging the benchmark."""
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            return await self._request(message)
+
+    async def _request(self, message: bytes) -> tuple[int, bytes]:
         if self.writer is None or self.reader is None:
             self.reader, self.writer = await asyncio.open_connection(
                 self.url.host, self.url.port, ssl=self.url.scheme == "https" or None)
@@ -82,7 +90,8 @@ class _Connection:
 
 def _message(url: URL, method: str, path: str, token: str | None, body: bytes = b"") -> bytes:
     """A whole request, ready to write."""
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {url.host}:{url.port}"]
+    host = f"[{url.host}]" if url.host and ":" in url.host else url.host  # IPv6
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{url.port}"]
     if token:
         lines.append(f"Authorization: Bearer {token}")
     if body:
@@ -117,8 +126,8 @@ async def _phase(url: str, phase: str, concurrency: int, seconds: float, token: 
                         status, _ = await connection.request(gets[rng.choice(ids)])
                         ok = status == 200
                     key = str(status)
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                        ValueError) as exc:
+                except (OSError, TimeoutError, asyncio.IncompleteReadError,
+                        asyncio.LimitOverrunError, ValueError) as exc:
                     ok, key = False, type(exc).__name__
                 if ok:
                     latencies.append(time.perf_counter() - began)
@@ -161,13 +170,14 @@ def _summary(result: dict[str, Any], cpu: dict[str, Any]) -> dict[str, Any]:
     """A phase's rate, errors, latency and CPU, with the api's CPU per request (what
     the api's own code costs, whatever the load generator and the machine's share)."""
     requests = len(result["latencies"])
-    api_s = sum(v["cpu_s"] for k, v in cpu.items() if k.startswith("api"))
+    api = [v["cpu_s"] for k, v in cpu.items() if k.startswith("api")]  # none with --url
     return {"requests": requests,
             "per_s": requests / result["elapsed"],
             "errors": result["errors"],
             "latency_ms": distribution_ms(result["latencies"]),
             "cpu": cpu,
-            "api_cpu_us_per_request": 1e6 * api_s / requests if requests else math.nan}
+            "api_cpu_us_per_request": 1e6 * sum(api) / requests if requests and api
+                                      else math.nan}
 
 
 async def measure_api(url: str, concurrency: int, seconds: float, token: str | None,
@@ -210,11 +220,17 @@ def _create_token(cluster: BenchCluster) -> str | None:
     return lines[-1].strip() if result.returncode == 0 and lines else None
 
 
-def _has_setting(name: str, source: Path | None) -> bool:
-    """Whether the api measured knows setting ``name`` (another commit's may not)."""
+def _settings_of(source: Path | None) -> frozenset[str]:
+    """The settings the api measured knows (another commit's may lack some), asked of
+    its own Settings."""
     if source is None:
-        return name in Settings.model_fields
-    return f"\n    {name}:" in (source / "jobsched" / "settings.py").read_text()
+        return frozenset(Settings.model_fields)
+    done = subprocess.run(
+        [sys.executable, "-c", "from jobsched.settings import Settings; "
+                               "print(' '.join(Settings.model_fields))"],
+        env=source_env({**os.environ, "PYTHONPATH": str(source)}), cwd=source,
+        capture_output=True, text=True, timeout=60, check=True)
+    return frozenset(done.stdout.split())
 
 
 async def run_api(services: Services, concurrency: int, seconds: float, clients: int,
@@ -224,24 +240,36 @@ async def run_api(services: Services, concurrency: int, seconds: float, clients:
     ``--vs-commit`` compares the apis, not two generators)."""
     cluster = make_cluster(services, options)
     cluster.source = source
+    known = await asyncio.to_thread(_settings_of, source)
     async with cluster:
-        if _has_setting("rate_limit_per_s", source):
+        if "rate_limit_per_s" in known:
             # The per-token limit guards a shared deployment; here it would cap what is
             # measured at the limit itself. --set rate_limit_per_s=N puts it back.
             cluster.settings.setdefault("JOBSCHED_RATE_LIMIT_PER_S", "0")
-        if _has_setting("max_active_jobs", source):
+        if "max_active_jobs" in known:
             # Likewise the per-namespace quota: a 30 s run creates far more than 10,000 jobs.
             cluster.settings.setdefault("JOBSCHED_MAX_ACTIVE_JOBS", "0")
         async with connect(cluster.database_url) as conn:
             preload_s = await preload_idle(conn, idle_schedules)
             loaded = await preload_history(conn, history)
         token = await asyncio.to_thread(_create_token, cluster)
-        await cluster.start_ready("api")
+        started = await cluster.start_ready("api")
+        # Where the api process runs from, as the system sees it (``--vs-commit``: the
+        # other commit's tree).
+        where = {"cwd": os.readlink(f"/proc/{proc.pid}/cwd"),
+                 "path": _environ(proc.pid).get("PYTHONPATH", "")} \
+            if started and (proc := started[0]).pid is not None else None
         result = await measure_api(cluster.api_url, concurrency, seconds, token, clients,
                                    cluster.meter, loaded if history else None)
     return {"scenario": "api", "idle_schedules": idle_schedules, "preload_s": preload_s,
             "history": history, "history_preload_s": loaded["preload_s"],
-            "source": str(source) if source else None, **result}
+            "source": str(source) if source else None, "api_process": where, **result}
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0")
+                if "=" in item)
 
 
 async def run_api_at(url: str, concurrency: int, seconds: float, clients: int,

@@ -67,8 +67,12 @@ def test_api_vs_commit_drives_the_other_commits_api_with_this_load_generator(
     result = bench(zookeeper, tmp_path, "api", "--concurrency", "4", "--seconds", "0.5",
                    "--vs-commit", "HEAD", "--repeat", "1", side_by_side=True)
     ours, theirs = result["runs"]["ours"][0], result["runs"]["theirs"][0]
-    assert ours["source"] is None
-    assert theirs["source"].endswith(f"jobsched-at-{result['vs_commit'][:12]}")
+    exported = f"jobsched-at-{result['vs_commit'][:12]}"
+    # Read from /proc of each api process: the other side's ran in the exported tree,
+    # with it first on its path; ours did not.
+    assert theirs["api_process"]["cwd"].endswith(exported)
+    assert theirs["api_process"]["path"].split(":")[0].endswith(exported)
+    assert exported not in ours["api_process"]["cwd"] + ours["api_process"]["path"]
     for run in (ours, theirs):
         for phase in ("post", "get"):
             assert run[phase]["requests"] > 0 and not run[phase]["errors"]
