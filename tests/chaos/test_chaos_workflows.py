@@ -21,7 +21,8 @@ RUN_OVER = ("succeeded", "failed", "cancelled", "skipped", "missed")
 
 NODE_EXECUTIONS = """
 SELECT r.id AS run_id, r.scheduled_for, r.state AS run_state, r.reason, r.epoch,
-       d.key, e.id AS execution_id, e.state, e.attempt, e.worker
+       d.key, e.id AS execution_id, e.state, e.attempt, e.worker,
+       extract(epoch FROM now() - e.started_at)::float8 AS running_s
 FROM workflow_runs r
 JOIN workflow_nodes d ON d.workflow_id = r.workflow_id AND d.version = r.version
 LEFT JOIN executions e ON e.workflow_run_id = r.id AND e.job_id = d.job_id
@@ -101,8 +102,13 @@ async def test_worker_killed_while_a_join_waits_on_its_parents(chaos: Chaos) -> 
             break
         assert time.monotonic() < deadline, rows
         await asyncio.sleep(0.05)
-    await asyncio.sleep(random.uniform(0.3, 1.0))
-    victim = chaos.cluster[sorted(workers)[0]]
+    # The worker whose parent started last, killed while that parent still runs: 1.5 s
+    # into its 3 s at the latest (a loaded machine may notice the runs late).
+    newest = min((r for r in running if r["running_s"] is not None),
+                 key=lambda r: r["running_s"], default=running[0])
+    age = newest["running_s"] or 0.0
+    await asyncio.sleep(max(0.0, min(random.uniform(0.3, 1.0), 1.5 - age)))
+    victim = chaos.cluster[newest["worker"]]
     killed_at = time.time()
     victim.kill()
     victim.start()
