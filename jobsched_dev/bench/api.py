@@ -14,8 +14,6 @@ import asyncio
 import math
 import os
 import random
-import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -32,7 +30,6 @@ from jobsched_dev.bench.lateness import preload_idle
 from jobsched_dev.bench.procstat import CpuMeter
 from jobsched_dev.bench.stats import distribution_ms
 from jobsched_dev.bench.tasks import NOOP
-from jobsched_dev.processes import source_env
 
 #: An answer slower than this is counted as an error ("TimeoutError").
 REQUEST_TIMEOUT_S = 30.0
@@ -211,25 +208,20 @@ async def measure_api(url: str, concurrency: int, seconds: float, token: str | N
 
 def _create_token(cluster: BenchCluster) -> str | None:
     """A token from ``jobsched token create`` where the api requires one, else None."""
-    result = subprocess.run(
-        [sys.executable, "-m", "jobsched", "token", "create", "--namespace", "default",
-         "--role", "admin"],
-        env=source_env(cluster.env()), cwd=cluster.source, capture_output=True, text=True,
-        timeout=30, check=False)
+    result = cluster.run_python("-m", "jobsched", "token", "create", "--namespace",
+                                "default", "--role", "admin", timeout=30)
     lines = result.stdout.strip().splitlines()
     return lines[-1].strip() if result.returncode == 0 and lines else None
 
 
-def _settings_of(source: Path | None) -> frozenset[str]:
+def _settings_of(cluster: BenchCluster) -> frozenset[str]:
     """The settings the api measured knows (another commit's may lack some), asked of
     its own Settings."""
-    if source is None:
+    if cluster.source is None:
         return frozenset(Settings.model_fields)
-    done = subprocess.run(
-        [sys.executable, "-c", "from jobsched.settings import Settings; "
-                               "print(' '.join(Settings.model_fields))"],
-        env=source_env({**os.environ, "PYTHONPATH": str(source)}), cwd=source,
-        capture_output=True, text=True, timeout=60, check=True)
+    done = cluster.run_python("-c", "from jobsched.settings import Settings; "
+                                    "print(' '.join(Settings.model_fields))", timeout=60)
+    done.check_returncode()
     return frozenset(done.stdout.split())
 
 
@@ -240,7 +232,7 @@ async def run_api(services: Services, concurrency: int, seconds: float, clients:
     ``--vs-commit`` compares the apis, not two generators)."""
     cluster = make_cluster(services, options)
     cluster.source = source
-    known = await asyncio.to_thread(_settings_of, source)
+    known = await asyncio.to_thread(_settings_of, cluster)
     async with cluster:
         if "rate_limit_per_s" in known:
             # The per-token limit guards a shared deployment; here it would cap what is

@@ -115,10 +115,8 @@ class BenchCluster:
         if self.source is None:
             await postgres.migrate(self.database_url)
         else:
-            done = await asyncio.to_thread(
-                subprocess.run, [sys.executable, "-m", "jobsched", "migrate"],
-                env=source_env(self.env()), cwd=self.source, capture_output=True, text=True,
-                timeout=120, check=False)
+            done = await asyncio.to_thread(self.run_python, "-m", "jobsched", "migrate",
+                                           timeout=120)
             if done.returncode != 0:
                 raise RuntimeError(f"`jobsched migrate` of {self.source} exited "
                                    f"{done.returncode}: {done.stderr[-2000:]}")
@@ -144,6 +142,13 @@ class BenchCluster:
         env.update(self.settings)
         env.update(overrides)
         return env
+
+    def run_python(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """``python ARGS`` as this deployment's roles run: its environment, and from the
+        other commit's tree (``source``) when there is one; output captured."""
+        return subprocess.run([sys.executable, *args], env=source_env(self.env()),
+                              cwd=self.source, capture_output=True, text=True,
+                              timeout=timeout, check=False)
 
     def start(self, *roles: str) -> RoleProcess:
         """Start one process hosting ``roles`` (not waiting for it: see ``wait_ready``)."""

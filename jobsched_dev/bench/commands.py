@@ -218,13 +218,9 @@ def vs_commit(ref: str, scenario: str, args: list[str], ours: Callable[[], Any],
     sha, folder = other.tree_of(ref)
     echo(f"{scenario}: this tree against {ref} ({sha[:12]}, exported to {folder}), "
          f"{repeat} run(s) each, alternating")
-    if theirs is None:
-        def run_theirs() -> Any:
-            return other.run_at(folder, scenario, args, section=section)
-    else:
-        def run_theirs() -> Any:
-            return theirs(folder)
-    ours_runs, their_runs = asyncio.run(other.alternate(ours, run_theirs, repeat, echo))
+    run = theirs or (lambda tree: other.run_at(tree, scenario, args, section=section))
+    ours_runs, their_runs = asyncio.run(other.alternate(ours, lambda: run(folder), repeat,
+                                                        echo))
     result = other.compare(ours_runs, their_runs, figures)
     result.update({"scenario": scenario, "vs_commit": sha, "repeat": repeat,
                    "runs": {"ours": ours_runs, "theirs": their_runs},
