@@ -151,3 +151,34 @@ async def test_a_cancelled_wait_leaves_the_others_of_its_instant_waiting() -> No
         await cancelled
     await asyncio.wait_for(kept, 1)
     assert time.time() >= due.timestamp()
+
+
+def test_waits_registered_in_one_long_loop_turn_wake_on_time_under_uvloop() -> None:
+    """uvloop times its wait for the next timer from the clock as last read: a timer set at
+    the start of a long turn (1,000 runs going to sleep together, 60 µs each here) fired
+    as late as the rest of that turn took (~60 ms) before each wait read the clock."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def late_ms() -> float:
+        alarms = Alarms()
+        loop = asyncio.get_running_loop()
+        due = datetime.now(UTC) + timedelta(milliseconds=300)
+        gate: asyncio.Future[None] = loop.create_future()
+        woke: list[float] = []
+
+        async def claimed_then_sleeps() -> None:
+            await gate
+            busy = time.perf_counter()
+            while time.perf_counter() - busy < 60e-6:  # a claim's continuation
+                pass
+            await alarms.until(due)
+            woke.append(time.time())
+
+        sleepers = [asyncio.ensure_future(claimed_then_sleeps()) for _ in range(1000)]
+        await asyncio.sleep(0.01)
+        gate.set_result(None)  # all of them go on in one loop turn
+        await asyncio.gather(*sleepers)
+        return (woke[0] - due.timestamp()) * 1000
+
+    late = uvloop.run(late_ms())
+    assert 0 <= late < 30, late  # unguarded: the turn's 60 ms and more
