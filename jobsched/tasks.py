@@ -55,6 +55,13 @@ class TaskRegistry:
         """How the task registered as ``name`` runs: ``thread`` unless it asked otherwise."""
         return self._isolation.get(name, "thread")
 
+    def on_thread(self, name: str) -> bool:
+        """Whether the task registered as ``name`` is a plain function run on one of the
+        worker's task threads (not a coroutine function, not in a child process)."""
+        function = self._tasks.get(name)
+        return (function is not None and self.isolation(name) == "thread"
+                and not inspect.iscoroutinefunction(function))
+
     def names(self) -> list[str]:
         return sorted(self._tasks)
 

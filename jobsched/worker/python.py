@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,12 +45,33 @@ THREAD_NOT_INTERRUPTED = (
     "child process that is killed instead)")
 
 
+class ThreadRun:
+    """A plain function's run on a ``ThreadRunner``: ``future`` is its outcome, ``ended``
+    (if given) resolves when the function really returns; ``began`` is the wall-clock time
+    (``time.time()``) its thread called it, None while it waits for a thread. Set by the
+    thread, read by the loop."""
+
+    __slots__ = ("began", "ended", "function", "future")
+
+    def __init__(self, function: Callable[[], Any], future: asyncio.Future[Any],
+                 ended: asyncio.Future[None] | None) -> None:
+        self.function = function
+        self.future = future
+        self.ended = ended
+        self.began: float | None = None
+
+
 class ThreadRunner:
     """Threads that run plain-function tasks, cheaper for the event loop than
-    ``run_in_executor``: a start is one put on a queue, and results come back in batches
-    (one loop wake-up for all the runs that ended meanwhile). Runs due at the same instant
-    are started one after another on the loop, so this per-start cost, times their number,
-    is the lateness of the last one (``jobsched bench lateness``).
+    ``run_in_executor``: a start is an append to a queue, the threads are woken once per
+    loop turn for all the runs queued in it, and results come back in batches (one loop
+    wake-up for all the runs that ended meanwhile). Runs due at the same instant are
+    queued one after another on the loop, so the per-start cost, times their number, is
+    the lateness of the last one (``jobsched bench lateness``); threads woken in the middle
+    of that took the interpreter's lock from it.
+
+    A run's ``began`` is when its thread really called it: a run may wait for a thread
+    (more runs than threads), and its recorded start is not earlier than its start.
 
     Waiting runs are served by priority band, by the same weighted round robin as the run
     slots: a high run queued behind a backlog of low ones starts at the next free thread.
@@ -61,51 +83,80 @@ class ThreadRunner:
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or min(32, (os.cpu_count() or 1) + 4)
-        self._work: dict[Priority, collections.deque[
-            tuple[Callable[[], Any], asyncio.Future[Any], asyncio.Future[None] | None]]] = {
+        self._work: dict[Priority, collections.deque[ThreadRun]] = {
             band: collections.deque() for band in Priority}
+        self._queued = 0  # runs in _work (changed under _ready)
+        self._idle = 0  # threads waiting for work (changed under _ready)
         self._ready = threading.Condition()
         self._picks = WeightedRoundRobin()
-        self._ended: collections.deque[tuple[asyncio.Future[Any], asyncio.Future[None] | None,
-                                             Any, BaseException | None]] = collections.deque()
+        self._incoming: list[tuple[ThreadRun, Priority]] = []  # this loop turn's submits
+        self._ended: collections.deque[tuple[ThreadRun, Any, BaseException | None]] = (
+            collections.deque())
         self._lock = threading.Lock()
         self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = 0
 
     def submit(self, function: Callable[[], Any], band: Priority = Priority.NORMAL,
-               ended: asyncio.Future[None] | None = None) -> asyncio.Future[Any]:
-        loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+               ended: asyncio.Future[None] | None = None) -> ThreadRun:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop: what a closed one left to hand over is moot
+            self._loop, self._incoming = loop, []
+        run = ThreadRun(function, loop.create_future(), ended)
+        if not self._incoming:
+            loop.call_soon(self._hand_over)
+        self._incoming.append((run, band))
+        return run
+
+    def called(self, run: ThreadRun) -> bool:
+        """Whether a thread has called the run's function, or will: once its future is
+        cancelled (a timeout, a cancel), this answer does not change."""
+        with self._lock:
+            return run.began is not None
+
+    def _hand_over(self) -> None:
+        """Queue this loop turn's runs for the threads and wake as many as they need,
+        starting threads (up to ``threads``) when the idle ones are too few."""
+        incoming, self._incoming = self._incoming, []
         with self._ready:
-            self._work[band].append((function, future, ended))
-            self._ready.notify()
-        if self._started < self.threads:  # threads start as the work needs them
+            for run, band in incoming:
+                self._work[band].append(run)
+            self._queued += len(incoming)
+            self._ready.notify(len(incoming))
+            lacking = min(self._queued - self._idle, self.threads - self._started)
+        for _ in range(max(0, lacking)):
             self._started += 1
             threading.Thread(target=self._serve, name=f"task-{self._started}",
                              daemon=True).start()
-        return future
 
-    def _next(self) -> tuple[Callable[[], Any], asyncio.Future[Any], asyncio.Future[None] | None]:
+    def _next(self) -> ThreadRun:
         with self._ready:
-            while True:
-                waiting = [band for band, work in self._work.items() if work]
-                if waiting:
-                    band = waiting[0] if len(waiting) == 1 else self._picks.pick(waiting)
-                    return self._work[band].popleft()
-                self._ready.wait()
+            while not self._queued:
+                self._idle += 1
+                try:
+                    self._ready.wait()
+                finally:
+                    self._idle -= 1
+            self._queued -= 1
+            waiting = [band for band, work in self._work.items() if work]
+            band = waiting[0] if len(waiting) == 1 else self._picks.pick(waiting)
+            return self._work[band].popleft()
 
     def _serve(self) -> None:
         while True:
-            function, future, ended = self._next()
-            if future.cancelled():  # cancelled or timed out while it waited: not run at all
+            run = self._next()
+            with self._lock:  # against a timeout that reads began (called)
+                skipped = run.future.cancelled()  # cancelled or timed out while it waited
+                if not skipped:
+                    run.began = time.time()
+            if skipped:
                 value, error = None, None
             else:
                 try:
-                    value, error = function(), None
+                    value, error = run.function(), None
                 except BaseException as exc:  # noqa: BLE001 - the task's failure, handed back
                     value, error = None, exc
-            self._ended.append((future, ended, value, error))
+            self._ended.append((run, value, error))
             with self._lock:
                 if self._wake_pending:
                     continue
@@ -121,7 +172,8 @@ class ThreadRunner:
         with self._lock:
             self._wake_pending = False
         while self._ended:
-            future, ended, value, error = self._ended.popleft()
+            run, value, error = self._ended.popleft()
+            future, ended = run.future, run.ended
             if future.get_loop() is not self._loop:
                 continue  # asked for by a closed loop
             if ended is not None and not ended.done():
@@ -181,6 +233,7 @@ async def run_python(
     if registry.isolation(name) == "process":
         return await _run_in_process(name, function, kwargs, timeout_s, output_limit, masked,
                                      node, killed, output)
+    thread_run: ThreadRun | None = None
     on_thread = False
     try:
         # Not wait_for: no extra task per run (the start of many runs due at the same
@@ -197,8 +250,9 @@ async def run_python(
                 call = functools.partial(call_with_traceback, function, kwargs, output)
                 if threads is not None:
                     ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    thread_run = threads.submit(call, band, ended)
                     try:
-                        value = await threads.submit(call, band, ended)
+                        value = await thread_run.future
                     except asyncio.CancelledError:
                         if linger is not None and not ended.done():
                             linger(ended)
@@ -206,16 +260,26 @@ async def run_python(
                 else:
                     value = await asyncio.get_running_loop().run_in_executor(None, call)
     except TimeoutError:
+        if threads is not None and thread_run is not None and not threads.called(thread_run):
+            return AttemptResult(AttemptOutcome.TIMED_OUT,
+                                 error=f"timed out after {timeout_s:g}s waiting for one of "
+                                       f"the worker's {threads.threads} task threads: the "
+                                       "function was not called",
+                                 output=output.render(output_limit, masked))
         error = f"timed out after {timeout_s:g}s"
         if on_thread:
             error += f"; {THREAD_NOT_INTERRUPTED}"
-        return AttemptResult(AttemptOutcome.TIMED_OUT, error=error,
-                             output=output.render(output_limit, masked))
+        result = AttemptResult(AttemptOutcome.TIMED_OUT, error=error,
+                               output=output.render(output_limit, masked))
     except Exception as exc:  # noqa: BLE001 - the task's failure is the attempt's outcome
-        return AttemptResult(AttemptOutcome.FAILED,
-                             error=mask_bounded(f"{type(exc).__name__}: {exc}", masked, 4000),
-                             output=output.render(output_limit, masked))
-    return _succeeded(value, output_limit, masked, node, output)
+        result = AttemptResult(AttemptOutcome.FAILED,
+                               error=mask_bounded(f"{type(exc).__name__}: {exc}", masked, 4000),
+                               output=output.render(output_limit, masked))
+    else:
+        result = _succeeded(value, output_limit, masked, node, output)
+    if thread_run is not None and thread_run.began is not None:
+        return dataclasses.replace(result, began=thread_run.began)
+    return result
 
 
 def _succeeded(value: Any, output_limit: int, masked: Sequence[str],

@@ -18,6 +18,9 @@ class AttemptResult:
     error: str | None = None
     output: str | None = None
     result: str | None = None  # a workflow node's return value, as JSON text
+    # When a plain function queued for a thread was really called (time.time()); None for
+    # every other run, which starts when the worker begins it.
+    began: float | None = None
 
 
 def render_output(data: bytes, total: int, limit: int, secrets: Sequence[str]) -> str:

@@ -852,14 +852,30 @@ class Worker:
                                      error=f"the node's inputs could not be read: {exc!r}")
         started = datetime.now(UTC)
         self._started_at[claimed.id] = started
-        if claimed.attempt == 1:
-            if node is None:
-                late = (started - claimed.scheduled_for).total_seconds()
-                self.metrics.run_lateness.observe(max(0.0, late), claimed.band)
-            elif node.ready_at is not None:  # a node is due when its parents let it
-                latency = (started - node.ready_at).total_seconds()
-                self.metrics.workflow_node_start_latency.observe({}, max(0.0, latency))
-        return await self._execute(claimed, node)
+        # A plain function may wait for a task thread: it started when its thread called it
+        # (the result says when), not now.
+        on_thread = (claimed.kind == "python"
+                     and self.registry.on_thread(claimed.payload.get("function", "")))
+        if not on_thread:
+            self._observe_start(claimed, node, started)
+        result = await self._execute(claimed, node)
+        if result.began is not None:
+            began = datetime.fromtimestamp(result.began, UTC)
+            self._started_at[claimed.id] = began
+            self._observe_start(claimed, node, began)
+        return result
+
+    def _observe_start(self, claimed: ClaimedExecution, node: NodeInputs | None,
+                       started: datetime) -> None:
+        """A first attempt's lateness, or a workflow node's wait after its parents."""
+        if claimed.attempt != 1:
+            return
+        if node is None:
+            late = (started - claimed.scheduled_for).total_seconds()
+            self.metrics.run_lateness.observe(max(0.0, late), claimed.band)
+        elif node.ready_at is not None:  # a node is due when its parents let it
+            latency = (started - node.ready_at).total_seconds()
+            self.metrics.workflow_node_start_latency.observe({}, max(0.0, latency))
 
     async def _node_inputs(self, claimed: ClaimedExecution) -> NodeInputs:
         """A workflow node's run input and upstream values, read through a short database

@@ -107,6 +107,51 @@ async def test_a_timed_out_thread_is_handed_to_linger_until_it_ends() -> None:
     assert time.monotonic() - started >= 0.5
 
 
+async def test_a_run_on_a_thread_says_when_its_thread_called_it() -> None:
+    """One thread, two runs: the second waits for the first, and its ``began`` is when its
+    thread called it, not when it was queued; a coroutine function's run says nothing (it
+    starts when the worker begins it)."""
+    runner = ThreadRunner(1)
+    queued = time.time()
+    first, second = await asyncio.gather(
+        run_python({"function": "t:_sleepy", "args": {"seconds": 0.3}}, 5, 1000, REGISTRY,
+                   CONTEXT, runner),
+        run_python({"function": "t:_sleepy", "args": {"seconds": 0}}, 5, 1000, REGISTRY,
+                   CONTEXT, runner))
+    assert first.began is not None and second.began is not None
+    assert queued <= first.began < queued + 0.2
+    assert second.began >= first.began + 0.3
+    on_loop = await run_python({"function": "t:_async_sleepy", "args": {"seconds": 0}}, 5,
+                               1000, REGISTRY, CONTEXT, runner)
+    assert on_loop.outcome == "succeeded" and on_loop.began is None
+
+
+async def test_a_run_timed_out_waiting_for_a_thread_was_never_called() -> None:
+    calls: list[str] = []
+    registry = TaskRegistry()
+    registry.register(_sleepy, "t:_sleepy")
+    registry.register(lambda: calls.append("called"), "t:records")
+    runner = ThreadRunner(1)
+    busy = asyncio.ensure_future(run_python({"function": "t:_sleepy", "args": {"seconds": 0.4}},
+                                            5, 1000, registry, CONTEXT, runner))
+    await asyncio.sleep(0.05)  # the thread has taken it
+    waited = await run_python({"function": "t:records"}, 0.1, 1000, registry, CONTEXT, runner)
+    assert waited.outcome == "timed_out" and waited.began is None
+    assert waited.error == ("timed out after 0.1s waiting for one of the worker's 1 task "
+                            "threads: the function was not called")
+    assert (await busy).outcome == "succeeded"
+    await asyncio.sleep(0.1)
+    assert calls == []  # the thread that came free skipped it
+
+
+async def test_threads_start_as_the_queued_runs_need_them() -> None:
+    runner = ThreadRunner(4)
+    await asyncio.gather(*(_run("t:_sleepy", threads=runner, seconds=0.05) for _ in range(2)))
+    assert runner._started == 2  # two runs at once: two threads, not four
+    await asyncio.gather(*(_run("t:_sleepy", threads=runner, seconds=0.05) for _ in range(9)))
+    assert runner._started == 4
+
+
 async def test_a_run_that_ends_in_time_lingers_not() -> None:
     lingering: list[asyncio.Future[None]] = []
     result = await run_python({"function": "t:_sleepy", "args": {"seconds": 0}}, 1, 1000,

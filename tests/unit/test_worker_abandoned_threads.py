@@ -15,6 +15,7 @@ from jobsched.messages import AttemptMessage
 from jobsched.metrics import Metrics
 from jobsched.settings import Settings
 from jobsched.tasks import TaskRegistry
+from jobsched.worker.python import ThreadRunner
 from jobsched.worker.worker import Worker
 from tests.unit.fakes import (
     Events,
@@ -138,6 +139,74 @@ async def test_a_cancelled_thread_keeps_its_job_lock_until_it_returns() -> None:
                 break
             await asyncio.sleep(0.02)
         assert returned.is_set() and coordinator.released == ["released"]
+    finally:
+        gate.set()
+        stop.set()
+        await asyncio.wait_for(running, 5)
+
+
+async def test_a_run_waiting_for_a_thread_records_when_its_thread_called_it() -> None:
+    """More plain-function runs than task threads: a run claimed while every thread is
+    busy starts when a thread calls it, and that is the start its result records (not
+    when the worker began the attempt and queued it)."""
+    events = Events()
+    gate = threading.Event()
+    called: dict[str, datetime] = {}
+
+    def blocks(label: str) -> None:
+        called[label] = datetime.now(UTC)
+        if label == "first":
+            gate.wait(10)
+
+    class Recording(FakeWorkerStore):
+        def __init__(self) -> None:
+            super().__init__(events, payload={"function": "tests:blocks"})
+            self.started: dict[uuid.UUID, datetime | None] = {}
+
+        async def finish_attempts(self, results, worker):  # type: ignore[no-untyped-def]
+            for result in results:
+                self.started[result.execution_id] = result.started_at
+            return await super().finish_attempts(results, worker)
+
+    registry = TaskRegistry()
+    registry.register(blocks, "tests:blocks")
+    store = Recording()
+    broker = FakeBroker(events)
+    worker = Worker(Settings(instance="w1"), store, broker, registry,
+                    metrics=Metrics("worker", "w1"))
+    worker._threads = ThreadRunner(1)  # one task thread: the second run waits for it
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.wait_for(broker.consuming.wait(), 5)
+    ids = {}
+
+    async def until(check: object) -> None:
+        for _ in range(200):
+            if check():  # type: ignore[operator]
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("condition not met in time")
+
+    try:
+        for label in ("first", "second"):
+            store.payload = {"function": "tests:blocks", "args": {"label": label}}
+            execution = store.add(StoredExecution(uuid.uuid4(), uuid.uuid4(), 1,
+                                                   datetime.now(UTC)))
+            broker.deliver(AttemptMessage(execution.id, execution.job_id, 1).encode(), label)
+            ids[label] = execution.id
+            await until(lambda: events.count("claim") == len(ids))
+            if label == "first":
+                await until(lambda: list(called) == ["first"])
+        assert list(called) == ["first"]  # claimed, but its thread is busy
+        await asyncio.sleep(0.3)
+        opened = datetime.now(UTC)
+        gate.set()
+        await until(lambda: len(store.started) == 2)
+        second = store.started[ids["second"]]
+        assert second is not None and second >= opened  # not when it was claimed and queued
+        assert abs((second - called["second"]).total_seconds()) < 0.05
+        first = store.started[ids["first"]]
+        assert first is not None and first < opened
     finally:
         gate.set()
         stop.set()
