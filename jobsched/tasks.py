@@ -37,6 +37,7 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, Callable[..., Any]] = {}
         self._isolation: dict[str, Isolation] = {}
+        self._on_thread: dict[str, bool] = {}  # asked once per run: worked out once per task
 
     def register(self, function: Callable[..., Any], name: str | None = None,
                  isolation: Isolation = "thread") -> str:
@@ -46,6 +47,8 @@ class TaskRegistry:
         key = name or f"{function.__module__}:{function.__qualname__}"
         self._tasks[key] = function
         self._isolation[key] = isolation
+        self._on_thread[key] = (isolation == "thread"
+                                and not inspect.iscoroutinefunction(function))
         return key
 
     def get(self, name: str) -> Callable[..., Any] | None:
@@ -58,9 +61,7 @@ class TaskRegistry:
     def on_thread(self, name: str) -> bool:
         """Whether the task registered as ``name`` is a plain function run on one of the
         worker's task threads (not a coroutine function, not in a child process)."""
-        function = self._tasks.get(name)
-        return (function is not None and self.isolation(name) == "thread"
-                and not inspect.iscoroutinefunction(function))
+        return self._on_thread.get(name, False)
 
     def names(self) -> list[str]:
         return sorted(self._tasks)

@@ -8,7 +8,6 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import inspect
 import logging
 import os
 import signal
@@ -240,7 +239,7 @@ async def run_python(
         # instant is this function's cost times their number); and not asyncio.timeout:
         # no timer per run either (jobsched.worker.deadlines).
         async with _DEADLINES.timeout(timeout_s):
-            if inspect.iscoroutinefunction(function):
+            if not registry.on_thread(name):  # a coroutine function: on the loop
                 with routed_to(output):
                     value = await await_with_traceback(function, kwargs, output)
             else:
