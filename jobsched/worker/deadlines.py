@@ -121,10 +121,17 @@ class Alarms:
 
     async def until(self, when: datetime) -> None:
         """Return once ``when`` (aware) has come: at once if it has."""
+        alarm = self.alarm(when)
+        if alarm is not None:
+            await alarm
+
+    def alarm(self, when: datetime) -> asyncio.Future[None] | None:
+        """A future resolved once ``when`` (aware) has come, None if it has: for what is
+        done then without waking a task (a cancel of it cancels only itself)."""
         due = math.ceil(when.timestamp() * 1000)
         ahead = due / 1000 - time.time()
         if ahead <= 0:
-            return
+            return None
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._loop, self._waiting = loop, {}
@@ -134,10 +141,9 @@ class Alarms:
             loop.call_at(loop.time() + ahead, self._ring, due)
         else:
             loop.time()  # uvloop's clock, read now (see above)
-        # A future of its own: a cancelled wait cancels only itself.
         future: asyncio.Future[None] = loop.create_future()
         waiters.append(future)
-        await future
+        return future
 
     def _ring(self, due: int) -> None:
         ahead = due / 1000 - time.time()

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -30,12 +31,14 @@ from jobsched.worker.capture import (
     read_into,
     routed_to,
 )
-from jobsched.worker.deadlines import Deadlines
+from jobsched.worker.deadlines import Alarms, Deadlines
 from jobsched.worker.results import AttemptResult
 from jobsched.worker.secrets import longest, mask, mask_bounded
 
 #: The timeouts of in-process runs (a timer per 50 ms of deadlines, not per run).
 _DEADLINES = Deadlines()
+#: When runs given a ``due`` time start.
+_ALARMS = Alarms()
 
 #: Said of a plain function on a thread that was timed out or cancelled.
 THREAD_NOT_INTERRUPTED = (
@@ -64,10 +67,12 @@ class ThreadRunner:
     """Threads that run plain-function tasks, cheaper for the event loop than
     ``run_in_executor``: a start is an append to a queue, the threads are woken once per
     loop turn for all the runs queued in it, and results come back in batches (one loop
-    wake-up for all the runs that ended meanwhile). Runs due at the same instant are
-    queued one after another on the loop, so the per-start cost, times their number, is
-    the lateness of the last one (``jobsched bench lateness``); threads woken in the middle
-    of that took the interpreter's lock from it.
+    wake-up for all the runs that ended meanwhile). Runs claimed ahead of their time are
+    queued by their alarm (``submit``'s ``due``) when it rings, all of an instant in one
+    loop turn: before, each run's task was woken at the instant and queued its run, 15-20
+    µs of the loop each, so the last of 1,000 due together started 15-50 ms late (``jobsched
+    bench lateness``); threads woken in the middle of such a burst took the interpreter's
+    lock from the loop.
 
     A run's ``began`` is when its thread really called it: a run may wait for a thread
     (more runs than threads), and its recorded start is not earlier than its start.
@@ -97,15 +102,31 @@ class ThreadRunner:
         self._started = 0
 
     def submit(self, function: Callable[[], Any], band: Priority = Priority.NORMAL,
-               ended: asyncio.Future[None] | None = None) -> ThreadRun:
+               ended: asyncio.Future[None] | None = None,
+               due: asyncio.Future[None] | None = None) -> ThreadRun:
+        """Queue a run for the threads; if ``due`` (an alarm: ``Alarms.alarm``) is given,
+        once it rings: the runs due at one instant are handed over together then, no task
+        woken for any of them (a run cancelled before is never queued)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new loop: what a closed one left to hand over is moot
             self._loop, self._incoming = loop, []
         run = ThreadRun(function, loop.create_future(), ended)
-        if not self._incoming:
-            loop.call_soon(self._hand_over)
-        self._incoming.append((run, band))
+        if due is None or due.done():
+            self._queue(run, band)
+        else:
+            due.add_done_callback(functools.partial(self._rang, run, band))
         return run
+
+    def _rang(self, run: ThreadRun, band: Priority, due: asyncio.Future[None]) -> None:
+        if not run.future.cancelled():
+            self._queue(run, band)
+        elif run.ended is not None and not run.ended.done():
+            run.ended.set_result(None)  # cancelled before it was due: never called
+
+    def _queue(self, run: ThreadRun, band: Priority) -> None:
+        if not self._incoming:
+            run.future.get_loop().call_soon(self._hand_over)
+        self._incoming.append((run, band))
 
     def called(self, run: ThreadRun) -> bool:
         """Whether a thread has called the run's function, or will: once its future is
@@ -198,9 +219,13 @@ async def run_python(
     linger: Callable[[asyncio.Future[None]], None] | None = None,
     killed: Callable[[str], None] | None = None,
     output: OutputBuffer | None = None,
+    due: datetime | None = None,
 ) -> AttemptResult:
-    """``masked``: values no recorded output or error may show (the worker's own
-    credentials), masked before either is cut to its limit. A workflow node (``node``
+    """``due``: the run starts then, not before (a run claimed ahead of its time), and its
+    timeout counts from then; a plain function on ``threads`` is queued for them by an
+    alarm, with no task woken for it at that instant. ``masked``: values no recorded output
+    or error may show (the worker's own credentials), masked before either is cut to its
+    limit. A workflow node (``node``
     given) is also passed ``upstream`` and ``input`` if it declares them, and its return
     value is kept as JSON for its children: a value that is not JSON, or larger than the
     output limit, fails the run. ``linger`` is called, when a plain function's run on
@@ -229,7 +254,11 @@ async def run_python(
             kwargs["upstream"] = node.upstream
         if "input" in declared:
             kwargs["input"] = node.input
+    alarm = None if due is None else _ALARMS.alarm(due)
+    lead = 0.0 if alarm is None or due is None else max(0.0, due.timestamp() - time.time())
     if registry.isolation(name) == "process":
+        if alarm is not None:
+            await alarm
         return await _run_in_process(name, function, kwargs, timeout_s, output_limit, masked,
                                      node, killed, output)
     thread_run: ThreadRun | None = None
@@ -238,8 +267,10 @@ async def run_python(
         # Not wait_for: no extra task per run (the start of many runs due at the same
         # instant is this function's cost times their number); and not asyncio.timeout:
         # no timer per run either (jobsched.worker.deadlines).
-        async with _DEADLINES.timeout(timeout_s):
+        async with _DEADLINES.timeout(timeout_s + lead):
             if not registry.on_thread(name):  # a coroutine function: on the loop
+                if alarm is not None:
+                    await alarm
                 with routed_to(output):
                     value = await await_with_traceback(function, kwargs, output)
             else:
@@ -247,9 +278,11 @@ async def run_python(
                 # and the thread runs out; ``linger`` is given what resolves when it does.
                 on_thread = True
                 call = functools.partial(call_with_traceback, function, kwargs, output)
+                if threads is None and alarm is not None:
+                    await alarm
                 if threads is not None:
                     ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                    thread_run = threads.submit(call, band, ended)
+                    thread_run = threads.submit(call, band, ended, alarm)
                     try:
                         value = await thread_run.future
                     except asyncio.CancelledError:

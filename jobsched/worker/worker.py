@@ -840,9 +840,18 @@ class Worker:
                 delay = min(delay * 2, 1.0)
 
     async def _execute_now(self, claimed: ClaimedExecution) -> AttemptResult:
-        # Claimed just ahead of its time: it starts when due, woken with the other runs due
-        # at that instant.
-        await self._alarms.until(claimed.scheduled_for)
+        # A plain function may wait for a task thread: it started when its thread called it
+        # (the result says when), not now.
+        on_thread = (claimed.kind == "python"
+                     and self.registry.on_thread(claimed.payload.get("function", "")))
+        # Claimed just ahead of its time: it starts when due. A plain function is queued
+        # for the task threads then by its alarm (run_python's due), with the other runs of
+        # that instant and without its task being woken; any other run is woken then.
+        due: datetime | None = None
+        if on_thread and claimed.workflow_run_id is None:
+            due = claimed.scheduled_for
+        else:
+            await self._alarms.until(claimed.scheduled_for)
         node: NodeInputs | None = None
         if claimed.workflow_run_id is not None:
             try:
@@ -850,15 +859,11 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - this attempt fails; a retry may not
                 return AttemptResult(AttemptOutcome.FAILED,
                                      error=f"the node's inputs could not be read: {exc!r}")
-        started = datetime.now(UTC)
+        started = datetime.now(UTC) if due is None else max(datetime.now(UTC), due)
         self._started_at[claimed.id] = started
-        # A plain function may wait for a task thread: it started when its thread called it
-        # (the result says when), not now.
-        on_thread = (claimed.kind == "python"
-                     and self.registry.on_thread(claimed.payload.get("function", "")))
         if not on_thread:
             self._observe_start(claimed, node, started)
-        result = await self._execute(claimed, node)
+        result = await self._execute(claimed, node, due)
         if result.began is not None:
             began = datetime.fromtimestamp(result.began, UTC)
             self._started_at[claimed.id] = began
@@ -894,8 +899,8 @@ class Worker:
                 delay *= 2
         raise AssertionError("unreachable")
 
-    async def _execute(self, claimed: ClaimedExecution,
-                       node: NodeInputs | None = None) -> AttemptResult:
+    async def _execute(self, claimed: ClaimedExecution, node: NodeInputs | None = None,
+                       due: datetime | None = None) -> AttemptResult:
         payload = claimed.payload
         limit = self.settings.output_limit_bytes
         timeout = claimed.timeout_s
@@ -925,5 +930,5 @@ class Worker:
 
             return await run_python(payload, timeout, limit, self.registry, context,
                                     self._threads, claimed.band, secrets.masked, node, linger,
-                                    killed, output)
+                                    killed, output, due)
         return AttemptResult(AttemptOutcome.FAILED, error=f"unknown job kind {kind!r}")

@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -150,6 +150,43 @@ async def test_threads_start_as_the_queued_runs_need_them() -> None:
     assert runner._started == 2  # two runs at once: two threads, not four
     await asyncio.gather(*(_run("t:_sleepy", threads=runner, seconds=0.05) for _ in range(9)))
     assert runner._started == 4
+
+
+async def test_runs_given_a_due_time_start_then_and_their_timeout_counts_from_then() -> None:
+    """Runs claimed ahead of their time: plain functions are queued for the threads by
+    their alarm, coroutine functions awaited from then; none starts before it is due, and
+    the timeout starts with the run (0.3 s ahead, a 0.3 s timeout, 0.1 s of work)."""
+    runner = ThreadRunner(20)  # a thread each: none waits for another
+    due = datetime.now(UTC) + timedelta(seconds=0.3)
+    results = await asyncio.gather(*(
+        run_python({"function": name, "args": {"seconds": 0.1}}, 0.3, 1000, REGISTRY,
+                   CONTEXT, runner, due=due)
+        for name in ["t:_sleepy"] * 20 + ["t:_async_sleepy"]))
+    assert [r.outcome for r in results] == ["succeeded"] * 21, results
+    began = [r.began for r in results[:20]]
+    assert all(b is not None and b >= due.timestamp() for b in began), began
+    assert time.time() >= due.timestamp() + 0.1
+    assert results[20].began is None  # on the loop: it starts when the worker begins it
+
+
+async def test_a_run_cancelled_before_it_is_due_is_never_called() -> None:
+    calls: list[str] = []
+    registry = TaskRegistry()
+    registry.register(lambda: calls.append("called"), "t:records")
+    lingering: list[asyncio.Future[None]] = []
+    due = datetime.now(UTC) + timedelta(seconds=0.2)
+    run = asyncio.ensure_future(run_python({"function": "t:records"}, 5, 1000, registry,
+                                           CONTEXT, ThreadRunner(1), due=due,
+                                           linger=lingering.append))
+    await asyncio.sleep(0.05)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    (ended,) = lingering  # its slot is held until it is certain it will not run
+    await asyncio.wait_for(ended, 2)
+    assert time.time() >= due.timestamp()
+    await asyncio.sleep(0.05)
+    assert calls == []
 
 
 async def test_a_run_that_ends_in_time_lingers_not() -> None:

@@ -6,6 +6,7 @@ an attempt is dead-lettered unrun."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from jobsched.domain.states import ExecutionState
 from jobsched.messages import AttemptMessage
 from jobsched.metrics import Metrics
 from jobsched.settings import Settings
-from jobsched.tasks import TaskRegistry
+from jobsched.tasks import TaskContext, TaskRegistry
 from jobsched.worker.worker import Worker
 from tests.unit.fakes import Events, FakeBroker, FakeDelivery, FakeWorkerStore, StoredExecution
 
@@ -148,6 +149,63 @@ async def test_a_delivery_published_ahead_is_claimed_just_before_due_and_runs_wh
     assert harness.events.count("claim") == 1 and ran_at >= due  # claimed ahead, run on time
     await asyncio.wait_for(delivery.settled.wait(), 5)
     assert harness.events.index("claim", execution.id) < harness.events.index("ack", "ahead")
+
+
+async def test_plain_functions_published_ahead_start_on_threads_when_due_not_before() -> None:
+    """Claimed ahead, a plain function is handed to the task threads by its alarm at the
+    instant, with the others due then (no task woken for it); none is called before it is
+    due, each result records when its thread called it, and one taken away before it was
+    due is never called."""
+    from datetime import timedelta
+
+    h = Harness()
+    called: dict[uuid.UUID, float] = {}
+
+    def plain(context: TaskContext) -> None:
+        called[context.execution_id] = time.time()
+
+    h.registry.register(plain, "tests:plain")
+    h.store.payload = {"function": "tests:plain"}
+    recorded: dict[uuid.UUID, datetime | None] = {}
+    finish = h.store.finish_attempts
+
+    async def recording(results, worker):  # type: ignore[no-untyped-def]
+        recorded.update({r.execution_id: r.started_at for r in results})
+        return await finish(results, worker)
+
+    h.store.finish_attempts = recording  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(h.worker.run(stop))
+    await asyncio.wait_for(h.broker.consuming.wait(), 5)
+    due = datetime.now(UTC) + timedelta(seconds=0.6)
+    executions = []
+    try:
+        for _ in range(51):
+            execution = h.execution()
+            execution.scheduled_for = due
+            executions.append(execution.id)
+            h.broker.deliver(AttemptMessage(execution.id, execution.job_id, 1, due).encode(),
+                             execution.id)
+        for _ in range(100):
+            if h.events.count("claim") == 51:
+                break
+            await asyncio.sleep(0.02)
+        assert h.events.count("claim") == 51 and called == {}  # claimed ahead, not run
+        taken, ran = executions[-1], executions[:-1]
+        h.worker.take_away(taken)
+        for _ in range(200):
+            if len(recorded) == 50:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        assert sorted(called) == sorted(ran)  # the one taken away was never called
+        assert min(called.values()) >= due.timestamp()
+        for execution_id, at in called.items():
+            started = recorded[execution_id]
+            assert started is not None and started.timestamp() == pytest.approx(at, abs=0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 5)
 
 
 async def test_a_drain_gives_unclaimed_deliveries_back_unrun() -> None:
