@@ -113,7 +113,7 @@ class Alarms:
     for the next timer from the clock as it was last read, so a timer set at the start of
     a long loop turn (1,000 runs claimed together, each going to sleep here) fired as late
     as the rest of that turn took (6-10 ms in ``jobsched bench lateness``, 13 ms after
-    1,000 sleeps of 10 µs each)."""
+    1,000 sleeps of 10 µs each). What the turn does after the last wait still delays it."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -51,15 +51,18 @@ class ThreadRun:
     """A plain function's run on a ``ThreadRunner``: ``future`` is its outcome, ``ended``
     (if given) resolves when the function really returns; ``began`` is the wall-clock time
     (``time.time()``) its thread called it, None while it waits for a thread. Set by the
-    thread, read by the loop."""
+    thread, read by the loop, which is also told it by ``on_begin`` (soon after, on the
+    loop, with the results of the runs that ended meanwhile)."""
 
-    __slots__ = ("began", "ended", "function", "future")
+    __slots__ = ("began", "ended", "function", "future", "on_begin")
 
     def __init__(self, function: Callable[[], Any], future: asyncio.Future[Any],
-                 ended: asyncio.Future[None] | None) -> None:
+                 ended: asyncio.Future[None] | None,
+                 on_begin: Callable[[float], None] | None = None) -> None:
         self.function = function
         self.future = future
         self.ended = ended
+        self.on_begin = on_begin
         self.began: float | None = None
 
 
@@ -90,12 +93,13 @@ class ThreadRunner:
         self._work: dict[Priority, collections.deque[ThreadRun]] = {
             band: collections.deque() for band in Priority}
         self._queued = 0  # runs in _work (changed under _ready)
-        self._idle = 0  # threads waiting for work (changed under _ready)
+        self._busy = 0  # threads between taking a run and its end (changed under _ready)
         self._ready = threading.Condition()
         self._picks = WeightedRoundRobin()
         self._incoming: list[tuple[ThreadRun, Priority]] = []  # this loop turn's submits
         self._ended: collections.deque[tuple[ThreadRun, Any, BaseException | None]] = (
             collections.deque())
+        self._begun: collections.deque[ThreadRun] = collections.deque()  # for on_begin
         self._lock = threading.Lock()
         self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,14 +107,16 @@ class ThreadRunner:
 
     def submit(self, function: Callable[[], Any], band: Priority = Priority.NORMAL,
                ended: asyncio.Future[None] | None = None,
-               due: asyncio.Future[None] | None = None) -> ThreadRun:
+               due: asyncio.Future[None] | None = None,
+               on_begin: Callable[[float], None] | None = None) -> ThreadRun:
         """Queue a run for the threads; if ``due`` (an alarm: ``Alarms.alarm``) is given,
         once it rings: the runs due at one instant are handed over together then, no task
         woken for any of them (a run cancelled before is never queued)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new loop: what a closed one left to hand over is moot
             self._loop, self._incoming = loop, []
-        run = ThreadRun(function, loop.create_future(), ended)
+            self._wake_pending = False
+        run = ThreadRun(function, loop.create_future(), ended, on_begin)
         if due is None or due.done():
             self._queue(run, band)
         else:
@@ -143,7 +149,8 @@ class ThreadRunner:
                 self._work[band].append(run)
             self._queued += len(incoming)
             self._ready.notify(len(incoming))
-            lacking = min(self._queued - self._idle, self.threads - self._started)
+            free = self._started - self._busy  # waiting, or on their way back for more
+            lacking = min(self._queued - free, self.threads - self._started)
         for _ in range(max(0, lacking)):
             self._started += 1
             threading.Thread(target=self._serve, name=f"task-{self._started}",
@@ -152,12 +159,9 @@ class ThreadRunner:
     def _next(self) -> ThreadRun:
         with self._ready:
             while not self._queued:
-                self._idle += 1
-                try:
-                    self._ready.wait()
-                finally:
-                    self._idle -= 1
+                self._ready.wait()
             self._queued -= 1
+            self._busy += 1
             waiting = [band for band, work in self._work.items() if work]
             band = waiting[0] if len(waiting) == 1 else self._picks.pick(waiting)
             return self._work[band].popleft()
@@ -165,32 +169,46 @@ class ThreadRunner:
     def _serve(self) -> None:
         while True:
             run = self._next()
-            with self._lock:  # against a timeout that reads began (called)
+            with self._lock:  # against a cancel that reads began (called)
                 skipped = run.future.cancelled()  # cancelled or timed out while it waited
                 if not skipped:
                     run.began = time.time()
             if skipped:
                 value, error = None, None
             else:
+                if run.on_begin is not None:
+                    self._begun.append(run)
+                    self._wake()
                 try:
                     value, error = run.function(), None
                 except BaseException as exc:  # noqa: BLE001 - the task's failure, handed back
                     value, error = None, exc
+            with self._ready:  # free before the loop hears of it: a run it queues then is ours
+                self._busy -= 1
             self._ended.append((run, value, error))
+            self._wake()
+
+    def _wake(self) -> None:
+        """Have the loop deliver what the threads noted (once for all noted meanwhile)."""
+        with self._lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop closed: nobody waits for these any more
             with self._lock:
-                if self._wake_pending:
-                    continue
-                self._wake_pending = True
-            assert self._loop is not None
-            try:
-                self._loop.call_soon_threadsafe(self._deliver)
-            except RuntimeError:  # the loop closed: nobody waits for these any more
-                with self._lock:
-                    self._wake_pending = False
+                self._wake_pending = False
 
     def _deliver(self) -> None:
         with self._lock:
             self._wake_pending = False
+        while self._begun:
+            run = self._begun.popleft()
+            if (run.on_begin is not None and run.began is not None
+                    and run.future.get_loop() is self._loop):
+                run.on_begin(run.began)
         while self._ended:
             run, value, error = self._ended.popleft()
             future, ended = run.future, run.ended
@@ -220,17 +238,19 @@ async def run_python(
     killed: Callable[[str], None] | None = None,
     output: OutputBuffer | None = None,
     due: datetime | None = None,
+    began: Callable[[float], None] | None = None,
 ) -> AttemptResult:
     """``due``: the run starts then, not before (a run claimed ahead of its time), and its
     timeout counts from then; a plain function on ``threads`` is queued for them by an
-    alarm, with no task woken for it at that instant. ``masked``: values no recorded output
-    or error may show (the worker's own credentials), masked before either is cut to its
-    limit. A workflow node (``node``
-    given) is also passed ``upstream`` and ``input`` if it declares them, and its return
-    value is kept as JSON for its children: a value that is not JSON, or larger than the
-    output limit, fails the run. ``linger`` is called, when a plain function's run on
-    ``threads`` times out or is cancelled, with a future resolved once its thread really
-    ends (the worker holds the run's slot until then). A task registered with
+    alarm, with no task woken for it at that instant; ``began`` is told, on the loop, when
+    its thread called it. ``masked``: values no recorded output or error may show (the
+    worker's own credentials), masked before either is cut to its limit. A workflow node
+    (``node`` given) is also passed ``upstream`` and ``input`` if it declares them, and its
+    return value is kept as JSON for its children: a value that is not JSON, or larger
+    than the output limit, fails the run. ``linger`` is called, when a plain function's
+    run on ``threads`` that a thread has called times out or is cancelled (one that no
+    thread called never will be), with a future resolved once its thread really ends
+    (the worker holds the run's slot until then). A task registered with
     ``isolation="process"`` runs in a child process instead, killed on a timeout or a
     cancel; ``killed`` is told how when a cancel killed it.
 
@@ -282,11 +302,14 @@ async def run_python(
                     await alarm
                 if threads is not None:
                     ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                    thread_run = threads.submit(call, band, ended, alarm)
+                    thread_run = threads.submit(call, band, ended, alarm, began)
                     try:
                         value = await thread_run.future
                     except asyncio.CancelledError:
-                        if linger is not None and not ended.done():
+                        if not threads.called(thread_run):  # and never will be: nothing lingers
+                            if not ended.done():
+                                ended.set_result(None)
+                        elif linger is not None and not ended.done():
                             linger(ended)
                         raise
                 else:

@@ -848,7 +848,8 @@ class Worker:
         # for the task threads then by its alarm (run_python's due), with the other runs of
         # that instant and without its task being woken; any other run is woken then.
         due: datetime | None = None
-        if on_thread and claimed.workflow_run_id is None:
+        if (on_thread and claimed.workflow_run_id is None
+                and "python" not in self.settings.disabled_kinds):
             due = claimed.scheduled_for
         else:
             await self._alarms.until(claimed.scheduled_for)
@@ -859,16 +860,20 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - this attempt fails; a retry may not
                 return AttemptResult(AttemptOutcome.FAILED,
                                      error=f"the node's inputs could not be read: {exc!r}")
+        # A run that never gets a thread (timed out or cancelled first) keeps this one.
         started = datetime.now(UTC) if due is None else max(datetime.now(UTC), due)
         self._started_at[claimed.id] = started
         if not on_thread:
             self._observe_start(claimed, node, started)
-        result = await self._execute(claimed, node, due)
-        if result.began is not None:
-            began = datetime.fromtimestamp(result.began, UTC)
-            self._started_at[claimed.id] = began
-            self._observe_start(claimed, node, began)
-        return result
+            return await self._execute(claimed, node)
+
+        def began(at: float) -> None:  # on the loop, soon after its thread called it
+            when = datetime.fromtimestamp(at, UTC)
+            if claimed.id in self._started_at:  # not if it ended meanwhile (taken away)
+                self._started_at[claimed.id] = when
+            self._observe_start(claimed, node, when)
+
+        return await self._execute(claimed, node, due, began)
 
     def _observe_start(self, claimed: ClaimedExecution, node: NodeInputs | None,
                        started: datetime) -> None:
@@ -900,7 +905,8 @@ class Worker:
         raise AssertionError("unreachable")
 
     async def _execute(self, claimed: ClaimedExecution, node: NodeInputs | None = None,
-                       due: datetime | None = None) -> AttemptResult:
+                       due: datetime | None = None,
+                       began: Callable[[float], None] | None = None) -> AttemptResult:
         payload = claimed.payload
         limit = self.settings.output_limit_bytes
         timeout = claimed.timeout_s
@@ -930,5 +936,5 @@ class Worker:
 
             return await run_python(payload, timeout, limit, self.registry, context,
                                     self._threads, claimed.band, secrets.masked, node, linger,
-                                    killed, output, due)
+                                    killed, output, due, began)
         return AttemptResult(AttemptOutcome.FAILED, error=f"unknown job kind {kind!r}")

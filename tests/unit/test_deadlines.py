@@ -155,8 +155,8 @@ async def test_a_cancelled_wait_leaves_the_others_of_its_instant_waiting() -> No
 
 def test_waits_registered_in_one_long_loop_turn_wake_on_time_under_uvloop() -> None:
     """uvloop times its wait for the next timer from the clock as last read: a timer set at
-    the start of a long turn (1,000 runs going to sleep together, 60 µs each here) fired
-    as late as the rest of that turn took (~60 ms) before each wait read the clock."""
+    the start of a long turn (1,000 runs going to sleep together, 100 µs each here) fired
+    as late as the rest of that turn took (~100 ms) before each wait read the clock."""
     uvloop = pytest.importorskip("uvloop")
 
     async def late_ms() -> float:
@@ -169,7 +169,7 @@ def test_waits_registered_in_one_long_loop_turn_wake_on_time_under_uvloop() -> N
         async def claimed_then_sleeps() -> None:
             await gate
             busy = time.perf_counter()
-            while time.perf_counter() - busy < 60e-6:  # a claim's continuation
+            while time.perf_counter() - busy < 100e-6:  # a claim's continuation
                 pass
             await alarms.until(due)
             woke.append(time.time())
@@ -181,4 +181,4 @@ def test_waits_registered_in_one_long_loop_turn_wake_on_time_under_uvloop() -> N
         return (woke[0] - due.timestamp()) * 1000
 
     late = uvloop.run(late_ms())
-    assert 0 <= late < 30, late  # unguarded: the turn's 60 ms and more
+    assert 0 <= late < 30, late  # before: the turn's 100 ms and more

@@ -146,6 +146,9 @@ async def test_a_run_timed_out_waiting_for_a_thread_was_never_called() -> None:
 
 async def test_threads_start_as_the_queued_runs_need_them() -> None:
     runner = ThreadRunner(4)
+    await _run("t:_sleepy", threads=runner, seconds=0)
+    await _run("t:_sleepy", threads=runner, seconds=0)
+    assert runner._started == 1  # the second run went to the idle thread
     await asyncio.gather(*(_run("t:_sleepy", threads=runner, seconds=0.05) for _ in range(2)))
     assert runner._started == 2  # two runs at once: two threads, not four
     await asyncio.gather(*(_run("t:_sleepy", threads=runner, seconds=0.05) for _ in range(9)))
@@ -170,6 +173,8 @@ async def test_runs_given_a_due_time_start_then_and_their_timeout_counts_from_th
 
 
 async def test_a_run_cancelled_before_it_is_due_is_never_called() -> None:
+    """Cancelled before it was due: no thread will call it, so nothing lingers (its slot
+    is free at once), and it is not called when its time comes."""
     calls: list[str] = []
     registry = TaskRegistry()
     registry.register(lambda: calls.append("called"), "t:records")
@@ -182,11 +187,45 @@ async def test_a_run_cancelled_before_it_is_due_is_never_called() -> None:
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
-    (ended,) = lingering  # its slot is held until it is certain it will not run
+    assert lingering == []
+    await asyncio.sleep(max(0.0, due.timestamp() - time.time()) + 0.1)
+    assert calls == []
+
+
+async def test_a_run_cancelled_while_it_waits_for_a_thread_lingers_not() -> None:
+    calls: list[str] = []
+    registry = TaskRegistry()
+    registry.register(_sleepy, "t:_sleepy")
+    registry.register(lambda: calls.append("called"), "t:records")
+    runner = ThreadRunner(1)
+    lingering: list[asyncio.Future[None]] = []
+    busy = asyncio.ensure_future(run_python({"function": "t:_sleepy", "args": {"seconds": 0.3}},
+                                            5, 1000, registry, CONTEXT, runner,
+                                            linger=lingering.append))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.ensure_future(run_python({"function": "t:records"}, 5, 1000, registry,
+                                               CONTEXT, runner, linger=lingering.append))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    busy.cancel()
+    for run in (waiting, busy):
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    (ended,) = lingering  # only the one its thread had called: it runs on
+    assert not ended.done()
     await asyncio.wait_for(ended, 2)
-    assert time.time() >= due.timestamp()
     await asyncio.sleep(0.05)
     assert calls == []
+
+
+async def test_the_loop_is_told_when_a_thread_called_the_function_before_it_returns() -> None:
+    told: list[float] = []
+    result = asyncio.ensure_future(run_python(
+        {"function": "t:_sleepy", "args": {"seconds": 0.3}}, 5, 1000, REGISTRY, CONTEXT,
+        ThreadRunner(1), began=told.append))
+    await asyncio.sleep(0.15)
+    assert len(told) == 1 and not result.done()  # told while the function still runs
+    assert (await result).began == told[0]
 
 
 async def test_a_run_that_ends_in_time_lingers_not() -> None:
