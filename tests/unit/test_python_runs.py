@@ -126,11 +126,17 @@ async def test_a_run_on_a_thread_says_when_its_thread_called_it() -> None:
     assert on_loop.outcome == "succeeded" and on_loop.began is None
 
 
-async def test_a_run_timed_out_waiting_for_a_thread_was_never_called() -> None:
-    calls: list[str] = []
+def _recording(calls: list[str]) -> TaskRegistry:
+    """``t:_sleepy``, and ``t:records``, which notes each call in ``calls``."""
     registry = TaskRegistry()
     registry.register(_sleepy, "t:_sleepy")
     registry.register(lambda: calls.append("called"), "t:records")
+    return registry
+
+
+async def test_a_run_timed_out_waiting_for_a_thread_was_never_called() -> None:
+    calls: list[str] = []
+    registry = _recording(calls)
     runner = ThreadRunner(1)
     busy = asyncio.ensure_future(run_python({"function": "t:_sleepy", "args": {"seconds": 0.4}},
                                             5, 1000, registry, CONTEXT, runner))
@@ -194,9 +200,7 @@ async def test_a_run_cancelled_before_it_is_due_is_never_called() -> None:
 
 async def test_a_run_cancelled_while_it_waits_for_a_thread_lingers_not() -> None:
     calls: list[str] = []
-    registry = TaskRegistry()
-    registry.register(_sleepy, "t:_sleepy")
-    registry.register(lambda: calls.append("called"), "t:records")
+    registry = _recording(calls)
     runner = ThreadRunner(1)
     lingering: list[asyncio.Future[None]] = []
     busy = asyncio.ensure_future(run_python({"function": "t:_sleepy", "args": {"seconds": 0.3}},

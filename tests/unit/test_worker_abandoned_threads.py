@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -26,6 +27,14 @@ from tests.unit.fakes import (
 )
 
 pytestmark = pytest.mark.timeout(20)
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
 
 
 async def test_a_cancelled_thread_keeps_its_slot_until_it_returns() -> None:
@@ -55,23 +64,16 @@ async def test_a_cancelled_thread_keeps_its_slot_until_it_returns() -> None:
         broker.deliver(AttemptMessage(execution.id, execution.job_id, 1).encode(), label)
         return execution.id
 
-    async def until(check: object) -> None:
-        for _ in range(200):
-            if check():  # type: ignore[operator]
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("condition not met in time")
-
     try:
         first = deliver("first")
-        await until(lambda: started == ["first"])
+        await _until(lambda: started == ["first"])
         worker.take_away(first)
-        await until(lambda: events.count("close_attempt") == 1)  # recorded at once
+        await _until(lambda: events.count("close_attempt") == 1)  # recorded at once
         deliver("second")
         await asyncio.sleep(0.5)
         assert started == ["first"], "a second run started while the first's thread ran"
         gate.set()
-        await until(lambda: started == ["first", "second"])
+        await _until(lambda: started == ["first", "second"])
     finally:
         gate.set()
         stop.set()
@@ -180,13 +182,6 @@ async def test_a_run_waiting_for_a_thread_records_when_its_thread_called_it() ->
     await asyncio.wait_for(broker.consuming.wait(), 5)
     ids = {}
 
-    async def until(check: object) -> None:
-        for _ in range(200):
-            if check():  # type: ignore[operator]
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("condition not met in time")
-
     try:
         for label in ("first", "second"):
             store.payload = {"function": "tests:blocks", "args": {"label": label}}
@@ -194,14 +189,14 @@ async def test_a_run_waiting_for_a_thread_records_when_its_thread_called_it() ->
                                                    datetime.now(UTC)))
             broker.deliver(AttemptMessage(execution.id, execution.job_id, 1).encode(), label)
             ids[label] = execution.id
-            await until(lambda: events.count("claim") == len(ids))
+            await _until(lambda: events.count("claim") == len(ids))
             if label == "first":
-                await until(lambda: list(called) == ["first"])
+                await _until(lambda: list(called) == ["first"])
         assert list(called) == ["first"]  # claimed, but its thread is busy
         await asyncio.sleep(0.3)
         opened = datetime.now(UTC)
         gate.set()
-        await until(lambda: len(store.started) == 2)
+        await _until(lambda: len(store.started) == 2)
         second = store.started[ids["second"]]
         assert second is not None and second >= opened  # not when it was claimed and queued
         assert abs((second - called["second"]).total_seconds()) < 0.05
