@@ -37,7 +37,7 @@ from jobsched.worker.secrets import longest, mask, mask_bounded
 
 #: The timeouts of in-process runs (a timer per 50 ms of deadlines, not per run).
 _DEADLINES = Deadlines()
-#: When runs given a ``due`` time start.
+#: When runs given a ``due`` time start, unless the caller has alarms of its own.
 _ALARMS = Alarms()
 
 #: Said of a plain function on a thread that was timed out or cancelled.
@@ -239,12 +239,14 @@ async def run_python(
     output: OutputBuffer | None = None,
     due: datetime | None = None,
     began: Callable[[float], None] | None = None,
+    alarms: Alarms = _ALARMS,
 ) -> AttemptResult:
     """``due``: the run starts then, not before (a run claimed ahead of its time), and its
     timeout counts from then; a plain function on ``threads`` is queued for them by an
-    alarm, with no task woken for it at that instant; ``began`` is told, on the loop, when
-    its thread called it. ``masked``: values no recorded output or error may show (the
-    worker's own credentials), masked before either is cut to its limit. A workflow node
+    alarm of ``alarms`` (the worker's own: one timer per instant for all its runs), with
+    no task woken for it at that instant; ``began`` is told, on the loop, when its thread
+    called it. ``masked``: values no recorded output or error may show (the worker's own
+    credentials), masked before either is cut to its limit. A workflow node
     (``node`` given) is also passed ``upstream`` and ``input`` if it declares them, and its
     return value is kept as JSON for its children: a value that is not JSON, or larger
     than the output limit, fails the run. ``linger`` is called, when a plain function's
@@ -274,7 +276,7 @@ async def run_python(
             kwargs["upstream"] = node.upstream
         if "input" in declared:
             kwargs["input"] = node.input
-    alarm = None if due is None else _ALARMS.alarm(due)
+    alarm = None if due is None else alarms.alarm(due)
     lead = 0.0 if alarm is None or due is None else max(0.0, due.timestamp() - time.time())
     if registry.isolation(name) == "process":
         if alarm is not None:

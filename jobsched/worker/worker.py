@@ -936,5 +936,5 @@ class Worker:
 
             return await run_python(payload, timeout, limit, self.registry, context,
                                     self._threads, claimed.band, secrets.masked, node, linger,
-                                    killed, output, due, began)
+                                    killed, output, due, began, self._alarms)
         return AttemptResult(AttemptOutcome.FAILED, error=f"unknown job kind {kind!r}")
